@@ -1,0 +1,2 @@
+//! The `agent-sandbox` command-line tool.
+fn main() {}
