@@ -1,0 +1,259 @@
+//! Admission: Kubernetes name and label validation, per-kind defaulting of the core kinds the
+//! controllers create, and the [`CrdSupport`] seam through which the CRD schemas (validation,
+//! pruning, defaulting, CEL) and version conversion of the `api` crate are plugged in.
+
+use crate::error::Cause;
+use serde_json::{Value, json};
+
+/// Schema admission and conversion for the custom resources (implemented over the `api` crate).
+pub trait CrdSupport: Send + Sync {
+    /// The CRDs to serve (apiextensions.k8s.io/v1 JSON).
+    fn crds(&self) -> Vec<Value>;
+    /// Converts a custom object to `desired_api_version` (e.g. `agents.x-k8s.io/v1alpha1`).
+    fn convert(&self, obj: Value, desired_api_version: &str) -> Result<Value, String>;
+    /// Prunes, defaults and validates `obj` (in `version`) against the CRD. Returns the pruned
+    /// unknown field paths, or the field errors.
+    fn admit(
+        &self,
+        crd: &Value,
+        version: &str,
+        obj: &mut Value,
+        old: Option<&Value>,
+    ) -> Result<Vec<String>, Vec<Cause>>;
+}
+
+/// No custom resources.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoCrds;
+
+impl CrdSupport for NoCrds {
+    fn crds(&self) -> Vec<Value> {
+        vec![]
+    }
+    fn convert(&self, mut obj: Value, desired_api_version: &str) -> Result<Value, String> {
+        obj["apiVersion"] = json!(desired_api_version);
+        Ok(obj)
+    }
+    fn admit(
+        &self,
+        _: &Value,
+        _: &str,
+        _: &mut Value,
+        _: Option<&Value>,
+    ) -> Result<Vec<String>, Vec<Cause>> {
+        Ok(vec![])
+    }
+}
+
+const SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+const LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
+const DNS1035_MSG: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')";
+
+fn is_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// DNS-1123 subdomain.
+pub fn is_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_label)
+}
+
+fn invalid(field: &str, value: &str, msg: &str) -> Cause {
+    Cause {
+        reason: "FieldValueInvalid".into(),
+        message: format!("Invalid value: {value:?}: {msg}"),
+        field: field.into(),
+    }
+}
+
+/// How a kind's names are validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameRule {
+    /// DNS-1123 subdomain (most kinds).
+    Subdomain,
+    /// DNS-1123 label (namespaces).
+    Label,
+    /// DNS-1035 label (services).
+    Dns1035,
+}
+
+/// Validates `metadata.name` (and `generateName`-derived names).
+pub fn validate_name(name: &str, rule: NameRule) -> Vec<Cause> {
+    let mut out = vec![];
+    match rule {
+        NameRule::Subdomain => {
+            if name.len() > 253 {
+                out.push(invalid(
+                    "metadata.name",
+                    name,
+                    "must be no more than 253 characters",
+                ));
+            }
+            if !name.split('.').all(is_label) {
+                out.push(invalid("metadata.name", name, SUBDOMAIN_MSG));
+            }
+        }
+        NameRule::Label => {
+            if name.len() > 63 {
+                out.push(invalid(
+                    "metadata.name",
+                    name,
+                    "must be no more than 63 characters",
+                ));
+            }
+            if !is_label(&name[..name.len().min(63)]) || name.len() > 63 && !is_label(name) {
+                out.push(invalid("metadata.name", name, LABEL_MSG));
+            }
+        }
+        NameRule::Dns1035 => {
+            if name.len() > 63 {
+                out.push(invalid(
+                    "metadata.name",
+                    name,
+                    "must be no more than 63 characters",
+                ));
+            }
+            if !is_label(name) || !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+                out.push(invalid("metadata.name", name, DNS1035_MSG));
+            }
+        }
+    }
+    out
+}
+
+fn valid_label_value(v: &str) -> bool {
+    v.is_empty()
+        || (v.len() <= 63
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && v.ends_with(|c: char| c.is_ascii_alphanumeric()))
+}
+
+fn valid_qualified_name(k: &str) -> bool {
+    let (prefix, name) = match k.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    prefix.is_none_or(|p| !p.is_empty() && is_subdomain(p))
+        && !name.is_empty()
+        && valid_label_value(name)
+}
+
+/// Validates label keys and values and annotation keys.
+pub fn validate_metadata(meta: &Value) -> Vec<Cause> {
+    let mut out = vec![];
+    if let Some(labels) = meta.get("labels").and_then(Value::as_object) {
+        for (k, v) in labels {
+            if !valid_qualified_name(k) {
+                out.push(invalid("metadata.labels", k, "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"));
+            }
+            let v = v.as_str().unwrap_or("");
+            if !valid_label_value(v) {
+                out.push(invalid("metadata.labels", v, "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')"));
+            }
+        }
+    }
+    if let Some(ann) = meta.get("annotations").and_then(Value::as_object) {
+        for k in ann.keys() {
+            if !valid_qualified_name(k) {
+                out.push(invalid("metadata.annotations", k, "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+            }
+        }
+    }
+    out
+}
+
+fn default(obj: &mut Value, key: &str, v: Value) {
+    if let Some(m) = obj.as_object_mut()
+        && !m.contains_key(key)
+    {
+        m.insert(key.into(), v);
+    }
+}
+
+/// Pod defaults applied by kube-apiserver that controllers and kubectl rely on.
+pub fn default_pod(pod: &mut Value) {
+    let Some(spec) = pod.get_mut("spec") else {
+        return;
+    };
+    default(spec, "restartPolicy", json!("Always"));
+    default(spec, "terminationGracePeriodSeconds", json!(30));
+    default(spec, "dnsPolicy", json!("ClusterFirst"));
+    default(spec, "securityContext", json!({}));
+    default(spec, "schedulerName", json!("default-scheduler"));
+    default(spec, "enableServiceLinks", json!(true));
+    default(spec, "priority", json!(0));
+    default(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
+    for list in ["containers", "initContainers"] {
+        if let Some(cs) = spec.get_mut(list).and_then(Value::as_array_mut) {
+            for c in cs {
+                default(c, "terminationMessagePath", json!("/dev/termination-log"));
+                default(c, "terminationMessagePolicy", json!("File"));
+                let image = c.get("image").and_then(Value::as_str).unwrap_or("");
+                let tag = image.rsplit('/').next().unwrap_or("");
+                let pull = if image.contains('@') {
+                    "IfNotPresent"
+                } else if !tag.contains(':') || tag.ends_with(":latest") {
+                    "Always"
+                } else {
+                    "IfNotPresent"
+                };
+                default(c, "imagePullPolicy", json!(pull));
+                default(c, "resources", json!({}));
+                if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
+                    for p in ports {
+                        default(p, "protocol", json!("TCP"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Service defaults (type, session affinity, port protocol and targetPort).
+pub fn default_service(svc: &mut Value) {
+    let Some(spec) = svc.get_mut("spec") else {
+        return;
+    };
+    default(spec, "type", json!("ClusterIP"));
+    default(spec, "sessionAffinity", json!("None"));
+    default(spec, "internalTrafficPolicy", json!("Cluster"));
+    default(spec, "ipFamilies", json!(["IPv4"]));
+    default(spec, "ipFamilyPolicy", json!("SingleStack"));
+    if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+        for p in ports {
+            default(p, "protocol", json!("TCP"));
+            if p.get("targetPort").is_none()
+                && let Some(port) = p.get("port").cloned()
+            {
+                p["targetPort"] = port;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(validate_name("a-b.c", NameRule::Subdomain).is_empty());
+        assert_eq!(
+            validate_name("Bad_Name", NameRule::Subdomain)[0].field,
+            "metadata.name"
+        );
+        assert!(!validate_name("a.b", NameRule::Label).is_empty());
+        assert!(!validate_name("1abc", NameRule::Dns1035).is_empty());
+        assert!(!validate_name(&"a".repeat(254), NameRule::Subdomain).is_empty());
+        assert!(validate_metadata(&json!({"labels": {"a/b": "c"}})).is_empty());
+        assert!(!validate_metadata(&json!({"labels": {"a": "bad value"}})).is_empty());
+    }
+}

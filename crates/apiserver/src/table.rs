@@ -1,0 +1,585 @@
+//! Server-side printing: `meta.k8s.io/v1` Table responses for `kubectl get`, with the built-in
+//! columns of the core kinds and the CRDs' additionalPrinterColumns (a JSONPath subset).
+
+use crate::api::{App, Target};
+use crate::resources::{PrinterColumn, Special};
+use serde_json::{Value, json};
+
+/// apimachinery's `duration.HumanDuration`.
+pub fn human_duration(d: chrono::Duration) -> String {
+    let secs = d.num_seconds();
+    if secs < -1 {
+        return "<invalid>".into();
+    }
+    if secs < 0 {
+        return "0s".into();
+    }
+    let (m, h) = (secs / 60, secs / 3600);
+    if secs < 120 {
+        format!("{secs}s")
+    } else if m < 10 {
+        let s = secs % 60;
+        if s == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{s}s")
+        }
+    } else if m < 180 {
+        format!("{m}m")
+    } else if h < 8 {
+        let mm = m % 60;
+        if mm == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{mm}m")
+        }
+    } else if h < 48 {
+        format!("{h}h")
+    } else if h < 24 * 8 {
+        let hh = h % 24;
+        if hh == 0 {
+            format!("{}d", h / 24)
+        } else {
+            format!("{}d{hh}h", h / 24)
+        }
+    } else if h < 24 * 365 * 2 {
+        format!("{}d", h / 24)
+    } else if h < 24 * 365 * 8 {
+        let dy = (h / 24) % 365;
+        if dy == 0 {
+            format!("{}y", h / 24 / 365)
+        } else {
+            format!("{}y{dy}d", h / 24 / 365)
+        }
+    } else {
+        format!("{}y", h / 24 / 365)
+    }
+}
+
+fn age(ts: &Value) -> String {
+    ts.as_str()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| human_duration(chrono::Utc::now() - t.with_timezone(&chrono::Utc)))
+        .unwrap_or_else(|| "<unknown>".into())
+}
+
+/// Evaluates the JSONPath subset printer columns use: `.a.b`, `.a[0]`, `.a[*].b`,
+/// `.a[?(@.k=='v')].b`.
+pub fn jsonpath(obj: &Value, path: &str) -> Vec<Value> {
+    let mut cur = vec![obj.clone()];
+    let p = path
+        .trim()
+        .trim_start_matches('{')
+        .trim_end_matches('}')
+        .trim_start_matches('$');
+    let mut rest = p;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix('.') {
+            let end = r.find(['.', '[']).unwrap_or(r.len());
+            let field = &r[..end];
+            cur = cur.iter().filter_map(|v| v.get(field).cloned()).collect();
+            rest = &r[end..];
+        } else if let Some(r) = rest.strip_prefix('[') {
+            let Some(end) = r.find(']') else {
+                return vec![];
+            };
+            let inner = &r[..end];
+            rest = &r[end + 1..];
+            if inner == "*" {
+                cur = cur
+                    .iter()
+                    .flat_map(|v| v.as_array().cloned().unwrap_or_default())
+                    .collect();
+            } else if let Some(f) = inner.strip_prefix("?(@.").and_then(|f| f.strip_suffix(')')) {
+                let (k, want) = match f.split_once("==") {
+                    Some((k, w)) => (
+                        k.trim(),
+                        Some(w.trim().trim_matches(['\'', '"']).to_string()),
+                    ),
+                    None => (f.trim(), None),
+                };
+                cur = cur
+                    .iter()
+                    .flat_map(|v| v.as_array().cloned().unwrap_or_default())
+                    .filter(|e| match (&want, e.get(k)) {
+                        (Some(w), Some(Value::String(s))) => s == w,
+                        (Some(w), Some(other)) => other.to_string() == *w,
+                        (None, Some(_)) => true,
+                        _ => false,
+                    })
+                    .collect();
+            } else if let Ok(i) = inner.parse::<i64>() {
+                cur = cur
+                    .iter()
+                    .filter_map(|v| {
+                        let a = v.as_array()?;
+                        let idx = if i < 0 { a.len() as i64 + i } else { i };
+                        a.get(usize::try_from(idx).ok()?).cloned()
+                    })
+                    .collect();
+            } else {
+                return vec![];
+            }
+        } else {
+            return vec![];
+        }
+    }
+    cur
+}
+
+fn col(name: &str, typ: &str, priority: i64, desc: &str) -> Value {
+    json!({"name": name, "type": typ, "format": if name == "Name" { "name" } else { "" }, "description": desc, "priority": priority})
+}
+
+fn text(v: &[Value]) -> String {
+    v.iter()
+        .map(|x| match x {
+            Value::String(s) => s.clone(),
+            Value::Null => String::new(),
+            other => other.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn columns(t: &Target) -> (Vec<Value>, Vec<PrinterColumn>) {
+    let name = col(
+        "Name",
+        "string",
+        0,
+        "Name must be unique within a namespace.",
+    );
+    let age = col(
+        "Age",
+        "string",
+        0,
+        "CreationTimestamp is a timestamp representing the server time when this object was created.",
+    );
+    match t.rd.special {
+        Special::Pod => (
+            vec![
+                name,
+                col(
+                    "Ready",
+                    "string",
+                    0,
+                    "The aggregate readiness state of this pod for accepting traffic.",
+                ),
+                col(
+                    "Status",
+                    "string",
+                    0,
+                    "The aggregate status of the containers in this pod.",
+                ),
+                col(
+                    "Restarts",
+                    "string",
+                    0,
+                    "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.",
+                ),
+                age,
+                col("IP", "string", 1, "IP address allocated to the pod."),
+                col(
+                    "Node",
+                    "string",
+                    1,
+                    "Name of the node where the pod is running.",
+                ),
+            ],
+            vec![],
+        ),
+        Special::Namespace => (
+            vec![
+                name,
+                col("Status", "string", 0, "The status of the namespace"),
+                age,
+            ],
+            vec![],
+        ),
+        Special::Service => (
+            vec![
+                name,
+                col("Type", "string", 0, "The type of the service."),
+                col("Cluster-IP", "string", 0, "The cluster IP of the service."),
+                col("External-IP", "string", 0, "External IPs of the service."),
+                col("Port(s)", "string", 0, "Ports of the service."),
+                age,
+                col(
+                    "Selector",
+                    "string",
+                    1,
+                    "The label selector of the service.",
+                ),
+            ],
+            vec![],
+        ),
+        Special::Event => (
+            vec![
+                col("Last Seen", "string", 0, "Time since the last occurrence."),
+                col("Type", "string", 0, "Event type."),
+                col("Reason", "string", 0, "Event reason."),
+                col("Object", "string", 0, "The object this event is about."),
+                col("Message", "string", 0, "The event message."),
+            ],
+            vec![],
+        ),
+        Special::Custom => {
+            let pcs = t.rd.columns_for(&t.version).to_vec();
+            if pcs.is_empty() {
+                (vec![name, age], vec![])
+            } else {
+                let mut cols = vec![name];
+                for c in &pcs {
+                    let typ = if c.type_ == "date" {
+                        "string"
+                    } else {
+                        c.type_.as_str()
+                    };
+                    cols.push(col(&c.name, typ, c.priority, &c.description));
+                }
+                (cols, pcs)
+            }
+        }
+        _ => {
+            if t.rd.plural == "nodes" {
+                (
+                    vec![
+                        name,
+                        col("Status", "string", 0, "Node readiness."),
+                        col("Roles", "string", 0, "Node roles."),
+                        age,
+                        col("Version", "string", 0, "Kubelet version."),
+                    ],
+                    vec![],
+                )
+            } else if t.rd.plural == "persistentvolumeclaims" {
+                (
+                    vec![
+                        name,
+                        col("Status", "string", 0, "Phase."),
+                        col("Volume", "string", 0, "Bound volume."),
+                        col("Capacity", "string", 0, "Capacity."),
+                        col("Access Modes", "string", 0, "Access modes."),
+                        col("StorageClass", "string", 0, "Storage class."),
+                        age,
+                    ],
+                    vec![],
+                )
+            } else if t.rd.plural == "leases" {
+                (
+                    vec![
+                        name,
+                        col("Holder", "string", 0, "The holder of the lease."),
+                        age,
+                    ],
+                    vec![],
+                )
+            } else {
+                (vec![name, age], vec![])
+            }
+        }
+    }
+}
+
+fn pod_cells(o: &Value) -> Vec<Value> {
+    let statuses = o
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let total = o
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .map(Vec::len)
+        .unwrap_or(0);
+    let ready = statuses
+        .iter()
+        .filter(|s| s["ready"].as_bool() == Some(true))
+        .count();
+    let restarts: i64 = statuses
+        .iter()
+        .map(|s| s["restartCount"].as_i64().unwrap_or(0))
+        .sum();
+    let mut status = o
+        .pointer("/status/reason")
+        .and_then(Value::as_str)
+        .map(String::from)
+        .unwrap_or_else(|| {
+            o.pointer("/status/phase")
+                .and_then(Value::as_str)
+                .unwrap_or("Pending")
+                .to_string()
+        });
+    for s in &statuses {
+        if let Some(r) = s.pointer("/state/waiting/reason").and_then(Value::as_str) {
+            status = r.to_string();
+        } else if let Some(r) = s
+            .pointer("/state/terminated/reason")
+            .and_then(Value::as_str)
+        {
+            status = r.to_string();
+        }
+    }
+    if o.pointer("/metadata/deletionTimestamp").is_some() {
+        status = "Terminating".into();
+    }
+    vec![
+        json!(format!("{ready}/{total}")),
+        json!(status),
+        json!(restarts.to_string()),
+        json!(age(&o["metadata"]["creationTimestamp"])),
+        json!(
+            o.pointer("/status/podIP")
+                .and_then(Value::as_str)
+                .unwrap_or("<none>")
+        ),
+        json!(
+            o.pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .unwrap_or("<none>")
+        ),
+    ]
+}
+
+fn cells(t: &Target, o: &Value, pcs: &[PrinterColumn]) -> Vec<Value> {
+    let name = json!(o["metadata"]["name"]);
+    let created = age(&o["metadata"]["creationTimestamp"]);
+    match t.rd.special {
+        Special::Pod => {
+            let mut c = vec![name];
+            c.extend(pod_cells(o));
+            c
+        }
+        Special::Namespace => vec![
+            name,
+            json!(
+                o.pointer("/status/phase")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+            ),
+            json!(created),
+        ],
+        Special::Service => {
+            let ports: Vec<String> = o
+                .pointer("/spec/ports")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|p| format!("{}/{}", p["port"], p["protocol"].as_str().unwrap_or("TCP")))
+                .collect();
+            let sel = o
+                .pointer("/spec/selector")
+                .and_then(Value::as_object)
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_else(|| "<none>".into());
+            vec![
+                name,
+                json!(
+                    o.pointer("/spec/type")
+                        .and_then(Value::as_str)
+                        .unwrap_or("ClusterIP")
+                ),
+                json!(
+                    o.pointer("/spec/clusterIP")
+                        .and_then(Value::as_str)
+                        .unwrap_or("<none>")
+                ),
+                json!("<none>"),
+                json!(if ports.is_empty() {
+                    "<none>".to_string()
+                } else {
+                    ports.join(",")
+                }),
+                json!(created),
+                json!(sel),
+            ]
+        }
+        Special::Event => {
+            let last = o
+                .get("lastTimestamp")
+                .or(o.get("eventTime"))
+                .or(o.pointer("/metadata/creationTimestamp"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            let io = o
+                .get("involvedObject")
+                .or(o.get("regarding"))
+                .cloned()
+                .unwrap_or(json!({}));
+            vec![
+                json!(age(&last)),
+                json!(o["type"].as_str().unwrap_or("")),
+                json!(o["reason"].as_str().unwrap_or("")),
+                json!(format!(
+                    "{}/{}",
+                    io["kind"].as_str().unwrap_or("").to_lowercase(),
+                    io["name"].as_str().unwrap_or("")
+                )),
+                json!(
+                    o.get("message")
+                        .or(o.get("note"))
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                ),
+            ]
+        }
+        Special::Custom if !pcs.is_empty() => {
+            let mut c = vec![name];
+            for pc in pcs {
+                let vals = jsonpath(o, &pc.json_path);
+                c.push(if pc.type_ == "date" {
+                    vals.first()
+                        .map(|v| json!(age(v)))
+                        .unwrap_or(json!("<unknown>"))
+                } else if vals.is_empty() {
+                    Value::Null
+                } else if vals.len() == 1
+                    && (pc.type_ == "integer" || pc.type_ == "number" || pc.type_ == "boolean")
+                {
+                    vals[0].clone()
+                } else {
+                    json!(text(&vals))
+                });
+            }
+            c
+        }
+        _ => {
+            if t.rd.plural == "nodes" {
+                let ready = o
+                    .pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .and_then(|cs| {
+                        cs.iter().find(|c| c["type"] == "Ready").map(|c| {
+                            if c["status"] == "True" {
+                                "Ready"
+                            } else {
+                                "NotReady"
+                            }
+                        })
+                    })
+                    .unwrap_or("Unknown");
+                vec![
+                    name,
+                    json!(ready),
+                    json!("<none>"),
+                    json!(created),
+                    json!(
+                        o.pointer("/status/nodeInfo/kubeletVersion")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                    ),
+                ]
+            } else if t.rd.plural == "persistentvolumeclaims" {
+                vec![
+                    name,
+                    json!(
+                        o.pointer("/status/phase")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                    ),
+                    json!(
+                        o.pointer("/spec/volumeName")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                    ),
+                    json!(
+                        o.pointer("/status/capacity/storage")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                    ),
+                    json!(
+                        o.pointer("/spec/accessModes")
+                            .and_then(Value::as_array)
+                            .map(|a| text(a))
+                            .unwrap_or_default()
+                    ),
+                    json!(
+                        o.pointer("/spec/storageClassName")
+                            .and_then(Value::as_str)
+                            .unwrap_or("<unset>")
+                    ),
+                    json!(created),
+                ]
+            } else if t.rd.plural == "leases" {
+                vec![
+                    name,
+                    json!(
+                        o.pointer("/spec/holderIdentity")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                    ),
+                    json!(created),
+                ]
+            } else {
+                vec![name, json!(created)]
+            }
+        }
+    }
+}
+
+/// Converts an object or a list (request version) into a Table.
+pub fn to_table(_app: &App, t: &Target, v: &Value, include: Option<&str>) -> Value {
+    let (defs, pcs) = columns(t);
+    let items: Vec<Value> = match v.get("items").and_then(Value::as_array) {
+        Some(items) if v["kind"].as_str().is_some_and(|k| k.ends_with("List")) => items.clone(),
+        _ => vec![v.clone()],
+    };
+    let rows: Vec<Value> = items
+        .iter()
+        .map(|o| {
+            let mut row = json!({"cells": cells(t, o, &pcs)});
+            match include {
+                Some("None") => {}
+                Some("Object") => row["object"] = o.clone(),
+                _ => {
+                    row["object"] = json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]})
+                }
+            }
+            row
+        })
+        .collect();
+    let mut meta = json!({});
+    if let Some(m) = v.get("metadata").filter(|_| v.get("items").is_some()) {
+        meta = m.clone();
+    } else if let Some(rv) = v.pointer("/metadata/resourceVersion") {
+        meta["resourceVersion"] = rv.clone();
+    }
+    json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "columnDefinitions": defs, "rows": rows})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jsonpath_subset() {
+        let o = json!({"status": {"conditions": [{"type": "A", "status": "False"}, {"type": "Ready", "status": "True", "reason": "Ok"}]}, "spec": {"replicas": 3}});
+        assert_eq!(
+            jsonpath(&o, ".status.conditions[?(@.type=='Ready')].status"),
+            vec![json!("True")]
+        );
+        assert_eq!(jsonpath(&o, ".spec.replicas"), vec![json!(3)]);
+        assert_eq!(jsonpath(&o, ".status.conditions[*].type").len(), 2);
+        assert_eq!(
+            jsonpath(&o, ".status.conditions[-1].reason"),
+            vec![json!("Ok")]
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(human_duration(chrono::Duration::seconds(5)), "5s");
+        assert_eq!(human_duration(chrono::Duration::seconds(125)), "2m5s");
+        assert_eq!(human_duration(chrono::Duration::seconds(3600 * 5)), "5h");
+        assert_eq!(
+            human_duration(chrono::Duration::seconds(3600 * 24 * 3)),
+            "3d"
+        );
+    }
+}
