@@ -1,2 +1,23 @@
 //! The embedded node agent: turns Pods bound to this machine into isolated sandboxes (images,
 //! overlay rootfs, OCI bundles, runtime handlers, CNI networking, volumes, limits, probes, status).
+//!
+//! The entry point is [`SandboxEngine`]: `create` a sandbox from a [`SandboxSpec`] (derived from
+//! a Pod with [`SandboxSpec::from_pod`]), then `start`, `state`, `wait`, `pause`, `resume`,
+//! `stop`, `remove`; `recover` re-adopts sandboxes after a restart. Every host side effect goes
+//! through [`host`]; the only `unsafe` code is in the private `sys` module.
+
+pub mod bundle;
+pub mod cni;
+pub mod engine;
+pub mod error;
+pub mod host;
+pub mod image;
+pub mod runtime;
+pub mod seccomp;
+pub mod spec;
+mod sys;
+
+pub use engine::{EngineConfig, Phase, RecoveryReport, SandboxEngine, SandboxHandle, SandboxState};
+pub use error::{NodeError, Result};
+pub use runtime::{HandlerKind, HandlerStatus};
+pub use spec::{PullPolicy, SandboxSpec};

@@ -1,0 +1,293 @@
+//! Pod networking through CNI plugin binaries (bridge + host-local IPAM, loopback), spoken with
+//! the CNI protocol: `CNI_*` environment variables and the network config as JSON on stdin.
+//!
+//! ADD, in order: `loopback` ADD (brings `lo` up) → `bridge` ADD (creates the bridge if needed,
+//! a veth pair into the namespace, an address from host-local IPAM, the default route) → the
+//! result is cached in the sandbox directory. DEL, in order: `bridge` DEL with the cached
+//! result (removes the veth, releases the IPAM reservation; works even if the namespace is
+//! already gone) → `loopback` DEL. The network namespace itself is made and removed by
+//! [`crate::host`].
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::error::{NodeError, Result};
+use crate::host;
+
+/// Bridge network settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetworkConfig {
+    /// CNI network name.
+    pub name: String,
+    /// Linux bridge name (at most 15 bytes).
+    pub bridge: String,
+    /// IPv4 subnet in CIDR form; must not overlap the host's other routes.
+    pub subnet: String,
+    /// Directory with the plugin binaries.
+    pub plugin_dir: PathBuf,
+    /// Masquerade traffic leaving the subnet (needs iptables).
+    pub ip_masq: bool,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            name: "agent-sandbox".into(),
+            bridge: "asbx0".into(),
+            subnet: "10.88.0.0/16".into(),
+            plugin_dir: PathBuf::from("/usr/lib/cni"),
+            ip_masq: false,
+        }
+    }
+}
+
+/// Parse `a.b.c.d/len`.
+pub fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
+    let (a, l) = s.split_once('/')?;
+    let len: u8 = l.parse().ok()?;
+    (len <= 32).then_some(())?;
+    Some((a.parse().ok()?, len))
+}
+
+fn mask(len: u8) -> u32 {
+    if len == 0 { 0 } else { u32::MAX << (32 - len) }
+}
+
+/// Whether two CIDRs overlap.
+pub fn overlaps(a: (Ipv4Addr, u8), b: (Ipv4Addr, u8)) -> bool {
+    let m = mask(a.1.min(b.1));
+    (u32::from(a.0) & m) == (u32::from(b.0) & m)
+}
+
+/// IPv4 routes of the host as (interface, destination, prefix length), from /proc/net/route.
+pub fn host_routes() -> Vec<(String, Ipv4Addr, u8)> {
+    let Ok(data) = fs_err::read_to_string("/proc/net/route") else {
+        return Vec::new();
+    };
+    data.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let dst = u32::from_str_radix(f.get(1)?, 16).ok()?;
+            let m = u32::from_str_radix(f.get(7)?, 16).ok()?;
+            // The kernel prints the network-order address as a native integer.
+            Some((
+                f[0].to_string(),
+                Ipv4Addr::from(dst.to_ne_bytes()),
+                m.count_ones() as u8,
+            ))
+        })
+        .collect()
+}
+
+impl NetworkConfig {
+    /// Check names, the subnet, that it does not collide with a host route (other than our
+    /// bridge's own) and that the plugins exist.
+    pub fn validate(&self) -> Result<()> {
+        let cfg = |m: String| NodeError::Config(m);
+        if self.bridge.is_empty() || self.bridge.len() > 15 {
+            return Err(cfg(format!(
+                "bridge name {:?} must be 1-15 bytes",
+                self.bridge
+            )));
+        }
+        let net = parse_cidr(&self.subnet)
+            .ok_or_else(|| cfg(format!("subnet {:?} is not an IPv4 CIDR", self.subnet)))?;
+        if net.1 > 30 {
+            return Err(cfg(format!("subnet {} is too small", self.subnet)));
+        }
+        for (dev, dst, len) in host_routes() {
+            if dev == self.bridge || len == 0 {
+                continue;
+            }
+            if overlaps(net, (dst, len)) {
+                return Err(cfg(format!(
+                    "sandbox subnet {} overlaps the host route {dst}/{len} on {dev}; configure another subnet",
+                    self.subnet
+                )));
+            }
+        }
+        for p in ["bridge", "host-local", "loopback"] {
+            if !self.plugin_dir.join(p).is_file() {
+                return Err(cfg(format!(
+                    "CNI plugin {} is missing; install containernetworking-plugins or set plugin_dir",
+                    self.plugin_dir.join(p).display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn bridge_conf(&self, ipam_dir: &Path) -> Value {
+        json!({
+            "cniVersion": "1.0.0",
+            "name": self.name,
+            "type": "bridge",
+            "bridge": self.bridge,
+            "isGateway": true,
+            "ipMasq": self.ip_masq,
+            "hairpinMode": true,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": self.subnet}]],
+                "routes": [{"dst": "0.0.0.0/0"}],
+                "dataDir": ipam_dir,
+            }
+        })
+    }
+}
+
+/// The CNI driver for one node.
+#[derive(Debug, Clone)]
+pub struct Cni {
+    config: NetworkConfig,
+    ipam_dir: PathBuf,
+}
+
+/// Result of a successful ADD.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Attachment {
+    /// The pod IP.
+    pub ip: Ipv4Addr,
+    /// The bridge plugin's raw result (needed for DEL).
+    pub result: Value,
+}
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+impl Cni {
+    /// A driver keeping IPAM state under `state_dir`.
+    pub fn new(config: NetworkConfig, state_dir: &Path) -> Result<Self> {
+        config.validate()?;
+        let ipam_dir = state_dir.join("ipam");
+        fs_err::create_dir_all(&ipam_dir)?;
+        Ok(Cni { config, ipam_dir })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &NetworkConfig {
+        &self.config
+    }
+
+    async fn invoke(
+        &self,
+        sandbox: &str,
+        plugin: &str,
+        command: &'static str,
+        netns: &Path,
+        conf: &Value,
+    ) -> Result<Value> {
+        let mut cmd = host::command(&self.config.plugin_dir.join(plugin));
+        cmd.env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", sandbox)
+            .env("CNI_NETNS", netns)
+            .env(
+                "CNI_IFNAME",
+                if plugin == "loopback" { "lo" } else { "eth0" },
+            )
+            .env("CNI_PATH", &self.config.plugin_dir);
+        let input = serde_json::to_vec(conf).map_err(|e| NodeError::json("CNI config", e))?;
+        let out = host::run(cmd, Some(&input), TIMEOUT).await?;
+        if out.code != 0 {
+            let msg = serde_json::from_slice::<Value>(&out.stdout)
+                .ok()
+                .and_then(|v| {
+                    let m = v.get("msg")?.as_str()?.to_string();
+                    let d = v.get("details").and_then(|d| d.as_str()).unwrap_or("");
+                    Some(if d.is_empty() { m } else { format!("{m}: {d}") })
+                })
+                .unwrap_or_else(|| out.message());
+            return Err(NodeError::Cni {
+                sandbox: sandbox.into(),
+                plugin: plugin.into(),
+                command,
+                message: msg,
+            });
+        }
+        if out.stdout.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&out.stdout)
+            .map_err(|e| NodeError::json(format!("CNI {plugin} result"), e))
+    }
+
+    /// ADD: attach the namespace at `netns` and return its address.
+    pub async fn add(&self, sandbox: &str, netns: &Path) -> Result<Attachment> {
+        let lo = json!({"cniVersion": "1.0.0", "name": "lo", "type": "loopback"});
+        self.invoke(sandbox, "loopback", "ADD", netns, &lo).await?;
+        let conf = self.config.bridge_conf(&self.ipam_dir);
+        let result = match self.invoke(sandbox, "bridge", "ADD", netns, &conf).await {
+            Ok(r) => r,
+            Err(e) => {
+                // Release whatever the failed ADD reserved.
+                let _ = self.invoke(sandbox, "bridge", "DEL", netns, &conf).await;
+                return Err(e);
+            }
+        };
+        let ip = result
+            .get("ips")
+            .and_then(|ips| ips.as_array())
+            .and_then(|ips| ips.first())
+            .and_then(|ip| ip.get("address"))
+            .and_then(|a| a.as_str())
+            .and_then(parse_cidr)
+            .map(|(a, _)| a)
+            .ok_or_else(|| NodeError::Cni {
+                sandbox: sandbox.into(),
+                plugin: "bridge".into(),
+                command: "ADD",
+                message: format!("no IPv4 address in result {result}"),
+            })?;
+        Ok(Attachment { ip, result })
+    }
+
+    /// DEL: detach and release the address. Safe to repeat; tolerates a missing namespace.
+    pub async fn del(&self, sandbox: &str, netns: &Path, prev: Option<&Value>) -> Result<()> {
+        let mut conf = self.config.bridge_conf(&self.ipam_dir);
+        if let Some(p) = prev {
+            conf["prevResult"] = p.clone();
+        }
+        let ns: &Path = if netns.exists() { netns } else { Path::new("") };
+        self.invoke(sandbox, "bridge", "DEL", ns, &conf).await?;
+        let lo = json!({"cniVersion": "1.0.0", "name": "lo", "type": "loopback"});
+        if !ns.as_os_str().is_empty() {
+            self.invoke(sandbox, "loopback", "DEL", ns, &lo).await?;
+        }
+        Ok(())
+    }
+
+    /// Addresses currently reserved in IPAM (for leak checks).
+    pub fn reserved_addresses(&self) -> Vec<String> {
+        let dir = self.ipam_dir.join(&self.config.name);
+        let Ok(rd) = fs_err::read_dir(&dir) else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.parse::<Ipv4Addr>().is_ok())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_overlap() {
+        let a = parse_cidr("10.88.0.0/16").unwrap();
+        assert!(overlaps(a, parse_cidr("10.88.5.0/24").unwrap()));
+        assert!(overlaps(a, parse_cidr("10.0.0.0/8").unwrap()));
+        assert!(!overlaps(a, parse_cidr("192.0.2.0/24").unwrap()));
+    }
+
+    #[test]
+    fn reads_host_routes() {
+        // Every Linux host has at least a loopback-less route table file; parsing must not panic.
+        let _ = host_routes();
+    }
+}

@@ -1,0 +1,270 @@
+//! Every side effect on the host outside the node's own data directories goes through here:
+//! mounts and unmounts (overlay rootfs, network-namespace bind mounts), network namespace
+//! creation, running external programs (OCI runtimes, CNI plugins), cgroup directory removal.
+//! Each function logs what it does at `debug` level under the `node::host` target, so one
+//! filter shows the full audit trail.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::mount::{MntFlags, MsFlags};
+use tokio::io::AsyncWriteExt;
+
+use crate::error::{NodeError, Result};
+
+const TARGET: &str = "node::host";
+
+/// Mount an overlay with the given lower directories (topmost first) on `target`.
+pub fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<()> {
+    let lower = lowers
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    let opts = format!(
+        "lowerdir={lower},upperdir={},workdir={}",
+        upper.display(),
+        work.display()
+    );
+    if opts.len() >= 4000 {
+        return Err(NodeError::Config(format!(
+            "overlay options for {} are {} bytes, over the kernel's page limit: too many layers or a too long data directory path",
+            target.display(),
+            opts.len()
+        )));
+    }
+    tracing::debug!(target: TARGET, target_dir = %target.display(), %opts, "mount overlay");
+    nix::mount::mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::MS_NODEV,
+        Some(opts.as_str()),
+    )
+    .map_err(|e| NodeError::sys("mount overlay", target, e))
+}
+
+/// Unmount `target` if it is mounted (lazily if busy). Missing or unmounted paths are fine.
+pub fn unmount(target: &Path) -> Result<()> {
+    tracing::debug!(target: TARGET, path = %target.display(), "unmount");
+    match nix::mount::umount2(target, MntFlags::empty()) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(nix::errno::Errno::EBUSY) => nix::mount::umount2(target, MntFlags::MNT_DETACH)
+            .map_err(|e| NodeError::sys("unmount (detach)", target, e)),
+        Err(e) => Err(NodeError::sys("unmount", target, e)),
+    }
+}
+
+/// Whether `path` is a mount point (listed in /proc/self/mountinfo).
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(info) = fs_err::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.display().to_string();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|mp| unescape_mountinfo(mp) == want)
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+/// All mount points under `dir` (for leak checks and cleanup).
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(info) = fs_err::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|mp| PathBuf::from(unescape_mountinfo(mp)))
+        .filter(|p| p.starts_with(dir))
+        .collect()
+}
+
+/// Create a new network namespace and pin it with a bind mount on `path` (like `ip netns add`).
+/// The namespace is made on a short-lived thread so no other thread changes namespace.
+pub fn create_netns(path: &Path) -> Result<()> {
+    tracing::debug!(target: TARGET, path = %path.display(), "create netns");
+    if let Some(dir) = path.parent() {
+        fs_err::create_dir_all(dir)?;
+    }
+    fs_err::File::create(path)?;
+    let target = path.to_path_buf();
+    let res = std::thread::spawn(move || -> Result<()> {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| NodeError::sys("unshare network namespace", &target, e))?;
+        nix::mount::mount(
+            Some(Path::new("/proc/thread-self/ns/net")),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| NodeError::sys("bind-mount network namespace", &target, e))
+    })
+    .join()
+    .map_err(|_| NodeError::Config("network namespace thread panicked".into()))?;
+    if res.is_err() {
+        let _ = fs_err::remove_file(path);
+    }
+    res
+}
+
+/// Unpin and remove a network namespace made by [`create_netns`]. Missing is fine.
+pub fn remove_netns(path: &Path) -> Result<()> {
+    tracing::debug!(target: TARGET, path = %path.display(), "remove netns");
+    unmount(path)?;
+    match fs_err::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Remove a cgroup directory from every v1 hierarchy and from cgroup2 (only empty cgroups can
+/// be removed; missing ones are fine). Used for leftovers after a runtime failed to delete.
+pub fn remove_cgroup(rel: &str) -> Result<()> {
+    let rel = rel.trim_start_matches('/');
+    let Ok(entries) = fs_err::read_dir("/sys/fs/cgroup") else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let dir = e.path().join(rel);
+        if dir.is_dir() {
+            tracing::debug!(target: TARGET, path = %dir.display(), "remove cgroup");
+            match fs_err::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether a cgroup exists in any hierarchy (for leak checks).
+pub fn cgroup_exists(rel: &str) -> bool {
+    let rel = rel.trim_start_matches('/');
+    let Ok(entries) = fs_err::read_dir("/sys/fs/cgroup") else {
+        return false;
+    };
+    entries.flatten().any(|e| e.path().join(rel).is_dir())
+}
+
+/// Output of an external program.
+#[derive(Debug)]
+pub struct CmdOutput {
+    /// Exit code (128+signal when killed).
+    pub code: i32,
+    /// Captured stdout.
+    pub stdout: Vec<u8>,
+    /// Captured stderr.
+    pub stderr: Vec<u8>,
+}
+
+impl CmdOutput {
+    /// Trimmed stderr, or stdout if stderr is empty.
+    pub fn message(&self) -> String {
+        let err = String::from_utf8_lossy(&self.stderr).trim().to_string();
+        if err.is_empty() {
+            String::from_utf8_lossy(&self.stdout).trim().to_string()
+        } else {
+            err
+        }
+    }
+}
+
+/// Prepare a command for an external program with a clean environment.
+pub fn command(program: &Path) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Run an external program to completion, with optional stdin, bounded by `timeout`.
+pub async fn run(
+    mut cmd: tokio::process::Command,
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<CmdOutput> {
+    let std_cmd = cmd.as_std();
+    let program = PathBuf::from(std_cmd.get_program());
+    tracing::debug!(
+        target: TARGET,
+        program = %program.display(),
+        args = ?std_cmd.get_args().collect::<Vec<&OsStr>>(),
+        "run"
+    );
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| {
+        NodeError::Io(std::io::Error::new(
+            e.kind(),
+            format!("spawn {}: {e}", program.display()),
+        ))
+    })?;
+    if let Some(data) = stdin
+        && let Some(mut pipe) = child.stdin.take()
+    {
+        pipe.write_all(data).await?;
+        drop(pipe);
+    }
+    let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(NodeError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("{} did not finish within {timeout:?}", program.display()),
+            )));
+        }
+    };
+    use std::os::unix::process::ExitStatusExt;
+    let code = out
+        .status
+        .code()
+        .unwrap_or_else(|| 128 + out.status.signal().unwrap_or(0));
+    Ok(CmdOutput {
+        code,
+        stdout: out.stdout,
+        stderr: out.stderr,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn netns_is_new_and_removable() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("ns");
+        create_netns(&p).unwrap();
+        let ours = fs_err::metadata(&p).unwrap().ino();
+        let host = fs_err::metadata("/proc/self/ns/net").unwrap().ino();
+        assert_ne!(ours, host, "a new namespace, not the host's");
+        assert!(is_mounted(&p));
+        remove_netns(&p).unwrap();
+        assert!(!p.exists());
+    }
+}

@@ -1,0 +1,404 @@
+//! The only module with `unsafe`: raw system calls that nix does not wrap safely.
+//!
+//! It owns three things:
+//! 1. the per-sandbox shim (a double fork without exec, like conmon), whose steps are:
+//!    fork → (intermediate) setsid, fork, `_exit` → (shim) become child subreaper, reset signals,
+//!    close inherited fds, fork+exec the runtime's `create` with the log file as stdout/stderr →
+//!    report the create status and the shim pid on a pipe → read the container pid file →
+//!    reap every orphan, writing the container's exit code to a file atomically when its init
+//!    exits → `_exit` once no children remain. The shim survives a restart of the agent, so exit
+//!    codes are never lost;
+//! 2. the pre-exec hook that hides the cgroup2 mount from crun (hybrid hosts);
+//! 3. pidfds (wait for the exit of a process that is not our child) and `setxattr`.
+//!
+//! Code that runs between `fork` and `exec`/`_exit` only calls async-signal-safe libc
+//! functions on memory prepared before the fork.
+#![allow(unsafe_code)]
+
+use std::ffi::{CString, c_int};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use nix::libc;
+
+/// Everything the shim needs, prepared before the fork so the child never allocates.
+pub(crate) struct ShimPlan {
+    /// argv of the runtime `create` command, argv\[0\] an absolute path.
+    pub argv: Vec<CString>,
+    /// Environment of the `create` command.
+    pub envp: Vec<CString>,
+    /// File that receives the container's stdout and stderr (opened by the caller).
+    pub log: OwnedFd,
+    /// `/dev/null`, for stdin of the container and all stdio of the shim.
+    pub devnull: OwnedFd,
+    /// The runtime writes the container init pid here.
+    pub pid_file: CString,
+    /// The shim writes the exit code here first ...
+    pub exit_tmp: CString,
+    /// ... then renames it here.
+    pub exit_file: CString,
+    /// Run `create` in a private mount namespace without `/sys/fs/cgroup/unified` (crun on
+    /// hybrid cgroup hosts).
+    pub hide_cgroup2: Option<Cgroup2Hide>,
+}
+
+/// Prepared strings for hiding the cgroup2 mount.
+pub(crate) struct Cgroup2Hide {
+    root: CString,
+    unified: CString,
+}
+
+impl Cgroup2Hide {
+    pub(crate) fn new() -> Self {
+        Cgroup2Hide {
+            root: c"/".to_owned(),
+            unified: c"/sys/fs/cgroup/unified".to_owned(),
+        }
+    }
+
+    /// Async-signal-safe: unshare the mount namespace, make it private, detach cgroup2.
+    /// Returns false if the unshare or the propagation change failed.
+    fn apply(&self) -> bool {
+        // SAFETY: raw syscalls on NUL-terminated strings owned by `self`, which outlives the call;
+        // no allocation happens here.
+        unsafe {
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return false;
+            }
+            if libc::mount(
+                std::ptr::null(),
+                self.root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
+            {
+                return false;
+            }
+            // Absent on pure v1 hosts: ignore the result.
+            libc::umount2(self.unified.as_ptr(), libc::MNT_DETACH);
+        }
+        true
+    }
+}
+
+/// Install the cgroup2-hiding hook on a command (crun on hybrid hosts).
+pub(crate) fn hide_cgroup2_before_exec(cmd: &mut tokio::process::Command) {
+    let hide = Cgroup2Hide::new();
+    // SAFETY: the closure runs in the forked child before exec and only performs raw,
+    // async-signal-safe syscalls on strings allocated before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if hide.apply() {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
+/// What the shim reports once `create` has finished.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ShimStarted {
+    /// Wait status of the runtime `create` process, as an exit code (128+signal if killed).
+    pub create_exit: i32,
+    /// Pid of the shim (it stays alive while the container runs).
+    pub shim_pid: i32,
+}
+
+fn exit_code_of(status: c_int) -> i32 {
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        255
+    }
+}
+
+/// Async-signal-safe decimal formatting into a stack buffer.
+fn fmt_i32(mut v: i32, buf: &mut [u8; 16]) -> usize {
+    let neg = v < 0;
+    let mut tmp = [0u8; 16];
+    let mut n = 0;
+    if v == 0 {
+        tmp[0] = b'0';
+        n = 1;
+    }
+    while v != 0 {
+        let d = (v % 10).unsigned_abs() as u8;
+        tmp[n] = b'0' + d;
+        n += 1;
+        v /= 10;
+    }
+    let mut len = 0;
+    if neg {
+        buf[0] = b'-';
+        len = 1;
+    }
+    for i in (0..n).rev() {
+        buf[len] = tmp[i];
+        len += 1;
+    }
+    len
+}
+
+/// Async-signal-safe: read a decimal pid from a file.
+///
+/// # Safety
+/// `path` must be a valid NUL-terminated string.
+unsafe fn read_pid_file(path: &CString) -> i32 {
+    let mut buf = [0u8; 32];
+    // SAFETY: valid C string; buffer on the stack with its true length.
+    let n = unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return -1;
+        }
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        libc::close(fd);
+        n
+    };
+    if n <= 0 {
+        return -1;
+    }
+    let mut v: i32 = 0;
+    for &b in &buf[..n as usize] {
+        if b.is_ascii_digit() {
+            v = v.saturating_mul(10).saturating_add((b - b'0') as i32);
+        } else {
+            break;
+        }
+    }
+    if v > 0 { v } else { -1 }
+}
+
+/// Spawn the shim described in the module docs and wait until the runtime's `create` finished.
+/// Blocking: call it from `spawn_blocking`.
+pub(crate) fn spawn_shim(plan: ShimPlan) -> std::io::Result<ShimStarted> {
+    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let mut argv_ptrs: Vec<*const libc::c_char> = plan.argv.iter().map(|s| s.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let mut envp_ptrs: Vec<*const libc::c_char> = plan.envp.iter().map(|s| s.as_ptr()).collect();
+    envp_ptrs.push(std::ptr::null());
+    let log = plan.log.as_raw_fd();
+    let devnull = plan.devnull.as_raw_fd();
+    let wr_fd = wr.as_raw_fd();
+    let mut keep: [RawFd; 3] = [log, devnull, wr_fd];
+    keep.sort_unstable();
+
+    // SAFETY: fork in a multi-threaded process; the child only runs async-signal-safe libc
+    // calls on data prepared above (pointers stay valid: the child has a copy of this memory)
+    // and always ends in `_exit`.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: see above; this block never returns.
+        unsafe { shim_intermediate(&plan, &argv_ptrs, &envp_ptrs, log, devnull, wr_fd, &keep) }
+    }
+    drop(wr);
+    // Reap the intermediate process (it exits right after forking the shim).
+    while let Err(nix::errno::Errno::EINTR) =
+        nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None)
+    {}
+    let mut buf = [0u8; 8];
+    let mut got = 0;
+    while got < buf.len() {
+        match nix::unistd::read(&rd, &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if got != buf.len() {
+        return Err(std::io::Error::other(
+            "sandbox shim exited before reporting the runtime create status",
+        ));
+    }
+    Ok(ShimStarted {
+        create_exit: i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]),
+        shim_pid: i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]),
+    })
+}
+
+/// # Safety
+/// Only called in the child of `fork`; never returns.
+unsafe fn shim_intermediate(
+    plan: &ShimPlan,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+    log: RawFd,
+    devnull: RawFd,
+    wr: RawFd,
+    keep: &[RawFd; 3],
+) -> ! {
+    // SAFETY: async-signal-safe calls only; every path ends in `_exit`.
+    unsafe {
+        libc::setsid();
+        let pid = libc::fork();
+        if pid != 0 {
+            libc::_exit(if pid < 0 { 1 } else { 0 });
+        }
+        // The shim.
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        for sig in [
+            libc::SIGCHLD,
+            libc::SIGPIPE,
+            libc::SIGTERM,
+            libc::SIGINT,
+            libc::SIGHUP,
+        ] {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+        libc::dup2(devnull, 0);
+        libc::dup2(devnull, 1);
+        libc::dup2(devnull, 2);
+        // Close every inherited descriptor except the three we need.
+        let mut lo: libc::c_uint = 3;
+        for &fd in keep.iter() {
+            let fd = fd as libc::c_uint;
+            if fd > lo {
+                libc::syscall(libc::SYS_close_range, lo, fd - 1, 0);
+            }
+            if fd + 1 > lo {
+                lo = fd + 1;
+            }
+        }
+        libc::syscall(libc::SYS_close_range, lo, libc::c_uint::MAX, 0);
+
+        let create = libc::fork();
+        if create == 0 {
+            libc::dup2(devnull, 0);
+            libc::dup2(log, 1);
+            libc::dup2(log, 2);
+            if let Some(hide) = &plan.hide_cgroup2
+                && !hide.apply()
+            {
+                libc::_exit(126);
+            }
+            libc::execve(argv[0], argv.as_ptr(), envp.as_ptr());
+            libc::_exit(127);
+        }
+        let mut status: c_int = 0;
+        let create_exit = if create < 0 {
+            127
+        } else {
+            loop {
+                let r = libc::waitpid(create, &mut status, 0);
+                if r == create {
+                    break exit_code_of(status);
+                }
+                if r < 0 && *libc::__errno_location() != libc::EINTR {
+                    break 127;
+                }
+            }
+        };
+        let mut msg = [0u8; 8];
+        msg[..4].copy_from_slice(&create_exit.to_ne_bytes());
+        msg[4..].copy_from_slice(&libc::getpid().to_ne_bytes());
+        libc::write(wr, msg.as_ptr().cast(), msg.len());
+        libc::close(wr);
+        libc::close(log);
+
+        let container = if create_exit == 0 {
+            read_pid_file(&plan.pid_file)
+        } else {
+            -1
+        };
+        loop {
+            let r = libc::waitpid(-1, &mut status, 0);
+            if r < 0 {
+                if *libc::__errno_location() == libc::EINTR {
+                    continue;
+                }
+                break;
+            }
+            if r == container {
+                let mut buf = [0u8; 16];
+                let n = fmt_i32(exit_code_of(status), &mut buf);
+                let fd = libc::open(
+                    plan.exit_tmp.as_ptr(),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
+                    0o644,
+                );
+                if fd >= 0 {
+                    libc::write(fd, buf.as_ptr().cast(), n);
+                    libc::fsync(fd);
+                    libc::close(fd);
+                    libc::rename(plan.exit_tmp.as_ptr(), plan.exit_file.as_ptr());
+                }
+            }
+        }
+        libc::_exit(0);
+    }
+}
+
+/// Open a pidfd for any process (child or not). `None` if it no longer exists.
+pub(crate) fn pidfd_open(pid: i32) -> std::io::Result<Option<OwnedFd>> {
+    // SAFETY: plain syscall with integer arguments; on success it returns a new fd we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ESRCH) {
+            return Ok(None);
+        }
+        return Err(err);
+    }
+    // SAFETY: the kernel just returned this fd and nobody else owns it.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }))
+}
+
+/// Wait until the process behind a pidfd exits (the pidfd becomes readable), up to `timeout`.
+/// Returns false on timeout.
+pub(crate) async fn wait_pidfd(fd: OwnedFd, timeout: std::time::Duration) -> std::io::Result<bool> {
+    // SAFETY: the AsyncFd takes ownership of the OwnedFd, so the descriptor stays open and
+    // refers to the same pidfd until the AsyncFd is dropped at the end of this function.
+    let afd = unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)?;
+    match tokio::time::timeout(timeout, afd.readable()).await {
+        Ok(Ok(_)) => Ok(true),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Ok(false),
+    }
+}
+
+/// Set an extended attribute on a path (no symlink following).
+pub(crate) fn lsetxattr(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = CString::new(path.as_os_str().as_bytes())?;
+    let n = CString::new(name)?;
+    // SAFETY: valid C strings and a slice with its true length.
+    let r = unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fmt_i32;
+
+    #[test]
+    fn formats_integers() {
+        for v in [0, 7, 137, -1, i32::MAX, i32::MIN] {
+            let mut b = [0u8; 16];
+            let n = fmt_i32(v, &mut b);
+            assert_eq!(std::str::from_utf8(&b[..n]).unwrap(), v.to_string());
+        }
+    }
+}

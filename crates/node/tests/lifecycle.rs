@@ -1,0 +1,130 @@
+//! Lifecycle under each handler: start, exit code, stop with grace, pause/resume, recovery
+//! after the engine object is dropped and re-created, removal without leftovers.
+#![allow(clippy::print_stdout)]
+
+mod common;
+
+use std::time::Duration;
+
+use agent_sandbox_node::{HandlerKind, Phase, SandboxSpec};
+use common::{Env, assert_no_leaks, need};
+
+const IMAGE: &str = "localhost/test/busybox:1";
+
+fn sh(id: &str, handler: HandlerKind, script: &str) -> SandboxSpec {
+    let mut s = SandboxSpec::new(id, IMAGE);
+    s.handler = Some(handler.name().into());
+    s.command = Some(vec!["/bin/sh".into(), "-c".into(), script.into()]);
+    s
+}
+
+async fn lifecycle(kind: HandlerKind) {
+    if need(Some(kind)) {
+        return;
+    }
+    let mut env = Env::new(&[kind], None).await;
+    let st = &env.engine().handler_statuses()[0];
+    assert!(st.usable, "{}", st.summary());
+    println!("{}", st.summary());
+    env.busybox(IMAGE).await;
+    let e = env.engine();
+
+    // Exit code and output.
+    let h = e
+        .create(sh("exit", kind, "echo hello-from-sandbox; exit 3"))
+        .await
+        .unwrap();
+    assert_eq!(h.handler, kind);
+    assert_eq!(e.state("exit").await.unwrap().phase, Phase::Created);
+    e.start("exit").await.unwrap();
+    assert_eq!(
+        e.wait("exit", Duration::from_secs(20)).await.unwrap(),
+        Some(3)
+    );
+    let st = e.state("exit").await.unwrap();
+    assert_eq!((st.phase, st.exit_code), (Phase::Exited, Some(3)));
+    let log = fs_err::read_to_string(e.log_path("exit")).unwrap();
+    assert!(log.contains("hello-from-sandbox"), "log: {log}");
+    e.remove("exit").await.unwrap();
+
+    // Stop with grace: the process handles TERM.
+    e.create(sh(
+        "grace",
+        kind,
+        "trap 'exit 42' TERM; while true; do sleep 0.05; done",
+    ))
+    .await
+    .unwrap();
+    e.start("grace").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(e.state("grace").await.unwrap().phase, Phase::Running);
+    let code = e.stop("grace", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(code, Some(42));
+    e.remove("grace").await.unwrap();
+
+    // Stop with grace: TERM ignored, SIGKILL after the grace period.
+    e.create(sh(
+        "kill",
+        kind,
+        "trap '' TERM; while true; do sleep 0.05; done",
+    ))
+    .await
+    .unwrap();
+    e.start("kill").await.unwrap();
+    let t = std::time::Instant::now();
+    let code = e.stop("kill", Duration::from_millis(500)).await.unwrap();
+    assert_eq!(code, Some(137));
+    assert!(
+        t.elapsed() >= Duration::from_millis(450),
+        "{:?}",
+        t.elapsed()
+    );
+    e.remove("kill").await.unwrap();
+
+    // Pause and resume.
+    e.create(sh(
+        "pause",
+        kind,
+        "i=0; while true; do i=$((i+1)); echo $i > /tmp/n; sleep 0.02; done",
+    ))
+    .await
+    .unwrap();
+    e.start("pause").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    e.pause("pause").await.unwrap();
+    assert_eq!(e.state("pause").await.unwrap().phase, Phase::Paused);
+    assert!(e.pause("pause").await.is_err());
+    e.resume("pause").await.unwrap();
+    assert_eq!(e.state("pause").await.unwrap().phase, Phase::Running);
+
+    // Recovery: drop the engine, open a new one, find the sandbox still running.
+    let pid_before = e.state("pause").await.unwrap().pid;
+    env.reopen().await;
+    let e = env.engine();
+    assert!(e.list().is_empty());
+    let report = e.recover().await.unwrap();
+    assert_eq!(report.adopted, vec!["pause".to_string()], "{report:?}");
+    let st = e.state("pause").await.unwrap();
+    assert_eq!(st.phase, Phase::Running);
+    assert_eq!(st.pid, pid_before, "re-adopted, not restarted");
+    let code = e.stop("pause", Duration::from_secs(5)).await.unwrap();
+    // Killed by TERM (gVisor delivers it to pid 1) or, after the grace, by KILL.
+    assert!(matches!(code, Some(137) | Some(143)), "{code:?}");
+    e.remove("pause").await.unwrap();
+    assert_no_leaks(&env);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_runc() {
+    lifecycle(HandlerKind::Runc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_crun() {
+    lifecycle(HandlerKind::Crun).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_runsc() {
+    lifecycle(HandlerKind::Runsc).await;
+}
