@@ -424,7 +424,7 @@ impl App {
         }
         if let Some(av) = v.get("apiVersion").and_then(Value::as_str)
             && av != t.api_version()
-            && !(t.sub.as_deref() == Some("scale"))
+            && t.sub.as_deref() != Some("scale")
         {
             return Err(ApiError::bad_request(format!(
                 "the API version in the data ({av}) does not match the expected API version ({})",
@@ -434,7 +434,7 @@ impl App {
         if let Some(k) = v.get("kind").and_then(Value::as_str)
             && k != t.rd.kind
             && t.sub.as_deref() != Some("scale")
-            && !(k == "DeleteOptions")
+            && k != "DeleteOptions"
         {
             return Err(ApiError::bad_request(format!(
                 "the kind in the data ({k}) does not match the expected kind ({})",
@@ -1181,11 +1181,7 @@ impl App {
                 .await
             {
                 Ok(s) => {
-                    let code = if t.rd.special == Special::Pod {
-                        StatusCode::OK
-                    } else {
-                        StatusCode::OK
-                    };
+                    let code = StatusCode::OK;
                     return Ok((code, self.to_external(&t.rd, &t.version, &s.obj)?));
                 }
                 Err(StoreError::Conflict) => continue,
@@ -1529,9 +1525,9 @@ pub async fn handle_resource(app: Arc<App>, t: Target, req: Request) -> Response
             "NotFound",
             "the server could not find the requested resource",
         )),
-        _ => Err(ApiError::method_not_allowed(format!(
-            "the server does not allow this method on the requested resource"
-        ))),
+        _ => Err(ApiError::method_not_allowed(
+            "the server does not allow this method on the requested resource",
+        )),
     };
     match result {
         Ok((code, v)) => {
@@ -1609,7 +1605,7 @@ pub fn form_pairs(q: &str) -> Vec<(String, String)> {
         while i < b.len() {
             match b[i] {
                 b'+' => out.push(b' '),
-                b'%' if i + 2 < b.len() + 0 && i + 2 <= b.len() - 1 => {
+                b'%' if i + 2 < b.len() => {
                     match u8::from_str_radix(
                         std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"),
                         16,

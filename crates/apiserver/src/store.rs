@@ -530,6 +530,9 @@ impl Store {
     }
 }
 
+/// (rv, created_rv, deleted, object) of one stored row.
+type HistoryRow = (u64, u64, bool, Arc<Value>);
+
 fn load(conn: &Connection, path: &Path, cfg: &StoreConfig) -> Result<State, OpenError> {
     let e = sqlite_err(path);
     let meta = |k: &str| -> Result<u64, OpenError> {
@@ -547,7 +550,7 @@ fn load(conn: &Connection, path: &Path, cfg: &StoreConfig) -> Result<State, Open
         ..Default::default()
     };
     // (res) -> Vec<(rv, created_rv, deleted, obj)>
-    let mut history: HashMap<String, Vec<(u64, u64, bool, Arc<Value>)>> = HashMap::new();
+    let mut history: HashMap<String, Vec<HistoryRow>> = HashMap::new();
     let parse = |res: &str, ns: &str, name: &str, data: &[u8], rv: u64| {
         let mut v: Value = serde_json::from_slice(data).map_err(|source| OpenError::Corrupt {
             path: path.to_path_buf(),

@@ -103,7 +103,7 @@ pub fn jsonpath(obj: &Value, path: &str) -> Vec<Value> {
                     .flat_map(|v| v.as_array().cloned().unwrap_or_default())
                     .filter(|e| match (&want, e.get(k)) {
                         (Some(w), Some(Value::String(s))) => s == w,
-                        (Some(w), Some(other)) => other.to_string() == *w,
+                        (Some(w), Some(other)) => other.to_string().as_str() == w.as_str(),
                         (None, Some(_)) => true,
                         _ => false,
                     })

@@ -1,0 +1,571 @@
+//! kube-rs against the real server (HTTPS on loopback, SQLite in a temp dir): conflicts,
+//! generateName, watch resume, 410 then relist, garbage collection, finalizers, the status
+//! subresource and selectors.
+
+mod common;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use std::time::Duration;
+
+fn lease(name: &str) -> Lease {
+    serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"holderIdentity": "a"}}))
+        .unwrap()
+}
+
+fn pod(name: &str, labels: serde_json::Value) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"terminationGracePeriodSeconds": 0, "containers": [{"name": "c", "image": "busybox:1"}]}
+    }))
+    .unwrap()
+}
+
+fn owned_by(mut l: Lease, owner: &Lease, block: bool) -> Lease {
+    l.metadata.owner_references = Some(vec![OwnerReference {
+        api_version: "coordination.k8s.io/v1".into(),
+        kind: "Lease".into(),
+        name: owner.name_any(),
+        uid: owner.uid().unwrap(),
+        controller: Some(true),
+        block_owner_deletion: Some(block),
+    }]);
+    l
+}
+
+async fn wait_gone<K>(api: &Api<K>, name: &str) -> bool
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    for _ in 0..100 {
+        if api.get_opt(name).await.unwrap().is_none() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicts_generate_name_and_in_process_client() {
+    let ts = common::start().await;
+    for client in [ts.https_client().await, ts.server.client()] {
+        let api: Api<Lease> = Api::default_namespaced(client.clone());
+        let name = format!("l-{}", uuid_suffix());
+        let created = api
+            .create(&PostParams::default(), &lease(&name))
+            .await
+            .unwrap();
+        assert!(created.uid().is_some());
+        assert_eq!(created.metadata.generation, Some(1));
+        let mut a = created.clone();
+        a.spec.as_mut().unwrap().holder_identity = Some("b".into());
+        let updated = api
+            .replace(&name, &PostParams::default(), &a)
+            .await
+            .unwrap();
+        assert_ne!(updated.resource_version(), created.resource_version());
+        // Stale update: 409 with kube-apiserver's message.
+        let mut stale = created.clone();
+        stale.spec.as_mut().unwrap().holder_identity = Some("c".into());
+        let err = api
+            .replace(&name, &PostParams::default(), &stale)
+            .await
+            .unwrap_err();
+        match err {
+            kube::Error::Api(s) => {
+                assert_eq!(s.code, 409);
+                assert_eq!(s.reason, "Conflict");
+                assert_eq!(
+                    s.message,
+                    format!(
+                        "Operation cannot be fulfilled on leases.coordination.k8s.io \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+                    )
+                );
+            }
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        // A merge patch with a stale resourceVersion conflicts too.
+        let p = json!({"metadata": {"resourceVersion": created.resource_version()}, "spec": {"holderIdentity": "d"}});
+        let err = api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&p))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, kube::Error::Api(ref s) if s.code == 409),
+            "{err:?}"
+        );
+        // generateName: 5 characters from kube-apiserver's alphabet.
+        let g: Lease =
+            serde_json::from_value(json!({"metadata": {"generateName": "pool-"}})).unwrap();
+        let g = api.create(&PostParams::default(), &g).await.unwrap();
+        let suffix = g.name_any().strip_prefix("pool-").unwrap().to_string();
+        assert_eq!(suffix.len(), 5);
+        assert!(
+            suffix
+                .chars()
+                .all(|c| "bcdfghjklmnpqrstvwxz2456789".contains(c)),
+            "{suffix}"
+        );
+        // AlreadyExists.
+        let err = api
+            .create(&PostParams::default(), &lease(&name))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, kube::Error::Api(ref s) if s.code == 409 && s.reason == "AlreadyExists")
+        );
+    }
+}
+
+fn uuid_suffix() -> String {
+    agent_sandbox_apiserver::api::name_suffix()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_resume_and_gone_then_relist() {
+    let ts = common::start_with(|c| c.watch_window = 10).await;
+    let client = ts.https_client().await;
+    let api: Api<Lease> = Api::default_namespaced(client.clone());
+    let first = api
+        .create(&PostParams::default(), &lease("w0"))
+        .await
+        .unwrap();
+    let rv0 = first.resource_version().unwrap();
+    for i in 1..4 {
+        api.create(&PostParams::default(), &lease(&format!("w{i}")))
+            .await
+            .unwrap();
+    }
+    // Resume from rv0: exactly the three later creations, in order.
+    let mut s = api
+        .watch(&WatchParams::default().timeout(2), &rv0)
+        .await
+        .unwrap()
+        .boxed();
+    let mut seen = vec![];
+    while let Some(ev) = s.try_next().await.unwrap() {
+        if let WatchEvent::Added(l) = ev {
+            seen.push(l.name_any());
+            if seen.len() == 3 {
+                break;
+            }
+        }
+    }
+    assert_eq!(seen, vec!["w1", "w2", "w3"]);
+    // Push rv0 out of the window: the watch gets an ERROR event with 410 Expired.
+    for i in 0..15 {
+        let p = json!({"spec": {"leaseDurationSeconds": i}});
+        api.patch("w1", &PatchParams::default(), &Patch::Merge(&p))
+            .await
+            .unwrap();
+    }
+    let mut s = api
+        .watch(&WatchParams::default().timeout(2), &rv0)
+        .await
+        .unwrap()
+        .boxed();
+    match s.try_next().await.unwrap() {
+        Some(WatchEvent::Error(e)) => {
+            assert_eq!(e.code, 410);
+            assert_eq!(e.reason, "Expired");
+            assert!(
+                e.message.starts_with("too old resource version"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("expected 410, got {other:?}"),
+    }
+    // kube_runtime::watcher: let its resourceVersion fall out of the window while it is not
+    // polled, then check that it relists and sees every object.
+    let cfg = watcher::Config::default().timeout(1);
+    let mut w = watcher(api.clone(), cfg).boxed();
+    loop {
+        if let watcher::Event::InitDone = w.try_next().await.unwrap().unwrap() {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for i in 0..20 {
+        api.create(&PostParams::default(), &lease(&format!("late{i}")))
+            .await
+            .unwrap();
+    }
+    let mut saw_gone = false;
+    let mut relisted = std::collections::BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(5), w.next()).await {
+            Ok(Some(Err(watcher::Error::WatchError(e)))) if e.code == 410 => saw_gone = true,
+            Ok(Some(Ok(watcher::Event::InitApply(l)))) if saw_gone => {
+                relisted.insert(l.name_any());
+            }
+            Ok(Some(Ok(watcher::Event::InitDone))) if saw_gone => break,
+            Ok(Some(_)) => {}
+            _ => break,
+        }
+    }
+    assert!(saw_gone, "the watcher never saw 410");
+    assert_eq!(
+        relisted.len(),
+        24,
+        "relist after 410 must return every object: {relisted:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watcher_sees_changes_and_selectors() {
+    let ts = common::start().await;
+    let client = ts.server.client();
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let cfg = watcher::Config::default().labels("app=web");
+    let mut w = watcher(pods.clone(), cfg).boxed();
+    loop {
+        if let watcher::Event::InitDone = w.try_next().await.unwrap().unwrap() {
+            break;
+        }
+    }
+    pods.create(
+        &PostParams::default(),
+        &pod("web-1", json!({"app": "web", "tier": "fe"})),
+    )
+    .await
+    .unwrap();
+    pods.create(&PostParams::default(), &pod("db-1", json!({"app": "db"})))
+        .await
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(5), w.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        Some(watcher::Event::Apply(p)) => assert_eq!(p.name_any(), "web-1"),
+        other => panic!("unexpected {other:?}"),
+    }
+    // Relabelling out of the selector is a delete for this watcher.
+    let p = json!({"metadata": {"labels": {"app": "other"}}});
+    pods.patch("web-1", &PatchParams::default(), &Patch::Merge(&p))
+        .await
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(5), w.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        Some(watcher::Event::Delete(p)) => assert_eq!(p.name_any(), "web-1"),
+        other => panic!("unexpected {other:?}"),
+    }
+    pods.patch(
+        "web-1",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"metadata": {"labels": {"app": "web"}}})),
+    )
+    .await
+    .unwrap();
+    // Bound to the configured node, phase Pending.
+    let got = pods.get("db-1").await.unwrap();
+    assert_eq!(got.spec.unwrap().node_name.as_deref(), Some("test-node"));
+    assert_eq!(got.status.unwrap().phase.as_deref(), Some("Pending"));
+    // Label selectors: equality and set-based.
+    let names = |l: Vec<Pod>| l.into_iter().map(|p| p.name_any()).collect::<Vec<_>>();
+    let l = pods
+        .list(&ListParams::default().labels("app in (web,db)"))
+        .await
+        .unwrap();
+    assert_eq!(names(l.items), vec!["db-1", "web-1"]);
+    let l = pods
+        .list(&ListParams::default().labels("app!=web"))
+        .await
+        .unwrap();
+    assert_eq!(names(l.items), vec!["db-1"]);
+    let l = pods
+        .list(&ListParams::default().labels("tier,app notin (db)"))
+        .await
+        .unwrap();
+    assert_eq!(names(l.items), vec!["web-1"]);
+    // Field selectors.
+    let l = pods
+        .list(&ListParams::default().fields("metadata.name=db-1"))
+        .await
+        .unwrap();
+    assert_eq!(names(l.items), vec!["db-1"]);
+    let l = pods
+        .list(&ListParams::default().fields("spec.nodeName=test-node,status.phase=Pending"))
+        .await
+        .unwrap();
+    assert_eq!(l.items.len(), 2);
+    let l = pods
+        .list(&ListParams::default().fields("status.phase=Running"))
+        .await
+        .unwrap();
+    assert!(l.items.is_empty());
+    let err = pods
+        .list(&ListParams::default().fields("spec.bogus=1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 400),
+        "{err:?}"
+    );
+    // Paging with limit/continue.
+    for i in 0..5 {
+        pods.create(
+            &PostParams::default(),
+            &pod(&format!("page-{i}"), json!({"paged": "yes"})),
+        )
+        .await
+        .unwrap();
+    }
+    let mut all = vec![];
+    let mut lp = ListParams::default().labels("paged").limit(2);
+    loop {
+        let page = pods.list(&lp).await.unwrap();
+        assert!(page.items.len() <= 2);
+        all.extend(names(page.items));
+        match page.metadata.continue_ {
+            Some(c) if !c.is_empty() => lp = lp.continue_token(&c),
+            _ => break,
+        }
+    }
+    assert_eq!(all, vec!["page-0", "page-1", "page-2", "page-3", "page-4"]);
+    // All namespaces.
+    let all_ns: Api<Pod> = Api::all(client);
+    assert_eq!(
+        all_ns
+            .list(&ListParams::default().labels("paged"))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        5
+    );
+}
+
+async fn gc_setup(client: &Client, ns: &str) -> (Api<Lease>, Lease, Lease) {
+    let nss: Api<Namespace> = Api::all(client.clone());
+    let n: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
+    nss.create(&PostParams::default(), &n).await.unwrap();
+    let api: Api<Lease> = Api::namespaced(client.clone(), ns);
+    let owner = api
+        .create(&PostParams::default(), &lease("owner"))
+        .await
+        .unwrap();
+    let mut dep = owned_by(lease("dep"), &owner, true);
+    dep.metadata.finalizers = None;
+    let dep = api.create(&PostParams::default(), &dep).await.unwrap();
+    (api, owner, dep)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_collection_policies_and_finalizers() {
+    let ts = common::start().await;
+    let client = ts.https_client().await;
+
+    // Background: the owner goes at once, the dependent follows.
+    let (api, _owner, _dep) = gc_setup(&client, "gc-bg").await;
+    api.delete("owner", &DeleteParams::background())
+        .await
+        .unwrap();
+    assert!(api.get_opt("owner").await.unwrap().is_none());
+    assert!(
+        wait_gone(&api, "dep").await,
+        "background GC did not delete the dependent"
+    );
+
+    // Orphan: the dependent stays, without the owner reference.
+    let (api, _owner, _dep) = gc_setup(&client, "gc-orphan").await;
+    api.delete("owner", &DeleteParams::orphan()).await.unwrap();
+    assert!(wait_gone(&api, "owner").await);
+    let dep = api.get("dep").await.unwrap();
+    assert!(
+        dep.owner_references().is_empty(),
+        "{:?}",
+        dep.metadata.owner_references
+    );
+
+    // Foreground with a blocking dependent held by a finalizer.
+    let (api, _owner, _dep) = gc_setup(&client, "gc-fg").await;
+    let hold = json!({"metadata": {"finalizers": ["example.com/hold"]}});
+    api.patch("dep", &PatchParams::default(), &Patch::Merge(&hold))
+        .await
+        .unwrap();
+    let r = api
+        .delete("owner", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    let pending = r.left().expect("foreground delete returns the object");
+    assert!(pending.metadata.deletion_timestamp.is_some());
+    assert!(
+        pending
+            .finalizers()
+            .contains(&"foregroundDeletion".to_string())
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let owner = api.get("owner").await.unwrap();
+    assert!(
+        owner.metadata.deletion_timestamp.is_some(),
+        "owner must wait for its blocking dependent"
+    );
+    let dep = api.get("dep").await.unwrap();
+    assert!(
+        dep.metadata.deletion_timestamp.is_some(),
+        "dependent must be deleting"
+    );
+    // Finalizers hold deletion until removed; adding one while deleting is refused.
+    let add = json!({"metadata": {"finalizers": ["example.com/hold", "example.com/more"]}});
+    let err = api
+        .patch("dep", &PatchParams::default(), &Patch::Merge(&add))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 422),
+        "{err:?}"
+    );
+    api.patch(
+        "dep",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    assert!(wait_gone(&api, "dep").await);
+    assert!(
+        wait_gone(&api, "owner").await,
+        "owner must go once its dependents are gone"
+    );
+
+    // Delete preconditions.
+    let api: Api<Lease> = Api::default_namespaced(client.clone());
+    let l = api
+        .create(&PostParams::default(), &lease("pre"))
+        .await
+        .unwrap();
+    let mut dp = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: Some("wrong".into()),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    let err = api.delete("pre", &dp).await.unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 409),
+        "{err:?}"
+    );
+    dp.preconditions = Some(kube::api::Preconditions {
+        uid: l.uid(),
+        resource_version: l.resource_version(),
+    });
+    api.delete("pre", &dp).await.unwrap();
+
+    // Namespace deletion deletes the contents.
+    let (api, _o, _d) = gc_setup(&client, "doomed").await;
+    let nss: Api<Namespace> = Api::all(client.clone());
+    nss.delete("doomed", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(wait_gone(&api, "owner").await);
+    assert!(
+        wait_gone(&nss, "doomed").await,
+        "namespace must go once empty"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_subresource_and_generation() {
+    let ts = common::start().await;
+    let client = ts.server.client();
+    let svcs: Api<Service> = Api::default_namespaced(client);
+    let s: Service = serde_json::from_value(json!({
+        "metadata": {"name": "svc"},
+        "spec": {"selector": {"app": "x"}, "ports": [{"port": 80}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": "1.2.3.4"}]}}
+    }))
+    .unwrap();
+    let s = svcs.create(&PostParams::default(), &s).await.unwrap();
+    assert_eq!(s.metadata.generation, Some(1));
+    assert!(s.spec.as_ref().unwrap().cluster_ip.is_some());
+    assert_eq!(
+        s.spec.as_ref().unwrap().ports.as_ref().unwrap()[0]
+            .protocol
+            .as_deref(),
+        Some("TCP")
+    );
+    // Status through the status subresource: generation unchanged.
+    let st = json!({"status": {"loadBalancer": {"ingress": [{"ip": "10.0.0.1"}]}}});
+    let s2 = svcs
+        .patch_status("svc", &PatchParams::default(), &Patch::Merge(&st))
+        .await
+        .unwrap();
+    assert_eq!(s2.metadata.generation, Some(1));
+    assert_eq!(
+        s2.status.unwrap().load_balancer.unwrap().ingress.unwrap()[0]
+            .ip
+            .as_deref(),
+        Some("10.0.0.1")
+    );
+    // Status changes through the main resource are ignored; spec changes bump generation.
+    let p = json!({"spec": {"selector": {"app": "y"}}, "status": {"loadBalancer": {}}});
+    let s3 = svcs
+        .patch("svc", &PatchParams::default(), &Patch::Merge(&p))
+        .await
+        .unwrap();
+    assert_eq!(s3.metadata.generation, Some(2));
+    assert_eq!(
+        s3.status
+            .clone()
+            .unwrap()
+            .load_balancer
+            .unwrap()
+            .ingress
+            .unwrap()[0]
+            .ip
+            .as_deref(),
+        Some("10.0.0.1")
+    );
+    // A no-op update writes nothing.
+    let s4 = svcs
+        .patch("svc", &PatchParams::default(), &Patch::Merge(&json!({})))
+        .await
+        .unwrap();
+    assert_eq!(s4.resource_version(), s3.resource_version());
+    // Strategic merge patch merges ports by port.
+    let smp = json!({"spec": {"ports": [{"port": 443, "name": "https"}]}});
+    let s5 = svcs
+        .patch("svc", &PatchParams::default(), &Patch::Strategic(&smp))
+        .await
+        .unwrap();
+    assert_eq!(s5.spec.unwrap().ports.unwrap().len(), 2);
+    // JSON patch.
+    let jp = serde_json::from_value(
+        json!([{"op": "add", "path": "/metadata/labels", "value": {"k": "v"}}]),
+    )
+    .unwrap();
+    let s6 = svcs
+        .patch("svc", &PatchParams::default(), &Patch::<()>::Json(jp))
+        .await
+        .unwrap();
+    assert_eq!(s6.labels().get("k").map(String::as_str), Some("v"));
+    // Server-side apply: 415.
+    let err = svcs
+        .patch(
+            "svc",
+            &PatchParams::apply("t"),
+            &Patch::Apply(&json!({"apiVersion": "v1", "kind": "Service"})),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 415),
+        "{err:?}"
+    );
+}
