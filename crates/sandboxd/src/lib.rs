@@ -1,2 +1,341 @@
 //! sandboxd, the in-sandbox runtime: the upstream files REST API and gRPC `process.v1` service,
 //! the legacy python-runtime HTTP API, streaming exec, PTY and `run_code`.
+
+pub mod config;
+pub mod confine;
+pub mod error;
+pub mod fsops;
+pub mod grpc;
+mod http_server;
+pub mod legacy;
+pub mod process;
+pub mod rest;
+mod sys;
+pub mod v2;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use config::Config;
+
+/// Generated protobuf and tonic code for `process.v1`.
+#[allow(unreachable_pub, missing_docs, clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("process.v1");
+    /// Encoded descriptor set of `process.v1`, served by gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("process_descriptor");
+}
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Bad flags.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The sandbox root could not be created or opened.
+    #[error("sandbox root {path}: {source}; create it or pass another --root-dir")]
+    Root {
+        /// The configured root.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} for {what}: {source}; pick another port or stop what uses it")]
+    Bind {
+        /// Which API.
+        what: &'static str,
+        /// Address.
+        addr: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Runtime set-up failed.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// State shared by every handler.
+#[derive(Debug)]
+pub struct App {
+    pub(crate) config: Config,
+    pub(crate) root: confine::Root,
+    pub(crate) ready: AtomicBool,
+    pub(crate) started: Instant,
+    pub(crate) metadata_env: BTreeMap<String, String>,
+    pub(crate) sup: Arc<process::Supervisor>,
+    pub(crate) kernels: v2::code::Kernels,
+}
+
+/// A bound, not yet running daemon. Bind, read the addresses, then [`Server::run`].
+#[derive(Debug)]
+pub struct Server {
+    app: Arc<App>,
+    grpc: TcpListener,
+    rest: TcpListener,
+    legacy: Option<TcpListener>,
+}
+
+impl Server {
+    /// Opens the root, binds the listeners and starts the child reaper.
+    pub async fn bind(config: Config) -> Result<Server, ServeError> {
+        if config.grpc_port != 0 && config.grpc_port == config.rest_port {
+            return Err(ServeError::Config(format!(
+                "--grpc-port and --rest-port must differ (both {})",
+                config.grpc_port
+            )));
+        }
+        if !config.no_legacy
+            && config.legacy_port != 0
+            && (config.legacy_port == config.rest_port || config.legacy_port == config.grpc_port)
+        {
+            return Err(ServeError::Config(format!(
+                "--legacy-port {} collides with another port; pick a free one or pass --no-legacy",
+                config.legacy_port
+            )));
+        }
+        let root = confine::Root::open(&config.root_dir).map_err(|source| ServeError::Root {
+            path: config.root_dir.display().to_string(),
+            source,
+        })?;
+        let pid1 = rustix::process::getpid().is_init();
+        if config.subreaper {
+            rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+                .map_err(|e| ServeError::Setup(format!("cannot become a child subreaper: {e}")))?;
+        }
+        let sup = process::Supervisor::new(pid1 || config.subreaper);
+        sup.start_reaper()
+            .map_err(|e| ServeError::Setup(format!("cannot install the SIGCHLD handler: {e}")))?;
+        let bind = |what: &'static str, port: u16| {
+            let addr = format!("{}:{}", host_for_bind(&config.listen_host), port);
+            async move {
+                TcpListener::bind(&addr)
+                    .await
+                    .map_err(|source| ServeError::Bind { what, addr, source })
+            }
+        };
+        let grpc = bind("gRPC", config.grpc_port).await?;
+        let rest = bind("REST", config.rest_port).await?;
+        let legacy = if config.no_legacy {
+            None
+        } else {
+            Some(bind("legacy API", config.legacy_port).await?)
+        };
+        let app = Arc::new(App {
+            metadata_env: rest::metadata_env(&config.metadata_env_prefix),
+            kernels: v2::code::Kernels::default(),
+            config,
+            root,
+            ready: AtomicBool::new(true),
+            started: Instant::now(),
+            sup,
+        });
+        Ok(Server {
+            app,
+            grpc,
+            rest,
+            legacy,
+        })
+    }
+
+    /// Address of the gRPC listener.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc.local_addr().ok()
+    }
+    /// Address of the REST listener.
+    pub fn rest_addr(&self) -> Option<SocketAddr> {
+        self.rest.local_addr().ok()
+    }
+    /// Address of the legacy listener.
+    pub fn legacy_addr(&self) -> Option<SocketAddr> {
+        self.legacy.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Serves until `shutdown` resolves, then shuts down in upstream's order: readiness off,
+    /// SIGTERM to every process, 2 s grace, SIGKILL, HTTP drain, gRPC drain; all bounded by
+    /// `--shutdown-timeout`.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), ServeError> {
+        let Server {
+            app,
+            grpc,
+            rest,
+            legacy,
+        } = self;
+        let timeout = app.config.shutdown_timeout;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let rest_task = tokio::spawn(http_server::serve(
+            rest,
+            rest_router(app.clone()),
+            stop_rx.clone(),
+            timeout,
+        ));
+        let legacy_task = legacy.map(|l| {
+            tokio::spawn(http_server::serve(
+                l,
+                legacy_router(app.clone()),
+                stop_rx.clone(),
+                timeout,
+            ))
+        });
+        let grpc_task = tokio::spawn(serve_grpc(app.clone(), grpc, stop_rx.clone(), timeout));
+
+        shutdown.await;
+        tracing::info!("shutting down");
+        let deadline = tokio::time::Instant::now() + timeout;
+        app.ready.store(false, Ordering::SeqCst);
+        app.kernels.shutdown();
+        app.sup.signal_all(rustix::process::Signal::TERM);
+        let grace = tokio::time::Instant::now() + Duration::from_secs(2);
+        while app.sup.live_children() > 0 && tokio::time::Instant::now() < grace.min(deadline) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        app.sup.signal_all(rustix::process::Signal::KILL);
+        let _ = stop_tx.send(true);
+        let _ = tokio::time::timeout_at(deadline, async {
+            let _ = rest_task.await;
+            if let Some(t) = legacy_task {
+                let _ = t.await;
+            }
+            let _ = grpc_task.await;
+        })
+        .await;
+        Ok(())
+    }
+}
+
+fn host_for_bind(host: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+async fn serve_grpc(
+    app: Arc<App>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let svc = pb::process_service_server::ProcessServiceServer::new(grpc::ProcessSvc { app });
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1();
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha();
+    let (Ok(r1), Ok(r1a)) = (reflection_v1, reflection_v1alpha) else {
+        tracing::error!("gRPC reflection could not be built; serving without it");
+        return;
+    };
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let mut stop2 = stop.clone();
+    let server = tonic::transport::Server::builder()
+        .add_service(svc)
+        .add_service(r1)
+        .add_service(r1a)
+        .serve_with_incoming_shutdown(incoming, async move {
+            http_server::stopped(&mut stop2).await;
+        });
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => {
+            if let Err(e) = r {
+                tracing::error!("gRPC server failed: {e}");
+            }
+        }
+        _ = async {
+            http_server::stopped(&mut stop).await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!("gRPC graceful stop exceeded the shutdown timeout; forcing stop");
+        }
+    }
+}
+
+/// Routes of the REST port: upstream `/v1` plus the `/v2` extensions.
+pub fn rest_router(app: Arc<App>) -> Router {
+    let v1 = Router::new()
+        .route(
+            "/v1/files/{*path}",
+            get(rest::get_file)
+                .put(rest::put_file)
+                .delete(rest::delete_file),
+        )
+        .route(
+            "/v1/files/",
+            get(rest::get_file)
+                .put(rest::put_file)
+                .delete(rest::delete_file),
+        )
+        .route(
+            "/v1/files",
+            get(rest::get_file)
+                .put(rest::put_file)
+                .delete(rest::delete_file),
+        )
+        .route("/v1/health", get(rest::health))
+        .route("/v1/metadata", get(rest::metadata));
+    v1.merge(v2::router())
+        .fallback(|| async {
+            error::ApiError::not_found("no such endpoint; see the REST API under /v1 and /v2")
+        })
+        .with_state(app)
+}
+
+/// Routes of the legacy port: upstream's python-runtime API plus the `/v2` extensions.
+pub fn legacy_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/", get(legacy::root_health))
+        .route("/execute", post(legacy::execute))
+        .route("/upload", post(legacy::upload))
+        .route("/download/{*path}", get(legacy::download))
+        .route("/list/{*path}", get(legacy::list))
+        .route("/list/", get(legacy::list))
+        .route("/exists/{*path}", get(legacy::exists))
+        .route("/exists/", get(legacy::exists))
+        .merge(v2::router())
+        .fallback(legacy::not_found)
+        .with_state(app)
+}
+
+/// Runs sandboxd with `config` until SIGINT or SIGTERM.
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    let server = Server::bind(config).await?;
+    tracing::info!(
+        grpc = ?server.grpc_addr(),
+        rest = ?server.rest_addr(),
+        legacy = ?server.legacy_addr(),
+        root = %server.app.root.real_path().display(),
+        "sandboxd listening"
+    );
+    server.run(shutdown_signal()).await
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,391 @@
+//! The gRPC `process.v1.ProcessService` (Start, Execute, WriteStdin, SendSignal, ResizeTTY) with
+//! upstream's semantics and status codes.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::Stream;
+use rustix::process::Signal;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+
+use crate::App;
+use crate::confine::{ConfineError, Walked};
+use crate::pb::process_service_server::ProcessService;
+use crate::pb::{self, start_response::Event, write_stdin_request::Payload};
+use crate::process::{self, Exit, KillOnDrop, SpawnError, SpawnSpec, StdinSink};
+
+/// After a process exits, how long its pipes may still be drained (a grandchild may hold them).
+pub(crate) const PIPE_DRAIN_GRACE: Duration = Duration::from_secs(5);
+/// How long `Execute` waits for output after the process exited.
+pub(crate) const WAIT_DELAY: Duration = Duration::from_secs(10);
+/// With a PTY, output is drained after exit until it has been quiet this long.
+pub(crate) const PTY_QUIET: Duration = Duration::from_millis(50);
+
+/// The service implementation.
+#[derive(Debug, Clone)]
+pub struct ProcessSvc {
+    pub(crate) app: Arc<App>,
+}
+
+/// Maps a spawn failure onto upstream's codes.
+pub(crate) fn spawn_status(e: SpawnError) -> Status {
+    match e {
+        SpawnError::Empty => Status::invalid_argument("command is required"),
+        e @ SpawnError::NotFound { .. } => Status::not_found(e.to_string()),
+        e @ SpawnError::Permission { .. } => Status::permission_denied(e.to_string()),
+        e @ SpawnError::Other { .. } => Status::internal(e.to_string()),
+    }
+}
+
+/// Confines a requested working directory; the default is the root.
+pub(crate) fn resolve_cwd(
+    app: &App,
+    cwd: Option<&str>,
+) -> Result<std::path::PathBuf, ConfineError> {
+    let Some(cwd) = cwd.filter(|c| !c.is_empty()) else {
+        return Ok(app.root.real_path().to_path_buf());
+    };
+    let walked = app.root.resolve(cwd, true, false)?;
+    if let Walked::Entry { stat: None, .. } = walked {
+        return Err(ConfineError::Missing(cwd.to_string()));
+    }
+    Ok(app.root.host_path(&walked.rel_path()))
+}
+
+fn build_spec(app: &App, config: Option<pb::ProcessConfig>) -> Result<SpawnSpec, Status> {
+    let config = config.unwrap_or_default();
+    if config.command.is_empty() {
+        return Err(Status::invalid_argument("command is required"));
+    }
+    let cwd = resolve_cwd(app, config.cwd.as_deref()).map_err(|e| match e {
+        ConfineError::Escape(_) => Status::permission_denied(format!("cwd: {e}")),
+        ConfineError::Missing(_) | ConfineError::NotDir(_) => {
+            Status::not_found(format!("failed to start command: cwd: {e}"))
+        }
+        e => Status::internal(format!("cwd: {e}")),
+    })?;
+    let mut env: Vec<(String, String)> = config.env_vars.into_iter().collect();
+    env.sort();
+    Ok(SpawnSpec {
+        argv: config.command,
+        env,
+        cwd,
+        ..SpawnSpec::default()
+    })
+}
+
+type StartStream = Pin<Box<dyn Stream<Item = Result<pb::StartResponse, Status>> + Send + 'static>>;
+
+fn event(e: Event) -> pb::StartResponse {
+    pb::StartResponse { event: Some(e) }
+}
+
+#[tonic::async_trait]
+impl ProcessService for ProcessSvc {
+    type StartStream = StartStream;
+
+    async fn start(
+        &self,
+        request: Request<pb::StartRequest>,
+    ) -> Result<Response<StartStream>, Status> {
+        let req = request.into_inner();
+        let mut spec = build_spec(&self.app, req.config)?;
+        spec.stdin = true;
+        spec.pty = req.pty.map(|p| {
+            (
+                p.cols.min(u16::MAX as u32) as u16,
+                p.rows.min(u16::MAX as u32) as u16,
+            )
+        });
+        let argv = spec.argv.clone();
+        let mut child = self.app.sup.spawn(spec).map_err(spawn_status)?;
+        let sink = match &child.pty {
+            Some(pty) => Some(StdinSink::Pty(pty.clone())),
+            None => child.stdin.take().map(StdinSink::Pipe),
+        };
+        let managed = self
+            .app
+            .sup
+            .register(child.pid, argv, "grpc", sink, child.pty.clone());
+        let (tx, rx) = mpsc::channel(32);
+        // Registered before the InitEvent goes out, so WriteStdin/SendSignal work right after it.
+        let _ = tx.try_send(Ok(event(Event::Init(pb::InitEvent {
+            process_id: managed.id,
+        }))));
+        tokio::spawn(run_start(self.app.clone(), child, managed, tx));
+        Ok(Response::new(Box::pin(crate::rest::receiver_stream(rx))))
+    }
+
+    async fn execute(
+        &self,
+        request: Request<pb::ExecuteRequest>,
+    ) -> Result<Response<pb::ExecuteResponse>, Status> {
+        let spec = build_spec(&self.app, request.into_inner().config)?;
+        let child = self.app.sup.spawn(spec).map_err(spawn_status)?;
+        let (exit, stdout, stderr) = collect(child, WAIT_DELAY, usize::MAX).await;
+        Ok(Response::new(pb::ExecuteResponse {
+            exit_code: exit.upstream_code(),
+            stdout: stdout.data,
+            stderr: stderr.data,
+        }))
+    }
+
+    async fn write_stdin(
+        &self,
+        request: Request<pb::WriteStdinRequest>,
+    ) -> Result<Response<pb::WriteStdinResponse>, Status> {
+        let req = request.into_inner();
+        let id = req.process_id;
+        let proc = self
+            .app
+            .sup
+            .get(id)
+            .ok_or_else(|| Status::not_found(format!("process {id} not found")))?;
+        let mut stdin = proc.stdin.lock().await;
+        match req.payload {
+            Some(Payload::Eof(())) => match stdin.take() {
+                Some(StdinSink::Pipe(mut p)) => {
+                    let _ = p.shutdown().await;
+                }
+                Some(StdinSink::Pty(pty)) => {
+                    // End of input on a terminal is the EOF character, not closing the terminal.
+                    let r = pty.write_all(&[4]).await;
+                    *stdin = Some(StdinSink::Pty(pty));
+                    r.map_err(|e| {
+                        Status::internal(format!("failed to write stdin of process {id}: {e}"))
+                    })?;
+                }
+                None => {}
+            },
+            Some(Payload::Input(data)) => match stdin.as_mut() {
+                None => {
+                    return Err(Status::failed_precondition(format!(
+                        "process {id} has no stdin (it was closed with eof)"
+                    )));
+                }
+                Some(StdinSink::Pipe(p)) => p.write_all(&data).await.map_err(|e| {
+                    Status::internal(format!("failed to write stdin of process {id}: {e}"))
+                })?,
+                Some(StdinSink::Pty(pty)) => pty.write_all(&data).await.map_err(|e| {
+                    Status::internal(format!("failed to write stdin of process {id}: {e}"))
+                })?,
+            },
+            None => {
+                if stdin.is_none() {
+                    return Err(Status::failed_precondition(format!(
+                        "process {id} has no stdin"
+                    )));
+                }
+            }
+        }
+        Ok(Response::new(pb::WriteStdinResponse {}))
+    }
+
+    async fn send_signal(
+        &self,
+        request: Request<pb::SendSignalRequest>,
+    ) -> Result<Response<pb::SendSignalResponse>, Status> {
+        let req = request.into_inner();
+        let id = req.process_id;
+        let proc = self
+            .app
+            .sup
+            .get(id)
+            .ok_or_else(|| Status::not_found(format!("process {id} not found")))?;
+        let sig = match pb::Signal::try_from(req.signal) {
+            Ok(pb::Signal::Sigint) => Signal::INT,
+            Ok(pb::Signal::Sigterm) => Signal::TERM,
+            Ok(pb::Signal::Sigkill) => Signal::KILL,
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "unsupported or unspecified signal: {}; use SIGNAL_SIGINT, SIGNAL_SIGTERM or SIGNAL_SIGKILL",
+                    req.signal
+                )));
+            }
+        };
+        proc.signal(sig)
+            .map_err(|e| Status::internal(format!("failed to send signal to process {id}: {e}")))?;
+        Ok(Response::new(pb::SendSignalResponse {}))
+    }
+
+    async fn resize_tty(
+        &self,
+        request: Request<pb::ResizeTtyRequest>,
+    ) -> Result<Response<pb::ResizeTtyResponse>, Status> {
+        let req = request.into_inner();
+        let id = req.process_id;
+        let proc = self
+            .app
+            .sup
+            .get(id)
+            .ok_or_else(|| Status::not_found(format!("process {id} not found")))?;
+        let pty = match (&proc.pty, proc.done.load(Ordering::SeqCst)) {
+            (Some(pty), false) => pty.clone(),
+            _ => {
+                return Err(Status::failed_precondition(format!(
+                    "failed to resize TTY: process {id} is completed or has no active PTY"
+                )));
+            }
+        };
+        pty.resize(
+            req.cols.min(u16::MAX as u32) as u16,
+            req.rows.min(u16::MAX as u32) as u16,
+        )
+        .map_err(|e| {
+            Status::failed_precondition(format!("failed to resize TTY of process {id}: {e}"))
+        })?;
+        Ok(Response::new(pb::ResizeTtyResponse {}))
+    }
+}
+
+/// Output of one stream collected by [`collect`].
+#[derive(Debug, Default)]
+pub(crate) struct Collected {
+    pub(crate) data: Vec<u8>,
+    pub(crate) truncated: bool,
+}
+
+async fn read_into(
+    reader: Option<tokio::net::unix::pipe::Receiver>,
+    out: &mut Collected,
+    limit: usize,
+) {
+    use tokio::io::AsyncReadExt;
+    let Some(mut reader) = reader else { return };
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let room = limit.saturating_sub(out.data.len());
+                if n > room {
+                    out.truncated = true;
+                }
+                out.data.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+}
+
+/// Waits for a child and collects its output (at most `limit` bytes per stream). After the exit,
+/// output is awaited for at most `drain`. The process group is killed if this is cancelled.
+pub(crate) async fn collect(
+    child: process::Child,
+    drain: Duration,
+    limit: usize,
+) -> (Exit, Collected, Collected) {
+    let mut guard = KillOnDrop::new(child.pid);
+    let mut out = Collected::default();
+    let mut err = Collected::default();
+    let mut exit_rx = child.exit;
+    let exit;
+    {
+        let readers = async {
+            tokio::join!(
+                read_into(child.stdout, &mut out, limit),
+                read_into(child.stderr, &mut err, limit)
+            )
+        };
+        tokio::pin!(readers);
+        tokio::select! {
+            _ = &mut readers => {
+                exit = (&mut exit_rx).await.unwrap_or(Exit::Code(-1));
+            }
+            e = &mut exit_rx => {
+                exit = e.unwrap_or(Exit::Code(-1));
+                let _ = tokio::time::timeout(drain, &mut readers).await;
+            }
+        }
+    }
+    guard.disarm();
+    (exit, out, err)
+}
+
+async fn run_start(
+    app: Arc<App>,
+    child: process::Child,
+    managed: Arc<process::Managed>,
+    tx: mpsc::Sender<Result<pb::StartResponse, Status>>,
+) {
+    let chunk = app.config.chunk_size();
+    let mut guard = KillOnDrop::new(child.pid);
+    let (otx, mut orx) = mpsc::channel::<pb::StartResponse>(16);
+    let mut readers = Vec::new();
+    let is_pty = child.pty.is_some();
+    if let Some(pty) = child.pty.clone() {
+        readers.push(tokio::spawn(process::pump(pty, chunk, otx.clone(), |b| {
+            event(Event::Stdout(b))
+        })));
+    }
+    if let Some(out) = child.stdout {
+        readers.push(tokio::spawn(process::pump(out, chunk, otx.clone(), |b| {
+            event(Event::Stdout(b))
+        })));
+    }
+    if let Some(err) = child.stderr {
+        readers.push(tokio::spawn(process::pump(err, chunk, otx.clone(), |b| {
+            event(Event::Stderr(b))
+        })));
+    }
+    drop(otx);
+    let mut exit_rx = child.exit;
+    let mut readers_done = false;
+    let mut client_gone = false;
+    let exit = loop {
+        tokio::select! {
+            ev = orx.recv(), if !readers_done => match ev {
+                Some(ev) => {
+                    if !client_gone && tx.send(Ok(ev)).await.is_err() {
+                        client_gone = true;
+                        let _ = process::signal_group(child.pid, Signal::KILL);
+                    }
+                }
+                None => readers_done = true,
+            },
+            e = &mut exit_rx => break e.unwrap_or(Exit::Code(-1)),
+            _ = tx.closed(), if !client_gone => {
+                // The client went away: the process goes too.
+                client_gone = true;
+                let _ = process::signal_group(child.pid, Signal::KILL);
+            }
+        }
+    };
+    guard.disarm();
+    managed.done.store(true, Ordering::SeqCst);
+    if !readers_done {
+        let deadline = tokio::time::Instant::now() + PIPE_DRAIN_GRACE;
+        loop {
+            let wait = if is_pty {
+                PTY_QUIET
+            } else {
+                deadline.saturating_duration_since(tokio::time::Instant::now())
+            };
+            match tokio::time::timeout(wait, orx.recv()).await {
+                Ok(Some(ev)) => {
+                    if !client_gone && tx.send(Ok(ev)).await.is_err() {
+                        client_gone = true;
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        break;
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+    for r in readers {
+        r.abort();
+    }
+    if !client_gone {
+        let _ = tx
+            .send(Ok(event(Event::Exit(pb::ExitEvent {
+                exit_code: exit.upstream_code(),
+            }))))
+            .await;
+    }
+    app.sup.remove(managed.id);
+}
