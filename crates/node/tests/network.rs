@@ -1,0 +1,181 @@
+//! CNI bridge networking: each sandbox gets its own namespace and a pod IP on a test-made
+//! bridge; the host (through the bridge) and another sandbox reach a server in it; the
+//! sandbox sees only its own interfaces; removal leaves no veth, namespace or IPAM reservation.
+//! Traffic goes only to addresses of namespaces this test created; every loop is bounded.
+#![allow(clippy::print_stdout)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use agent_sandbox_node::cni::{self, NetworkConfig};
+use agent_sandbox_node::{HandlerKind, SandboxSpec};
+use common::{Env, assert_no_leaks, need};
+
+const IMAGE: &str = "localhost/test/busybox:1";
+
+/// A bridge name and a /24 that collides with no host route.
+fn test_network(salt: u32) -> Option<NetworkConfig> {
+    let routes = cni::host_routes();
+    let pid = std::process::id();
+    for i in 0..200u32 {
+        let third = (pid + salt * 37 + i) % 250 + 1;
+        let subnet = format!("10.88.{third}.0/24");
+        let net = cni::parse_cidr(&subnet).unwrap();
+        if routes
+            .iter()
+            .all(|(_, dst, len)| *len == 0 || !cni::overlaps(net, (*dst, *len)))
+        {
+            return Some(NetworkConfig {
+                name: format!("asbx-test-{pid}-{salt}"),
+                bridge: format!("asbt{}", (pid * 10 + salt) % 100_000_000),
+                subnet,
+                ..NetworkConfig::default()
+            });
+        }
+    }
+    None
+}
+
+struct BridgeGuard(String);
+impl Drop for BridgeGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.0])
+            .status();
+    }
+}
+
+fn http_get(addr: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+async fn networking(kind: HandlerKind, salt: u32) {
+    if need(Some(kind)) {
+        return;
+    }
+    if !Path::new("/usr/lib/cni/bridge").is_file() {
+        println!("SKIP: containernetworking-plugins is not installed");
+        return;
+    }
+    let net = test_network(salt).expect("a free /24 under 10.88.0.0/16");
+    let _bridge = BridgeGuard(net.bridge.clone());
+    let env = Env::new(&[kind], Some(net.clone())).await;
+    env.busybox(IMAGE).await;
+    let e = env.engine();
+
+    let mut server = SandboxSpec::new("srv", IMAGE);
+    server.handler = Some(kind.name().into());
+    server.hostname = Some("srv".into());
+    server.command = Some(vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "mkdir -p /www && echo pong-from-srv > /www/index.html && ip -o -4 addr > /tmp/addrs; cat /tmp/addrs; exec httpd -f -p 8080 -h /www".into(),
+    ]);
+    let h = e.create(server).await.unwrap();
+    let ip = h.pod_ip.expect("a pod IP");
+    let subnet = cni::parse_cidr(&net.subnet).unwrap();
+    assert!(cni::overlaps(subnet, (ip, 32)), "{ip} in {}", net.subnet);
+    e.start("srv").await.unwrap();
+
+    // The host reaches the server through the bridge (bounded retries).
+    let addr = SocketAddr::from((ip, 8080));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let body = loop {
+        match http_get(addr) {
+            Ok(b) if b.contains("pong-from-srv") => break b,
+            other => {
+                assert!(Instant::now() < deadline, "server not reachable: {other:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert!(body.contains("200"), "{body}");
+
+    // The sandbox sees only loopback and its own address.
+    let log = fs_err::read_to_string(e.log_path("srv")).unwrap();
+    let words: Vec<&str> = log.split_whitespace().collect();
+    let addrs: Vec<Ipv4Addr> = words
+        .windows(2)
+        .filter(|w| w[0] == "inet")
+        .filter_map(|w| w[1].split('/').next()?.parse().ok())
+        .collect();
+    assert!(addrs.contains(&ip), "{log}");
+    assert!(
+        addrs.iter().all(|a| a.is_loopback() || *a == ip),
+        "host addresses visible: {log}"
+    );
+
+    // Another sandbox reaches it by pod IP.
+    let mut client = SandboxSpec::new("cli", IMAGE);
+    client.handler = Some(kind.name().into());
+    client.command = Some(vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        format!(
+            "i=0; while [ $i -lt 30 ]; do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {ip} 8080 | grep pong && exit 0; i=$((i+1)); sleep 0.2; done; exit 1"
+        ),
+    ]);
+    let h2 = e.create(client).await.unwrap();
+    assert_ne!(h2.pod_ip, Some(ip));
+    e.start("cli").await.unwrap();
+    let code = e.wait("cli", Duration::from_secs(30)).await.unwrap();
+    let out = fs_err::read_to_string(e.log_path("cli")).unwrap();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("pong-from-srv"), "{out}");
+
+    let cni = e.network().unwrap();
+    assert_eq!(cni.reserved_addresses().len(), 2);
+    e.remove("cli").await.unwrap();
+    e.remove("srv").await.unwrap();
+    assert!(
+        cni.reserved_addresses().is_empty(),
+        "IPAM reservations leaked"
+    );
+    let brif: Vec<_> = fs_err::read_dir(format!("/sys/class/net/{}/brif", net.bridge))
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(brif.is_empty(), "veths left on the bridge: {brif:?}");
+    assert!(
+        http_get(addr).is_err(),
+        "server still reachable after removal"
+    );
+    assert_no_leaks(&env);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_network_default_handler() {
+    let kind = [HandlerKind::Crun, HandlerKind::Runc]
+        .into_iter()
+        .find(|k| agent_sandbox_node::runtime::find_binary(k.name()).is_some())
+        .unwrap_or(HandlerKind::Runc);
+    networking(kind, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_network_runsc() {
+    networking(HandlerKind::Runsc, 2).await;
+}
+
+#[test]
+fn subnet_colliding_with_a_host_route_is_refused() {
+    // The host's default-route interface network is always a collision.
+    let Some((dev, dst, len)) = cni::host_routes().into_iter().find(|(_, _, l)| *l > 0) else {
+        println!("SKIP: no non-default IPv4 route on this host");
+        return;
+    };
+    let cfg = NetworkConfig {
+        subnet: format!("{dst}/{len}"),
+        ..NetworkConfig::default()
+    };
+    let err = cfg.validate().unwrap_err().to_string();
+    assert!(err.contains(&dev), "{err}");
+}
