@@ -1,0 +1,394 @@
+//! The real kubectl binary against the server over HTTPS with the generated kubeconfig.
+
+mod common;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn kubectl_bin() -> String {
+    std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into())
+}
+
+struct Out {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+async fn kubectl(kc: &Path, args: &[&str], stdin: Option<&str>) -> Out {
+    let kc = kc.to_path_buf();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let stdin = stdin.map(String::from);
+    tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new(kubectl_bin());
+        cmd.arg("--kubeconfig").arg(&kc).args(&args);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .expect("kubectl must be installed (set KUBECTL to its path)");
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        } else {
+            drop(child.stdin.take());
+        }
+        let out = child.wait_with_output().unwrap();
+        Out {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+async fn ok(kc: &Path, args: &[&str]) -> String {
+    let o = kubectl(kc, args, None).await;
+    assert!(o.ok, "kubectl {args:?} failed: {}{}", o.stdout, o.stderr);
+    o.stdout
+}
+
+const MANIFEST: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: demo
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: demo
+  labels: {app: web}
+spec:
+  selector: {app: web}
+  ports:
+  - port: 80
+    targetPort: 8080
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-0
+  namespace: demo
+  labels: {app: web}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: c
+    image: busybox:1.36
+    env:
+    - {name: A, value: "1"}
+---
+apiVersion: coordination.k8s.io/v1
+kind: Lease
+metadata:
+  name: lock
+  namespace: demo
+spec:
+  holderIdentity: me
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_get_patch_wait_watch_delete() {
+    let ts = common::start().await;
+    let kc: PathBuf = ts.server.kubeconfig_path().to_path_buf();
+    let client = ts.https_client().await;
+
+    // apply -f with a multi-document manifest, then idempotent re-apply, then a change.
+    let o = kubectl(&kc, &["apply", "-f", "-"], Some(MANIFEST)).await;
+    assert!(o.ok, "{}", o.stderr);
+    for line in [
+        "namespace/demo created",
+        "service/web created",
+        "pod/web-0 created",
+        "lease.coordination.k8s.io/lock created",
+    ] {
+        assert!(o.stdout.contains(line), "missing {line:?} in {}", o.stdout);
+    }
+    let o = kubectl(&kc, &["apply", "-f", "-"], Some(MANIFEST)).await;
+    assert!(
+        o.stdout.contains("pod/web-0 unchanged"),
+        "{}{}",
+        o.stdout,
+        o.stderr
+    );
+    let changed = MANIFEST.replace("value: \"1\"", "value: \"2\"");
+    let o = kubectl(&kc, &["apply", "-f", "-"], Some(&changed)).await;
+    assert!(
+        o.stdout.contains("pod/web-0 configured"),
+        "{}{}",
+        o.stdout,
+        o.stderr
+    );
+
+    // get -o yaml / json
+    let y = ok(&kc, &["-n", "demo", "get", "pod", "web-0", "-o", "yaml"]).await;
+    assert!(
+        y.contains("nodeName: test-node") && y.contains("value: \"2\""),
+        "{y}"
+    );
+    let j: Value =
+        serde_json::from_str(&ok(&kc, &["-n", "demo", "get", "svc", "web", "-o", "json"]).await)
+            .unwrap();
+    assert_eq!(j["spec"]["ports"][0]["targetPort"], json!(8080));
+    let table = ok(&kc, &["-n", "demo", "get", "pods"]).await;
+    assert!(
+        table.starts_with("NAME") && table.contains("web-0") && table.contains("Pending"),
+        "{table}"
+    );
+
+    // patch: merge, json, strategic
+    ok(
+        &kc,
+        &[
+            "-n",
+            "demo",
+            "patch",
+            "pod",
+            "web-0",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"metadata":{"labels":{"m":"1"}}}"#,
+        ],
+    )
+    .await;
+    ok(
+        &kc,
+        &[
+            "-n",
+            "demo",
+            "patch",
+            "pod",
+            "web-0",
+            "--type",
+            "json",
+            "-p",
+            r#"[{"op":"add","path":"/metadata/labels/j","value":"2"}]"#,
+        ],
+    )
+    .await;
+    ok(
+        &kc,
+        &[
+            "-n",
+            "demo",
+            "patch",
+            "pod",
+            "web-0",
+            "-p",
+            r#"{"spec":{"containers":[{"name":"c","env":[{"name":"B","value":"3"}]}]}}"#,
+        ],
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "demo");
+    let p = pods.get("web-0").await.unwrap();
+    assert_eq!(p.labels().get("m").map(String::as_str), Some("1"));
+    assert_eq!(p.labels().get("j").map(String::as_str), Some("2"));
+    let env = p.spec.unwrap().containers[0].env.clone().unwrap();
+    assert_eq!(
+        env.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+        vec!["A", "B"]
+    );
+    let o = kubectl(
+        &kc,
+        &[
+            "-n", "demo", "patch", "pod", "missing", "--type", "merge", "-p", "{}",
+        ],
+        None,
+    )
+    .await;
+    assert!(
+        !o.ok && o.stderr.contains("pods \"missing\" not found"),
+        "{}",
+        o.stderr
+    );
+
+    // get -w streams changes.
+    let mut child = Command::new(kubectl_bin())
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .args(["-n", "demo", "get", "leases", "-w", "--output-watch-events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let header = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(header.starts_with("EVENT"), "{header}");
+    let first = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(first.contains("ADDED") && first.contains("lock"), "{first}");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "demo");
+    leases
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "later"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let next = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(next.contains("ADDED") && next.contains("later"), "{next}");
+    leases.delete("later", &Default::default()).await.unwrap();
+    let next = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(next.contains("DELETED") && next.contains("later"), "{next}");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // wait --for=condition=Ready while another client sets the condition.
+    let pods2 = pods.clone();
+    let setter = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let st = json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}});
+        pods2
+            .patch_status("web-0", &PatchParams::default(), &Patch::Merge(&st))
+            .await
+            .unwrap();
+    });
+    let o = kubectl(
+        &kc,
+        &[
+            "-n",
+            "demo",
+            "wait",
+            "--for=condition=Ready",
+            "pod/web-0",
+            "--timeout=10s",
+        ],
+        None,
+    )
+    .await;
+    assert!(
+        o.ok && o.stdout.contains("condition met"),
+        "{}{}",
+        o.stdout,
+        o.stderr
+    );
+    setter.await.unwrap();
+
+    // delete cascades to owned objects (background by default), orphan keeps them.
+    for (cascade, dep_survives) in [
+        ("background", false),
+        ("orphan", true),
+        ("foreground", false),
+    ] {
+        let owner = leases
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": "owner"}})).unwrap(),
+            )
+            .await
+            .unwrap();
+        let dep: Lease =
+            serde_json::from_value(json!({"metadata": {"name": "dep", "ownerReferences": [{
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "name": "owner",
+            "uid": owner.uid().unwrap(), "controller": true, "blockOwnerDeletion": true}]}}))
+            .unwrap();
+        leases.create(&PostParams::default(), &dep).await.unwrap();
+        let o = kubectl(
+            &kc,
+            &[
+                "-n",
+                "demo",
+                "delete",
+                "lease",
+                "owner",
+                &format!("--cascade={cascade}"),
+                "--timeout=10s",
+            ],
+            None,
+        )
+        .await;
+        assert!(
+            o.ok && o.stdout.contains("deleted"),
+            "{cascade}: {}{}",
+            o.stdout,
+            o.stderr
+        );
+        let mut gone = false;
+        for _ in 0..60 {
+            if leases.get_opt("dep").await.unwrap().is_none() {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(gone, !dep_survives, "cascade={cascade}");
+        if dep_survives {
+            assert!(
+                leases
+                    .get("dep")
+                    .await
+                    .unwrap()
+                    .owner_references()
+                    .is_empty()
+            );
+            leases.delete("dep", &Default::default()).await.unwrap();
+        }
+    }
+
+    // Deleting the namespace removes its contents.
+    let o = kubectl(&kc, &["delete", "namespace", "demo", "--timeout=20s"], None).await;
+    assert!(o.ok, "{}{}", o.stdout, o.stderr);
+    assert!(pods.get_opt("web-0").await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_api_resources_and_explain() {
+    let ts = common::start().await;
+    let kc = ts.server.kubeconfig_path().to_path_buf();
+    let out = ok(&kc, &["api-resources"]).await;
+    for (name, short) in [
+        ("persistentvolumeclaims", "pvc"),
+        ("networkpolicies", "netpol"),
+        ("services", "svc"),
+        ("pods", "po"),
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} missing: {out}"));
+        assert!(line.split_whitespace().any(|w| w == short), "{line}");
+    }
+    for kind in [
+        "Lease",
+        "RuntimeClass",
+        "CustomResourceDefinition",
+        "Node",
+        "Event",
+    ] {
+        assert!(out.contains(kind), "{kind} missing from api-resources");
+    }
+    let v = ok(&kc, &["version", "-o", "json"]).await;
+    let v: Value = serde_json::from_str(&v).unwrap();
+    assert_eq!(v["serverVersion"]["minor"], json!("33"));
+    let e = ok(&kc, &["explain", "pods.spec.containers"]).await;
+    assert!(e.contains("KIND:") && e.contains("Pod"), "{e}");
+    let ns = ok(&kc, &["get", "ns", "-o", "name"]).await;
+    assert!(
+        ns.contains("namespace/default") && ns.contains("namespace/kube-system"),
+        "{ns}"
+    );
+}
