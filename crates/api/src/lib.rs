@@ -1,4 +1,27 @@
 //! The agent-sandbox resource model: CRD types for v1beta1 and v1alpha1, conversion between them,
 //! the label/annotation/condition registry, hashing, condition helpers, schema validation and CRD
 //! generation. This crate does no I/O.
+//!
+//! - [`v1beta1`] and [`v1alpha1`]: the four kinds in both served versions.
+//! - [`constants`]: every label, annotation, condition type, reason and message, verbatim.
+//! - [`hash::name_hash`]: the FNV-1a hash every hash label uses.
+//! - [`conditions`]: `SetStatusCondition` semantics; [`semantic`]: `Semantic.DeepEqual` semantics.
+//! - [`crd`]: the four CustomResourceDefinitions; [`schema`]: admission against their schemas
+//!   (pruning, defaulting, validation, CEL); [`conversion`]: lossless v1alpha1 ⇄ v1beta1 and the
+//!   `ConversionReview` handler; [`manifest`]: parsing user manifests with all of the above.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod conditions;
+pub mod constants;
+pub mod conversion;
+pub mod crd;
+pub mod hash;
+pub mod manifest;
+pub mod quantity;
+pub mod schema;
+pub mod semantic;
+pub mod v1alpha1;
+pub mod v1beta1;
+
+pub use hash::name_hash;

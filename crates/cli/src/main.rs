@@ -1,2 +1,34 @@
-//! The `agent-sandbox` command-line tool.
-fn main() {}
+//! The `agent-sandbox` binary: parses arguments, sets up logging, and dispatches to a command.
+#![forbid(unsafe_code)]
+// The CLI talks to its user on stdout (data) and stderr (errors, progress).
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod args;
+mod commands;
+mod logging;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = args::Cli::parse();
+    if let Err(err) = logging::init(&cli.global) {
+        eprintln!("error: {err:#}");
+        return ExitCode::from(2);
+    }
+    match commands::run(cli.command) {
+        Ok(code) => code,
+        Err(err) => {
+            // A closed stdout (`agent-sandbox crd | head`) is not an error.
+            if err.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

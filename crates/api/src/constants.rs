@@ -1,0 +1,239 @@
+//! The registry of every label, annotation, finalizer-free condition type, reason and message that
+//! agent-sandbox reads or writes, verbatim as upstream defines them. Nothing else in the project
+//! spells these strings.
+
+/// API group of `Sandbox`.
+pub const CORE_GROUP: &str = "agents.x-k8s.io";
+/// API group of `SandboxTemplate`, `SandboxClaim` and `SandboxWarmPool`.
+pub const EXTENSIONS_GROUP: &str = "extensions.agents.x-k8s.io";
+/// Version that every object is stored in and that controllers read and write.
+pub const STORAGE_VERSION: &str = "v1beta1";
+/// Deprecated version, still served and converted.
+pub const DEPRECATED_VERSION: &str = "v1alpha1";
+
+/// Labels (upstream-core §5.1).
+pub mod labels {
+    /// `NameHash(sandbox name)` on the Pod, Service and PVCs of a Sandbox; the Service selector.
+    pub const SANDBOX_NAME_HASH: &str = "agents.x-k8s.io/sandbox-name-hash";
+    /// `"true"` lets the Sandbox controller adopt an unowned object with the expected name.
+    pub const ADOPTABLE: &str = "agents.x-k8s.io/adoptable";
+    /// `NameHash(pool name)` on pool Sandboxes and their Pods.
+    pub const WARM_POOL_SANDBOX: &str = "agents.x-k8s.io/warm-pool-sandbox";
+    /// `NameHash(template name)` on templates, sandboxes, pods and the NetworkPolicy selector.
+    pub const SANDBOX_TEMPLATE_REF_HASH: &str = "agents.x-k8s.io/sandbox-template-ref-hash";
+    /// Blueprint hash on pool Sandboxes (staleness fast path).
+    pub const SANDBOX_TEMPLATE_HASH: &str = "agents.x-k8s.io/sandbox-template-hash";
+    /// Deprecated pod template hash on pool Sandboxes (informational only).
+    pub const DEPRECATED_SANDBOX_POD_TEMPLATE_HASH: &str =
+        "agents.x-k8s.io/sandbox-pod-template-hash";
+    /// `cold` or `warm`.
+    pub const LAUNCH_TYPE: &str = "agents.x-k8s.io/launch-type";
+    /// Who created the object: one of [`super::CREATED_BY_ALLOWED`], else `unknown`.
+    pub const CREATED_BY: &str = "agents.x-k8s.io/created-by";
+    /// The claim UID on the Sandbox it created or adopted.
+    pub const CLAIM_UID: &str = "agents.x-k8s.io/claim-uid";
+    /// Legacy label form of the assigned-sandbox annotation on a claim; read, migrated, removed.
+    pub const DEPRECATED_CLAIM_SANDBOX_NAME: &str = "agents.x-k8s.io/sandbox-name";
+}
+
+/// Values of [`labels::LAUNCH_TYPE`].
+pub mod launch_type {
+    /// The Sandbox was created for the claim.
+    pub const COLD: &str = "cold";
+    /// The Sandbox came from a warm pool.
+    pub const WARM: &str = "warm";
+}
+
+/// Values allowed in [`labels::CREATED_BY`]; anything else is normalised to [`CREATED_BY_UNKNOWN`].
+pub const CREATED_BY_ALLOWED: [&str; 3] = ["go-client", "python-client", "controller"];
+/// The normalised value of an unrecognised [`labels::CREATED_BY`].
+pub const CREATED_BY_UNKNOWN: &str = "unknown";
+/// The value the warm pool controller writes in [`labels::CREATED_BY`].
+pub const CREATED_BY_CONTROLLER: &str = "controller";
+
+/// Annotations (upstream-core §5.2).
+pub mod annotations {
+    /// Name of the Pod backing a Sandbox.
+    pub const POD_NAME: &str = "agents.x-k8s.io/pod-name";
+    /// Sorted, comma-joined label keys propagated from the pod template to the Pod.
+    pub const PROPAGATED_LABELS: &str = "agents.x-k8s.io/propagated-labels";
+    /// Sorted, comma-joined annotation keys propagated from the pod template to the Pod.
+    pub const PROPAGATED_ANNOTATIONS: &str = "agents.x-k8s.io/propagated-annotations";
+    /// Template name on a Sandbox (the `sandbox_template` metrics label).
+    pub const SANDBOX_TEMPLATE_REF: &str = "agents.x-k8s.io/sandbox-template-ref";
+    /// The adopted Sandbox's name on a claim (written before the ownership transfer).
+    pub const CLAIM_SANDBOX_NAME: &str = "agents.x-k8s.io/sandbox-name";
+    /// RFC3339Nano time the controller first observed a claim.
+    pub const CONTROLLER_FIRST_OBSERVED_AT: &str = "agents.x-k8s.io/controller-first-observed-at";
+    /// RFC3339Nano time a claim first became Ready, or [`super::CLAIM_FIRST_READY_UNKNOWN`].
+    pub const CLAIM_FIRST_READY_AT: &str = "agents.x-k8s.io/claim-first-ready-at";
+    /// RFC3339Nano time a client asked for the claim (set by SDKs).
+    pub const CLIENT_FIRST_REQUESTED_AT: &str = "agents.x-k8s.io/client-first-requested-at";
+    /// RFC3339Nano time an optional user mutating webhook saw the claim.
+    pub const WEBHOOK_FIRST_OBSERVED_AT: &str = "agents.x-k8s.io/webhook-first-observed-at";
+    /// Defined upstream, unused.
+    pub const CREATION_LATENCY_RECORDED: &str = "agents.x-k8s.io/creation-latency-recorded";
+    /// JSON map of W3C trace-context headers.
+    pub const TRACE_CONTEXT: &str = "opentelemetry.io/trace-context";
+    /// Cluster autoscaler eviction hint stamped on warm pool pod templates.
+    pub const SAFE_TO_EVICT: &str = "cluster-autoscaler.kubernetes.io/safe-to-evict";
+    /// Full v1alpha1 Sandbox kept on the v1beta1 object by conversion.
+    pub const V1ALPHA1_SANDBOX_STATE: &str = "api.agents.x-k8s.io/v1alpha1-sandbox-state";
+    /// Full v1alpha1 SandboxClaim kept on the v1beta1 object by conversion.
+    pub const V1ALPHA1_SANDBOXCLAIM_STATE: &str = "api.agents.x-k8s.io/v1alpha1-sandboxclaim-state";
+    /// Full v1alpha1 SandboxTemplate kept on the v1beta1 object by conversion.
+    pub const V1ALPHA1_SANDBOXTEMPLATE_STATE: &str =
+        "api.agents.x-k8s.io/v1alpha1-sandboxtemplate-state";
+    /// Full v1alpha1 SandboxWarmPool kept on the v1beta1 object by conversion.
+    pub const V1ALPHA1_SANDBOXWARMPOOL_STATE: &str =
+        "api.agents.x-k8s.io/v1alpha1-sandboxwarmpool-state";
+    /// v1beta1 `volumeClaimTemplatesPolicy` kept on a v1alpha1 SandboxTemplate by conversion.
+    pub const V1BETA1_VOLUME_CLAIM_TEMPLATES_POLICY: &str =
+        "api.agents.x-k8s.io/v1beta1-volume-claim-templates-policy";
+    /// Migration tooling: marks a shadow pool.
+    pub const MIGRATION_SHADOW: &str = "agents.x-k8s.io/migration-shadow";
+    /// Migration tooling: the template a shadow pool was made for.
+    pub const MIGRATION_SOURCE_TEMPLATE: &str = "agents.x-k8s.io/migration-source-template";
+    /// Migration tooling: forces a storage rewrite.
+    pub const STORAGE_MIGRATED_AT: &str = "agents.x-k8s.io/storage-migrated-at";
+}
+
+/// Sentinel value of [`annotations::CLAIM_FIRST_READY_AT`].
+pub const CLAIM_FIRST_READY_UNKNOWN: &str = "unknown";
+/// Prefix of the warm pool a cold v1alpha1 claim is mapped to by conversion.
+pub const SHADOW_POOL_PREFIX: &str = "shadow-pool-";
+
+/// Key prefixes that are never copied from a pod template to a Pod (upstream-core §5.3).
+pub const SYSTEM_KEY_PREFIXES: [&str; 2] = ["agents.x-k8s.io/", "extensions.agents.x-k8s.io/"];
+
+/// Whether a label key is system-reserved (never propagated from a pod template).
+pub fn is_system_label(key: &str) -> bool {
+    SYSTEM_KEY_PREFIXES.iter().any(|p| key.starts_with(p))
+}
+
+/// Whether an annotation key is system-reserved (never propagated from a pod template).
+pub fn is_system_annotation(key: &str) -> bool {
+    is_system_label(key) || key == annotations::TRACE_CONTEXT
+}
+
+/// Condition types.
+pub mod condition_types {
+    /// Whether the Sandbox is suspended (always present on a Sandbox).
+    pub const SUSPENDED: &str = "Suspended";
+    /// Readiness of a Sandbox or claim.
+    pub const READY: &str = "Ready";
+    /// Mirrors the Pod's PodScheduled condition.
+    pub const POD_SCHEDULED: &str = "PodScheduled";
+    /// The Pod reached a terminal phase.
+    pub const FINISHED: &str = "Finished";
+}
+
+/// Condition reasons of the Sandbox controller (upstream-core §6.9).
+pub mod reasons {
+    /// Suspended=True: the Pod is gone.
+    pub const POD_TERMINATED: &str = "PodTerminated";
+    /// Deprecated; no longer emitted.
+    pub const POD_NOT_TERMINATED: &str = "PodNotTerminated";
+    /// Suspended=False: the owned Pod is still terminating.
+    pub const POD_TERMINATING: &str = "PodTerminating";
+    /// Suspended=False: a Pod exists that this Sandbox does not own.
+    pub const POD_NOT_OWNED: &str = "PodNotOwned";
+    /// Suspended=False: operating mode is not Suspended.
+    pub const NOT_SUSPENDED: &str = "NotSuspended";
+    /// Suspended=Unknown: the Pod lookup failed.
+    pub const POD_STATE_UNKNOWN: &str = "PodStateUnknown";
+    /// Ready=True.
+    pub const DEPENDENCIES_READY: &str = "DependenciesReady";
+    /// Ready=False: the Pod (or Service) is not ready yet.
+    pub const DEPENDENCIES_NOT_READY: &str = "DependenciesNotReady";
+    /// Ready=False: more than one Pod is owned.
+    pub const MULTIPLE_PODS: &str = "MultiplePods";
+    /// Ready=False: a child reconciliation failed.
+    pub const RECONCILER_ERROR: &str = "ReconcilerError";
+    /// Ready=False: the Sandbox is suspended or suspending.
+    pub const SANDBOX_SUSPENDED: &str = "SandboxSuspended";
+    /// PodScheduled=True with an empty pod reason.
+    pub const POD_SCHEDULED: &str = "PodScheduled";
+    /// PodScheduled=Unknown.
+    pub const POD_SCHEDULING_UNKNOWN: &str = "PodSchedulingUnknown";
+    /// Finished=True / Ready=False: the Pod succeeded.
+    pub const POD_SUCCEEDED: &str = "PodSucceeded";
+    /// Finished=True / Ready=False: the Pod failed.
+    pub const POD_FAILED: &str = "PodFailed";
+    /// Ready=False: the Sandbox reached its shutdownTime.
+    pub const SANDBOX_EXPIRED: &str = "SandboxExpired";
+}
+
+/// Condition messages of the Sandbox controller (upstream-core §6.9).
+pub mod messages {
+    /// Suspended=False, NotSuspended.
+    pub const NOT_SUSPENDED: &str = "Sandbox is not suspended";
+    /// Suspended=Unknown, PodStateUnknown.
+    pub const POD_STATE_UNKNOWN: &str =
+        "Pod state is unknown. Sandbox suspension cannot be confirmed";
+    /// Suspended=True, PodTerminated.
+    pub const POD_TERMINATED: &str = "Pod has been terminated. Sandbox is suspended";
+    /// Suspended=False, PodNotOwned.
+    pub const POD_NOT_OWNED: &str = "Refused to delete pod because it is not owned by this sandbox";
+    /// Suspended=False, PodTerminating.
+    pub const POD_TERMINATING: &str = "Pod is terminating. Sandbox is suspending";
+    /// PodScheduled=Unknown when the Pod lookup failed.
+    pub const POD_SCHEDULING_UNKNOWN: &str =
+        "Pod state is unknown. Pod scheduling cannot be determined";
+    /// PodScheduled=Unknown when the Pod has no PodScheduled condition.
+    pub const POD_SCHEDULED_NOT_REPORTED: &str =
+        "Pod has not reported a PodScheduled condition yet";
+    /// Finished / Ready for a succeeded Pod.
+    pub const POD_SUCCEEDED: &str = "Pod completed successfully";
+    /// Finished / Ready for a failed Pod.
+    pub const POD_FAILED: &str = "Pod failed";
+    /// Prefix of the ReconcilerError message; the errors follow, joined by newlines.
+    pub const ERROR_SEEN_PREFIX: &str = "Error seen: ";
+    /// Ready=False, SandboxSuspended, while a Pod still exists.
+    pub const SANDBOX_SUSPENDING: &str = "Sandbox is suspending";
+    /// Ready=False, SandboxSuspended, once no Pod exists.
+    pub const SANDBOX_SUSPENDED: &str = "Sandbox is suspended";
+    /// Ready message part: no Pod.
+    pub const POD_DOES_NOT_EXIST: &str = "Pod does not exist";
+    /// Ready message part: prefix before the Pod phase (which may be empty).
+    pub const POD_EXISTS_WITH_PHASE: &str = "Pod exists with phase: ";
+    /// Ready message part: Running but not Ready.
+    pub const POD_RUNNING_NOT_READY: &str = "Pod is Running but not Ready";
+    /// Ready message part: Ready without IPs.
+    pub const POD_READY_NO_IPS: &str = "Pod is Ready but has no podIPs yet";
+    /// Ready message part: Ready.
+    pub const POD_READY: &str = "Pod is Ready";
+    /// Ready message suffix when the Service exists.
+    pub const SERVICE_EXISTS: &str = "; Service Exists";
+    /// Ready message suffix when the Service is missing.
+    pub const SERVICE_DOES_NOT_EXIST: &str = "; Service does not exist";
+    /// Ready=False, SandboxExpired.
+    pub const SANDBOX_EXPIRED: &str = "Sandbox has expired";
+}
+
+/// Deprecation warnings served with v1alpha1 (upstream-core §2), by kind.
+pub mod deprecation {
+    /// v1alpha1 Sandbox.
+    pub const SANDBOX: &str = "agents.x-k8s.io/v1alpha1 Sandbox is deprecated; use agents.x-k8s.io/v1beta1 Sandbox instead";
+    /// v1alpha1 SandboxTemplate.
+    pub const SANDBOX_TEMPLATE: &str = "extensions.agents.x-k8s.io/v1alpha1 SandboxTemplate is deprecated; use extensions.agents.x-k8s.io/v1beta1 SandboxTemplate instead";
+    /// v1alpha1 SandboxClaim.
+    pub const SANDBOX_CLAIM: &str = "extensions.agents.x-k8s.io/v1alpha1 SandboxClaim is deprecated; use extensions.agents.x-k8s.io/v1beta1 SandboxClaim instead";
+    /// v1alpha1 SandboxWarmPool.
+    pub const SANDBOX_WARM_POOL: &str = "extensions.agents.x-k8s.io/v1alpha1 SandboxWarmPool is deprecated; use extensions.agents.x-k8s.io/v1beta1 SandboxWarmPool instead";
+}
+
+/// The CEL rule on v1beta1 `Sandbox.spec` that makes `volumeClaimTemplates` immutable.
+pub const VCT_IMMUTABLE_RULE: &str = "has(self.volumeClaimTemplates) == has(oldSelf.volumeClaimTemplates) && (!has(self.volumeClaimTemplates) || self.volumeClaimTemplates == oldSelf.volumeClaimTemplates)";
+/// The message of [`VCT_IMMUTABLE_RULE`].
+pub const VCT_IMMUTABLE_MESSAGE: &str = "volumeClaimTemplates is immutable";
+
+/// Where the conversion webhook is served in cluster mode.
+pub mod webhook {
+    /// Service name of the conversion webhook.
+    pub const SERVICE_NAME: &str = "agent-sandbox-webhook-service";
+    /// Namespace of the conversion webhook Service.
+    pub const SERVICE_NAMESPACE: &str = "agent-sandbox-system";
+    /// HTTP path of the conversion handler.
+    pub const PATH: &str = "/convert";
+}

@@ -1,0 +1,129 @@
+//! The command-line interface definition (clap derive structs only; behaviour lives in
+//! `commands/`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Isolated, stateful sandboxes for AI agents, managed with the agent-sandbox resource model.
+#[derive(Debug, Parser)]
+#[command(name = "agent-sandbox", version, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: GlobalArgs,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Options every subcommand takes.
+#[derive(Debug, Args)]
+pub(crate) struct GlobalArgs {
+    /// Log filter: a level (error, warn, info, debug, trace) or a tracing directive list.
+    #[arg(
+        long,
+        global = true,
+        env = "AGENT_SANDBOX_LOG_LEVEL",
+        default_value = "info"
+    )]
+    pub(crate) log_level: String,
+    /// Log output format (logs go to stderr).
+    #[arg(long, global = true, env = "AGENT_SANDBOX_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
+}
+
+/// Log output formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run everything on this machine: API server, controllers, node agent and router.
+    Up,
+    /// Run the controllers against a Kubernetes cluster.
+    Controller,
+    /// Run the sandbox router.
+    Router,
+    /// Run the in-sandbox runtime (files, processes, code).
+    Sandboxd,
+    /// Print the kubeconfig of the embedded API server.
+    Kubeconfig,
+    /// Print the CustomResourceDefinitions, or write or check them in a directory.
+    Crd(CrdArgs),
+    /// Validate manifests offline, as the API server would admit them.
+    Validate(FileArgs),
+    /// Convert manifests between v1alpha1 and v1beta1.
+    Convert(ConvertArgs),
+    /// Create a Sandbox.
+    Create,
+    /// Claim a Sandbox from a warm pool.
+    Claim,
+    /// Run a command in a Sandbox.
+    Exec,
+    /// Copy files to or from a Sandbox.
+    Cp,
+    /// List files in a Sandbox.
+    Ls,
+    /// Suspend a Sandbox (its Pod is deleted, its volumes kept).
+    Suspend,
+    /// Resume a suspended Sandbox.
+    Resume,
+    /// Delete a Sandbox or claim.
+    Delete,
+    /// Print the logs of a Sandbox.
+    Logs,
+    /// List or show Sandboxes, claims, templates and pools.
+    Get,
+    /// Run the benchmark suite.
+    Bench,
+    /// Print version information.
+    Version,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CrdArgs {
+    /// Write one file per CRD into this directory instead of printing.
+    #[arg(long, value_name = "DIR", conflicts_with = "check")]
+    pub(crate) output_dir: Option<PathBuf>,
+    /// Fail if the files in this directory differ from what this build generates.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) check: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct FileArgs {
+    /// Manifest files (YAML or JSON, several documents each); `-` reads stdin.
+    #[arg(short = 'f', long = "filename", required = true, value_name = "FILE")]
+    pub(crate) files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ConvertArgs {
+    #[command(flatten)]
+    pub(crate) files: FileArgs,
+    /// Version to convert to.
+    #[arg(long, value_enum, default_value_t = ApiVersion::V1beta1)]
+    pub(crate) to: ApiVersion,
+}
+
+/// Served API versions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ApiVersion {
+    /// The storage version.
+    V1beta1,
+    /// The deprecated version.
+    V1alpha1,
+}
+
+impl ApiVersion {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::V1beta1 => "v1beta1",
+            Self::V1alpha1 => "v1alpha1",
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! One module per verb; [`run`] dispatches.
+
+mod crd;
+mod manifests;
+mod version;
+
+use std::process::ExitCode;
+
+use crate::args::Command;
+
+pub(crate) fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Crd(args) => crd::crd(&args),
+        Command::Validate(args) => manifests::validate(&args),
+        Command::Convert(args) => manifests::convert(&args),
+        Command::Version => version::version(),
+        other => not_yet_available(&other),
+    }
+}
+
+/// Verbs whose part of the system is not in this build yet.
+fn not_yet_available(command: &Command) -> anyhow::Result<ExitCode> {
+    let verb = format!("{command:?}").to_lowercase();
+    anyhow::bail!(
+        "`agent-sandbox {verb}` is not yet available in this build; available now: crd, validate, convert, version"
+    )
+}

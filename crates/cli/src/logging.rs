@@ -1,0 +1,21 @@
+//! Logging set-up for every subcommand: `--log-level` filter and `--log-format text|json`, to
+//! stderr.
+
+use anyhow::Context;
+use tracing_subscriber::EnvFilter;
+
+use crate::args::{GlobalArgs, LogFormat};
+
+pub(crate) fn init(args: &GlobalArgs) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(&args.log_level).with_context(|| {
+        format!("invalid --log-level {:?}: use error, warn, info, debug, trace or a directive list like \"info,agent_sandbox_apiserver=debug\"", args.log_level)
+    })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs every check CI runs, on a fresh Debian/Ubuntu machine as root: installs the system
+# packages the tests need, then format, lints, generated files, and all tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export DEBIAN_FRONTEND=noninteractive
+if [ "$(id -u)" -eq 0 ]; then
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends gcc pkg-config ca-certificates >/dev/null
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== generated CRDs are up to date"
+cargo run --quiet --locked -p agent-sandbox -- crd --check deploy/crds
+
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+  cargo test --workspace --locked --doc
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
