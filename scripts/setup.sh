@@ -18,7 +18,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends gcc pkg-config ca-certificates >/dev/null
 
-cargo build --release --locked -p agent-sandbox
+cargo build --release -p agent-sandbox
 bin=target/release/agent-sandbox
 
 echo "== agent-sandbox version"

@@ -14,15 +14,15 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "== cargo clippy -D warnings"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
 
 echo "== generated CRDs are up to date"
-cargo run --quiet --locked -p agent-sandbox -- crd --check deploy/crds
+cargo run --quiet -p agent-sandbox -- crd --check deploy/crds
 
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --no-fail-fast
-  cargo test --workspace --locked --doc
+  cargo nextest run --workspace --no-fail-fast
+  cargo test --workspace --doc
 else
-  cargo test --workspace --locked --no-fail-fast
+  cargo test --workspace --no-fail-fast
 fi
