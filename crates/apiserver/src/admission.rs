@@ -239,6 +239,68 @@ pub fn default_service(svc: &mut Value) {
     }
 }
 
+fn diff_unknown(orig: &Value, back: &Value, path: &str, out: &mut Vec<String>) {
+    match (orig, back) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in a {
+                if v.is_null() {
+                    continue;
+                }
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match b.get(k) {
+                    None => out.push(p),
+                    Some(bv) => diff_unknown(v, bv, &p, out),
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                diff_unknown(x, y, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn roundtrip<T: serde::de::DeserializeOwned + serde::Serialize>(
+    obj: &Value,
+) -> Result<(Value, Vec<String>), String> {
+    let t: T = serde_json::from_value(obj.clone()).map_err(|e| e.to_string())?;
+    let back = serde_json::to_value(&t).map_err(|e| e.to_string())?;
+    let mut unknown = vec![];
+    diff_unknown(obj, &back, "", &mut unknown);
+    Ok((back, unknown))
+}
+
+/// Decodes a core object through its typed schema, as kube-apiserver does: unknown fields are
+/// dropped (and reported), and type errors fail. `None` for kinds without a built-in schema.
+pub fn core_roundtrip(
+    group: &str,
+    kind: &str,
+    obj: &Value,
+) -> Option<Result<(Value, Vec<String>), String>> {
+    use k8s_openapi::api;
+    Some(match (group, kind) {
+        ("", "Pod") => roundtrip::<api::core::v1::Pod>(obj),
+        ("", "Service") => roundtrip::<api::core::v1::Service>(obj),
+        ("", "Namespace") => roundtrip::<api::core::v1::Namespace>(obj),
+        ("", "PersistentVolumeClaim") => roundtrip::<api::core::v1::PersistentVolumeClaim>(obj),
+        ("", "Node") => roundtrip::<api::core::v1::Node>(obj),
+        ("", "Event") => roundtrip::<api::core::v1::Event>(obj),
+        ("events.k8s.io", "Event") => roundtrip::<api::events::v1::Event>(obj),
+        ("networking.k8s.io", "NetworkPolicy") => {
+            roundtrip::<api::networking::v1::NetworkPolicy>(obj)
+        }
+        ("node.k8s.io", "RuntimeClass") => roundtrip::<api::node::v1::RuntimeClass>(obj),
+        ("coordination.k8s.io", "Lease") => roundtrip::<api::coordination::v1::Lease>(obj),
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

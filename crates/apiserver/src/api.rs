@@ -367,31 +367,57 @@ impl App {
             return Ok(());
         };
         match self.crd.admit(crd, &t.version, obj, old) {
-            Ok(unknown) => {
-                if !unknown.is_empty() {
-                    match req.q("fieldValidation").unwrap_or("Warn") {
-                        "Strict" => {
-                            let list: Vec<String> = unknown
-                                .iter()
-                                .map(|f| format!("unknown field \"{f}\""))
-                                .collect();
-                            return Err(ApiError::bad_request(format!(
-                                "strict decoding error: {}",
-                                list.join(", ")
-                            )));
-                        }
-                        "Ignore" => {}
-                        _ => req
-                            .warnings
-                            .extend(unknown.iter().map(|f| format!("unknown field \"{f}\""))),
-                    }
-                }
-                Ok(())
-            }
+            Ok(unknown) => self.unknown_fields(t, &unknown, req),
             Err(causes) => {
                 let name = meta(obj)["name"].as_str().unwrap_or("").to_string();
                 Err(ApiError::invalid(&t.rd.group, &t.rd.kind, &name, causes))
             }
+        }
+    }
+
+    /// Reports unknown fields per `fieldValidation` (Strict: 400, Warn: warning, Ignore).
+    fn unknown_fields(&self, t: &Target, unknown: &[String], req: &mut Req) -> ApiResult<()> {
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        match req.q("fieldValidation").unwrap_or("Warn") {
+            "Strict" => {
+                let list: Vec<String> = unknown
+                    .iter()
+                    .map(|f| format!("unknown field \"{f}\""))
+                    .collect();
+                Err(ApiError::bad_request(format!(
+                    "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
+                    t.rd.kind,
+                    t.version,
+                    t.rd.kind,
+                    list.join(", ")
+                )))
+            }
+            "Ignore" => Ok(()),
+            _ => {
+                req.warnings
+                    .extend(unknown.iter().map(|f| format!("unknown field \"{f}\"")));
+                Ok(())
+            }
+        }
+    }
+
+    /// Typed decoding of core kinds (drops and reports unknown fields, rejects type errors).
+    fn decode_core(&self, t: &Target, obj: &mut Value, req: &mut Req) -> ApiResult<()> {
+        let Some(r) = admission::core_roundtrip(&t.rd.group, &t.rd.kind, obj) else {
+            return Ok(());
+        };
+        match r {
+            Ok((back, unknown)) => {
+                self.unknown_fields(t, &unknown, req)?;
+                *obj = back;
+                Ok(())
+            }
+            Err(e) => Err(ApiError::bad_request(format!(
+                "{} in version \"{}\" cannot be handled as a {}: {e}",
+                t.rd.kind, t.version, t.rd.kind
+            ))),
         }
     }
 
@@ -567,6 +593,7 @@ impl App {
             return Err(ApiError::invalid(&t.rd.group, &t.rd.kind, &name, causes));
         }
         self.check_namespace(t)?;
+        self.decode_core(t, &mut obj, req)?;
         self.prepare_create(t, &mut obj);
         self.admit_custom(t, &mut obj, None, req)?;
         let stored = self.to_storage(&t.rd, &t.version, obj)?;
@@ -701,6 +728,7 @@ impl App {
             let g = meta(&old_ext)["generation"].as_i64().unwrap_or(1);
             meta_mut(&mut new).insert("generation".into(), json!(g + 1));
         }
+        self.decode_core(t, &mut new, req)?;
         if t.rd.special == Special::Pod {
             admission::default_pod(&mut new);
         }
@@ -1221,7 +1249,9 @@ impl App {
         let rv_param = req.q("resourceVersion").filter(|s| !s.is_empty());
         let rv_match = req.q("resourceVersionMatch").filter(|s| !s.is_empty());
         if let Some(rv) = rv_param {
-            let n = parse_rv(rv)?;
+            let n = rv
+                .parse::<u64>()
+                .map_err(|_| ApiError::bad_resource_version(rv))?;
             if rv_match == Some("Exact") && n != self.store.current_rv() {
                 return Err(ApiError::gone(format!(
                     "too old resource version: {n} ({})",

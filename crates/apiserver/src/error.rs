@@ -198,7 +198,24 @@ impl ApiError {
         if let Some(d) = &self.details {
             s["details"] = d.clone();
         }
+        if self.reason.is_empty()
+            && let Some(m) = s.as_object_mut()
+        {
+            m.remove("reason");
+        }
         s
+    }
+
+    /// kube-apiserver's answer to an unparsable `resourceVersion` on list and watch: a 500
+    /// without a reason (kubernetes/kubernetes#139485 tracks changing it to 400).
+    pub fn bad_resource_version(rv: &str) -> Self {
+        Self::new(
+            500,
+            "",
+            format!(
+                "resourceVersion: Invalid value: {rv:?}: strconv.ParseUint: parsing {rv:?}: invalid syntax"
+            ),
+        )
     }
 }
 

@@ -58,18 +58,10 @@ async fn start(app: Arc<App>, t: Target, r: Req) -> Result<Response, ApiError> {
         .map(String::from);
     let start_rv = match rv_param.as_deref() {
         None | Some("0") => None,
-        Some(s) => Some(s.parse::<u64>().map_err(|e| {
-            ApiError::invalid(
-                "",
-                &t.rd.plural,
-                "",
-                vec![crate::error::Cause {
-                    reason: "FieldValueInvalid".into(),
-                    message: format!("Invalid value: {s:?}: {e}"),
-                    field: "resourceVersion".into(),
-                }],
-            )
-        })?),
+        Some(s) => Some(
+            s.parse::<u64>()
+                .map_err(|_| ApiError::bad_resource_version(s))?,
+        ),
     };
     let as_table = r
         .headers
