@@ -8,7 +8,8 @@
 //! - [`conditions`]: `SetStatusCondition` semantics; [`semantic`]: `Semantic.DeepEqual` semantics.
 //! - [`crd`]: the four CustomResourceDefinitions; [`schema`]: admission against their schemas
 //!   (pruning, defaulting, validation, CEL); [`conversion`]: lossless v1alpha1 ⇄ v1beta1 and the
-//!   `ConversionReview` handler; [`manifest`]: parsing user manifests with all of the above.
+//!   `ConversionReview` handler; [`manifest`]: parsing user manifests with all of the above;
+//!   [`registry`]: the CRDs with their admission prepared once, for API servers.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -19,6 +20,7 @@ pub mod crd;
 pub mod hash;
 pub mod manifest;
 pub mod quantity;
+pub mod registry;
 pub mod schema;
 pub mod semantic;
 pub mod v1alpha1;

@@ -2,17 +2,15 @@
 //! checks a cluster applies: known apiVersion and kind, strict unknown-field rejection, schema
 //! defaults and validation (see [`crate::schema`]).
 
-use std::sync::OnceLock;
-
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::constants::{CORE_GROUP, EXTENSIONS_GROUP};
 use crate::conversion::{self, ConversionError};
-use crate::schema::{Admission, AdmitError, FieldError};
-use crate::{crd, v1alpha1, v1beta1};
+use crate::registry::{Entry, registry};
+use crate::schema::{AdmitError, FieldError};
+use crate::{v1alpha1, v1beta1};
 
 /// A typed agent-sandbox object in the version it was written in.
 #[derive(Clone, Debug, PartialEq)]
@@ -131,20 +129,6 @@ pub enum ManifestError {
     },
 }
 
-/// The CRDs with their prepared admissions, built once per process.
-fn known_kinds() -> &'static [(CustomResourceDefinition, Admission)] {
-    static KINDS: OnceLock<Vec<(CustomResourceDefinition, Admission)>> = OnceLock::new();
-    KINDS.get_or_init(|| {
-        crd::all()
-            .into_iter()
-            .map(|c| {
-                let a = Admission::new(&c);
-                (c, a)
-            })
-            .collect()
-    })
-}
-
 /// Parses every document of `text` strictly: unknown fields are errors, defaults are applied.
 /// Empty documents are skipped.
 pub fn parse(text: &str) -> Result<Vec<Object>, ManifestError> {
@@ -177,10 +161,7 @@ pub fn parse_value(mut value: Value, doc: usize) -> Result<Object, ManifestError
     let (group, version) = api_version
         .split_once('/')
         .unwrap_or(("", api_version.as_str()));
-    let Some((_, admission)) = known_kinds()
-        .iter()
-        .find(|(c, _)| c.spec.group == group && c.spec.names.kind == kind)
-    else {
+    let Some(Entry { admission, .. }) = registry().by_kind(group, &kind) else {
         return Err(ManifestError::UnknownKind {
             doc,
             kind,
