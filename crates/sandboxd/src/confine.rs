@@ -59,6 +59,7 @@ impl AsFd for DirFd<'_> {
 
 /// Outcome of a walk.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Walked<'a> {
     /// The path is the root itself.
     Root,

@@ -71,9 +71,9 @@ pub fn mode_string(stat: &Stat) -> String {
 /// Symbolic links are resolved beneath the root; links that escape it or dangle are omitted.
 pub fn list_dir(root: &Root, dir: &OwnedFd, rel: &[OsString]) -> Result<Vec<Entry>, Errno> {
     let mut out = Vec::new();
-    let mut reader = rustix::fs::Dir::read_from(dir)?;
+    let reader = rustix::fs::Dir::read_from(dir)?;
     let mut names: Vec<OsString> = Vec::new();
-    while let Some(entry) = reader.next() {
+    for entry in reader {
         let entry = entry?;
         let name = OsStr::from_bytes(entry.file_name().to_bytes());
         if name == "." || name == ".." {
@@ -269,8 +269,8 @@ pub fn remove_all(dir: impl AsFd, name: &OsStr) -> Result<(), Errno> {
 /// Removes everything inside the directory `dir`, keeping the directory.
 pub fn clear_dir(dir: &OwnedFd) -> Result<(), Errno> {
     let mut names = Vec::new();
-    let mut reader = rustix::fs::Dir::read_from(dir)?;
-    while let Some(entry) = reader.next() {
+    let reader = rustix::fs::Dir::read_from(dir)?;
+    for entry in reader {
         let entry = entry?;
         let name = OsStr::from_bytes(entry.file_name().to_bytes());
         if name != "." && name != ".." {

@@ -320,14 +320,9 @@ impl Supervisor {
     fn reap(&self) {
         let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
         if self.reap_all {
-            loop {
-                match rustix::process::wait(WaitOptions::NOHANG) {
-                    Ok(Some((pid, status))) => {
-                        if let Some(tx) = waiters.remove(&pid.as_raw_nonzero().get()) {
-                            let _ = tx.send(convert(status));
-                        }
-                    }
-                    Ok(None) | Err(_) => break,
+            while let Ok(Some((pid, status))) = rustix::process::wait(WaitOptions::NOHANG) {
+                if let Some(tx) = waiters.remove(&pid.as_raw_nonzero().get()) {
+                    let _ = tx.send(convert(status));
                 }
             }
         } else {
