@@ -434,6 +434,11 @@ impl SandboxEngine {
         Ok(())
     }
 
+    /// Create a sandbox for a Pod (see [`SandboxSpec::from_pod`] for the fields honoured).
+    pub async fn create_pod(&self, pod: &k8s_openapi::api::core::v1::Pod) -> Result<SandboxHandle> {
+        self.create(SandboxSpec::from_pod(pod)?).await
+    }
+
     /// Create a sandbox (container created, process not started).
     pub async fn create(&self, spec: SandboxSpec) -> Result<SandboxHandle> {
         spec.validate()?;
@@ -823,8 +828,9 @@ impl SandboxEngine {
             Phase::Exited => return Ok(st.exit_code),
             Phase::Paused => rt.resume(id).await?,
             Phase::Created => {
-                // Never started: nothing to terminate gracefully.
-                rt.kill(id, "KILL").await?;
+                // Never started: nothing to terminate gracefully, and runsc cannot signal a
+                // created container. Deleting it ends its init.
+                rt.delete(id).await?;
                 return self.wait_exit(rec, Duration::from_secs(10)).await;
             }
             Phase::Running => {}
@@ -897,7 +903,10 @@ impl SandboxEngine {
             if st.as_ref().is_some_and(|s| s.phase == Phase::Paused) {
                 note(rt.resume(id).await);
             }
-            if st.as_ref().is_some_and(|s| s.phase != Phase::Exited) {
+            if st
+                .as_ref()
+                .is_some_and(|s| matches!(s.phase, Phase::Running | Phase::Paused))
+            {
                 note(rt.kill(id, "KILL").await);
                 if let Some(pid) = rec.container_pid {
                     note(pid_exited(pid, Duration::from_secs(10)).await.map(drop));

@@ -47,6 +47,34 @@ async fn lifecycle(kind: HandlerKind) {
     assert!(log.contains("hello-from-sandbox"), "log: {log}");
     e.remove("exit").await.unwrap();
 
+    // Created, never started, then removed (and stopped) cleanly.
+    e.create(sh("unstarted", kind, "exit 0")).await.unwrap();
+    e.stop("unstarted", Duration::from_secs(1)).await.unwrap();
+    e.remove("unstarted").await.unwrap();
+    e.create(sh("unstarted2", kind, "exit 0")).await.unwrap();
+    e.remove("unstarted2").await.unwrap();
+
+    // A Pod spec drives the same engine.
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "from-pod", "namespace": "ns1"},
+        "spec": {"runtimeClassName": kind.name(), "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "main", "image": IMAGE, "imagePullPolicy": "Never",
+                "command": ["/bin/sh", "-c", "echo $GREETING; exit 5"],
+                "env": [{"name": "GREETING", "value": "hi-from-pod"}],
+                "resources": {"limits": {"memory": "64Mi", "cpu": "500m"}}}]}
+    }))
+    .unwrap();
+    let h = e.create_pod(&pod).await.unwrap();
+    assert_eq!(h.id, "ns1-from-pod");
+    e.start(&h.id).await.unwrap();
+    assert_eq!(
+        e.wait(&h.id, Duration::from_secs(20)).await.unwrap(),
+        Some(5)
+    );
+    let log = fs_err::read_to_string(e.log_path(&h.id)).unwrap();
+    assert!(log.contains("hi-from-pod"), "{log}");
+    e.remove(&h.id).await.unwrap();
+
     // Stop with grace: the process handles TERM.
     e.create(sh(
         "grace",
