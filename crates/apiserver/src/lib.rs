@@ -32,6 +32,7 @@
 pub mod access;
 pub mod admission;
 pub mod api;
+pub mod crds;
 pub mod discovery;
 pub mod error;
 pub mod gc;
@@ -96,9 +97,9 @@ impl Config {
     }
 }
 
-/// The CRD support used by default.
+/// The CRD support used by default: the four agent-sandbox CRDs.
 pub fn default_crds() -> Arc<dyn CrdSupport> {
-    Arc::new(NoCrds)
+    Arc::new(crds::AgentSandboxCrds::new())
 }
 
 /// Errors starting the server.
