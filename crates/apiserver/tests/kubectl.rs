@@ -392,3 +392,153 @@ async fn discovery_api_resources_and_explain() {
         "{ns}"
     );
 }
+
+const SANDBOXES: &str = r#"
+apiVersion: extensions.agents.x-k8s.io/v1beta1
+kind: SandboxTemplate
+metadata:
+  name: py
+spec:
+  podTemplate:
+    spec:
+      containers:
+      - name: main
+        image: python:3.12
+---
+apiVersion: extensions.agents.x-k8s.io/v1beta1
+kind: SandboxWarmPool
+metadata:
+  name: pool
+spec:
+  replicas: 1
+  sandboxTemplateRef:
+    name: py
+---
+apiVersion: agents.x-k8s.io/v1beta1
+kind: Sandbox
+metadata:
+  name: sb1
+spec:
+  podTemplate:
+    spec:
+      containers:
+      - name: main
+        image: python:3.12
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_resources_columns_scale_conversion_and_validation() {
+    let ts = common::start().await;
+    let kc = ts.server.kubeconfig_path().to_path_buf();
+    let o = kubectl(&kc, &["apply", "-f", "-"], Some(SANDBOXES)).await;
+    assert!(o.ok, "{}{}", o.stdout, o.stderr);
+    assert!(
+        o.stdout.contains("sandbox.agents.x-k8s.io/sb1 created"),
+        "{}",
+        o.stdout
+    );
+    let crds = ok(&kc, &["get", "crd", "-o", "name"]).await;
+    assert!(crds.contains("sandboxes.agents.x-k8s.io"), "{crds}");
+    // Upstream's printer columns.
+    let t = ok(&kc, &["get", "sandboxes"]).await;
+    let head: Vec<&str> = t.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(head, vec!["NAME", "READY", "REASON", "AGE"], "{t}");
+    let t = ok(&kc, &["get", "swp"]).await;
+    let head: Vec<&str> = t.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(head, vec!["NAME", "READY", "DESIRED", "AGE"], "{t}");
+    // Status drives the Ready column; wait sees the condition.
+    let client = ts.https_client().await;
+    let api: kube::Api<kube::api::DynamicObject> = kube::Api::default_namespaced_with(
+        client.clone(),
+        &kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+            "agents.x-k8s.io",
+            "v1beta1",
+            "Sandbox",
+        )),
+    );
+    let st = json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "DependenciesReady",
+        "message": "ok", "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}]}});
+    api.patch_status("sb1", &PatchParams::default(), &Patch::Merge(&st))
+        .await
+        .unwrap();
+    let t = ok(&kc, &["get", "sandbox", "sb1", "--no-headers"]).await;
+    let cells: Vec<&str> = t.split_whitespace().collect();
+    assert_eq!(&cells[..3], &["sb1", "True", "DependenciesReady"], "{t}");
+    let o = ok(
+        &kc,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "sandbox/sb1",
+            "--timeout=10s",
+        ],
+    )
+    .await;
+    assert!(o.contains("condition met"), "{o}");
+    // scale through the scale subresource; spec changes bump generation.
+    let o = ok(&kc, &["scale", "swp/pool", "--replicas", "3"]).await;
+    assert!(o.contains("scaled"), "{o}");
+    let r = ok(
+        &kc,
+        &[
+            "get",
+            "swp",
+            "pool",
+            "-o",
+            "jsonpath={.spec.replicas} {.metadata.generation}",
+        ],
+    )
+    .await;
+    assert_eq!(r, "3 2");
+    // v1alpha1 reads are converted on the fly (with the deprecation warning).
+    let o = kubectl(
+        &kc,
+        &[
+            "get",
+            "sandboxes.v1alpha1.agents.x-k8s.io",
+            "sb1",
+            "-o",
+            "json",
+        ],
+        None,
+    )
+    .await;
+    assert!(o.ok, "{}", o.stderr);
+    let v: Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(v["apiVersion"], "agents.x-k8s.io/v1alpha1");
+    assert_eq!(v["spec"]["replicas"], json!(1));
+    assert!(o.stderr.contains("deprecated"), "{}", o.stderr);
+    // Schema validation: 422 with kube-apiserver's message format.
+    let o = kubectl(
+        &kc,
+        &[
+            "patch",
+            "sandbox",
+            "sb1",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"operatingMode":"Weird"}}"#,
+        ],
+        None,
+    )
+    .await;
+    assert!(!o.ok);
+    assert!(
+        o.stderr.contains(r#"The Sandbox "sb1" is invalid: spec.operatingMode: Unsupported value: "Weird": supported values: "Running", "Suspended""#),
+        "{}",
+        o.stderr
+    );
+    // Unknown fields with kubectl's strict validation are rejected on create.
+    let bad = SANDBOXES.replace("name: sb1\nspec:\n", "name: sb2\nspec:\n  bogus: 1\n");
+    let o = kubectl(&kc, &["apply", "-f", "-"], Some(&bad)).await;
+    assert!(
+        !o.ok && o.stderr.contains("unknown field \"spec.bogus\""),
+        "{}{}",
+        o.stdout,
+        o.stderr
+    );
+    // Deleting the CRD view is refused.
+    let o = kubectl(&kc, &["delete", "crd", "sandboxes.agents.x-k8s.io"], None).await;
+    assert!(!o.ok, "{}", o.stdout);
+}
