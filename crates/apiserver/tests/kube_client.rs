@@ -569,3 +569,111 @@ async fn status_subresource_and_generation() {
         "{err:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_list_watcher_and_v1alpha1_watch() {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    let ts = common::start().await;
+    let client = ts.server.client();
+    // kube_runtime::watcher with sendInitialEvents (streaming lists).
+    let leases: Api<Lease> = Api::default_namespaced(client.clone());
+    for i in 0..3 {
+        leases
+            .create(&PostParams::default(), &lease(&format!("s{i}")))
+            .await
+            .unwrap();
+    }
+    let mut w = watcher(leases.clone(), watcher::Config::default().streaming_lists()).boxed();
+    let mut init = vec![];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), w.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            watcher::Event::InitApply(l) => init.push(l.name_any()),
+            watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert_eq!(init, vec!["s0", "s1", "s2"]);
+    leases
+        .create(&PostParams::default(), &lease("s3"))
+        .await
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(5), w.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        Some(watcher::Event::Apply(l)) => assert_eq!(l.name_any(), "s3"),
+        other => panic!("unexpected {other:?}"),
+    }
+    // A v1alpha1 watch sees v1beta1 writes converted.
+    let ar =
+        |v: &str| ApiResource::from_gvk(&GroupVersionKind::gvk("agents.x-k8s.io", v, "Sandbox"));
+    let alpha: Api<DynamicObject> = Api::default_namespaced_with(client.clone(), &ar("v1alpha1"));
+    let beta: Api<DynamicObject> = Api::default_namespaced_with(client.clone(), &ar("v1beta1"));
+    let mut s = alpha
+        .watch(&WatchParams::default().timeout(5), "0")
+        .await
+        .unwrap()
+        .boxed();
+    let sb: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "agents.x-k8s.io/v1beta1", "kind": "Sandbox", "metadata": {"name": "sb"},
+        "spec": {"operatingMode": "Suspended", "podTemplate": {"spec": {"containers": [{"name": "m", "image": "i"}]}}}
+    }))
+    .unwrap();
+    beta.create(&PostParams::default(), &sb).await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(5), s.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        Some(WatchEvent::Added(o)) => {
+            assert_eq!(
+                o.types.as_ref().unwrap().api_version,
+                "agents.x-k8s.io/v1alpha1"
+            );
+            assert_eq!(o.data["spec"]["replicas"], json!(0));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // A v1alpha1 write is stored as v1beta1.
+    let p = json!({"spec": {"replicas": 1}});
+    alpha
+        .patch("sb", &PatchParams::default(), &Patch::Merge(&p))
+        .await
+        .unwrap();
+    let b = beta.get("sb").await.unwrap();
+    assert_eq!(b.data["spec"]["operatingMode"], json!("Running"));
+    let stored = ts
+        .server
+        .store()
+        .get("sandboxes.agents.x-k8s.io", "default", "sb")
+        .unwrap();
+    assert_eq!(stored.obj["apiVersion"], json!("agents.x-k8s.io/v1beta1"));
+    // Schema errors come back as 422 Invalid with causes.
+    let bad: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "agents.x-k8s.io/v1beta1", "kind": "Sandbox", "metadata": {"name": "bad"}, "spec": {}
+    }))
+    .unwrap();
+    match beta.create(&PostParams::default(), &bad).await.unwrap_err() {
+        kube::Error::Api(s) => {
+            assert_eq!(s.code, 422);
+            assert!(
+                s.message
+                    .starts_with("Sandbox.agents.x-k8s.io \"bad\" is invalid: "),
+                "{}",
+                s.message
+            );
+            assert!(
+                s.message.contains("spec.podTemplate: Required value"),
+                "{}",
+                s.message
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
