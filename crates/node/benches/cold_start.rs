@@ -28,6 +28,8 @@ fn tar_header(path: &str, kind: tar::EntryType, mode: u32, size: u64) -> tar::He
     h.set_entry_type(kind);
     h.set_mode(mode);
     h.set_size(size);
+    h.set_uid(0);
+    h.set_gid(0);
     h.set_mtime(0);
     h.set_cksum();
     h
@@ -130,15 +132,27 @@ fn spec(id: &str, kind: HandlerKind, argv: &[&str]) -> SandboxSpec {
 
 async fn bench_engine(e: &SandboxEngine, kind: HandlerKind, n: usize, tag: &str) -> Vec<Duration> {
     let mut v = Vec::new();
+    let (mut c, mut s) = (Vec::new(), Vec::new());
     for i in 0..n {
         let id = format!("{tag}-{}-{i}", kind.name());
         let t = Instant::now();
         e.create(spec(&id, kind, &["/bin/sleep", "1000"]))
             .await
             .unwrap();
+        let created = t.elapsed();
         e.start(&id).await.unwrap();
         v.push(t.elapsed());
+        c.push(created);
+        s.push(t.elapsed() - created);
         e.remove(&id).await.unwrap();
+    }
+    if n > 1 {
+        println!(
+            "{:5}   of which create {:.1} ms, start {:.1} ms (p50)",
+            kind.name(),
+            pct(&mut c, 0.5),
+            pct(&mut s, 0.5)
+        );
     }
     v
 }
@@ -288,7 +302,7 @@ async fn main() {
             .split(',')
             .filter_map(|c| c.trim().parse().ok())
             .collect();
-        for k in counts {
+        for k in counts.into_iter().filter(|k| *k > 0) {
             idle_memory(&plain, kind, k).await;
         }
     }

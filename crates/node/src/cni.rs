@@ -1,11 +1,11 @@
-//! Pod networking through CNI plugin binaries (bridge + host-local IPAM, loopback), spoken with
+//! Pod networking through CNI plugin binaries (bridge + host-local IPAM), spoken with
 //! the CNI protocol: `CNI_*` environment variables and the network config as JSON on stdin.
 //!
-//! ADD, in order: `loopback` ADD (brings `lo` up) → `bridge` ADD (creates the bridge if needed,
-//! a veth pair into the namespace, an address from host-local IPAM, the default route) → the
-//! result is cached in the sandbox directory. DEL, in order: `bridge` DEL with the cached
-//! result (removes the veth, releases the IPAM reservation; works even if the namespace is
-//! already gone) → `loopback` DEL. The network namespace itself is made and removed by
+//! ADD, in order: (`lo` is already up: [`crate::host::create_netns`] does it without a plugin)
+//! → `bridge` ADD (creates the bridge if needed, a veth pair into the namespace, an address
+//! from host-local IPAM, the default route) → the result is cached in the sandbox record. DEL:
+//! `bridge` DEL with the cached result (removes the veth, releases the IPAM reservation; works
+//! even if the namespace is already gone). The network namespace itself is made and removed by
 //! [`crate::host`].
 
 use std::net::Ipv4Addr;
@@ -111,7 +111,7 @@ impl NetworkConfig {
                 )));
             }
         }
-        for p in ["bridge", "host-local", "loopback"] {
+        for p in ["bridge", "host-local"] {
             if !self.plugin_dir.join(p).is_file() {
                 return Err(cfg(format!(
                     "CNI plugin {} is missing; install containernetworking-plugins or set plugin_dir",
@@ -217,8 +217,7 @@ impl Cni {
 
     /// ADD: attach the namespace at `netns` and return its address.
     pub async fn add(&self, sandbox: &str, netns: &Path) -> Result<Attachment> {
-        let lo = json!({"cniVersion": "1.0.0", "name": "lo", "type": "loopback"});
-        self.invoke(sandbox, "loopback", "ADD", netns, &lo).await?;
+        // `lo` is already up: host::create_netns does it without a plugin exec.
         let conf = self.config.bridge_conf(&self.ipam_dir);
         let result = match self.invoke(sandbox, "bridge", "ADD", netns, &conf).await {
             Ok(r) => r,
@@ -253,10 +252,6 @@ impl Cni {
         }
         let ns: &Path = if netns.exists() { netns } else { Path::new("") };
         self.invoke(sandbox, "bridge", "DEL", ns, &conf).await?;
-        let lo = json!({"cniVersion": "1.0.0", "name": "lo", "type": "loopback"});
-        if !ns.as_os_str().is_empty() {
-            self.invoke(sandbox, "loopback", "DEL", ns, &lo).await?;
-        }
         Ok(())
     }
 

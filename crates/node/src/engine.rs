@@ -582,8 +582,6 @@ impl SandboxEngine {
             let att = tri!(cni.add(&rec.spec.id, &rec.netns).await);
             rec.attachment = Some(att);
             tri!(self.save_record(&rec));
-        } else {
-            self.loopback_up(&rec).await;
         }
 
         let hostname = rec
@@ -638,25 +636,6 @@ impl SandboxEngine {
         rec.container_pid = pid;
         tri!(self.save_record(&rec));
         Ok(rec)
-    }
-
-    async fn loopback_up(&self, rec: &Record) {
-        let plugin = Path::new("/usr/lib/cni/loopback");
-        if !plugin.is_file() {
-            return;
-        }
-        let mut cmd = host::command(plugin);
-        cmd.env("CNI_COMMAND", "ADD")
-            .env("CNI_CONTAINERID", &rec.spec.id)
-            .env("CNI_NETNS", &rec.netns)
-            .env("CNI_IFNAME", "lo")
-            .env("CNI_PATH", "/usr/lib/cni");
-        let conf = br#"{"cniVersion":"1.0.0","name":"lo","type":"loopback"}"#;
-        if let Ok(out) = host::run(cmd, Some(conf), Duration::from_secs(10)).await
-            && out.code != 0
-        {
-            tracing::warn!(target: "node::engine", sandbox = %rec.spec.id, "loopback up failed: {}", out.message());
-        }
     }
 
     /// Start the sandbox's process.

@@ -88,8 +88,9 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Create a new network namespace and pin it with a bind mount on `path` (like `ip netns add`).
-/// The namespace is made on a short-lived thread so no other thread changes namespace.
+/// Create a new network namespace with `lo` up and pin it with a bind mount on `path` (like
+/// `ip netns add` + `ip link set lo up`). The namespace is made on a short-lived thread so no
+/// other thread changes namespace.
 pub fn create_netns(path: &Path) -> Result<()> {
     tracing::debug!(target: TARGET, path = %path.display(), "create netns");
     if let Some(dir) = path.parent() {
@@ -100,6 +101,12 @@ pub fn create_netns(path: &Path) -> Result<()> {
     let res = std::thread::spawn(move || -> Result<()> {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
             .map_err(|e| NodeError::sys("unshare network namespace", &target, e))?;
+        crate::sys::loopback_up().map_err(|e| {
+            NodeError::Io(std::io::Error::new(
+                e.kind(),
+                format!("bring up lo in network namespace {}: {e}", target.display()),
+            ))
+        })?;
         nix::mount::mount(
             Some(Path::new("/proc/thread-self/ns/net")),
             &target,

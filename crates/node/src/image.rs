@@ -779,9 +779,16 @@ fn unpack_layer(image: &str, blob: &Path, media_type: &str, dst: &Path) -> Resul
             .map_err(|e| NodeError::sys("create whiteout", &target, e))?;
             continue;
         }
-        let ok = entry
-            .unpack_in(dst)
-            .map_err(|e| bad(format!("unpacking {}: {e}", path.display())))?;
+        let ok = entry.unpack_in(dst).map_err(|e| {
+            let mut msg = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(": ");
+                msg.push_str(&s.to_string());
+                src = s.source();
+            }
+            bad(format!("unpacking {}: {msg}", path.display()))
+        })?;
         if !ok {
             return Err(bad(format!(
                 "layer entry {} escapes the root",

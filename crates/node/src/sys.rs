@@ -368,6 +368,35 @@ pub(crate) async fn wait_pidfd(fd: OwnedFd, timeout: std::time::Duration) -> std
     }
 }
 
+/// Bring the loopback interface of the calling thread's network namespace up
+/// (`SIOCGIFFLAGS`/`SIOCSIFFLAGS` on `lo`), instead of running the CNI loopback plugin.
+pub(crate) fn loopback_up() -> std::io::Result<()> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: `ifreq` is plain old data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: valid socket fd and a properly initialised `ifreq` that outlives both calls; the
+    // kernel reads the name and reads/writes the flags union member.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Set an extended attribute on a path (no symlink following).
 pub(crate) fn lsetxattr(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;

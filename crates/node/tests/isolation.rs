@@ -62,6 +62,7 @@ async fn isolation(kind: HandlerKind) {
              echo vol=$(cat /data/in-volume); \
              echo ifaces=$(cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' ' | tr '\\n' ,); \
              echo hostname=$(cat /etc/hostname); \
+             (ip link show lo | grep -q ',UP') && echo lo=up || echo lo=down; \
              (echo x > /proc/sys/kernel/domainname) 2>/dev/null && echo procsys=rw || echo procsys=ro; \
              (cat /proc/kcore | head -c 1 | wc -c) 2>/dev/null | sed 's/^/kcore=/'; \
              (mount -t tmpfs none /mnt) 2>/dev/null && echo mount=ok || echo mount=denied; \
@@ -98,6 +99,7 @@ async fn isolation(kind: HandlerKind) {
     assert_eq!(get("vol"), "visible", "declared volume not mounted");
     assert_eq!(get("ifaces"), "lo,", "host interfaces visible");
     assert_eq!(get("hostname"), "iso-box");
+    assert_eq!(get("lo"), "up");
     assert_eq!(get("procsys"), "ro");
     assert_eq!(get("mount"), "denied");
     if kind != HandlerKind::Runsc {
