@@ -119,6 +119,26 @@ pub struct Event {
     pub obj: Arc<Value>,
     /// The object before the change (updates only).
     pub prev: Option<Arc<Value>>,
+    /// The object serialised once, shared by every watcher that needs the stored form.
+    json: std::sync::OnceLock<bytes::Bytes>,
+}
+
+impl Event {
+    fn new(rv: u64, kind: EventKind, obj: Arc<Value>, prev: Option<Arc<Value>>) -> Self {
+        Event {
+            rv,
+            kind,
+            obj,
+            prev,
+            json: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The object as JSON (serialised on first use).
+    pub fn json(&self) -> &bytes::Bytes {
+        self.json
+            .get_or_init(|| bytes::Bytes::from(serde_json::to_vec(&*self.obj).unwrap_or_default()))
+    }
 }
 
 /// A change published to the garbage collector.
@@ -625,15 +645,15 @@ fn load(conn: &Connection, path: &Path, cfg: &StoreConfig) -> Result<State, Open
             compacted
         };
         for (rv, created_rv, deleted, obj) in h.into_iter().skip(skip) {
-            rs.events.push_back(Arc::new(Event {
+            rs.events.push_back(Arc::new(Event::new(
                 rv,
-                kind: EventKind::Compacted {
+                EventKind::Compacted {
                     created_rv,
                     deleted,
                 },
                 obj,
-                prev: None,
-            }));
+                None,
+            )));
         }
     }
     for rs in st.res.values_mut() {
@@ -931,12 +951,12 @@ fn writer(
                 } else {
                     rs.objects.insert(p.key.clone(), p.stored.clone());
                 }
-                rs.events.push_back(Arc::new(Event {
-                    rv: p.stored.rv,
-                    kind: p.kind,
-                    obj: p.stored.obj.clone(),
-                    prev: p.prev.as_ref().map(|s| s.obj.clone()),
-                }));
+                rs.events.push_back(Arc::new(Event::new(
+                    p.stored.rv,
+                    p.kind,
+                    p.stored.obj.clone(),
+                    p.prev.as_ref().map(|s| s.obj.clone()),
+                )));
                 while rs.events.len() > cfg.watch_window {
                     if let Some(old) = rs.events.pop_front() {
                         rs.window_start = old.rv;

@@ -18,6 +18,16 @@ use std::time::Duration;
 /// Interval between bookmarks when the client asked for them.
 const BOOKMARK_EVERY: Duration = Duration::from_secs(5);
 
+fn raw_line(typ: &str, obj: &Bytes) -> Bytes {
+    let mut v = Vec::with_capacity(obj.len() + 32);
+    v.extend_from_slice(b"{\"type\":\"");
+    v.extend_from_slice(typ.as_bytes());
+    v.extend_from_slice(b"\",\"object\":");
+    v.extend_from_slice(obj);
+    v.extend_from_slice(b"}\n");
+    Bytes::from(v)
+}
+
 fn line(typ: &str, obj: Value) -> Bytes {
     let mut v = serde_json::to_vec(&json!({"type": typ, "object": obj})).unwrap_or_default();
     v.push(b'\n');
@@ -90,6 +100,10 @@ async fn start(app: Arc<App>, t: Target, r: Req) -> Result<Response, ApiError> {
             && sel.matches(obj)
     };
     let av = t.rd.api_version(&t.version);
+    // Stored objects already carry the storage apiVersion and kind: serialise them once.
+    let fast = !as_table
+        && t.version == t.rd.storage_version()
+        && !(t.rd.special == crate::resources::Special::Event && t.rd.group.is_empty());
     let kind = t.rd.kind.clone();
     tokio::spawn(async move {
         let app = app2;
@@ -128,10 +142,18 @@ async fn start(app: Arc<App>, t: Target, r: Req) -> Result<Response, ApiError> {
                 }
                 Ok((events, upto)) => {
                     for e in events {
-                        if let Some((typ, obj)) = classify(&e, from, &matches)
-                            && let Some(o) = render(&app, &obj)
-                            && tx.send(line(typ, o)).await.is_err()
-                        {
+                        let Some(typ) = classify(&e, from, &matches) else {
+                            continue;
+                        };
+                        let out = if fast {
+                            raw_line(typ, e.json())
+                        } else {
+                            match render(&app, &e.obj) {
+                                Some(o) => line(typ, o),
+                                None => continue,
+                            }
+                        };
+                        if tx.send(out).await.is_err() {
                             return;
                         }
                     }
@@ -168,21 +190,17 @@ async fn start(app: Arc<App>, t: Target, r: Req) -> Result<Response, ApiError> {
 }
 
 /// Maps a cache event to a watch event for one watcher (`from` = the watch's start version).
-fn classify(
-    e: &Event,
-    from: u64,
-    matches: &dyn Fn(&Value) -> bool,
-) -> Option<(&'static str, Value)> {
+fn classify(e: &Event, from: u64, matches: &dyn Fn(&Value) -> bool) -> Option<&'static str> {
     let now = matches(&e.obj);
     match e.kind {
-        EventKind::Added => now.then(|| ("ADDED", (*e.obj).clone())),
-        EventKind::Deleted => now.then(|| ("DELETED", (*e.obj).clone())),
+        EventKind::Added => now.then_some("ADDED"),
+        EventKind::Deleted => now.then_some("DELETED"),
         EventKind::Modified => {
             let before = e.prev.as_deref().is_some_and(matches);
             match (before, now) {
-                (true, true) => Some(("MODIFIED", (*e.obj).clone())),
-                (false, true) => Some(("ADDED", (*e.obj).clone())),
-                (true, false) => Some(("DELETED", (*e.obj).clone())),
+                (true, true) => Some("MODIFIED"),
+                (false, true) => Some("ADDED"),
+                (true, false) => Some("DELETED"),
                 (false, false) => None,
             }
         }
@@ -193,11 +211,11 @@ fn classify(
             if !now {
                 None
             } else if deleted {
-                (created_rv <= from).then(|| ("DELETED", (*e.obj).clone()))
+                (created_rv <= from).then_some("DELETED")
             } else if created_rv > from {
-                Some(("ADDED", (*e.obj).clone()))
+                Some("ADDED")
             } else {
-                Some(("MODIFIED", (*e.obj).clone()))
+                Some("MODIFIED")
             }
         }
     }
