@@ -1025,7 +1025,8 @@ impl App {
             )));
         }
         let opts = delete_options(body, req)?;
-        self.delete_with(t, &opts, req.dry_run()).await
+        let dry = req.dry_run() || opts["dryRun"] == json!(["All"]);
+        self.delete_with(t, &opts, dry).await
     }
 
     /// Deletes with parsed options (also used by deletecollection, the GC and namespaces).
@@ -1035,6 +1036,19 @@ impl App {
         opts: &Value,
         dry_run: bool,
     ) -> ApiResult<(StatusCode, Value)> {
+        if t.rd.special == Special::Namespace
+            && matches!(t.name(), "default" | "kube-system" | "kube-public")
+        {
+            return Err(ApiError {
+                code: 403,
+                reason: "Forbidden",
+                message: format!(
+                    "namespaces \"{}\" is forbidden: this namespace may not be deleted",
+                    t.name()
+                ),
+                details: Some(json!({"name": t.name(), "kind": "namespaces"})),
+            });
+        }
         for _ in 0..16 {
             let old = self.current(t)?;
             let ext = self.to_external(&t.rd, &t.version, &old.obj)?;
@@ -1342,7 +1356,14 @@ impl App {
                 .pointer("/metadata/namespace")
                 .and_then(Value::as_str)
                 .map(String::from);
-            match self.delete_with(&tt, &opts, req.dry_run()).await {
+            match self
+                .delete_with(
+                    &tt,
+                    &opts,
+                    req.dry_run() || opts["dryRun"] == json!(["All"]),
+                )
+                .await
+            {
                 Ok((_, o)) => deleted.push(o),
                 Err(e) if e.code == 404 => {}
                 Err(e) => return Err(e),

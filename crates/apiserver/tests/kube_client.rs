@@ -677,3 +677,66 @@ async fn streaming_list_watcher_and_v1alpha1_watch() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_collection_dry_run_and_protected_namespaces() {
+    let ts = common::start().await;
+    let client = ts.server.client();
+    let leases: Api<Lease> = Api::default_namespaced(client.clone());
+    for (name, team) in [("a", "x"), ("b", "x"), ("c", "y")] {
+        let l: Lease =
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": {"team": team}}}))
+                .unwrap();
+        leases.create(&PostParams::default(), &l).await.unwrap();
+    }
+    // dryRun changes nothing.
+    let dry = DeleteParams {
+        dry_run: true,
+        ..DeleteParams::default()
+    };
+    leases.delete("a", &dry).await.unwrap();
+    assert!(leases.get_opt("a").await.unwrap().is_some());
+    let pp = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    leases.create(&pp, &lease("dry")).await.unwrap();
+    assert!(leases.get_opt("dry").await.unwrap().is_none());
+    // deletecollection with a label selector.
+    leases
+        .delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels("team=x"),
+        )
+        .await
+        .unwrap();
+    let left: Vec<String> = leases
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|l| l.name_any())
+        .collect();
+    assert_eq!(left, vec!["c"]);
+    // default may not be deleted.
+    let nss: Api<Namespace> = Api::all(client.clone());
+    let err = nss
+        .delete("default", &DeleteParams::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 403),
+        "{err:?}"
+    );
+    // Creating in a missing namespace is a 404 for the namespace.
+    let missing: Api<Lease> = Api::namespaced(client, "nope");
+    let err = missing
+        .create(&PostParams::default(), &lease("x"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 404 && s.message == "namespaces \"nope\" not found"),
+        "{err:?}"
+    );
+}
