@@ -224,6 +224,24 @@ async fn main() {
                 pct(&mut v, 0.99)
             );
         }
+        // create+start in one runtime call.
+        let mut v = Vec::new();
+        for i in 0..n {
+            let id = format!("run-{}-{i}", kind.name());
+            let t = Instant::now();
+            plain
+                .run(spec(&id, kind, &["/bin/sleep", "1000"]))
+                .await
+                .unwrap();
+            v.push(t.elapsed());
+            plain.remove(&id).await.unwrap();
+        }
+        println!(
+            "{:5} engine run (one call)→running    {:8.1} {:8.1}",
+            kind.name(),
+            pct(&mut v, 0.5),
+            pct(&mut v, 0.99)
+        );
         // create → start → exit of /bin/true through the engine.
         let mut v = Vec::new();
         for i in 0..n {

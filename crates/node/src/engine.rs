@@ -1,5 +1,5 @@
-//! The sandbox engine: the library API the Pod loop drives (`create`, `start`, `state`,
-//! `wait`, `pause`, `resume`, `stop`, `remove`, `recover`), the per-sandbox state persisted on
+//! The sandbox engine: the library API the Pod loop drives (`create`, `start` or both at once
+//! with `run`, `state`, `wait`, `pause`, `resume`, `stop`, `remove`, `recover`), the per-sandbox state persisted on
 //! disk, handler selection, and cleanup.
 //!
 //! `create`, in order: validate and refuse privileged/hostPath → pick the handler → ensure the
@@ -441,6 +441,16 @@ impl SandboxEngine {
 
     /// Create a sandbox (container created, process not started).
     pub async fn create(&self, spec: SandboxSpec) -> Result<SandboxHandle> {
+        self.create_inner(spec, false).await
+    }
+
+    /// Create and start a sandbox with one runtime call (`run --detach`): the fast path when
+    /// nothing has to happen between create and start.
+    pub async fn run(&self, spec: SandboxSpec) -> Result<SandboxHandle> {
+        self.create_inner(spec, true).await
+    }
+
+    async fn create_inner(&self, spec: SandboxSpec, start: bool) -> Result<SandboxHandle> {
         spec.validate()?;
         let who = spec.display_name();
         if spec.security.privileged {
@@ -510,7 +520,7 @@ impl SandboxEngine {
             map.insert(rec.spec.id.clone(), entry.clone());
         }
         let _op = entry.op.lock().await;
-        match self.create_steps(&paths, rec).await {
+        match self.create_steps(&paths, rec, start).await {
             Ok(rec) => {
                 let handle = SandboxHandle {
                     id: rec.spec.id.clone(),
@@ -535,6 +545,7 @@ impl SandboxEngine {
         &self,
         paths: &Paths,
         mut rec: Record,
+        start: bool,
     ) -> std::result::Result<Record, (NodeError, Record)> {
         macro_rules! tri {
             ($e:expr) => {
@@ -615,14 +626,14 @@ impl SandboxEngine {
         tri!(bundle::write(&oci, &paths.bundle()));
 
         let rt = self.runtimes[&rec.handler].clone();
-        let started = tri!(spawn_create(&rt, &rec.spec.id, paths).await);
+        let started = tri!(spawn_create(&rt, &rec.spec.id, paths, start).await);
         rec.shim_pid = Some(started.shim_pid);
         if started.create_exit != 0 {
             let log = fs_err::read_to_string(paths.log()).unwrap_or_default();
             return Err((
                 NodeError::Runtime {
                     handler: rec.handler.to_string(),
-                    op: "create".into(),
+                    op: if start { "run" } else { "create" }.into(),
                     id: rec.spec.id.clone(),
                     status: started.create_exit,
                     message: crate::runtime::clean_message(&log),
@@ -634,6 +645,7 @@ impl SandboxEngine {
             .ok()
             .and_then(|s| s.trim().parse::<i32>().ok());
         rec.container_pid = pid;
+        rec.started = start;
         tri!(self.save_record(&rec));
         Ok(rec)
     }
@@ -977,7 +989,12 @@ impl SandboxEngine {
     }
 }
 
-async fn spawn_create(rt: &OciRuntime, id: &str, paths: &Paths) -> Result<sys::ShimStarted> {
+async fn spawn_create(
+    rt: &OciRuntime,
+    id: &str,
+    paths: &Paths,
+    start: bool,
+) -> Result<sys::ShimStarted> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     let cs = |p: &Path| CString::new(p.as_os_str().as_bytes()).unwrap_or_default();
@@ -996,7 +1013,7 @@ async fn spawn_create(rt: &OciRuntime, id: &str, paths: &Paths) -> Result<sys::S
         .0
         .into();
     let plan = sys::ShimPlan {
-        argv: rt.create_argv(id, &paths.bundle(), &paths.pid()),
+        argv: rt.create_argv(id, &paths.bundle(), &paths.pid(), start),
         envp: vec![
             CString::new("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
                 .unwrap_or_default(),
@@ -1064,7 +1081,7 @@ async fn probe(rt: &OciRuntime, config: &EngineConfig) -> HandlerStatus {
         bundle::write(&spec, &dir.join("bundle"))?;
         let paths = Paths { dir: dir.clone() };
         let t = Instant::now();
-        let started = spawn_create(rt, &id, &paths).await?;
+        let started = spawn_create(rt, &id, &paths, false).await?;
         if started.create_exit != 0 {
             let log = fs_err::read_to_string(paths.log()).unwrap_or_default();
             return Err(NodeError::Runtime {

@@ -180,12 +180,23 @@ impl OciRuntime {
         self.hide_cgroup2
     }
 
-    /// argv for `create`, used by the shim (which execs it without a shell).
-    pub(crate) fn create_argv(&self, id: &str, bundle: &Path, pid_file: &Path) -> Vec<CString> {
+    /// argv for `create` (or `run --detach` when `start` is set: create and start in one
+    /// runtime process), used by the shim, which execs it without a shell.
+    pub(crate) fn create_argv(
+        &self,
+        id: &str,
+        bundle: &Path,
+        pid_file: &Path,
+        start: bool,
+    ) -> Vec<CString> {
         let mut args: Vec<OsString> = vec![self.binary.clone().into()];
         args.extend(self.global_args());
+        if start {
+            args.extend(["run".into(), "--detach".into()]);
+        } else {
+            args.push("create".into());
+        }
         args.extend([
-            "create".into(),
             "--bundle".into(),
             bundle.as_os_str().to_owned(),
             "--pid-file".into(),

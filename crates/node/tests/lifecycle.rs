@@ -47,6 +47,23 @@ async fn lifecycle(kind: HandlerKind) {
     assert!(log.contains("hello-from-sandbox"), "log: {log}");
     e.remove("exit").await.unwrap();
 
+    // Create and start in one runtime call.
+    let h = e
+        .run(sh("oneshot", kind, "echo ran-at-once; exit 4"))
+        .await
+        .unwrap();
+    assert_eq!(
+        e.wait(&h.id, Duration::from_secs(20)).await.unwrap(),
+        Some(4)
+    );
+    assert!(e.start("oneshot").await.is_err(), "already started");
+    let log = fs_err::read_to_string(e.log_path("oneshot")).unwrap();
+    assert!(log.contains("ran-at-once"), "{log}");
+    e.remove("oneshot").await.unwrap();
+    e.run(sh("oneshot2", kind, "sleep 100")).await.unwrap();
+    assert_eq!(e.state("oneshot2").await.unwrap().phase, Phase::Running);
+    e.remove("oneshot2").await.unwrap();
+
     // Created, never started, then removed (and stopped) cleanly.
     e.create(sh("unstarted", kind, "exit 0")).await.unwrap();
     e.stop("unstarted", Duration::from_secs(1)).await.unwrap();
