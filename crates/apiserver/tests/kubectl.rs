@@ -542,3 +542,35 @@ async fn custom_resources_columns_scale_conversion_and_validation() {
     let o = kubectl(&kc, &["delete", "crd", "sandboxes.agents.x-k8s.io"], None).await;
     assert!(!o.ok, "{}", o.stdout);
 }
+
+struct FakeLogs;
+
+impl agent_sandbox_apiserver::PodLogs for FakeLogs {
+    fn logs(
+        &self,
+        pod: &Value,
+        container: &str,
+        query: &std::collections::HashMap<String, String>,
+    ) -> futures::future::BoxFuture<'static, Result<axum::body::Body, String>> {
+        let line = format!(
+            "{} {} tail={}\n",
+            pod["metadata"]["name"].as_str().unwrap_or(""),
+            container,
+            query.get("tailLines").cloned().unwrap_or_default()
+        );
+        Box::pin(async move { Ok(axum::body::Body::from(line)) })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_come_from_the_registered_provider() {
+    let ts = common::start().await;
+    let kc = ts.server.kubeconfig_path().to_path_buf();
+    let o = kubectl(&kc, &["apply", "-f", "-"], Some(MANIFEST)).await;
+    assert!(o.ok, "{}", o.stderr);
+    let o = kubectl(&kc, &["-n", "demo", "logs", "web-0"], None).await;
+    assert!(!o.ok, "logs without a node agent must fail: {}", o.stdout);
+    ts.server.set_pod_logs(std::sync::Arc::new(FakeLogs));
+    let out = ok(&kc, &["-n", "demo", "logs", "web-0", "--tail", "5"]).await;
+    assert_eq!(out, "web-0 c tail=5\n");
+}
