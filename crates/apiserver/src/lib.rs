@@ -24,6 +24,30 @@
 //! except `/healthz`, `/livez`, `/readyz` and `/version`. Pods created without `spec.nodeName`
 //! are bound to [`Config::node_name`].
 //!
+//! # Modules
+//!
+//! - [`store`]: SQLite (WAL, `synchronous=FULL`) behind one writer thread with group commit,
+//!   the committed in-memory view, the watch cache and the ownership indexes.
+//! - [`api`]: URL routing and the verbs with kube-apiserver's metadata semantics;
+//!   [`watch`]: watch streams; [`patch`]: merge, JSON and strategic merge patch;
+//!   [`selectors`]: label and field selectors; [`table`]: `kubectl get` tables.
+//! - [`admission`]: names, labels, core defaults and the [`CrdSupport`] seam; [`crds`]: the
+//!   agent-sandbox CRDs through the `api` crate (schemas, CEL, v1alpha1 ⇄ v1beta1).
+//! - [`gc`]: ownerReference garbage collection, namespace finalization, the pod reaper.
+//! - [`discovery`]: discovery, `/version` and OpenAPI; [`server`]: router, auth, listeners;
+//!   [`access`]: CA, serving certificate, token and kubeconfig.
+//!
+//! # Differences from kube-apiserver
+//!
+//! - Paged lists (`limit`/`continue`) read the current state after the continue key rather than
+//!   a snapshot at the first page's resourceVersion; every object is still returned once, and a
+//!   watch from the list's resourceVersion replays anything that changed meanwhile.
+//! - After a restart, watch history before the restart is compacted: each object is replayed
+//!   once at its latest version (deletions from tombstones) instead of every intermediate
+//!   version.
+//! - Server-side apply is not supported (415 with a message saying so); aggregated discovery is
+//!   not served (clients fall back to the legacy documents).
+//!
 //! Pods are deleted gracefully as with a kubelet: a delete sets `deletionTimestamp` and the node
 //! agent finishes the deletion with `gracePeriodSeconds=0` once the containers are stopped; if
 //! it does not, the server removes the pod when the grace period has passed.
