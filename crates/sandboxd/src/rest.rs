@@ -356,17 +356,26 @@ where
     E: std::fmt::Display,
 {
     enum Msg {
-        Data(Bytes),
+        Data(Vec<Bytes>),
         End,
     }
-    let (tx, mut rx) = mpsc::channel::<Msg>(16);
+    /// Body bytes handed to the writer thread at once.
+    const BATCH: usize = 1 << 20;
+    /// After a failure, the rest of the body is read and dropped (up to this much) so that the
+    /// client receives the error instead of a reset connection.
+    const DRAIN_LIMIT: u64 = 64 << 20;
+    let (tx, mut rx) = mpsc::channel::<Msg>(8);
     let p = path.to_string();
     let writer = tokio::task::spawn_blocking(move || -> Result<u64, ApiError> {
         let mut w = AtomicWriter::create(target.dir, target.name, mode)
             .map_err(|e| ApiError::from_errno(&p, e))?;
         while let Some(msg) = rx.blocking_recv() {
             match msg {
-                Msg::Data(b) => w.write(&b).map_err(|e| ApiError::from_errno(&p, e))?,
+                Msg::Data(batch) => {
+                    for b in batch {
+                        w.write(&b).map_err(|e| ApiError::from_errno(&p, e))?;
+                    }
+                }
                 Msg::End => {
                     let n = w.written();
                     w.commit().map_err(|e| ApiError::from_errno(&p, e))?;
@@ -381,9 +390,20 @@ where
     let limit = app.config.max_upload_bytes;
     let mut total = 0u64;
     let mut failure: Option<ApiError> = None;
+    let mut writer_gone = false;
+    let mut drained = 0u64;
+    let mut batch: Vec<Bytes> = Vec::new();
+    let mut batch_len = 0usize;
     while let Some(chunk) = body.next().await {
         match chunk {
             Ok(b) => {
+                if failure.is_some() || writer_gone {
+                    drained += b.len() as u64;
+                    if drained > DRAIN_LIMIT {
+                        break;
+                    }
+                    continue;
+                }
                 total += b.len() as u64;
                 if limit > 0 && total > limit {
                     failure = Some(ApiError::new(
@@ -393,10 +413,20 @@ where
                             "upload of {path:?} exceeds the limit of {limit} bytes; nothing was written"
                         ),
                     ));
-                    break;
+                    batch.clear();
+                    continue;
                 }
-                if tx.send(Msg::Data(b)).await.is_err() {
-                    break; // the writer failed; its error is reported below
+                batch_len += b.len();
+                batch.push(b);
+                if batch_len >= BATCH {
+                    batch_len = 0;
+                    if tx
+                        .send(Msg::Data(std::mem::take(&mut batch)))
+                        .await
+                        .is_err()
+                    {
+                        writer_gone = true; // its error is reported below
+                    }
                 }
             }
             Err(e) => {
@@ -407,7 +437,10 @@ where
             }
         }
     }
-    if failure.is_none() {
+    if failure.is_none() && !writer_gone {
+        if !batch.is_empty() {
+            let _ = tx.send(Msg::Data(batch)).await;
+        }
         let _ = tx.send(Msg::End).await;
     }
     drop(tx);

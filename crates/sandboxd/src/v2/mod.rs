@@ -4,6 +4,7 @@
 
 pub mod code;
 pub mod exec;
+pub mod files;
 
 use std::sync::Arc;
 
@@ -19,6 +20,15 @@ pub fn router() -> Router<Arc<App>> {
         .route("/v2/pty", get(exec::pty))
         .route("/v2/processes", get(exec::list_processes))
         .route("/v2/processes/{id}/signal", post(exec::signal_process))
+        .route("/v2/files/stat", get(files::stat))
+        .route("/v2/files/tree", get(files::tree))
+        .route("/v2/files/mkdir", post(files::mkdir))
+        .route("/v2/files/move", post(files::move_path))
+        .route(
+            "/v2/files/tar",
+            get(files::tar_download).put(files::tar_upload),
+        )
+        .route("/v2/files/watch", get(files::watch))
         .route("/v2/code/run", post(code::run_code))
         .route(
             "/v2/code/contexts",
