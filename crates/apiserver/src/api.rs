@@ -178,16 +178,18 @@ fn finalizers(obj: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Everything but metadata and status, to decide whether generation bumps.
-fn spec_part(obj: &Value) -> Value {
-    let mut o = obj.clone();
-    if let Some(m) = o.as_object_mut() {
-        m.remove("metadata");
-        m.remove("status");
-        m.remove("apiVersion");
-        m.remove("kind");
-    }
-    o
+/// Whether everything but metadata and status is equal (generation bumps otherwise).
+fn spec_equal(a: &Value, b: &Value) -> bool {
+    const SKIP: [&str; 4] = ["metadata", "status", "apiVersion", "kind"];
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return a == b;
+    };
+    a.iter()
+        .filter(|(k, _)| !SKIP.contains(&k.as_str()))
+        .all(|(k, v)| b.get(k) == Some(v))
+        && b.keys()
+            .filter(|k| !SKIP.contains(&k.as_str()))
+            .all(|k| a.contains_key(k))
 }
 
 /// JSON response with a status code.
@@ -724,7 +726,7 @@ impl App {
                 om.get("generation").cloned().unwrap_or(json!(1)),
             );
         }
-        if spec_part(&new) != spec_part(&old_ext) {
+        if !spec_equal(&new, &old_ext) {
             let g = meta(&old_ext)["generation"].as_i64().unwrap_or(1);
             meta_mut(&mut new).insert("generation".into(), json!(g + 1));
         }
