@@ -151,6 +151,11 @@ pub enum StartError {
         /// The cause.
         source: std::io::Error,
     },
+    /// Another server holds the data directory.
+    #[error(
+        "data directory {0} is in use by another API server (lock file apiserver.lock); stop it or choose another --data-dir"
+    )]
+    Locked(PathBuf),
     /// Bootstrap objects could not be written.
     #[error("writing bootstrap object {0}")]
     Bootstrap(String),
@@ -170,6 +175,7 @@ pub struct RunningApiServer {
     kubeconfig_path: PathBuf,
     token: String,
     ca_pem: String,
+    _lock: fs_err::File,
 }
 
 async fn bootstrap(app: &api::App) -> Result<(), StartError> {
@@ -270,6 +276,15 @@ impl ApiServer {
             source,
         };
         fs_err::create_dir_all(&cfg.data_dir).map_err(dd)?;
+        let lock = fs_err::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(cfg.data_dir.join("apiserver.lock"))
+            .map_err(dd)?;
+        if lock.file().try_lock().is_err() {
+            return Err(StartError::Locked(cfg.data_dir.clone()));
+        }
         let pki = cfg.data_dir.join("pki");
         fs_err::create_dir_all(&pki).map_err(dd)?;
         let (store, changes) = store::Store::open(
@@ -348,6 +363,7 @@ impl ApiServer {
             kubeconfig_path,
             token: creds.token,
             ca_pem: creds.ca_pem,
+            _lock: lock,
         })
     }
 }

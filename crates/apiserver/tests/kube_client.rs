@@ -740,3 +740,14 @@ async fn delete_collection_dry_run_and_protected_namespaces() {
         "{err:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_server_on_the_same_data_dir_is_refused() {
+    let ts = common::start().await;
+    let cfg = common::config(ts.dir.path());
+    match agent_sandbox_apiserver::ApiServer::start(cfg).await {
+        Err(agent_sandbox_apiserver::StartError::Locked(_)) => {}
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a second server must not share the data directory"),
+    }
+}
