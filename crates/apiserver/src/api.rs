@@ -733,6 +733,13 @@ impl App {
         self.decode_core(t, &mut new, req)?;
         if t.rd.special == Special::Pod {
             admission::default_pod(&mut new);
+            if !status_only && !pod_spec_update_allowed(&old_ext["spec"], &new["spec"]) {
+                return Err(ApiError::invalid(&t.rd.group, &t.rd.kind, t.name(), vec![Cause {
+                    reason: "FieldValueForbidden".into(),
+                    message: "Forbidden: pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)".into(),
+                    field: "spec".into(),
+                }]));
+            }
         }
         if t.rd.special == Special::Service {
             admission::default_service(&mut new);
@@ -1384,6 +1391,50 @@ fn stored_with_rv(obj: &Value, rv: u64) -> Value {
     let mut o = obj.clone();
     meta_mut(&mut o).insert("resourceVersion".into(), json!(rv.to_string()));
     o
+}
+
+/// kube-apiserver's pod update rule: only images, activeDeadlineSeconds, added tolerations and
+/// terminationGracePeriodSeconds may change.
+fn pod_spec_update_allowed(old: &Value, new: &Value) -> bool {
+    let normalise = |spec: &Value, other: &Value| -> Value {
+        let mut s = spec.clone();
+        for list in ["containers", "initContainers"] {
+            if let (Some(a), Some(b)) = (
+                s.get_mut(list).and_then(Value::as_array_mut),
+                other.get(list).and_then(Value::as_array),
+            ) {
+                for (c, o) in a.iter_mut().zip(b) {
+                    if let Some(img) = o.get("image") {
+                        c["image"] = img.clone();
+                    }
+                }
+            }
+        }
+        if let Some(m) = s.as_object_mut() {
+            for k in [
+                "activeDeadlineSeconds",
+                "tolerations",
+                "terminationGracePeriodSeconds",
+                "schedulingGates",
+            ] {
+                m.remove(k);
+            }
+        }
+        s
+    };
+    let tolerations_ok = match (
+        old.get("tolerations").and_then(Value::as_array),
+        new.get("tolerations").and_then(Value::as_array),
+    ) {
+        (Some(o), Some(n)) => o.iter().all(|t| n.contains(t)),
+        (Some(o), None) => o.is_empty(),
+        _ => true,
+    };
+    let (a, b) = (normalise(old, new), normalise(new, new));
+    if a != b {
+        tracing::debug!(old = %a, new = %b, "pod spec update refused");
+    }
+    tolerations_ok && a == b
 }
 
 fn qos_class(spec: &Value) -> &'static str {

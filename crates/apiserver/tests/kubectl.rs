@@ -127,10 +127,19 @@ async fn apply_get_patch_wait_watch_delete() {
         o.stdout,
         o.stderr
     );
-    let changed = MANIFEST.replace("value: \"1\"", "value: \"2\"");
+    let changed = MANIFEST.replace("image: busybox:1.36", "image: busybox:1.37");
     let o = kubectl(&kc, &["apply", "-f", "-"], Some(&changed)).await;
     assert!(
         o.stdout.contains("pod/web-0 configured"),
+        "{}{}",
+        o.stdout,
+        o.stderr
+    );
+    // Pod specs are immutable apart from images and a few fields, as in kube-apiserver.
+    let forbidden = MANIFEST.replace("value: \"1\"", "value: \"2\"");
+    let o = kubectl(&kc, &["apply", "-f", "-"], Some(&forbidden)).await;
+    assert!(
+        !o.ok && o.stderr.contains("pod updates may not change fields"),
         "{}{}",
         o.stdout,
         o.stderr
@@ -139,7 +148,7 @@ async fn apply_get_patch_wait_watch_delete() {
     // get -o yaml / json
     let y = ok(&kc, &["-n", "demo", "get", "pod", "web-0", "-o", "yaml"]).await;
     assert!(
-        y.contains("nodeName: test-node") && y.contains("value: \"2\""),
+        y.contains("nodeName: test-node") && y.contains("image: busybox:1.37"),
         "{y}"
     );
     let j: Value =
@@ -192,7 +201,20 @@ async fn apply_get_patch_wait_watch_delete() {
             "pod",
             "web-0",
             "-p",
-            r#"{"spec":{"containers":[{"name":"c","env":[{"name":"B","value":"3"}]}]}}"#,
+            r#"{"spec":{"containers":[{"name":"c","image":"busybox:1.38"}]}}"#,
+        ],
+    )
+    .await;
+    ok(
+        &kc,
+        &[
+            "-n",
+            "demo",
+            "patch",
+            "svc",
+            "web",
+            "-p",
+            r#"{"spec":{"ports":[{"port":443,"targetPort":8443}]}}"#,
         ],
     )
     .await;
@@ -200,10 +222,19 @@ async fn apply_get_patch_wait_watch_delete() {
     let p = pods.get("web-0").await.unwrap();
     assert_eq!(p.labels().get("m").map(String::as_str), Some("1"));
     assert_eq!(p.labels().get("j").map(String::as_str), Some("2"));
-    let env = p.spec.unwrap().containers[0].env.clone().unwrap();
+    let c = &p.spec.unwrap().containers[0];
+    assert_eq!(c.image.as_deref(), Some("busybox:1.38"));
     assert_eq!(
-        env.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
-        vec!["A", "B"]
+        c.env.as_ref().unwrap().len(),
+        1,
+        "strategic merge keeps the env list"
+    );
+    let svc: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), "demo");
+    let ports = svc.get("web").await.unwrap().spec.unwrap().ports.unwrap();
+    assert_eq!(
+        ports.iter().map(|p| p.port).collect::<Vec<_>>(),
+        vec![80, 443],
+        "ports merged by port"
     );
     let o = kubectl(
         &kc,
