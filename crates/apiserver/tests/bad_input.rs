@@ -125,6 +125,16 @@ async fn bad_input_gets_kubernetes_status_and_leaves_store_unchanged() {
     let r = http(&sock, "POST", pods, None, j, good.to_string().as_bytes()).await;
     assert_eq!(r.code, 401);
     assert_eq!(http(&sock, "GET", "/healthz", None, j, b"").await.code, 200);
+    // The token and the kubeconfig holding it are private to the user.
+    use std::os::unix::fs::PermissionsExt;
+    for f in [
+        ts.dir.path().join("pki/token"),
+        ts.server.kubeconfig_path().to_path_buf(),
+        ts.dir.path().join("pki/apiserver.key"),
+    ] {
+        let mode = fs_err::metadata(&f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", f.display());
+    }
 
     // Invalid names.
     let mut bad = good.clone();
