@@ -64,6 +64,10 @@ pub struct Config {
     /// Node.js interpreter for run_code.
     #[arg(long, default_value = "node")]
     pub node: PathBuf,
+    /// Workload to run as a child (entrypoint-wrapper mode), after `--`: it inherits sandboxd's
+    /// stdio, and sandboxd shuts down and exits with its exit code when it ends.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 impl Config {

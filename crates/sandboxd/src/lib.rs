@@ -163,10 +163,13 @@ impl Server {
     /// Serves until `shutdown` resolves, then shuts down in upstream's order: readiness off,
     /// SIGTERM to every process, 2 s grace, SIGKILL, HTTP drain, gRPC drain; all bounded by
     /// `--shutdown-timeout`.
+    ///
+    /// With a workload command configured, it is started first; when it ends, sandboxd shuts
+    /// down and the returned code is the workload's (shell convention). Otherwise it is 0.
     pub async fn run(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send,
-    ) -> Result<(), ServeError> {
+    ) -> Result<i32, ServeError> {
         let Server {
             app,
             grpc,
@@ -191,7 +194,42 @@ impl Server {
         });
         let grpc_task = tokio::spawn(serve_grpc(app.clone(), grpc, stop_rx.clone(), timeout));
 
-        shutdown.await;
+        let workload = if app.config.command.is_empty() {
+            None
+        } else {
+            let spec = process::SpawnSpec {
+                argv: app.config.command.clone(),
+                cwd: app.root.real_path().to_path_buf(),
+                inherit_stdio: true,
+                ..process::SpawnSpec::default()
+            };
+            let child = app
+                .sup
+                .spawn(spec)
+                .map_err(|e| ServeError::Setup(format!("workload: {e}")))?;
+            let managed = app.sup.register(
+                child.pid,
+                app.config.command.clone(),
+                "workload",
+                None,
+                None,
+            );
+            Some((child.exit, managed))
+        };
+        let mut code = 0;
+        match workload {
+            Some((exit, managed)) => {
+                tokio::select! {
+                    _ = shutdown => {}
+                    e = exit => {
+                        managed.done.store(true, Ordering::SeqCst);
+                        code = e.map(|e| e.shell_code()).unwrap_or(1);
+                        tracing::info!(code, "the workload exited");
+                    }
+                }
+            }
+            None => shutdown.await,
+        }
         tracing::info!("shutting down");
         let deadline = tokio::time::Instant::now() + timeout;
         app.ready.store(false, Ordering::SeqCst);
@@ -211,7 +249,7 @@ impl Server {
             let _ = grpc_task.await;
         })
         .await;
-        Ok(())
+        Ok(code)
     }
 }
 
@@ -311,8 +349,9 @@ pub fn legacy_router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-/// Runs sandboxd with `config` until SIGINT or SIGTERM.
-pub async fn serve(config: Config) -> Result<(), ServeError> {
+/// Runs sandboxd with `config` until SIGINT or SIGTERM (or until the workload command ends).
+/// Returns the exit code the process should end with.
+pub async fn serve(config: Config) -> Result<i32, ServeError> {
     let server = Server::bind(config).await?;
     tracing::info!(
         grpc = ?server.grpc_addr(),

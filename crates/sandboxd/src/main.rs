@@ -24,7 +24,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         let server = agent_sandbox_sandboxd::Server::bind(cli.config).await?;
         // One JSON line on stdout with the bound addresses, for supervisors and tests that
         // start sandboxd on ephemeral ports.
@@ -38,10 +38,16 @@ fn main() -> anyhow::Result<()> {
         out.flush()?;
         drop(out);
         tracing::info!(%announce, "sandboxd listening");
-        server
+        let code = server
             .run(agent_sandbox_sandboxd::shutdown_signal())
             .await?;
-        anyhow::Ok(())
+        anyhow::Ok(code)
     })?;
+    drop(runtime);
+    if code != 0 {
+        // The workload's exit code (entrypoint-wrapper mode) becomes ours.
+        #[allow(clippy::exit)]
+        std::process::exit(code);
+    }
     Ok(())
 }

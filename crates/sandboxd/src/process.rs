@@ -109,6 +109,8 @@ pub struct SpawnSpec {
     pub pty: Option<(u16, u16)>,
     /// A descriptor the child keeps open across exec (its number is passed by the caller).
     pub inherit: Option<Arc<OwnedFd>>,
+    /// Share sandboxd's stdin, stdout and stderr (the entrypoint workload).
+    pub inherit_stdio: bool,
 }
 
 /// The master side of a PTY, readable and writable without blocking the runtime.
@@ -372,6 +374,11 @@ impl Supervisor {
                 .stderr(Stdio::from(slave));
             crate::sys::pty_session(&mut cmd, spec.inherit.clone());
             pty = Some(Arc::new(master));
+        } else if spec.inherit_stdio {
+            cmd.stdin(Stdio::inherit())
+                .stdout(Stdio::inherit())
+                .stderr(Stdio::inherit());
+            cmd.process_group(0);
         } else {
             cmd.stdin(if spec.stdin {
                 Stdio::piped()
