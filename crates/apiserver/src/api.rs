@@ -731,6 +731,16 @@ impl App {
             meta_mut(&mut new).insert("generation".into(), json!(g + 1));
         }
         self.decode_core(t, &mut new, req)?;
+        if t.rd.special == Special::Crd {
+            // The served CRDs are built in: only metadata (labels, annotations) may change.
+            if new.get("spec") != old_ext.get("spec") {
+                req.warnings.push(format!(
+                    "{} is built into this API server; spec changes are ignored",
+                    t.name()
+                ));
+            }
+            new["spec"] = old_ext["spec"].clone();
+        }
         if t.rd.special == Special::Pod {
             admission::default_pod(&mut new);
             if !status_only && !pod_spec_update_allowed(&old_ext["spec"], &new["spec"]) {
@@ -822,7 +832,7 @@ impl App {
 
     /// PUT: update (main resource or status).
     pub async fn update(&self, t: &Target, body: &[u8], req: &mut Req) -> ApiResult<Value> {
-        if t.rd.read_only {
+        if t.rd.read_only && t.rd.special != Special::Crd {
             return Err(ApiError::method_not_allowed(format!(
                 "{} are read-only on this server",
                 t.rd.plural
@@ -866,7 +876,7 @@ impl App {
         ct: &str,
         req: &mut Req,
     ) -> ApiResult<Value> {
-        if t.rd.read_only {
+        if t.rd.read_only && t.rd.special != Special::Crd {
             return Err(ApiError::method_not_allowed(format!(
                 "{} are read-only on this server",
                 t.rd.plural

@@ -134,7 +134,7 @@ impl ResourceDef {
     /// `verbs` for discovery.
     pub fn verbs(&self) -> Vec<&'static str> {
         if self.read_only {
-            vec!["get", "list", "watch"]
+            vec!["get", "list", "patch", "update", "watch"]
         } else {
             vec![
                 "create",

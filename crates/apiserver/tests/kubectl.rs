@@ -569,6 +569,15 @@ async fn custom_resources_columns_scale_conversion_and_validation() {
         o.stdout,
         o.stderr
     );
+    // Applying the CRD manifests is accepted (metadata only); deleting them is refused.
+    let crd = serde_json::to_string(&agent_sandbox_api::crd::all()[0]).unwrap();
+    let o = kubectl(&kc, &["apply", "-f", "-"], Some(&crd)).await;
+    assert!(o.ok, "{}{}", o.stdout, o.stderr);
+    assert!(
+        o.stdout.contains("sandboxes.agents.x-k8s.io"),
+        "{}",
+        o.stdout
+    );
     // Deleting the CRD view is refused.
     let o = kubectl(&kc, &["delete", "crd", "sandboxes.agents.x-k8s.io"], None).await;
     assert!(!o.ok, "{}", o.stdout);
