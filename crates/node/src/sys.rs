@@ -278,6 +278,13 @@ unsafe fn shim_intermediate(
             libc::dup2(devnull, 0);
             libc::dup2(log, 1);
             libc::dup2(log, 2);
+            // Only stdio goes to the runtime (and on to the container).
+            libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                libc::c_uint::MAX,
+                0,
+            );
             if let Some(hide) = &plan.hide_cgroup2
                 && !hide.apply()
             {

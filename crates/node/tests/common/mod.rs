@@ -347,7 +347,16 @@ pub struct Env {
 impl Env {
     pub fn config(dir: &Path) -> EngineConfig {
         let mut c = EngineConfig::new(dir.join("root"), dir.join("run"));
-        c.cgroup_parent = format!("agent-sandbox-test-{}", std::process::id());
+        // Unique per directory (tests of one binary run in parallel) and the same for every
+        // process that opens it (the recovery test's child).
+        let tag: String = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect();
+        c.cgroup_parent = format!("agent-sandbox-test-{tag}");
         c
     }
 
