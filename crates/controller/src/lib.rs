@@ -1,5 +1,504 @@
 //! The four reconcilers (Sandbox, SandboxTemplate, SandboxWarmPool, SandboxClaim) written once
 //! against `kube::Client`, with their indexes, expectations, metrics, events and tracing.
 //!
-//! The reconcilers never ask whether they run embedded or against a cluster.
+//! The reconcilers never ask whether they run embedded or against a cluster: [`start`] takes a
+//! client and a [`Config`] and returns a [`State`] handle plus the future that runs everything.
+//!
+//! - [`sandbox`], [`template`], [`warmpool`], [`claim`]: the reconcilers; each has a `logic`
+//!   module (or section) of pure decisions with its decision-table tests.
+//! - [`cache`]: one watch per kind, reflector stores, indexes, change hooks.
+//! - [`queue`] and [`expectations`]: the warm queue and the pool read-after-write guard.
+//! - [`metrics`]: upstream's metrics, in the Prometheus text format.
 #![forbid(unsafe_code)]
+
+pub mod cache;
+pub mod claim;
+pub mod config;
+pub mod context;
+pub mod error;
+pub mod expectations;
+pub mod meta;
+pub mod metrics;
+pub mod queue;
+pub mod sandbox;
+pub mod template;
+pub mod warmpool;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use agent_sandbox_api::conditions::find_status_condition;
+use agent_sandbox_api::constants::{CORE_GROUP, EXTENSIONS_GROUP, condition_types, labels};
+use agent_sandbox_api::v1beta1::{Sandbox, SandboxClaim, SandboxTemplate, SandboxWarmPool};
+use futures::channel::mpsc::{UnboundedSender, unbounded};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+
+use cache::{Cached, Change, Informer};
+pub use config::Config;
+use context::{Backoff, Context, Indexes, Recorders, Stores, recorder};
+pub use error::{Error, Result};
+use meta::{controller_of, ref_is};
+use metrics::{Metrics, ReconcileResult};
+
+/// A cloneable handle on the running controllers for the admin endpoints.
+#[derive(Clone)]
+pub struct State {
+    ctx: Arc<Context>,
+}
+
+impl State {
+    /// The Prometheus text exposition of the controller metrics.
+    pub fn metrics_text(&self) -> String {
+        self.ctx.metrics.render(&self.ctx.stores.sandboxes.state())
+    }
+
+    /// Whether every cache has synced once (readiness).
+    pub fn is_ready(&self) -> bool {
+        self.ctx.is_ready()
+    }
+
+    /// The shared context (for embedding and tests).
+    pub fn context(&self) -> Arc<Context> {
+        self.ctx.clone()
+    }
+}
+
+/// Starts all controllers; the returned future runs them until dropped.
+pub fn run(client: Client, config: Config) -> impl Future<Output = ()> + Send + 'static {
+    start(client, config).1
+}
+
+fn send<K: Resource<DynamicType = ()>>(
+    tx: &UnboundedSender<ObjectRef<K>>,
+    namespace: &str,
+    name: &str,
+) {
+    let _ = tx.unbounded_send(ObjectRef::new(name).within(namespace));
+}
+
+fn owner_name<'a>(
+    meta: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    group: &str,
+    kind: &str,
+) -> Option<&'a str> {
+    controller_of(meta)
+        .filter(|r| ref_is(r, group, kind))
+        .map(|r| r.name.as_str())
+}
+
+fn claim_relevant_change(old: &Sandbox, new: &Sandbox) -> bool {
+    let cond = |s: &Sandbox, t: &str| {
+        s.status
+            .as_ref()
+            .and_then(|st| find_status_condition(&st.conditions, t))
+            .cloned()
+    };
+    let ips = |s: &Sandbox| {
+        s.status
+            .as_ref()
+            .map(|st| st.pod_ips.clone())
+            .unwrap_or_default()
+    };
+    old.metadata.deletion_timestamp.is_some() != new.metadata.deletion_timestamp.is_some()
+        || ips(old) != ips(new)
+        || cond(old, condition_types::READY) != cond(new, condition_types::READY)
+        || cond(old, condition_types::FINISHED) != cond(new, condition_types::FINISHED)
+}
+
+async fn timed(
+    ctx: Arc<Context>,
+    controller: &'static str,
+    key: String,
+    fut: impl Future<Output = Result<Action>>,
+) -> Result<Action> {
+    let t = Instant::now();
+    let r = fut.await;
+    let result = match &r {
+        Ok(a) if *a == Action::await_change() => ReconcileResult::Success,
+        Ok(_) => ReconcileResult::Requeue,
+        Err(e) => {
+            tracing::warn!(controller, key, error = %e, kind = e.metric_label(), "reconcile failed");
+            ReconcileResult::Error
+        }
+    };
+    if r.is_ok() {
+        ctx.backoff.reset(&key);
+    }
+    ctx.metrics.reconciled(controller, t.elapsed(), result);
+    r
+}
+
+fn key_of<K: Resource>(obj: &K) -> String {
+    format!(
+        "{}/{}",
+        obj.meta().namespace.as_deref().unwrap_or(""),
+        obj.meta().name.as_deref().unwrap_or("")
+    )
+}
+
+fn error_policy<K: Resource>(obj: Arc<K>, _e: &Error, ctx: Arc<Context>) -> Action {
+    Action::requeue(ctx.backoff.next(&key_of(obj.as_ref())))
+}
+
+fn controller_future<K, F, Fut>(
+    store: kube::runtime::reflector::Store<K>,
+    rx: futures::channel::mpsc::UnboundedReceiver<ObjectRef<K>>,
+    workers: u16,
+    ctx: Arc<Context>,
+    name: &'static str,
+    reconcile: F,
+) -> BoxFuture<'static, ()>
+where
+    K: Cached + ResourceExt,
+    F: Fn(Arc<K>, Arc<Context>) -> Fut + Send + Sync + Copy + 'static,
+    Fut: Future<Output = Result<Action>> + Send + 'static,
+{
+    Controller::for_stream(futures::stream::empty::<Result<K, watcher::Error>>(), store)
+        .reconcile_on(rx)
+        .with_config(kube::runtime::controller::Config::default().concurrency(workers.max(1)))
+        .run(
+            move |obj: Arc<K>, ctx: Arc<Context>| {
+                let key = key_of(obj.as_ref());
+                timed(ctx.clone(), name, key, reconcile(obj, ctx))
+            },
+            error_policy,
+            ctx,
+        )
+        .for_each(|_| futures::future::ready(()))
+        .boxed()
+}
+
+/// Builds the context, the informers and the four controllers. Returns the admin handle and the
+/// future that runs everything (nothing runs until it is polled).
+pub fn start(client: Client, config: Config) -> (State, impl Future<Output = ()> + Send + 'static) {
+    let sandboxes = Informer::<Sandbox>::default();
+    let pods = Informer::<Pod>::default();
+    let services = Informer::<Service>::default();
+    let claims = Informer::<SandboxClaim>::default();
+    let pools = Informer::<SandboxWarmPool>::default();
+    let templates = Informer::<SandboxTemplate>::default();
+    let netpols = Informer::<NetworkPolicy>::default();
+    let stores = Stores {
+        sandboxes: sandboxes.store.clone(),
+        pods: pods.store.clone(),
+        services: services.store.clone(),
+        claims: claims.store.clone(),
+        pools: pools.store.clone(),
+        templates: templates.store.clone(),
+        network_policies: netpols.store.clone(),
+    };
+    let indexes = Arc::new(Indexes::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorders: Recorders {
+            sandbox: recorder(client.clone(), "sandbox-controller"),
+            claim: (!config.disable_claim_events)
+                .then(|| recorder(client.clone(), "sandboxclaim-controller")),
+            pool: recorder(client.clone(), "sandboxwarmpool-controller"),
+        },
+        config,
+        stores: stores.clone(),
+        indexes: indexes.clone(),
+        metrics: Arc::new(Metrics::new()),
+        queue: Arc::default(),
+        expectations: Arc::default(),
+        backoff: Backoff::default(),
+        claim_first_seen: Arc::default(),
+        pools_not_progressing: Default::default(),
+        ready: ready.clone(),
+    });
+    let ext = ctx.config.extensions;
+    let ns = ctx.config.namespace.clone();
+
+    let (sb_tx, sb_rx) = unbounded::<ObjectRef<Sandbox>>();
+    let (claim_tx, claim_rx) = unbounded::<ObjectRef<SandboxClaim>>();
+    let (pool_tx, pool_rx) = unbounded::<ObjectRef<SandboxWarmPool>>();
+    let (tpl_tx, tpl_rx) = unbounded::<ObjectRef<SandboxTemplate>>();
+
+    let mut tasks: Vec<BoxFuture<'static, ()>> = Vec::new();
+
+    // Sandboxes.
+    {
+        let (idx, queue, exp, sb_tx, claim_tx, pool_tx) = (
+            indexes.clone(),
+            ctx.queue.clone(),
+            ctx.expectations.clone(),
+            sb_tx.clone(),
+            claim_tx.clone(),
+            pool_tx.clone(),
+        );
+        tasks.push(
+            sandboxes
+                .run(client.clone(), ns.clone(), move |change| {
+                    let (old, new) = match &change {
+                        Change::Applied { old, new } => (old.as_deref(), Some(new.as_ref())),
+                        Change::Deleted(o) => (Some(o.as_ref()), None),
+                    };
+                    let obj = new.or(old).expect("a change has an object");
+                    let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
+                    idx.sandboxes_by_pool.set(
+                        &ns,
+                        &name,
+                        new.and_then(|n| meta::label(&n.metadata, labels::WARM_POOL_SANDBOX)),
+                    );
+                    send(&sb_tx, &ns, &name);
+                    claim::queue_on_change(&queue, old, new);
+                    if let Some(c) = owner_name(&obj.metadata, EXTENSIONS_GROUP, "SandboxClaim") {
+                        let relevant = match (old, new) {
+                            (Some(o), Some(n)) => claim_relevant_change(o, n),
+                            _ => true,
+                        };
+                        if relevant {
+                            send(&claim_tx, &ns, c);
+                        }
+                    }
+                    if let Some(p) = owner_name(&obj.metadata, EXTENSIONS_GROUP, "SandboxWarmPool")
+                    {
+                        let key = queue::pool_key(&ns, p);
+                        match (old, new) {
+                            (None, Some(_)) => exp.creation_observed(&key),
+                            (_, None) => {
+                                exp.deletion_observed(&key, obj.uid().as_deref().unwrap_or(""))
+                            }
+                            _ => {}
+                        }
+                        send(&pool_tx, &ns, p);
+                    }
+                })
+                .boxed(),
+        );
+    }
+    // Pods and Services: trigger their Sandbox.
+    {
+        let (idx, pod_sb_tx) = (indexes.clone(), sb_tx.clone());
+        tasks.push(
+            pods.run(client.clone(), ns.clone(), move |change| {
+                let (obj, alive) = match &change {
+                    Change::Applied { new, .. } => (new.clone(), true),
+                    Change::Deleted(o) => (o.clone(), false),
+                };
+                let (pns, pname) = (obj.namespace().unwrap_or_default(), obj.name_any());
+                let hash = meta::label(&obj.metadata, labels::SANDBOX_NAME_HASH);
+                idx.pods_by_hash.set(&pns, &pname, hash.filter(|_| alive));
+                if hash.is_some()
+                    && let Some(s) = owner_name(&obj.metadata, CORE_GROUP, "Sandbox")
+                {
+                    send(&pod_sb_tx, &pns, s);
+                }
+            })
+            .boxed(),
+        );
+        let sb_tx = sb_tx.clone();
+        tasks.push(
+            services
+                .run(client.clone(), ns.clone(), move |change| {
+                    let obj = match &change {
+                        Change::Applied { new, .. } => new.clone(),
+                        Change::Deleted(o) => o.clone(),
+                    };
+                    if meta::label(&obj.metadata, labels::SANDBOX_NAME_HASH).is_some()
+                        && let Some(s) = owner_name(&obj.metadata, CORE_GROUP, "Sandbox")
+                    {
+                        send(&sb_tx, &obj.namespace().unwrap_or_default(), s);
+                    }
+                })
+                .boxed(),
+        );
+    }
+    if ext {
+        // Claims.
+        let (idx, claim_tx2, first_seen) = (
+            indexes.clone(),
+            claim_tx.clone(),
+            ctx.claim_first_seen.clone(),
+        );
+        tasks.push(
+            claims
+                .run(client.clone(), ns.clone(), move |change| {
+                    let (obj, alive) = match &change {
+                        Change::Applied { new, .. } => (new.clone(), true),
+                        Change::Deleted(o) => (o.clone(), false),
+                    };
+                    let (cns, cname) = (obj.namespace().unwrap_or_default(), obj.name_any());
+                    idx.claims_by_pool.set(
+                        &cns,
+                        &cname,
+                        alive.then_some(obj.spec.warm_pool_ref.name.as_str()),
+                    );
+                    let key = claim::first_seen_key(&obj);
+                    if alive {
+                        first_seen.lock().entry(key).or_insert_with(Timestamp::now);
+                    } else {
+                        first_seen.lock().remove(&key);
+                    }
+                    send(&claim_tx2, &cns, &cname);
+                })
+                .boxed(),
+        );
+        // Pools.
+        let (idx, queue, claims_store, claim_tx2, pool_tx2) = (
+            indexes.clone(),
+            ctx.queue.clone(),
+            stores.claims.clone(),
+            claim_tx.clone(),
+            pool_tx.clone(),
+        );
+        tasks.push(
+            pools
+                .run(client.clone(), ns.clone(), move |change| {
+                    let (old, new) = match &change {
+                        Change::Applied { old, new } => (old.clone(), Some(new.clone())),
+                        Change::Deleted(o) => (Some(o.clone()), None),
+                    };
+                    let obj = new.clone().or(old.clone()).expect("a change has an object");
+                    let (pns, pname) = (obj.namespace().unwrap_or_default(), obj.name_any());
+                    idx.pools_by_template.set(
+                        &pns,
+                        &pname,
+                        new.as_ref().map(|n| n.spec.template_ref.name.as_str()),
+                    );
+                    send(&pool_tx2, &pns, &pname);
+                    if new.is_none() {
+                        queue.remove_queue(&queue::pool_key(&pns, &pname));
+                    }
+                    let generation_changed = match (&old, &new) {
+                        (Some(o), Some(n)) => o.metadata.generation != n.metadata.generation,
+                        _ => true,
+                    };
+                    if generation_changed {
+                        for c in idx.claims_by_pool.get(&pns, &pname) {
+                            if let Some(claim) = cache::get(&claims_store, &pns, &c)
+                                && claim.metadata.deletion_timestamp.is_none()
+                                && claim
+                                    .status
+                                    .as_ref()
+                                    .is_none_or(|s| s.sandbox.name.is_empty())
+                            {
+                                send(&claim_tx2, &pns, &c);
+                            }
+                        }
+                    }
+                })
+                .boxed(),
+        );
+        // Templates.
+        let (idx, claims_store, claim_tx2, pool_tx2, tpl_tx2) = (
+            indexes.clone(),
+            stores.claims.clone(),
+            claim_tx.clone(),
+            pool_tx.clone(),
+            tpl_tx.clone(),
+        );
+        tasks.push(
+            templates
+                .run(client.clone(), ns.clone(), move |change| {
+                    let (obj, created) = match &change {
+                        Change::Applied { old, new } => (new.clone(), old.is_none()),
+                        Change::Deleted(o) => (o.clone(), false),
+                    };
+                    let (tns, tname) = (obj.namespace().unwrap_or_default(), obj.name_any());
+                    send(&tpl_tx2, &tns, &tname);
+                    for p in idx.pools_by_template.get(&tns, &tname) {
+                        send(&pool_tx2, &tns, &p);
+                        if created {
+                            for c in idx.claims_by_pool.get(&tns, &p) {
+                                if cache::get(&claims_store, &tns, &c)
+                                    .is_some_and(|cl| cl.metadata.deletion_timestamp.is_none())
+                                {
+                                    send(&claim_tx2, &tns, &c);
+                                }
+                            }
+                        }
+                    }
+                })
+                .boxed(),
+        );
+        let tpl_tx2 = tpl_tx.clone();
+        tasks.push(
+            netpols
+                .run(client.clone(), ns.clone(), move |change| {
+                    let obj = match &change {
+                        Change::Applied { new, .. } => new.clone(),
+                        Change::Deleted(o) => o.clone(),
+                    };
+                    if let Some(t) = owner_name(&obj.metadata, EXTENSIONS_GROUP, "SandboxTemplate")
+                    {
+                        send(&tpl_tx2, &obj.namespace().unwrap_or_default(), t);
+                    }
+                })
+                .boxed(),
+        );
+    }
+
+    // Readiness once every cache has synced.
+    {
+        let s = stores.clone();
+        let ready = ready.clone();
+        tasks.push(
+            async move {
+                let _ = s.sandboxes.wait_until_ready().await;
+                let _ = s.pods.wait_until_ready().await;
+                let _ = s.services.wait_until_ready().await;
+                if ext {
+                    let _ = s.claims.wait_until_ready().await;
+                    let _ = s.pools.wait_until_ready().await;
+                    let _ = s.templates.wait_until_ready().await;
+                    let _ = s.network_policies.wait_until_ready().await;
+                }
+                ready.store(true, Ordering::Relaxed);
+                futures::future::pending::<()>().await;
+            }
+            .boxed(),
+        );
+    }
+
+    let cfg = &ctx.config;
+    tasks.push(controller_future(
+        stores.sandboxes.clone(),
+        sb_rx,
+        cfg.sandbox_workers,
+        ctx.clone(),
+        sandbox::CONTROLLER,
+        sandbox::reconcile,
+    ));
+    if ext {
+        tasks.push(controller_future(
+            stores.claims.clone(),
+            claim_rx,
+            cfg.claim_workers,
+            ctx.clone(),
+            claim::CONTROLLER,
+            claim::reconcile,
+        ));
+        tasks.push(controller_future(
+            stores.pools.clone(),
+            pool_rx,
+            cfg.warm_pool_workers,
+            ctx.clone(),
+            warmpool::CONTROLLER,
+            warmpool::reconcile,
+        ));
+        tasks.push(controller_future(
+            stores.templates.clone(),
+            tpl_rx,
+            cfg.template_workers,
+            ctx.clone(),
+            template::CONTROLLER,
+            template::reconcile,
+        ));
+    }
+    drop((sb_tx, claim_tx, pool_tx, tpl_tx));
+    let state = State { ctx };
+    (state, futures::future::join_all(tasks).map(|_| ()))
+}

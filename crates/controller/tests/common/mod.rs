@@ -1,0 +1,197 @@
+//! Shared conformance-test harness: an embedded API server in a temp directory, the controllers
+//! over its in-process client, and a test kubelet that moves Pods to Running/Ready.
+#![allow(dead_code, unreachable_pub)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use agent_sandbox_apiserver::{ApiServer, Config as ServerConfig, RunningApiServer};
+use agent_sandbox_controller::{Config, State};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use tokio::task::JoinHandle;
+
+pub const NS: &str = "e2e";
+
+/// What the test kubelet does with a new Pod.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum KubeletMode {
+    /// Running and Ready with an IP.
+    Ready,
+    /// Never touched (stays Pending).
+    Off,
+}
+
+pub struct Env {
+    pub server: RunningApiServer,
+    pub client: Client,
+    pub state: State,
+    _dir: tempfile::TempDir,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+pub async fn start() -> Env {
+    start_with(|_| {}, KubeletMode::Ready).await
+}
+
+pub async fn start_with(f: impl FnOnce(&mut Config), mode: KubeletMode) -> Env {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = ServerConfig::new(dir.path());
+    cfg.tcp_addr = None;
+    cfg.socket_path = None;
+    cfg.node_name = "test-node".into();
+    let server = ApiServer::start(cfg).await.expect("start api server");
+    let client = server.client();
+    let nss: Api<Namespace> = Api::all(client.clone());
+    let n: Namespace = serde_json::from_value(json!({"metadata": {"name": NS}})).unwrap();
+    nss.create(&PostParams::default(), &n)
+        .await
+        .expect("create namespace");
+    let mut config = Config::default();
+    f(&mut config);
+    let (state, fut) = agent_sandbox_controller::start(client.clone(), config);
+    let mut tasks = vec![tokio::spawn(fut)];
+    if mode == KubeletMode::Ready {
+        tasks.push(tokio::spawn(kubelet(client.clone())));
+    }
+    Env {
+        server,
+        client,
+        state,
+        _dir: dir,
+        tasks,
+    }
+}
+
+static IP: AtomicU32 = AtomicU32::new(1);
+
+fn pod_succeeds(p: &Pod) -> bool {
+    p.spec.as_ref().is_some_and(|s| {
+        s.containers
+            .first()
+            .and_then(|c| c.command.as_ref())
+            .is_some_and(|cmd| cmd.join(" ").contains("exit 0"))
+    })
+}
+
+/// A test kubelet: new Pods become Running and Ready with an IP (or Succeeded when their
+/// command is `exit 0`); terminating Pods without finalizers are removed.
+pub async fn kubelet(client: Client) {
+    let api: Api<Pod> = Api::namespaced(client, NS);
+    let mut w = watcher(api.clone(), watcher::Config::default()).boxed();
+    while let Some(ev) = w.next().await {
+        let pods = match ev {
+            Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::InitApply(p)) => vec![p],
+            _ => continue,
+        };
+        for p in pods {
+            let name = p.name_any();
+            if p.metadata.deletion_timestamp.is_some() {
+                if p.metadata.finalizers.as_ref().is_none_or(|f| f.is_empty()) {
+                    let api = api.clone();
+                    tokio::spawn(async move {
+                        let _ = api
+                            .delete(
+                                &name,
+                                &DeleteParams {
+                                    grace_period_seconds: Some(0),
+                                    ..Default::default()
+                                },
+                            )
+                            .await;
+                    });
+                }
+                continue;
+            }
+            let phase = p
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.clone())
+                .unwrap_or_default();
+            if phase == "Running" || phase == "Succeeded" || phase == "Failed" {
+                continue;
+            }
+            let n = IP.fetch_add(1, Ordering::Relaxed);
+            let ip = format!("10.{}.{}.{}", (n >> 16) & 255, (n >> 8) & 255, n & 255);
+            let now = k8s_openapi::jiff::Timestamp::now().to_string();
+            let status = if pod_succeeds(&p) {
+                json!({"status": {"phase": "Succeeded", "podIP": ip, "podIPs": [{"ip": ip}], "conditions": [
+                    {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+                    {"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now}
+                ]}})
+            } else {
+                json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "conditions": [
+                    {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+                    {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+                    {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
+                    {"type": "Ready", "status": "True", "lastTransitionTime": now}
+                ]}})
+            };
+            let api = api.clone();
+            tokio::spawn(async move {
+                let _ = api
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+                    .await;
+            });
+        }
+    }
+}
+
+/// Polls `f` until it returns `Some`, failing the test after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Asserts `f` stays `true` for `d`.
+pub async fn consistently<F, Fut>(what: &str, d: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < d {
+        assert!(f().await, "{what} stopped holding");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn api<K>(client: &Client) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    Api::namespaced(client.clone(), NS)
+}
+
+pub type Shared<T> = Arc<T>;
