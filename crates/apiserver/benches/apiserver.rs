@@ -84,6 +84,63 @@ async fn throughput(
     Ok(())
 }
 
+async fn sandbox_creates(label: &str, client: Client, n: usize, conc: usize) -> anyhow::Result<()> {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "agents.x-k8s.io",
+        "v1beta1",
+        "Sandbox",
+    ));
+    let api: Api<DynamicObject> = Api::namespaced_with(client, "default", &ar);
+    let t = Instant::now();
+    let results: Vec<anyhow::Result<()>> = futures::stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let sb: DynamicObject = serde_json::from_value(json!({
+                    "apiVersion": "agents.x-k8s.io/v1beta1", "kind": "Sandbox",
+                    "metadata": {"name": format!("sb-{i}")},
+                    "spec": {"podTemplate": {"spec": {"containers": [{"name": "main", "image": "python:3.12"}]}}}
+                }))?;
+                api.create(&PostParams::default(), &sb).await?;
+                Ok(())
+            }
+        })
+        .buffer_unordered(conc)
+        .collect()
+        .await;
+    results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    println!(
+        "{label:<12} Sandbox creates/s {:>8.0}   (schema admission and CEL, {n} objects)",
+        n as f64 / t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn admission_only(n: usize) {
+    use agent_sandbox_apiserver::CrdSupport;
+    let crds = agent_sandbox_apiserver::crds::AgentSandboxCrds::new();
+    let crd = crds
+        .crds()
+        .into_iter()
+        .find(|c| c["metadata"]["name"] == "sandboxes.agents.x-k8s.io")
+        .expect("sandbox CRD");
+    let obj = json!({
+        "apiVersion": "agents.x-k8s.io/v1beta1", "kind": "Sandbox", "metadata": {"name": "sb"},
+        "spec": {"podTemplate": {"spec": {"containers": [{"name": "main", "image": "python:3.12"}]}}}
+    });
+    let t = Instant::now();
+    for _ in 0..n {
+        let mut o = obj.clone();
+        let _ = crds.admit(&crd, "v1beta1", &mut o, None);
+    }
+    println!(
+        "{:<12} Sandbox schema admission alone: {:?} per object",
+        "",
+        t.elapsed() / n.max(1) as u32
+    );
+}
+
 async fn fanout(
     label: &str,
     client: Client,
@@ -164,6 +221,8 @@ async fn main() -> anyhow::Result<()> {
     );
     throughput("in-process", server.client(), "default", n, conc).await?;
     throughput("https", https.clone(), "kube-public", n, conc).await?;
+    admission_only(200);
+    sandbox_creates("in-process", server.client(), n, conc).await?;
     fanout("in-process", server.client(), "default", watchers, 5).await?;
     fanout("https", https, "kube-public", watchers, 5).await?;
     server.shutdown().await;
