@@ -304,6 +304,47 @@ async fn main() {
             let _ =
                 host::remove_cgroup(&format!("/agent-sandbox-bench-{}/{id}", std::process::id()));
         }
+        // `create` + `start` CLI calls without the engine (stdio to /dev/null), same bundle.
+        let mut cs = Vec::new();
+        for i in 0..n {
+            let id = format!("cs-{}-{i}", kind.name());
+            let bundle = dir.join("runbundles").join(&id);
+            fs_err::create_dir_all(&bundle).unwrap();
+            cfg["linux"]["cgroupsPath"] =
+                serde_json::json!(format!("/agent-sandbox-bench-{}/{id}", std::process::id()));
+            cfg["process"]["args"] = serde_json::json!(["/bin/sleep", "1000"]);
+            fs_err::write(
+                bundle.join("config.json"),
+                serde_json::to_vec(&cfg).unwrap(),
+            )
+            .unwrap();
+            let t = Instant::now();
+            let mut c = rt.command([
+                "create".into(),
+                "--bundle".into(),
+                bundle.clone().into_os_string(),
+                std::ffi::OsString::from(&id),
+            ]);
+            c.stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            let ok = c.status().await.unwrap().success();
+            let started = ok && rt.start(&id).await.is_ok();
+            cs.push(t.elapsed());
+            if !started {
+                eprintln!("{} create/start failed", kind.name());
+            }
+            let _ = rt.delete(&id).await;
+            let _ =
+                host::remove_cgroup(&format!("/agent-sandbox-bench-{}/{id}", std::process::id()));
+        }
+        println!(
+            "{:5} `{} create` + `start` CLI (sleep)  {:8.1} {:8.1}",
+            kind.name(),
+            kind.name(),
+            pct(&mut cs, 0.5),
+            pct(&mut cs, 0.99)
+        );
         plain.remove(&base).await.unwrap();
         println!(
             "{:5} `{} run` (true, same bundle)    {:8.1} {:8.1}",
