@@ -1,0 +1,295 @@
+//! The pod-IP cache: a watch of the Pods that back sandboxes (label
+//! `agents.x-k8s.io/sandbox-name-hash`), indexed so that a request never costs an API call.
+//!
+//! Lookup order (upstream's): by UID (the pod's or its owning Sandbox's), then by
+//! namespace/name (the pod's name, or its owning Sandbox's name). Only Ready pods with an IP are
+//! routable, and warm-pool pods that no claim has adopted yet (they still carry
+//! `agents.x-k8s.io/warm-pool-sandbox`) are left out of the name index, so a guessed name cannot
+//! reach an unclaimed sandbox.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+
+use agent_sandbox_api::constants::labels;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Record {
+    ip: IpAddr,
+    names: Vec<(String, String)>,
+    uids: Vec<String>,
+    unclaimed_warm: bool,
+}
+
+#[derive(Default)]
+struct Index {
+    /// Routable pods by (namespace, pod name).
+    pods: HashMap<(String, String), Record>,
+    by_name: HashMap<(String, String), IpAddr>,
+    by_uid: HashMap<String, IpAddr>,
+}
+
+impl Index {
+    fn remove(&mut self, key: &(String, String)) {
+        if let Some(old) = self.pods.remove(key) {
+            for n in &old.names {
+                self.by_name.remove(n);
+            }
+            for u in &old.uids {
+                self.by_uid.remove(u);
+            }
+        }
+    }
+
+    fn upsert(&mut self, pod: &Pod) {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let key = (ns.clone(), name.clone());
+        self.remove(&key);
+        let Some(record) = record_of(pod, &ns, &name) else {
+            return;
+        };
+        if !record.unclaimed_warm {
+            for n in &record.names {
+                self.by_name.insert(n.clone(), record.ip);
+            }
+        }
+        for u in &record.uids {
+            self.by_uid.insert(u.clone(), record.ip);
+        }
+        self.pods.insert(key, record);
+    }
+}
+
+/// The routing record of a pod, if it is routable (Ready, with an IP, not being deleted).
+fn record_of(pod: &Pod, ns: &str, name: &str) -> Option<Record> {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let status = pod.status.as_ref()?;
+    let ready = status
+        .conditions
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let ip: IpAddr = status.pod_ip.as_deref()?.parse().ok()?;
+    if !ready {
+        return None;
+    }
+    let mut names = vec![(ns.to_owned(), name.to_owned())];
+    let mut uids: Vec<String> = pod.metadata.uid.iter().cloned().collect();
+    if let Some(owner) = pod
+        .metadata
+        .owner_references
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == "Sandbox")
+    {
+        if owner.name != name {
+            names.push((ns.to_owned(), owner.name.clone()));
+        }
+        uids.push(owner.uid.clone());
+    }
+    let unclaimed_warm = pod
+        .metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(labels::WARM_POOL_SANDBOX));
+    Some(Record {
+        ip,
+        names,
+        uids,
+        unclaimed_warm,
+    })
+}
+
+/// A shared, watch-fed pod-IP cache.
+#[derive(Clone, Default)]
+pub struct PodCache {
+    index: Arc<RwLock<Index>>,
+    synced: Arc<tokio::sync::Notify>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl PodCache {
+    /// An empty cache (fed by [`PodCache::run`] or, in tests, [`PodCache::apply`]).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The IP for a sandbox: by UID first, then by namespace/name.
+    pub fn resolve(&self, namespace: &str, name: &str, uid: Option<&str>) -> Option<IpAddr> {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        uid.and_then(|u| index.by_uid.get(u).copied()).or_else(|| {
+            index
+                .by_name
+                .get(&(namespace.to_owned(), name.to_owned()))
+                .copied()
+        })
+    }
+
+    /// Whether the first full list has been loaded.
+    pub fn is_synced(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Waits until the first full list has been loaded.
+    pub async fn synced(&self) {
+        while !self.is_synced() {
+            let notified = self.synced.notified();
+            if self.is_synced() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Applies one pod (added or changed).
+    pub fn apply(&self, pod: &Pod) {
+        self.index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .upsert(pod);
+    }
+
+    /// Forgets one pod.
+    pub fn delete(&self, pod: &Pod) {
+        let key = (
+            pod.metadata.namespace.clone().unwrap_or_default(),
+            pod.metadata.name.clone().unwrap_or_default(),
+        );
+        self.index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+    }
+
+    /// Watches sandbox Pods in every namespace and keeps the index current, relisting after
+    /// errors with backoff. Runs until the task is dropped.
+    pub async fn run(self, client: Client) {
+        let pods: Api<Pod> = Api::all(client);
+        let config = watcher::Config::default().labels(labels::SANDBOX_NAME_HASH);
+        let mut stream = watcher::watcher(pods, config).default_backoff().boxed();
+        let mut relist: Option<Index> = None;
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(Event::Init) => relist = Some(Index::default()),
+                Ok(Event::InitApply(pod)) => {
+                    if let Some(fresh) = relist.as_mut() {
+                        fresh.upsert(&pod);
+                    }
+                }
+                Ok(Event::InitDone) => {
+                    if let Some(fresh) = relist.take() {
+                        *self.index.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+                    }
+                    self.ready.store(true, std::sync::atomic::Ordering::Release);
+                    self.synced.notify_waiters();
+                }
+                Ok(Event::Apply(pod)) => self.apply(&pod),
+                Ok(Event::Delete(pod)) => self.delete(&pod),
+                Err(err) => tracing::warn!(error = %err, "pod watch failed; retrying"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(
+        name: &str,
+        ip: &str,
+        ready: bool,
+        extra_labels: serde_json::Value,
+        owner: Option<(&str, &str)>,
+    ) -> Pod {
+        let mut labels = json!({labels::SANDBOX_NAME_HASH: "h"});
+        labels
+            .as_object_mut()
+            .unwrap()
+            .extend(extra_labels.as_object().unwrap().clone());
+        let owners = owner.map(|(n, u)| json!([{"apiVersion": "agents.x-k8s.io/v1beta1", "kind": "Sandbox", "name": n, "uid": u, "controller": true}]));
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "ns", "uid": format!("pod-{name}"), "labels": labels, "ownerReferences": owners},
+            "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn resolves_by_uid_then_name() {
+        let cache = PodCache::new();
+        cache.apply(&pod(
+            "sb",
+            "10.0.0.1",
+            true,
+            json!({}),
+            Some(("sb", "sb-uid")),
+        ));
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(cache.resolve("ns", "sb", None), Some(ip));
+        assert_eq!(cache.resolve("other", "sb", None), None);
+        assert_eq!(cache.resolve("ns", "zz", Some("sb-uid")), Some(ip));
+        assert_eq!(cache.resolve("ns", "zz", Some("pod-sb")), Some(ip));
+    }
+
+    #[test]
+    fn owner_sandbox_name_is_indexed_when_pod_name_differs() {
+        let cache = PodCache::new();
+        cache.apply(&pod(
+            "sb-pod",
+            "10.0.0.2",
+            true,
+            json!({}),
+            Some(("sb", "u")),
+        ));
+        assert!(cache.resolve("ns", "sb", None).is_some());
+        assert!(cache.resolve("ns", "sb-pod", None).is_some());
+    }
+
+    #[test]
+    fn unready_and_deleted_pods_are_not_routable() {
+        let cache = PodCache::new();
+        let p = pod("sb", "10.0.0.3", true, json!({}), None);
+        cache.apply(&p);
+        assert!(cache.resolve("ns", "sb", None).is_some());
+        cache.apply(&pod("sb", "10.0.0.3", false, json!({}), None));
+        assert!(cache.resolve("ns", "sb", None).is_none());
+        cache.apply(&p);
+        cache.delete(&p);
+        assert!(cache.resolve("ns", "sb", None).is_none());
+    }
+
+    #[test]
+    fn unclaimed_warm_pods_are_reachable_by_uid_only() {
+        let cache = PodCache::new();
+        cache.apply(&pod(
+            "pool-abcde",
+            "10.0.0.4",
+            true,
+            json!({labels::WARM_POOL_SANDBOX: "x"}),
+            Some(("pool-abcde", "u4")),
+        ));
+        assert!(cache.resolve("ns", "pool-abcde", None).is_none());
+        assert!(cache.resolve("ns", "pool-abcde", Some("u4")).is_some());
+        // Adoption removes the label: the name becomes routable.
+        cache.apply(&pod(
+            "pool-abcde",
+            "10.0.0.4",
+            true,
+            json!({}),
+            Some(("pool-abcde", "u4")),
+        ));
+        assert!(cache.resolve("ns", "pool-abcde", None).is_some());
+    }
+}

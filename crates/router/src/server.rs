@@ -1,0 +1,286 @@
+//! The router's listeners: the proxy port (HTTP/1.1 and h2c on one socket, `GET /healthz`,
+//! bearer-token auth) and the metrics port, and the request handler that ties the header
+//! contract, the cache and the proxy together.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::cache::PodCache;
+use crate::metrics::{ErrorLabels, Metrics, RequestLabels};
+use crate::proxy::{Body, ProxyError, Upstream, full};
+use crate::target::Target;
+
+/// Router settings. Defaults follow upstream's Go router.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Bearer token clients must send; `None` with `allow_unauthenticated` disables auth.
+    pub auth_token: Option<String>,
+    /// Serve without a token (local use only).
+    pub allow_unauthenticated: bool,
+    /// Accept loopback addresses in `X-Sandbox-Pod-IP`.
+    pub allow_loopback_pod_ip: bool,
+    /// Time limit to the sandbox's response headers (default 180 s).
+    pub proxy_timeout: Duration,
+    /// Connection retries (default 3: 200, 400, 800 ms).
+    pub upstream_max_retries: u32,
+    /// First retry delay.
+    pub retry_base: Duration,
+    /// Fall back to `<id>.<ns>.svc.<cluster_domain>` when the cache has no pod (clusters).
+    pub dns_fallback: bool,
+    /// Cluster DNS domain.
+    pub cluster_domain: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            auth_token: None,
+            allow_unauthenticated: false,
+            allow_loopback_pod_ip: false,
+            proxy_timeout: Duration::from_secs(180),
+            upstream_max_retries: 3,
+            retry_base: Duration::from_millis(200),
+            dns_fallback: false,
+            cluster_domain: "cluster.local".into(),
+        }
+    }
+}
+
+/// The router refuses to start without a way to authenticate clients.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the router needs a bearer token (--auth-token or AGENT_SANDBOX_ROUTER_TOKEN); pass --allow-unauthenticated to serve without one (local use only)"
+)]
+pub struct NoAuthConfigured;
+
+/// The request handler and its state.
+pub struct Router {
+    config: Config,
+    cache: PodCache,
+    upstream: Upstream,
+    metrics: Arc<Metrics>,
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(full(Bytes::from(body.to_string())))
+        .expect("static response parts are valid")
+}
+
+fn detail(status: StatusCode, message: impl Into<String>) -> Response<Body> {
+    json_response(status, json!({ "detail": message.into() }))
+}
+
+/// Constant-time comparison so that the token cannot be guessed byte by byte from timings.
+fn token_matches(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+impl Router {
+    /// A router resolving through `cache`.
+    pub fn new(config: Config, cache: PodCache) -> Result<Self, NoAuthConfigured> {
+        if config.auth_token.is_none() && !config.allow_unauthenticated {
+            return Err(NoAuthConfigured);
+        }
+        let upstream = Upstream::new(config.upstream_max_retries, config.retry_base);
+        Ok(Self {
+            config,
+            cache,
+            upstream,
+            metrics: Arc::new(Metrics::default()),
+        })
+    }
+
+    /// The metrics this router records.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Handles one request from `peer`.
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        if req.method() == Method::GET && req.uri().path() == "/healthz" {
+            return json_response(StatusCode::OK, json!({"status": "ok"}));
+        }
+        let started = Instant::now();
+        self.metrics.inflight.inc();
+        let method = req.method().to_string();
+        let resp = self.route(req, peer).await;
+        self.metrics.inflight.dec();
+        self.metrics
+            .duration
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                method,
+                code: resp.status().as_u16(),
+            })
+            .inc();
+        resp
+    }
+
+    async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        if let Some(expected) = &self.config.auth_token {
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or_default();
+            if !token_matches(given.as_bytes(), expected.as_bytes()) {
+                return detail(StatusCode::UNAUTHORIZED, "Missing or invalid router token.");
+            }
+        }
+        let target = match Target::from_headers(
+            req.headers(),
+            self.config.allow_loopback_pod_ip,
+            self.config.proxy_timeout,
+        ) {
+            Ok(t) => t,
+            Err(e) => return detail(StatusCode::BAD_REQUEST, e.to_string()),
+        };
+        let Some(ip) = self.resolve(&target).await else {
+            self.metrics
+                .upstream_errors
+                .get_or_create(&ErrorLabels {
+                    reason: "unresolved",
+                })
+                .inc();
+            return detail(
+                StatusCode::BAD_GATEWAY,
+                format!("Could not connect to the backend sandbox: {}", target.id),
+            );
+        };
+        let addr = SocketAddr::new(ip, target.port);
+        let timeout = target.timeout.unwrap_or(self.config.proxy_timeout);
+        let retries = &self.metrics.upstream_retries;
+        match self
+            .upstream
+            .forward(req, addr, peer, timeout, || {
+                retries.inc();
+            })
+            .await
+        {
+            Ok(resp) => resp,
+            Err(err) => {
+                self.metrics
+                    .upstream_errors
+                    .get_or_create(&ErrorLabels {
+                        reason: err.reason(),
+                    })
+                    .inc();
+                tracing::debug!(sandbox = %target.id, namespace = %target.namespace, error = %err, "proxy failed");
+                match err {
+                    ProxyError::Timeout { .. } => detail(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!("The backend sandbox did not respond in time: {}", target.id),
+                    ),
+                    _ => detail(
+                        StatusCode::BAD_GATEWAY,
+                        format!("Could not connect to the backend sandbox: {}", target.id),
+                    ),
+                }
+            }
+        }
+    }
+
+    async fn resolve(&self, t: &Target) -> Option<IpAddr> {
+        if let Some(ip) = t.pod_ip {
+            return Some(ip);
+        }
+        if let Some(ip) = self.cache.resolve(&t.namespace, &t.id, t.uid.as_deref()) {
+            return Some(ip);
+        }
+        if !self.config.dns_fallback {
+            return None;
+        }
+        let host = format!(
+            "{}.{}.svc.{}:{}",
+            t.id, t.namespace, self.config.cluster_domain, t.port
+        );
+        tokio::net::lookup_host(host)
+            .await
+            .ok()?
+            .next()
+            .map(|a| a.ip())
+    }
+}
+
+/// Serves `router` on `listener` until the task is dropped.
+pub async fn serve(router: Arc<Router>, listener: TcpListener) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let router = Arc::clone(&router);
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let router = Arc::clone(&router);
+                async move { Ok::<_, std::convert::Infallible>(router.handle(req, peer).await) }
+            });
+            if let Err(e) = auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Serves `GET /metrics` (and `/healthz`) on `listener` until the task is dropped.
+pub async fn serve_metrics(metrics: Arc<Metrics>, listener: TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let metrics = Arc::clone(&metrics);
+                async move {
+                    let resp = match req.uri().path() {
+                        "/metrics" => Response::builder()
+                            .header(
+                                header::CONTENT_TYPE,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )
+                            .body(full(metrics.render()))
+                            .expect("static response parts are valid"),
+                        "/healthz" | "/readyz" => {
+                            json_response(StatusCode::OK, json!({"status": "ok"}))
+                        }
+                        _ => detail(StatusCode::NOT_FOUND, "Not found."),
+                    };
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
