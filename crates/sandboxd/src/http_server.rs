@@ -1,5 +1,5 @@
-//! The HTTP accept loop (hyper, HTTP/1.1 and h2c, upgrades for WebSocket) with upstream's
-//! 10 s header read timeout, a 1 MiB header limit and graceful shutdown.
+//! The HTTP accept loop (hyper, HTTP/1.1 and h2c, upgrades for WebSocket) with a header read
+//! timeout, an idle timeout, a 1 MiB header limit and graceful shutdown.
 
 use std::time::Duration;
 
@@ -13,6 +13,13 @@ use tokio::sync::watch;
 
 /// Upstream's `ReadHeaderTimeout`.
 const READ_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// hyper runs one timer from the moment a connection waits for a request head, idle keep-alive
+/// time included, so it serves as both upstream timeouts: the larger of the two is used, which
+/// keeps idle connections open for `--http-idle-timeout` as upstream does.
+fn head_timeout(idle: Duration) -> Duration {
+    idle.max(READ_HEADER_TIMEOUT)
+}
 /// Largest request head accepted (Go's default `MaxHeaderBytes`); larger gets 431.
 const MAX_HEADER_BYTES: usize = 1 << 20;
 
@@ -23,12 +30,13 @@ pub(crate) async fn serve(
     router: Router,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
+    idle: Duration,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(READ_HEADER_TIMEOUT)
+        .header_read_timeout(head_timeout(idle))
         .max_buf_size(MAX_HEADER_BYTES)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());

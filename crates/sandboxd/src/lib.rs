@@ -178,11 +178,13 @@ impl Server {
         } = self;
         let timeout = app.config.shutdown_timeout;
         let (stop_tx, stop_rx) = watch::channel(false);
+        let idle = app.config.http_idle_timeout;
         let rest_task = tokio::spawn(http_server::serve(
             rest,
             rest_router(app.clone()),
             stop_rx.clone(),
             timeout,
+            idle,
         ));
         let legacy_task = legacy.map(|l| {
             tokio::spawn(http_server::serve(
@@ -190,6 +192,7 @@ impl Server {
                 legacy_router(app.clone()),
                 stop_rx.clone(),
                 timeout,
+                idle,
             ))
         });
         let grpc_task = tokio::spawn(serve_grpc(app.clone(), grpc, stop_rx.clone(), timeout));
