@@ -210,12 +210,12 @@ impl AtomicWriter {
         self.written
     }
 
-    /// Flushes to disk and renames over the target.
+    /// Flushes the data to disk (fdatasync) and renames over the target.
     pub fn commit(mut self) -> Result<(), Errno> {
         let Some(file) = self.file.take() else {
             return Err(Errno::BADF);
         };
-        let result = rustix::fs::fsync(&file).and_then(|()| {
+        let result = rustix::fs::fdatasync(&file).and_then(|()| {
             drop(file);
             rustix::fs::renameat(
                 &self.dir,
