@@ -255,6 +255,14 @@ async fn warm_pool_sandbox_watcher() {
             .get("agents.x-k8s.io/sandbox-template-ref-hash"),
         Some(&name_hash("tpl"))
     );
+    // No event up to the claim's readiness showed a claimed, Ready sandbox without the pod-name
+    // annotation (upstream's TestWarmPoolPodNameAnnotationBeforeReady).
+    watch.abort();
+    assert_eq!(
+        violations.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "Ready=True without pod-name annotation"
+    );
     // Deleting the pod makes Ready turn non-True at some point.
     let mut w2 = watcher(
         sbs.clone(),
@@ -278,12 +286,6 @@ async fn warm_pool_sandbox_watcher() {
     })
     .await;
     assert_eq!(saw_unready, Ok(true));
-    watch.abort();
-    assert_eq!(
-        violations.load(std::sync::atomic::Ordering::SeqCst),
-        0,
-        "Ready=True without pod-name annotation"
-    );
     // The pool refills to its replica count.
     wait_pool_ready(&env.client, "pool").await;
 }

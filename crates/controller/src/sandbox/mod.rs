@@ -89,7 +89,9 @@ pub async fn reconcile(sb: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Action, Er
         });
     }
 
-    let errors = reconcile_children(&ctx, &sb, &mut new).await;
+    // A local copy tracks this pass's own annotation writes, which the cache has not seen yet.
+    let mut local = (*sb).clone();
+    let errors = reconcile_children(&ctx, &mut local, &mut new).await;
     let t = now();
     let action = if logic::is_expired(shutdown, &t) {
         logic::mark_expired(&mut new, generation, &t);
@@ -144,7 +146,7 @@ async fn write_status(
 
 async fn set_pod_name_annotation(
     ctx: &Context,
-    sb: &Sandbox,
+    sb: &mut Sandbox,
     value: Option<&str>,
 ) -> Result<(), String> {
     let current = annotation(&sb.metadata, annotations::POD_NAME);
@@ -162,7 +164,15 @@ async fn set_pod_name_annotation(
         )
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            match value {
+                Some(v) => sb
+                    .annotations_mut()
+                    .insert(annotations::POD_NAME.into(), v.into()),
+                None => sb.annotations_mut().remove(annotations::POD_NAME),
+            };
+            Ok(())
+        }
         Err(e) if is_not_found(&e) => Ok(()),
         Err(e) => Err(format!("failed to update pod-name annotation: {e}")),
     }
@@ -170,7 +180,7 @@ async fn set_pod_name_annotation(
 
 async fn reconcile_children(
     ctx: &Context,
-    sb: &Sandbox,
+    sb: &mut Sandbox,
     status: &mut SandboxStatus,
 ) -> ChildErrors {
     let mut errors = ChildErrors::default();
@@ -256,13 +266,15 @@ fn owner_desc(meta: &ObjectMeta) -> (String, String, String) {
         .unwrap_or_default()
 }
 
-async fn reconcile_pod(ctx: &Context, sb: &Sandbox) -> PodOutcome {
+async fn reconcile_pod(ctx: &Context, sb: &mut Sandbox) -> PodOutcome {
     let ns = sb.namespace().unwrap_or_default();
     let name = sb.name_any();
     let uid = sb.uid().unwrap_or_default();
     let hash = name_hash(&name);
-    let tracked = annotation(&sb.metadata, annotations::POD_NAME).filter(|s| !s.is_empty());
-    let pod_name = tracked.unwrap_or(&name).to_string();
+    let tracked = annotation(&sb.metadata, annotations::POD_NAME)
+        .filter(|s| !s.is_empty())
+        .map(String::from);
+    let pod_name = tracked.clone().unwrap_or_else(|| name.clone());
 
     let mut owned: Vec<Arc<Pod>> = ctx
         .indexes
@@ -337,7 +349,7 @@ async fn reconcile_pod(ctx: &Context, sb: &Sandbox) -> PodOutcome {
     }
 }
 
-async fn reconcile_existing_pod(ctx: &Context, sb: &Sandbox, pod: Pod) -> PodOutcome {
+async fn reconcile_existing_pod(ctx: &Context, sb: &mut Sandbox, pod: Pod) -> PodOutcome {
     let ns = sb.namespace().unwrap_or_default();
     let name = sb.name_any();
     let uid = sb.uid().unwrap_or_default();
@@ -420,7 +432,7 @@ async fn reconcile_existing_pod(ctx: &Context, sb: &Sandbox, pod: Pod) -> PodOut
     PodOutcome::ok(Some(pod))
 }
 
-async fn create_pod(ctx: &Context, sb: &Sandbox) -> PodOutcome {
+async fn create_pod(ctx: &Context, sb: &mut Sandbox) -> PodOutcome {
     let ns = sb.namespace().unwrap_or_default();
     let name = sb.name_any();
     let (l, a) = logic::new_pod_metadata(sb);
