@@ -354,6 +354,41 @@ async fn process(app: &App, c: Change) {
     check_dependent(app, &c.res, &obj).await;
 }
 
+/// Events live one hour, as with kube-apiserver's default `--event-ttl`.
+pub const EVENT_TTL: Duration = Duration::from_secs(3600);
+
+/// Deletes events older than `ttl` (by their last activity, else creation).
+pub async fn expire_events(app: &App, ttl: Duration) {
+    let cutoff = chrono::Utc::now() - chrono::Duration::from_std(ttl).unwrap_or_default();
+    let old = |o: &Value| {
+        [
+            "/deprecatedLastTimestamp",
+            "/series/lastObservedTime",
+            "/eventTime",
+            "/metadata/creationTimestamp",
+        ]
+        .iter()
+        .filter_map(|p| o.pointer(p).and_then(Value::as_str))
+        .filter_map(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|d| d.with_timezone(&chrono::Utc))
+        .max()
+        .is_some_and(|d| d < cutoff)
+    };
+    let (events, _, _) = app.store.list("events", None, None, None, &old);
+    for e in events {
+        let (ns, name) = ns_name(&e.obj);
+        let _ = app
+            .store
+            .write(Op::Delete {
+                res: "events".into(),
+                key: (ns, name),
+                expect_rv: Some(e.rv),
+                expect_uid: None,
+            })
+            .await;
+    }
+}
+
 async fn sweep(app: &Arc<App>) {
     // Pods past their grace period (the node agent normally deletes them earlier).
     let now = chrono::Utc::now();
@@ -405,6 +440,7 @@ pub async fn run(
     }
     let _ = Special::None;
     let mut tick = tokio::time::interval(Duration::from_millis(1000));
+    let mut ticks: u64 = 0;
     loop {
         tokio::select! {
             c = changes.recv() => {
@@ -419,6 +455,10 @@ pub async fn run(
             _ = tick.tick() => {
                 let app = app.clone();
                 sweep(&app).await;
+                ticks += 1;
+                if ticks % 60 == 1 {
+                    expire_events(&app, EVENT_TTL).await;
+                }
             }
             _ = shutdown.changed() => return,
         }

@@ -424,6 +424,11 @@ impl RunningApiServer {
         }
     }
 
+    /// The shared server state (for diagnostics and tests).
+    pub fn app(&self) -> Arc<api::App> {
+        self.app.clone()
+    }
+
     /// The store (for diagnostics and tests).
     pub fn store(&self) -> &store::Store {
         &self.app.store

@@ -751,3 +751,36 @@ async fn second_server_on_the_same_data_dir_is_refused() {
         Ok(_) => panic!("a second server must not share the data directory"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_both_versions_and_ttl() {
+    use k8s_openapi::api::core::v1::Event as CoreEvent;
+    use k8s_openapi::api::events::v1::Event;
+    let ts = common::start().await;
+    let client = ts.server.client();
+    let ev: Event = serde_json::from_value(json!({
+        "metadata": {"name": "e1"}, "eventTime": "2020-01-01T00:00:00.000000Z",
+        "reportingController": "ctl", "reportingInstance": "ctl-0", "action": "Create",
+        "reason": "Created", "note": "made it", "type": "Normal",
+        "regarding": {"kind": "Sandbox", "name": "sb", "namespace": "default"}
+    }))
+    .unwrap();
+    let api: Api<Event> = Api::default_namespaced(client.clone());
+    api.create(&PostParams::default(), &ev).await.unwrap();
+    // The same object through core/v1.
+    let core: Api<CoreEvent> = Api::default_namespaced(client.clone());
+    let c = core.get("e1").await.unwrap();
+    assert_eq!(c.message.as_deref(), Some("made it"));
+    assert_eq!(c.involved_object.name.as_deref(), Some("sb"));
+    let l = core
+        .list(&ListParams::default().fields("involvedObject.name=sb"))
+        .await
+        .unwrap();
+    assert_eq!(l.items.len(), 1);
+    // Events expire a TTL after their last write.
+    agent_sandbox_apiserver::gc::expire_events(&ts.server.app(), Duration::from_secs(3600)).await;
+    assert!(api.get_opt("e1").await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    agent_sandbox_apiserver::gc::expire_events(&ts.server.app(), Duration::from_millis(10)).await;
+    assert!(api.get_opt("e1").await.unwrap().is_none());
+}
