@@ -434,15 +434,18 @@ async fn idle_memory(e: &SandboxEngine, kind: HandlerKind, k: usize) {
         }
     }
     println!();
+    let cg = cg_bytes as f64 / 1048576.0 / k as f64;
+    let shim = shim_pss as f64 / 1024.0 / k as f64;
     println!(
-        "{} idle sandboxes ({}), created in {:.1} s: host MemAvailable drop {:.2} MiB/sandbox; \
-         cgroup memory {:.2} MiB/sandbox; shim PSS {:.2} MiB/sandbox",
+        "{} idle sandboxes ({}), created in {:.1} s: {:.2} MiB/sandbox = cgroup memory {:.2} + \
+         shim PSS {:.2} (host MemAvailable drop {:.2} MiB/sandbox, noisy on a shared machine)",
         k,
         kind.name(),
         took.as_secs_f64(),
+        cg + shim,
+        cg,
+        shim,
         before.saturating_sub(after) as f64 / 1024.0 / k as f64,
-        cg_bytes as f64 / 1048576.0 / k as f64,
-        shim_pss as f64 / 1024.0 / k as f64,
     );
     for id in &ids {
         e.remove(id).await.unwrap();

@@ -6,6 +6,7 @@
 //! `stop`, `remove`; `recover` re-adopts sandboxes after a restart. Every host side effect goes
 //! through [`host`]; the only `unsafe` code is in the private `sys` module.
 
+pub mod agent;
 pub mod bundle;
 pub mod cni;
 pub mod engine;
