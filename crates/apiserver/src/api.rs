@@ -856,15 +856,23 @@ impl App {
                 "the namespace of the provided object does not match the namespace sent on the request",
             ));
         }
-        let old = self.current(t)?;
-        if let Some(rv) = rv_of(&new) {
-            let rv = parse_rv(rv)?;
-            if rv != old.rv {
+        let status_only = t.sub.as_deref() == Some("status");
+        let expected = rv_of(&new).map(parse_rv).transpose()?;
+        // Without a resourceVersion the update is unconditional: retry lost races.
+        for _ in 0..16 {
+            let old = self.current(t)?;
+            if expected.is_some_and(|rv| rv != old.rv) {
                 return Err(ApiError::conflict(&t.rd.group, &t.rd.plural, t.name()));
             }
+            match self
+                .write_update(t, &old, new.clone(), status_only, req)
+                .await
+            {
+                Err(e) if e.code == 409 && e.reason == "Conflict" && expected.is_none() => continue,
+                other => return other,
+            }
         }
-        let status_only = t.sub.as_deref() == Some("status");
-        self.write_update(t, &old, new, status_only, req).await
+        Err(ApiError::conflict(&t.rd.group, &t.rd.plural, t.name()))
     }
 
     /// PATCH (main resource or status). Retries on write races when the patch carries no
