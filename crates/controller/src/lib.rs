@@ -24,6 +24,7 @@ pub mod sandbox;
 pub mod template;
 pub mod warmpool;
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -254,17 +255,35 @@ pub fn start(client: Client, config: Config) -> (State, impl Future<Output = ()>
                     );
                     send(&sb_tx, &ns, &name);
                     claim::queue_on_change(&queue, old, new);
-                    if let Some(c) = owner_name(&obj.metadata, EXTENSIONS_GROUP, "SandboxClaim") {
-                        let relevant = match (old, new) {
-                            (Some(o), Some(n)) => claim_relevant_change(o, n),
-                            _ => true,
-                        };
-                        if relevant {
+                    // Like EnqueueRequestForOwner, both the old and the new controller hear of an
+                    // update (an adoption moves a Sandbox from its pool to a claim).
+                    let versions = [old, new];
+                    let relevant = match (old, new) {
+                        (Some(o), Some(n)) => claim_relevant_change(o, n),
+                        _ => true,
+                    };
+                    let claims: BTreeSet<&str> = versions
+                        .iter()
+                        .flatten()
+                        .filter_map(|v| owner_name(&v.metadata, EXTENSIONS_GROUP, "SandboxClaim"))
+                        .collect();
+                    let owner_changed = claims.len() > 1
+                        || old.map(|o| owner_name(&o.metadata, EXTENSIONS_GROUP, "SandboxClaim"))
+                            != new
+                                .map(|n| owner_name(&n.metadata, EXTENSIONS_GROUP, "SandboxClaim"));
+                    if relevant || owner_changed {
+                        for c in claims {
                             send(&claim_tx, &ns, c);
                         }
                     }
-                    if let Some(p) = owner_name(&obj.metadata, EXTENSIONS_GROUP, "SandboxWarmPool")
-                    {
+                    let pools: BTreeSet<&str> = versions
+                        .iter()
+                        .flatten()
+                        .filter_map(|v| {
+                            owner_name(&v.metadata, EXTENSIONS_GROUP, "SandboxWarmPool")
+                        })
+                        .collect();
+                    for p in pools {
                         let key = queue::pool_key(&ns, p);
                         match (old, new) {
                             (None, Some(_)) => exp.creation_observed(&key),

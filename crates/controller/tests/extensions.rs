@@ -157,10 +157,16 @@ async fn claim_observability_annotation() {
             .checked_sub(k8s_openapi::jiff::SignedDuration::from_secs(1))
             .unwrap()
     );
-    assert!(
-        c.annotations()
-            .contains_key("agents.x-k8s.io/claim-first-ready-at")
-    );
+    let claims: Api<SandboxClaim> = api(&env.client);
+    eventually("first-ready annotation", T, || async {
+        let c = claims.get("obs").await.ok()?;
+        let v = c
+            .annotations()
+            .get("agents.x-k8s.io/claim-first-ready-at")?
+            .clone();
+        v.parse::<k8s_openapi::jiff::Timestamp>().ok()
+    })
+    .await;
     let text = env.state.metrics_text();
     assert!(text.contains("agent_sandbox_claim_controller_startup_latency_ms_count{launch_type=\"warm\",sandbox_template=\"tpl\"} 1"), "{text}");
     assert!(text.contains("agent_sandbox_claim_creation_total{namespace=\"e2e\",sandbox_template=\"tpl\",launch_type=\"warm\",warmpool_name=\"pool\",pod_condition=\"ready\""), "{text}");
@@ -937,6 +943,23 @@ async fn parallel_claims(pool_size: i32) {
     if pool_size >= 20 {
         assert_eq!(warm, 20, "a sufficient pool serves every claim warm");
     }
+    // The pool hears of the adoptions and refills with ready members.
+    let sbs: Api<Sandbox> = api(&env.client);
+    eventually("pool refilled", T, || async {
+        let m = pool_members(&sbs.list(&Default::default()).await.ok()?.items, "pool");
+        let ready = m
+            .iter()
+            .filter(|s| {
+                s.status.as_ref().is_some_and(|st| {
+                    st.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+                })
+            })
+            .count();
+        (m.len() == pool_size as usize && ready == m.len()).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
