@@ -149,7 +149,7 @@ impl Admission {
             return Err(AdmitError::Invalid(walker.errors));
         }
         if let Some(cel) = &prepared.cel
-            && let Err(errs) = Validator::new().validate_compiled(cel, obj, old)
+            && let Err(errs) = VALIDATOR.with(|v| v.validate_compiled(cel, obj, old))
         {
             let errors = errs
                 .into_vec()
@@ -221,6 +221,12 @@ fn has_cel_rules(v: &Value) -> bool {
         Value::Array(a) => a.iter().any(has_cel_rules),
         _ => false,
     }
+}
+
+thread_local! {
+    /// A CEL validator per thread: building one registers every Kubernetes CEL function, which
+    /// is too slow to do per object.
+    static VALIDATOR: Validator = Validator::new();
 }
 
 #[derive(Default)]
@@ -380,8 +386,7 @@ impl Walker {
                 continue;
             }
             if let Some(sub) = props.and_then(|p| p.get(key)).or(additional) {
-                let sub = sub.clone();
-                self.object(child, &sub, &child_path(path, key), false);
+                self.object(child, sub, &child_path(path, key), false);
             }
         }
     }

@@ -43,7 +43,7 @@ pub(crate) enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Run everything on this machine: API server, controllers, node agent and router.
-    Up,
+    Up(UpArgs),
     /// Run the controllers against a Kubernetes cluster.
     Controller,
     /// Run the sandbox router.
@@ -126,4 +126,33 @@ impl ApiVersion {
             Self::V1alpha1 => "v1alpha1",
         }
     }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UpArgs {
+    /// Where state lives: the API server's database, credentials, images, sandboxes, volumes.
+    #[arg(
+        long,
+        env = "AGENT_SANDBOX_DATA_DIR",
+        default_value = "/var/lib/agent-sandbox"
+    )]
+    pub(crate) data_dir: PathBuf,
+    /// Volatile runtime state (runtime roots, network namespaces).
+    #[arg(long, default_value = "/run/agent-sandbox")]
+    pub(crate) run_dir: PathBuf,
+    /// Loopback address of the API server (HTTPS, bearer token).
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    pub(crate) api_listen: std::net::SocketAddr,
+    /// Address of the sandbox router.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub(crate) router_listen: std::net::SocketAddr,
+    /// Address of the metrics endpoint (router and controllers).
+    #[arg(long, default_value = "127.0.0.1:9091")]
+    pub(crate) metrics_listen: std::net::SocketAddr,
+    /// Subnet for sandbox pod IPs (must not overlap the host's routes).
+    #[arg(long, default_value = "10.88.0.0/16")]
+    pub(crate) pod_subnet: String,
+    /// Run no node agent (API server, controllers and router only).
+    #[arg(long)]
+    pub(crate) no_node: bool,
 }

@@ -89,7 +89,8 @@ impl NodeAgent {
             }))
             .expect("a static Node parses");
             match nodes.create(&PostParams::default(), &node).await {
-                Ok(_) | Err(kube::Error::Api(kube::core::ErrorResponse { code: 409, .. })) => {}
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
                 Err(e) => return Err(e),
             }
         }
@@ -240,9 +241,8 @@ impl NodeAgent {
                 ..DeleteParams::default()
             };
             return match pods.delete(&name, &dp).await {
-                Ok(_) | Err(kube::Error::Api(kube::core::ErrorResponse { code: 404, .. })) => {
-                    Ok(())
-                }
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
                 Err(e) => Err(e),
             };
         }

@@ -2,6 +2,7 @@
 
 mod crd;
 mod manifests;
+mod up;
 mod version;
 
 use std::process::ExitCode;
@@ -14,6 +15,7 @@ pub(crate) fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Validate(args) => manifests::validate(&args),
         Command::Convert(args) => manifests::convert(&args),
         Command::Version => version::version(),
+        Command::Up(args) => up::up(&args),
         other => not_yet_available(&other),
     }
 }
@@ -22,6 +24,6 @@ pub(crate) fn run(command: Command) -> anyhow::Result<ExitCode> {
 fn not_yet_available(command: &Command) -> anyhow::Result<ExitCode> {
     let verb = format!("{command:?}").to_lowercase();
     anyhow::bail!(
-        "`agent-sandbox {verb}` is not yet available in this build; available now: crd, validate, convert, version"
+        "`agent-sandbox {verb}` is not yet available in this build; available now: up, crd, validate, convert, version"
     )
 }

@@ -1,0 +1,149 @@
+//! `agent-sandbox up`: the embedded default on one machine. Starts, in order, the API server
+//! (SQLite, HTTPS on loopback, unix socket), the controllers over an in-process client, the node
+//! agent (sandboxes through OCI runtimes, CNI networking), and the router; prints where each is;
+//! runs until interrupted.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use agent_sandbox_apiserver::{ApiServer, Config as ApiConfig};
+use agent_sandbox_node::agent::NodeAgent;
+use agent_sandbox_node::cni::NetworkConfig;
+use agent_sandbox_node::{EngineConfig, SandboxEngine};
+use agent_sandbox_router::cache::PodCache;
+use agent_sandbox_router::server::{self as router_server, Config as RouterConfig, Router};
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::args::UpArgs;
+
+pub(crate) fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(run(args))
+}
+
+/// The router's bearer token: generated on first start, kept 0600 in the data directory.
+fn router_token(args: &UpArgs) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = args.data_dir.join("router-token");
+    if let Ok(token) = fs_err::read_to_string(&path) {
+        return Ok(token.trim().to_owned());
+    }
+    let token: String = {
+        use rand::RngExt;
+        let mut rng = rand::rng();
+        (0..32)
+            .map(|_| format!("{:02x}", rng.random::<u8>()))
+            .collect()
+    };
+    fs_err::write(&path, &token)?;
+    fs_err::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(token)
+}
+
+async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
+    fs_err::create_dir_all(&args.data_dir)
+        .context("creating the data directory; pass --data-dir to choose another")?;
+    let mut api = ApiConfig::new(args.data_dir.join("apiserver"));
+    api.tcp_addr = Some(args.api_listen);
+    api.kubeconfig_path = Some(args.data_dir.join("kubeconfig"));
+    let node_name = api.node_name.clone();
+    let server = ApiServer::start(api)
+        .await
+        .context("starting the API server")?;
+    let client = server.client();
+    println!(
+        "API server:  https://{}  (kubeconfig: {})",
+        args.api_listen,
+        server.kubeconfig_path().display()
+    );
+
+    let controllers = tokio::spawn(agent_sandbox_controller::run(
+        client.clone(),
+        agent_sandbox_controller::Config::default(),
+    ));
+    println!("controllers: Sandbox, SandboxTemplate, SandboxWarmPool, SandboxClaim");
+
+    let mut node_task = None;
+    if !args.no_node {
+        let mut engine_config = EngineConfig::new(args.data_dir.join("node"), &args.run_dir);
+        engine_config.network = Some(NetworkConfig {
+            subnet: args.pod_subnet.clone(),
+            ..NetworkConfig::default()
+        });
+        let engine = Arc::new(
+            SandboxEngine::new(engine_config)
+                .await
+                .context("starting the node agent's sandbox engine")?,
+        );
+        for s in engine.handler_statuses() {
+            println!("runtime:     {}", s.summary());
+        }
+        match engine.default_handler() {
+            Some(h) => println!("default runtime handler: {}", h.name()),
+            None => anyhow::bail!(
+                "no OCI runtime works on this host; install runc or crun (apt-get install runc crun) and re-run"
+            ),
+        }
+        let agent = NodeAgent::new(client.clone(), engine, node_name.clone());
+        agent.register().await.context("registering the node")?;
+        agent
+            .recover()
+            .await
+            .context("re-adopting sandboxes from the previous run")?;
+        node_task = Some(tokio::spawn(agent.run()));
+        println!("node:        {node_name}");
+    }
+
+    let token = router_token(args)?;
+    let cache = PodCache::new();
+    tokio::spawn(cache.clone().run(client.clone()));
+    let router = Arc::new(Router::new(
+        RouterConfig {
+            auth_token: Some(token),
+            ..RouterConfig::default()
+        },
+        cache,
+    )?);
+    let listener = TcpListener::bind(args.router_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "listening on {} for the router; pass --router-listen to choose another address",
+                args.router_listen
+            )
+        })?;
+    let metrics = TcpListener::bind(args.metrics_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "listening on {} for metrics; pass --metrics-listen to choose another address",
+                args.metrics_listen
+            )
+        })?;
+    tokio::spawn(router_server::serve_metrics(router.metrics(), metrics));
+    tokio::spawn(router_server::serve(router, listener));
+    println!(
+        "router:      http://{}  (token: {})",
+        args.router_listen,
+        args.data_dir.join("router-token").display()
+    );
+    println!(
+        "ready; try: KUBECONFIG={} kubectl get sandboxes -A",
+        args.data_dir.join("kubeconfig").display()
+    );
+
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for interrupt")?;
+    println!("shutting down (sandboxes keep running and are re-adopted on the next start)");
+    controllers.abort();
+    if let Some(t) = node_task {
+        t.abort();
+    }
+    server.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
