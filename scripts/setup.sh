@@ -16,7 +16,8 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends gcc pkg-config ca-certificates >/dev/null
+apt-get install -y -qq --no-install-recommends gcc pkg-config ca-certificates \
+  runc crun runsc containernetworking-plugins iproute2 busybox-static >/dev/null
 
 cargo build --release -p agent-sandbox
 bin=target/release/agent-sandbox

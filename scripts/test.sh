@@ -7,7 +7,14 @@ cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 if [ "$(id -u)" -eq 0 ]; then
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends gcc pkg-config ca-certificates >/dev/null
+  # Compilers, the OCI runtimes and CNI plugins the node agent drives, busybox for test images,
+  # a local registry, and the interpreters that run_code tests use.
+  apt-get install -y -qq --no-install-recommends gcc pkg-config ca-certificates \
+    runc crun runsc containernetworking-plugins nftables iproute2 busybox-static \
+    docker-registry python3 nodejs >/dev/null
+fi
+if ! command -v kubectl >/dev/null; then
+  echo "warning: kubectl is not on PATH; the kubectl conformance tests will fail" >&2
 fi
 
 echo "== cargo fmt --check"
