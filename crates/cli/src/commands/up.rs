@@ -88,6 +88,7 @@ async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
                 "no OCI runtime works on this host; install runc or crun (apt-get install runc crun) and re-run"
             ),
         }
+        server.set_pod_logs(Arc::new(EngineLogs(Arc::clone(&engine))));
         let agent = NodeAgent::new(client.clone(), engine, node_name.clone());
         agent.register().await.context("registering the node")?;
         agent
@@ -146,4 +147,44 @@ async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
     }
     server.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `kubectl logs`: the container log the engine keeps for each sandbox (Pod UID), with
+/// `tailLines` honoured.
+struct EngineLogs(Arc<SandboxEngine>);
+
+impl agent_sandbox_apiserver::PodLogs for EngineLogs {
+    fn logs(
+        &self,
+        pod: &serde_json::Value,
+        _container: &str,
+        query: &std::collections::HashMap<String, String>,
+    ) -> futures::future::BoxFuture<'static, Result<axum::body::Body, String>> {
+        let uid = pod
+            .pointer("/metadata/uid")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned();
+        let path = self.0.log_path(&uid);
+        let tail: Option<usize> = query.get("tailLines").and_then(|t| t.parse().ok());
+        Box::pin(async move {
+            let text = match fs_err::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                Err(e) => return Err(e.to_string()),
+            };
+            let text = match tail {
+                Some(n) => {
+                    let lines: Vec<&str> = text.lines().collect();
+                    let mut out = lines[lines.len().saturating_sub(n)..].join("\n");
+                    if !out.is_empty() {
+                        out.push('\n');
+                    }
+                    out
+                }
+                None => text,
+            };
+            Ok(axum::body::Body::from(text))
+        })
+    }
 }
