@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what agent-sandbox needs on a fresh Debian/Ubuntu machine (run as root), builds it,
-# and runs the example: validating and converting the example manifests.
+# starts `agent-sandbox up` in the background and runs the example: the control plane answers
+# kubectl, serves the four kinds, converts v1alpha1, and a warm pool creates its Sandboxes and
+# Pods on the embedded node.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,7 +10,6 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "error: run as root (the node agent needs namespaces, mounts and cgroups)" >&2
   exit 1
 fi
-
 if ! command -v cargo >/dev/null; then
   echo "error: cargo is not installed; install a Rust toolchain (https://rustup.rs) and re-run" >&2
   exit 1
@@ -20,13 +21,33 @@ apt-get install -y -qq --no-install-recommends gcc pkg-config ca-certificates \
   runc crun runsc containernetworking-plugins iproute2 busybox-static >/dev/null
 
 cargo build --release -p agent-sandbox
-bin=target/release/agent-sandbox
+bin=$PWD/target/release/agent-sandbox
+data=${AGENT_SANDBOX_DATA_DIR:-/var/lib/agent-sandbox}
+export KUBECONFIG=$data/kubeconfig
 
-echo "== agent-sandbox version"
-"$bin" version
-echo "== validating the example manifests"
+echo "== validating the example manifests offline"
 "$bin" validate -f examples/manifests/sandbox.yaml -f examples/manifests/template.yaml \
   -f examples/manifests/warmpool.yaml -f examples/manifests/claim.yaml
-echo "== converting a v1alpha1 claim to v1beta1"
-"$bin" convert -f examples/manifests/v1alpha1/claim-warm-start.yaml --to v1beta1
-echo "== the CRDs are in deploy/crds (kubectl apply -f deploy/crds)"
+
+echo "== starting agent-sandbox up (log: $data/up.log)"
+mkdir -p "$data"
+if ! pgrep -f "agent-sandbox up" >/dev/null; then
+  nohup "$bin" up --data-dir "$data" >"$data/up.log" 2>&1 &
+fi
+for _ in $(seq 1 100); do
+  [ -s "$KUBECONFIG" ] && kubectl get --raw /readyz >/dev/null 2>&1 && break
+  sleep 0.2
+done
+grep -E '^(API server|runtime|default runtime|node|router):' "$data/up.log" || true
+
+echo "== kubectl against the embedded API server"
+kubectl get nodes
+kubectl api-resources --api-group=agents.x-k8s.io
+kubectl api-resources --api-group=extensions.agents.x-k8s.io
+kubectl apply -f examples/manifests/template.yaml -f examples/manifests/warmpool.yaml
+sleep 2
+kubectl get sandboxwarmpools,sandboxes,pods
+echo
+echo "agent-sandbox is running (KUBECONFIG=$KUBECONFIG). The example pool's image is"
+echo "localhost:5000/agent-sandbox/python:latest; push an image there to see its Pods run."
+echo "Stop it with: pkill -f 'agent-sandbox up'"
