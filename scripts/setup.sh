@@ -34,8 +34,13 @@ mkdir -p "$data"
 if ! pgrep -f "agent-sandbox up" >/dev/null; then
   nohup "$bin" up --data-dir "$data" >"$data/up.log" 2>&1 &
 fi
-for _ in $(seq 1 100); do
-  [ -s "$KUBECONFIG" ] && kubectl get --raw /readyz >/dev/null 2>&1 && break
+for _ in $(seq 1 300); do
+  grep -q '^ready;' "$data/up.log" 2>/dev/null && break
+  if ! pgrep -f "agent-sandbox up" >/dev/null; then
+    echo "error: agent-sandbox up exited; see $data/up.log" >&2
+    tail -n 20 "$data/up.log" >&2
+    exit 1
+  fi
   sleep 0.2
 done
 grep -E '^(API server|runtime|default runtime|node|router):' "$data/up.log" || true
