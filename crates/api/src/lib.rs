@@ -27,3 +27,8 @@ pub mod v1alpha1;
 pub mod v1beta1;
 
 pub use hash::name_hash;
+
+/// `skip_serializing_if` for status counters that Go serialises with `omitempty`.
+pub(crate) fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}

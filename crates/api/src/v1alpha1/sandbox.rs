@@ -69,7 +69,7 @@ pub struct SandboxStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// 1 when running, 0 when suspended.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "crate::is_zero")]
     #[schemars(range(min = 0))]
     pub replicas: i32,
     /// `agents.x-k8s.io/sandbox-name-hash=<hash>`.
@@ -78,8 +78,4 @@ pub struct SandboxStatus {
     /// IPs of the owned Pod.
     #[serde(rename = "podIPs", default, skip_serializing_if = "Vec::is_empty")]
     pub pod_ips: Vec<String>,
-}
-
-fn is_zero(v: &i32) -> bool {
-    *v == 0
 }

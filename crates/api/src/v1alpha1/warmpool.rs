@@ -49,16 +49,12 @@ pub struct SandboxWarmPoolSpec {
 #[serde(rename_all = "camelCase")]
 pub struct SandboxWarmPoolStatus {
     /// Active members.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "crate::is_zero")]
     pub replicas: i32,
     /// Active members with Ready=True.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "crate::is_zero")]
     pub ready_replicas: i32,
     /// `agents.x-k8s.io/warm-pool-sandbox=<hash>`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub selector: String,
-}
-
-fn is_zero(v: &i32) -> bool {
-    *v == 0
 }

@@ -88,24 +88,16 @@ pub enum UpdateStrategyType {
 #[serde(rename_all = "camelCase")]
 pub struct SandboxWarmPoolStatus {
     /// Active (non-terminating) members.
-    #[serde(default, skip_serializing_if = "is_zero_i32")]
+    #[serde(default, skip_serializing_if = "crate::is_zero")]
     pub replicas: i32,
     /// Active members with Ready=True.
-    #[serde(default, skip_serializing_if = "is_zero_i32")]
+    #[serde(default, skip_serializing_if = "crate::is_zero")]
     pub ready_replicas: i32,
     /// `agents.x-k8s.io/warm-pool-sandbox=<hash>`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub selector: String,
     /// The generation this status was computed from.
-    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    #[serde(default, skip_serializing_if = "crate::is_zero")]
     #[schemars(range(min = 0))]
     pub observed_generation: i64,
-}
-
-fn is_zero_i32(v: &i32) -> bool {
-    *v == 0
-}
-
-fn is_zero_i64(v: &i64) -> bool {
-    *v == 0
 }
