@@ -46,10 +46,10 @@ pub(crate) enum Command {
     Up(UpArgs),
     /// Run the controllers against a Kubernetes cluster.
     Controller,
-    /// Run the sandbox router.
-    Router,
+    /// Run the sandbox router against a cluster (or any API server in the kubeconfig).
+    Router(RouterArgs),
     /// Run the in-sandbox runtime (files, processes, code).
-    Sandboxd,
+    Sandboxd(agent_sandbox_sandboxd::Config),
     /// Print the kubeconfig of the embedded API server.
     Kubeconfig,
     /// Print the CustomResourceDefinitions, or write or check them in a directory.
@@ -155,4 +155,35 @@ pub(crate) struct UpArgs {
     /// Run no node agent (API server, controllers and router only).
     #[arg(long)]
     pub(crate) no_node: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RouterArgs {
+    /// Address to serve the router on.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub(crate) http_bind_address: std::net::SocketAddr,
+    /// Address to serve metrics and health on.
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    pub(crate) metrics_bind_address: std::net::SocketAddr,
+    /// Bearer token clients must send.
+    #[arg(long, env = "AGENT_SANDBOX_ROUTER_TOKEN", hide_env_values = true)]
+    pub(crate) auth_token: Option<String>,
+    /// Serve without a token (local use only).
+    #[arg(long)]
+    pub(crate) allow_unauthenticated: bool,
+    /// Accept loopback addresses in X-Sandbox-Pod-IP.
+    #[arg(long)]
+    pub(crate) allow_loopback_pod_ip: bool,
+    /// Time limit to a sandbox's response headers, in seconds.
+    #[arg(long, default_value_t = 180)]
+    pub(crate) proxy_timeout_seconds: u64,
+    /// Connection retries to a sandbox.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) upstream_max_retries: u32,
+    /// Cluster DNS domain for the DNS fallback.
+    #[arg(long, default_value = "cluster.local")]
+    pub(crate) cluster_domain: String,
+    /// Do not fall back to `<id>.<namespace>.svc.<domain>` when the pod cache has no entry.
+    #[arg(long)]
+    pub(crate) no_dns_fallback: bool,
 }

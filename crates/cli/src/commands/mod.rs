@@ -2,6 +2,7 @@
 
 mod crd;
 mod manifests;
+mod router;
 mod up;
 mod version;
 
@@ -16,6 +17,8 @@ pub(crate) fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Convert(args) => manifests::convert(&args),
         Command::Version => version::version(),
         Command::Up(args) => up::up(&args),
+        Command::Router(args) => router::router(&args),
+        Command::Sandboxd(config) => router::sandboxd(config),
         other => not_yet_available(&other),
     }
 }
@@ -24,6 +27,6 @@ pub(crate) fn run(command: Command) -> anyhow::Result<ExitCode> {
 fn not_yet_available(command: &Command) -> anyhow::Result<ExitCode> {
     let verb = format!("{command:?}").to_lowercase();
     anyhow::bail!(
-        "`agent-sandbox {verb}` is not yet available in this build; available now: up, crd, validate, convert, version"
+        "`agent-sandbox {verb}` is not yet available in this build; available now: up, router, sandboxd, crd, validate, convert, version"
     )
 }
