@@ -271,6 +271,9 @@ async fn bootstrap(app: &api::App) -> Result<(), StartError> {
 impl ApiServer {
     /// Starts the server (see the crate docs).
     pub async fn start(cfg: Config) -> Result<RunningApiServer, StartError> {
+        // When several crypto backends are linked into one binary (feature unification across
+        // the workspace), rustls cannot pick one by itself: choose ring, as this crate does.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let dd = |source| StartError::DataDir {
             path: cfg.data_dir.clone(),
             source,

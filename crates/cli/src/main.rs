@@ -13,6 +13,8 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
+    // One TLS crypto backend for the whole process (several are linked in).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     if let Err(err) = logging::init(&cli.global) {
         eprintln!("error: {err:#}");
         return ExitCode::from(2);

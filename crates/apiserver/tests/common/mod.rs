@@ -36,6 +36,8 @@ impl TestServer {
 }
 
 pub async fn https_client_from(path: &std::path::Path) -> kube::Client {
+    // Several TLS crypto backends are linked into workspace builds; choose one, as the server does.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let kc = kube::config::Kubeconfig::read_from(path).expect("kubeconfig");
     let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
         .await
