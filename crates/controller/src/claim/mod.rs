@@ -461,6 +461,16 @@ async fn record_first_ready(
         }
         now_ts.to_string()
     } else if was_ready {
+        // The cached claim may lag behind our own earlier annotation write; read it directly
+        // before writing the sentinel so a recorded time is never overwritten.
+        let ns = claim.namespace().unwrap_or_default();
+        let api: Api<SandboxClaim> = Api::namespaced(ctx.client.clone(), &ns);
+        match api.get_opt(&claim.name_any()).await {
+            Ok(Some(fresh))
+                if annotation(&fresh.metadata, annotations::CLAIM_FIRST_READY_AT).is_none() => {}
+            Ok(_) => return Ok(()),
+            Err(e) => return Err(api_err("get", "SandboxClaim", &ns, &claim.name_any(), e)),
+        }
         agent_sandbox_api::constants::CLAIM_FIRST_READY_UNKNOWN.to_string()
     } else {
         return Ok(());
