@@ -213,23 +213,28 @@ async fn foreground(app: &App, res: &str, owner: &Value) {
         }
     }
     if blocking == 0 {
-        let (ns, name) = ns_name(owner);
-        mutate(app, res, &ns, &name, &|o: &mut Value| {
-            if o.pointer("/metadata/uid").and_then(Value::as_str) != Some(&uid) {
-                return false;
-            }
-            let Some(a) = o
-                .pointer_mut("/metadata/finalizers")
-                .and_then(Value::as_array_mut)
-            else {
-                return false;
-            };
-            let before = a.len();
-            a.retain(|f| f != "foregroundDeletion");
-            a.len() != before
-        })
-        .await;
+        remove_finalizer(app, res, owner, &uid, "foregroundDeletion").await;
     }
+}
+
+/// Removes `finalizer` from `owner` if it is still the object with `uid`.
+async fn remove_finalizer(app: &App, res: &str, owner: &Value, uid: &str, finalizer: &str) {
+    let (ns, name) = ns_name(owner);
+    mutate(app, res, &ns, &name, &|o: &mut Value| {
+        if o.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid) {
+            return false;
+        }
+        let Some(a) = o
+            .pointer_mut("/metadata/finalizers")
+            .and_then(Value::as_array_mut)
+        else {
+            return false;
+        };
+        let before = a.len();
+        a.retain(|f| f != finalizer);
+        a.len() != before
+    })
+    .await;
 }
 
 /// Orphan deletion: remove the owner's references from dependents, then the finalizer.
@@ -260,22 +265,7 @@ async fn orphan(app: &App, res: &str, owner: &Value) {
         })
         .await;
     }
-    let (ns, name) = ns_name(owner);
-    mutate(app, res, &ns, &name, &|o: &mut Value| {
-        if o.pointer("/metadata/uid").and_then(Value::as_str) != Some(&uid) {
-            return false;
-        }
-        let Some(a) = o
-            .pointer_mut("/metadata/finalizers")
-            .and_then(Value::as_array_mut)
-        else {
-            return false;
-        };
-        let before = a.len();
-        a.retain(|f| f != "orphan");
-        a.len() != before
-    })
-    .await;
+    remove_finalizer(app, res, owner, &uid, "orphan").await;
 }
 
 /// Namespace finalization: delete the contents, then the namespace.

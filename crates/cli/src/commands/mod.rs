@@ -30,3 +30,12 @@ fn not_yet_available(command: &Command) -> anyhow::Result<ExitCode> {
         "`agent-sandbox {verb}` is not yet available in this build; available now: up, router, sandboxd, crd, validate, convert, version"
     )
 }
+
+/// The multi-threaded async runtime the long-running verbs use.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}

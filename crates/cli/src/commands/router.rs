@@ -12,15 +12,8 @@ use tokio::net::TcpListener;
 
 use crate::args::RouterArgs;
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-}
-
 pub(crate) fn router(args: &RouterArgs) -> anyhow::Result<ExitCode> {
-    runtime()?.block_on(async {
+    super::runtime()?.block_on(async {
         let client = kube::Client::try_default()
             .await
             .context("connecting to the API server; set KUBECONFIG or run in a cluster")?;
@@ -64,6 +57,6 @@ pub(crate) fn router(args: &RouterArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(crate) fn sandboxd(config: agent_sandbox_sandboxd::Config) -> anyhow::Result<ExitCode> {
-    let code = runtime()?.block_on(agent_sandbox_sandboxd::serve(config))?;
+    let code = super::runtime()?.block_on(agent_sandbox_sandboxd::serve(config))?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }

@@ -18,11 +18,7 @@ use tokio::net::TcpListener;
 use crate::args::UpArgs;
 
 pub(crate) fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    rt.block_on(run(args))
+    super::runtime()?.block_on(run(args))
 }
 
 /// The router's bearer token: generated on first start, kept 0600 in the data directory.
