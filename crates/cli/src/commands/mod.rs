@@ -1,5 +1,6 @@
 //! One module per verb; [`run`] dispatches.
 
+mod controller;
 mod crd;
 mod manifests;
 mod router;
@@ -17,6 +18,7 @@ pub(crate) fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Convert(args) => manifests::convert(&args),
         Command::Version => version::version(),
         Command::Up(args) => up::up(&args),
+        Command::Controller(args) => controller::controller(&args),
         Command::Router(args) => router::router(&args),
         Command::Sandboxd(config) => router::sandboxd(config),
         other => not_yet_available(&other),

@@ -18,7 +18,11 @@ use tokio::net::TcpListener;
 use crate::args::UpArgs;
 
 pub(crate) fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
-    super::runtime()?.block_on(run(args))
+    // Absolute, so that the kubeconfig and endpoints.json name paths that work from anywhere.
+    let mut args = args.clone();
+    args.data_dir = std::path::absolute(&args.data_dir)
+        .with_context(|| format!("resolving the data directory {}", args.data_dir.display()))?;
+    super::runtime()?.block_on(run(&args))
 }
 
 /// The router's bearer token: generated on first start, kept 0600 in the data directory.
@@ -128,6 +132,7 @@ async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
         args.router_listen,
         args.data_dir.join("router-token").display()
     );
+    write_endpoints(args)?;
     println!(
         "ready; try: KUBECONFIG={} kubectl get sandboxes -A",
         args.data_dir.join("kubeconfig").display()
@@ -143,6 +148,24 @@ async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
     }
     server.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `<data dir>/endpoints.json`: where this instance serves, so that the SDKs and the CLI find
+/// the API server, the kubeconfig and the router without flags. Written when everything listens;
+/// its presence does not mean the instance is still running.
+fn write_endpoints(args: &UpArgs) -> anyhow::Result<()> {
+    let endpoints = serde_json::json!({
+        "apiServer": format!("https://{}", args.api_listen),
+        "kubeconfig": args.data_dir.join("kubeconfig"),
+        "router": format!("http://{}", args.router_listen),
+        "routerTokenFile": args.data_dir.join("router-token"),
+        "metrics": format!("http://{}/metrics", args.metrics_listen),
+    });
+    let path = args.data_dir.join("endpoints.json");
+    let tmp = args.data_dir.join("endpoints.json.tmp");
+    fs_err::write(&tmp, serde_json::to_vec_pretty(&endpoints)?)?;
+    fs_err::rename(&tmp, &path)?;
+    Ok(())
 }
 
 /// `kubectl logs`: the container log the engine keeps for each sandbox (Pod UID), with

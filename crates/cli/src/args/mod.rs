@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod controller;
+pub(crate) use controller::ControllerArgs;
+
 /// Isolated, stateful sandboxes for AI agents, managed with the agent-sandbox resource model.
 #[derive(Debug, Parser)]
 #[command(name = "agent-sandbox", version, propagate_version = true)]
@@ -45,7 +48,7 @@ pub(crate) enum Command {
     /// Run everything on this machine: API server, controllers, node agent and router.
     Up(UpArgs),
     /// Run the controllers against a Kubernetes cluster.
-    Controller,
+    Controller(ControllerArgs),
     /// Run the sandbox router against a cluster (or any API server in the kubeconfig).
     Router(RouterArgs),
     /// Run the in-sandbox runtime (files, processes, code).
@@ -128,7 +131,7 @@ impl ApiVersion {
     }
 }
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub(crate) struct UpArgs {
     /// Where state lives: the API server's database, credentials, images, sandboxes, volumes.
     #[arg(
