@@ -1,6 +1,8 @@
 //! Logging set-up for every subcommand: `--log-level` filter and `--log-format text|json`, to
 //! stderr.
 
+use std::io::IsTerminal;
+
 use anyhow::Context;
 use tracing_subscriber::EnvFilter;
 
@@ -12,7 +14,9 @@ pub(crate) fn init(args: &GlobalArgs) -> anyhow::Result<()> {
     })?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, never in log files or container logs.
+        .with_ansi(std::io::stderr().is_terminal());
     match args.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -12,7 +12,16 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = args::Cli::parse();
+    // Started as `sandboxd` (the name it has inside sandbox images), the binary is sandboxd.
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .is_some_and(|n| n == "sandboxd")
+    {
+        argv.insert(1, "sandboxd".into());
+    }
+    let cli = args::Cli::parse_from(argv);
     // One TLS crypto backend for the whole process (several are linked in).
     let _ = rustls::crypto::ring::default_provider().install_default();
     if let Err(err) = logging::init(&cli.global) {

@@ -250,6 +250,28 @@ impl ImageStore {
         }
     }
 
+    /// Every recorded image whose layers are all unpacked, sorted by reference.
+    pub fn list(&self) -> Result<Vec<Image>> {
+        let mut images = Vec::new();
+        for entry in fs_err::read_dir(self.root.join("refs"))? {
+            let path = entry?.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let img: Image = serde_json::from_slice(&fs_err::read(&path)?)
+                .map_err(|e| NodeError::json(&path, e))?;
+            if img
+                .layers
+                .iter()
+                .all(|l| self.layer_dir(&l.digest).is_dir())
+            {
+                images.push(img);
+            }
+        }
+        images.sort_by(|a, b| a.reference.cmp(&b.reference));
+        Ok(images)
+    }
+
     /// Layer directories for an overlay `lowerdir`, topmost first.
     pub fn lower_dirs(&self, img: &Image) -> Vec<PathBuf> {
         img.layers

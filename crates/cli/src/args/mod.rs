@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod controller;
+mod image;
 pub(crate) use controller::ControllerArgs;
+pub(crate) use image::{ImageArgs, ImageCommand};
 
 /// Isolated, stateful sandboxes for AI agents, managed with the agent-sandbox resource model.
 #[derive(Debug, Parser)]
@@ -53,6 +55,8 @@ pub(crate) enum Command {
     Router(RouterArgs),
     /// Run the in-sandbox runtime (files, processes, code).
     Sandboxd(agent_sandbox_sandboxd::Config),
+    /// Import and list the embedded node's images.
+    Image(ImageArgs),
     /// Print the kubeconfig of the embedded API server.
     Kubeconfig,
     /// Print the CustomResourceDefinitions, or write or check them in a directory.

@@ -2,6 +2,7 @@
 
 mod controller;
 mod crd;
+mod image;
 mod manifests;
 mod router;
 mod up;
@@ -19,6 +20,7 @@ pub(crate) fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Version => version::version(),
         Command::Up(args) => up::up(&args),
         Command::Controller(args) => controller::controller(&args),
+        Command::Image(args) => image::image(&args),
         Command::Router(args) => router::router(&args),
         Command::Sandboxd(config) => router::sandboxd(config),
         other => not_yet_available(&other),
@@ -29,7 +31,7 @@ pub(crate) fn run(command: Command) -> anyhow::Result<ExitCode> {
 fn not_yet_available(command: &Command) -> anyhow::Result<ExitCode> {
     let verb = format!("{command:?}").to_lowercase();
     anyhow::bail!(
-        "`agent-sandbox {verb}` is not yet available in this build; available now: up, router, sandboxd, crd, validate, convert, version"
+        "`agent-sandbox {verb}` is not yet available in this build; available now: up, controller, router, sandboxd, image, crd, validate, convert, version"
     )
 }
 
