@@ -10,20 +10,27 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "error: run as root (the node agent needs namespaces, mounts and cgroups)" >&2
   exit 1
 fi
-if ! command -v cargo >/dev/null; then
-  echo "error: cargo is not installed; install a Rust toolchain (https://rustup.rs) and re-run" >&2
-  exit 1
-fi
-
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends gcc pkg-config ca-certificates \
-  runc crun runsc containernetworking-plugins iproute2 busybox-static >/dev/null
+# The OCI runtimes and CNI plugins the node agent drives; busybox and Debian's python3 for the
+# example image; kubectl's absence is tolerated (the CLI covers the example).
+apt-get install -y -qq --no-install-recommends gcc libc6-dev pkg-config ca-certificates curl \
+  runc crun runsc containernetworking-plugins iproute2 nftables busybox-static python3 >/dev/null
+
+if ! command -v cargo >/dev/null; then
+  [ -f "$HOME/.cargo/env" ] || curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+  # shellcheck disable=SC1091
+  . "$HOME/.cargo/env"
+fi
 
 cargo build --release -p agent-sandbox
 bin=$PWD/target/release/agent-sandbox
 data=${AGENT_SANDBOX_DATA_DIR:-/var/lib/agent-sandbox}
 export KUBECONFIG=$data/kubeconfig
+
+echo "== building the example image from Debian packages and loading it into the node"
+python3 examples/image/build.py --sandboxd "$bin" --out "$data/images/python"
+"$bin" image import "$data/images/python" --as localhost/agent-sandbox/python:latest --data-dir "$data"
 
 echo "== validating the example manifests offline"
 "$bin" validate -f examples/manifests/sandbox.yaml -f examples/manifests/template.yaml \

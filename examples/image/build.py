@@ -307,7 +307,7 @@ def build(sandboxd: str, out: str, tag: str) -> str:
         "architecture": "amd64",
         "os": "linux",
         "config": {
-            "Entrypoint": ["/usr/local/bin/sandboxd"],
+            "Entrypoint": ["/usr/local/bin/sandboxd", "--root-dir", "/", "--work-dir", "/workspace"],
             "Env": [
                 "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                 "HOME=/root",

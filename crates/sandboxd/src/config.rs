@@ -28,6 +28,12 @@ pub struct Config {
     /// missing.
     #[arg(long, default_value = "/workspace")]
     pub root_dir: PathBuf,
+    /// Working directory beneath the root (created if missing): relative paths and processes
+    /// without a cwd start here, while absolute paths name what they say under the root. The
+    /// default is the root itself, as upstream. Sandbox images use `--root-dir / --work-dir
+    /// /workspace`.
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
     /// Only environment variables with this prefix are exposed on `GET /v1/metadata`.
     #[arg(long, default_value = "SANDBOX_")]
     pub metadata_env_prefix: String,

@@ -94,6 +94,8 @@ pub struct Root {
     fd: OwnedFd,
     real: PathBuf,
     configured: PathBuf,
+    /// The working directory, as components beneath the root: relative paths start here.
+    work: Vec<OsString>,
 }
 
 impl Root {
@@ -114,7 +116,29 @@ impl Root {
             fd,
             real,
             configured,
+            work: Vec::new(),
         })
+    }
+
+    /// Opens the root with a working directory beneath it (created if missing): relative paths
+    /// and default working directories start there, absolute paths at the root.
+    pub fn open_with_work_dir(dir: &Path, work_dir: &Path) -> Result<Root, std::io::Error> {
+        let mut root = Root::open(dir)?;
+        let work = root.lex(&work_dir.to_string_lossy()).map_err(|e| {
+            std::io::Error::other(format!(
+                "working directory {}: {e}; it must lie beneath the root {}",
+                work_dir.display(),
+                dir.display()
+            ))
+        })?;
+        fs_err::create_dir_all(root.real.join(work.iter().collect::<PathBuf>()))?;
+        root.work = work;
+        Ok(root)
+    }
+
+    /// Absolute path of the working directory (the root unless `--work-dir` says otherwise).
+    pub fn work_path(&self) -> PathBuf {
+        self.host_path(&self.work.iter().collect::<PathBuf>())
     }
 
     /// The root's real (symlink-free) absolute path.
@@ -141,8 +165,12 @@ impl Root {
     /// relative to the root, and a relative path whose `..` climbs above the root is refused.
     pub fn lex(&self, user: &str) -> Result<Vec<OsString>, ConfineError> {
         let path = Path::new(user);
-        let mut comps: Vec<OsString> = Vec::new();
         let absolute = path.is_absolute();
+        let mut comps: Vec<OsString> = if absolute {
+            Vec::new()
+        } else {
+            self.work.clone()
+        };
         for c in path.components() {
             match c {
                 Component::RootDir | Component::Prefix(_) | Component::CurDir => {}
@@ -177,13 +205,13 @@ impl Root {
     }
 
     /// Like [`Root::lex`], but the legacy python-runtime way: leading slashes are stripped first,
-    /// so every path is relative to the root.
+    /// so every path is relative to the working directory.
     pub fn lex_relative(&self, user: &str) -> Result<Vec<OsString>, ConfineError> {
         self.lex_relative_inner(user.trim_start_matches('/'), user)
     }
 
     fn lex_relative_inner(&self, rel: &str, user: &str) -> Result<Vec<OsString>, ConfineError> {
-        let mut comps: Vec<OsString> = Vec::new();
+        let mut comps: Vec<OsString> = self.work.clone();
         for c in Path::new(rel).components() {
             match c {
                 Component::RootDir | Component::Prefix(_) | Component::CurDir => {}
@@ -395,6 +423,26 @@ pub fn display(comps: &[OsString]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relative_paths_start_at_the_work_dir() {
+        let (dir, _) = tmp_root("work");
+        let root = Root::open_with_work_dir(&dir.join("root"), Path::new("ws")).unwrap();
+        assert!(dir.join("root/ws").is_dir(), "the work dir is created");
+        assert_eq!(root.work_path(), root.real_path().join("ws"));
+        let os = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(root.lex("a").unwrap(), os(&["ws", "a"]));
+        assert_eq!(
+            root.lex("/a").unwrap(),
+            os(&["a"]),
+            "absolute means absolute"
+        );
+        assert_eq!(root.lex("../a").unwrap(), os(&["a"]));
+        assert!(matches!(root.lex("../../a"), Err(ConfineError::Escape(_))));
+        assert_eq!(root.lex_relative("/a").unwrap(), os(&["ws", "a"]));
+        assert!(Root::open_with_work_dir(&dir.join("root"), Path::new("../out")).is_err());
+        fs_err::remove_dir_all(dir).unwrap();
+    }
 
     fn tmp_root(tag: &str) -> (PathBuf, Root) {
         let dir =

@@ -41,13 +41,13 @@ pub(crate) fn spawn_status(e: SpawnError) -> Status {
     }
 }
 
-/// Confines a requested working directory; the default is the root.
+/// Confines a requested working directory; the default is the working directory.
 pub(crate) fn resolve_cwd(
     app: &App,
     cwd: Option<&str>,
 ) -> Result<std::path::PathBuf, ConfineError> {
     let Some(cwd) = cwd.filter(|c| !c.is_empty()) else {
-        return Ok(app.root.real_path().to_path_buf());
+        return Ok(app.root.work_path());
     };
     let walked = app.root.resolve(cwd, true, false)?;
     if let Walked::Entry { stat: None, .. } = walked {

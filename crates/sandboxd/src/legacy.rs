@@ -201,7 +201,7 @@ pub(crate) async fn execute(State(app): State<Arc<App>>, body: axum::body::Bytes
     }
     let spec = SpawnSpec {
         argv: args.clone(),
-        cwd: app.root.real_path().to_path_buf(),
+        cwd: app.root.work_path(),
         ..SpawnSpec::default()
     };
     let child = match app.sup.spawn(spec) {
@@ -479,7 +479,7 @@ pub(crate) async fn upload(State(app): State<Arc<App>>, request: Request) -> Res
             if comps.is_empty() {
                 return Err(crate::error::ApiError::invalid(format!(
                     "[Errno 21] Is a directory: {}",
-                    py_repr(&a.root.real_path().to_string_lossy())
+                    py_repr(&a.root.work_path().to_string_lossy())
                 )));
             }
             let walked = a

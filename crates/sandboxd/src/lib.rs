@@ -103,7 +103,11 @@ impl Server {
                 config.legacy_port
             )));
         }
-        let root = confine::Root::open(&config.root_dir).map_err(|source| ServeError::Root {
+        let root = match &config.work_dir {
+            Some(work) => confine::Root::open_with_work_dir(&config.root_dir, work),
+            None => confine::Root::open(&config.root_dir),
+        }
+        .map_err(|source| ServeError::Root {
             path: config.root_dir.display().to_string(),
             source,
         })?;
@@ -202,7 +206,7 @@ impl Server {
         } else {
             let spec = process::SpawnSpec {
                 argv: app.config.command.clone(),
-                cwd: app.root.real_path().to_path_buf(),
+                cwd: app.root.work_path(),
                 inherit_stdio: true,
                 ..process::SpawnSpec::default()
             };
