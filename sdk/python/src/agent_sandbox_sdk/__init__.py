@@ -1,0 +1,106 @@
+"""agent-sandbox SDK: claim sandboxes from warm pools and run commands, code, terminals and file
+transfers in them. Same shape as upstream's ``k8s_agent_sandbox``: porting is a changed import.
+
+    from agent_sandbox_sdk import SandboxClient
+
+    with SandboxClient() as client:
+        sandbox = client.create_sandbox(warmpool="python-pool")
+        print(sandbox.commands.run("echo hello").stdout)
+"""
+
+from .async_client import AsyncProcess, AsyncPtySession, AsyncSandbox, AsyncSandboxClient
+from .client import SandboxClient
+from .exceptions import (
+    CommandTimeoutError,
+    SandboxClaimFailedError,
+    SandboxConfigError,
+    SandboxConnectionError,
+    SandboxError,
+    SandboxMetadataError,
+    SandboxNotFoundError,
+    SandboxNotReadyError,
+    SandboxPortForwardError,
+    SandboxRequestError,
+    SandboxTemplateNotFoundError,
+    SandboxTimeoutError,
+    SandboxWarmPoolNotFoundError,
+    SnapshotNotFoundError,
+)
+from .models import (
+    CodeContext,
+    CodeError,
+    CodeOutput,
+    CodeResult,
+    ExecutionResult,
+    FileEntry,
+    FileInfo,
+    ProcessInfo,
+    SandboxClusterConnectionConfig,
+    SandboxConnectionConfig,
+    SandboxDirectConnectionConfig,
+    SandboxEmbeddedConnectionConfig,
+    SandboxGatewayConnectionConfig,
+    SandboxInClusterConnectionConfig,
+    SandboxLocalTunnelConnectionConfig,
+    SandboxTracerConfig,
+    TransferSummary,
+)
+from .sandbox import (
+    Code,
+    Commands,
+    Files,
+    Process,
+    Pty,
+    PtySession,
+    Sandbox,
+    SandboxPathError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncProcess",
+    "AsyncPtySession",
+    "AsyncSandbox",
+    "AsyncSandboxClient",
+    "Code",
+    "CodeContext",
+    "CodeError",
+    "CodeOutput",
+    "CodeResult",
+    "CommandTimeoutError",
+    "Commands",
+    "ExecutionResult",
+    "FileEntry",
+    "FileInfo",
+    "Files",
+    "Process",
+    "ProcessInfo",
+    "Pty",
+    "PtySession",
+    "Sandbox",
+    "SandboxClaimFailedError",
+    "SandboxClient",
+    "SandboxClusterConnectionConfig",
+    "SandboxConfigError",
+    "SandboxConnectionConfig",
+    "SandboxConnectionError",
+    "SandboxDirectConnectionConfig",
+    "SandboxEmbeddedConnectionConfig",
+    "SandboxError",
+    "SandboxGatewayConnectionConfig",
+    "SandboxInClusterConnectionConfig",
+    "SandboxLocalTunnelConnectionConfig",
+    "SandboxMetadataError",
+    "SandboxNotFoundError",
+    "SandboxNotReadyError",
+    "SandboxPathError",
+    "SandboxPortForwardError",
+    "SandboxRequestError",
+    "SandboxTemplateNotFoundError",
+    "SandboxTimeoutError",
+    "SandboxTracerConfig",
+    "SandboxWarmPoolNotFoundError",
+    "SnapshotNotFoundError",
+    "TransferSummary",
+]

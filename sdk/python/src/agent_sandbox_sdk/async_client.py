@@ -1,0 +1,381 @@
+"""``AsyncSandboxClient`` and ``AsyncSandbox``: the same surface as the synchronous client, as
+coroutines. The blocking work runs in worker threads (``asyncio.to_thread``); cancelling
+``commands.run`` drops its connection, which kills the command in the sandbox. Output callbacks
+are called from a worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping
+from typing import Any, Callable, Optional, Union
+
+from .client import SandboxClient
+from .exceptions import CommandTimeoutError
+from .models import (
+    CodeContext,
+    CodeResult,
+    ExecutionResult,
+    FileEntry,
+    FileInfo,
+    ProcessInfo,
+    SandboxConnectionConfig,
+    SandboxTracerConfig,
+    TransferSummary,
+)
+from .sandbox import Command, OutputCallback, Process, PtySession, Sandbox
+
+
+class AsyncProcess:
+    """A background command (``await sandbox.commands.start(...)``)."""
+
+    def __init__(self, proc: Process) -> None:
+        self.sync = proc
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.sync.pid
+
+    @property
+    def process_id(self) -> Optional[int]:
+        return self.sync.process_id
+
+    @property
+    def stdout(self) -> str:
+        return self.sync.stdout
+
+    @property
+    def stderr(self) -> str:
+        return self.sync.stderr
+
+    def is_running(self) -> bool:
+        return self.sync.is_running()
+
+    async def wait(self, timeout: Optional[float] = None) -> ExecutionResult:
+        return await asyncio.to_thread(self.sync.wait, timeout)
+
+    async def kill(self, signal: Union[str, int] = "SIGKILL") -> None:
+        await asyncio.to_thread(self.sync.kill, signal)
+
+
+class AsyncCommands:
+    def __init__(self, sb: Sandbox) -> None:
+        self._sb = sb
+
+    async def run(self, command: Command, timeout: Optional[float] = 60, *,
+                  env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None,
+                  stdin: Optional[Union[str, bytes]] = None,
+                  on_stdout: Optional[OutputCallback] = None,
+                  on_stderr: Optional[OutputCallback] = None,
+                  max_output_bytes: Optional[int] = None) -> ExecutionResult:
+        proc = await asyncio.to_thread(
+            self._sb.commands.start, command, env=env, cwd=cwd, stdin=stdin,
+            on_stdout=on_stdout, on_stderr=on_stderr, timeout=timeout,
+            max_output_bytes=max_output_bytes)
+        try:
+            return await asyncio.to_thread(proc.wait)
+        except CommandTimeoutError as e:
+            raise CommandTimeoutError(
+                f"{command!r} did not finish within {timeout} s and was killed; pass a larger "
+                "timeout=", e.result) from None
+        except asyncio.CancelledError:
+            proc.close()
+            raise
+
+    async def start(self, command: Command, **kwargs: Any) -> AsyncProcess:
+        return AsyncProcess(await asyncio.to_thread(self._sb.commands.start, command, **kwargs))
+
+    async def list(self) -> list[ProcessInfo]:
+        return await asyncio.to_thread(self._sb.commands.list)
+
+    async def kill(self, process_id: int, signal: Union[str, int] = "SIGKILL") -> None:
+        await asyncio.to_thread(self._sb.commands.kill, process_id, signal)
+
+
+class AsyncFiles:
+    def __init__(self, sb: Sandbox) -> None:
+        self._sb = sb
+
+    async def write(self, path: str, content: Union[bytes, str], timeout: float = 60,
+                    **kwargs: Any) -> None:
+        await asyncio.to_thread(self._sb.files.write, path, content, timeout, **kwargs)
+
+    async def read(self, path: str, timeout: float = 60, **kwargs: Any) -> bytes:
+        return await asyncio.to_thread(self._sb.files.read, path, timeout, **kwargs)
+
+    async def list(self, path: str = ".", timeout: float = 60) -> list[FileEntry]:
+        return await asyncio.to_thread(self._sb.files.list, path, timeout)
+
+    async def exists(self, path: str, timeout: float = 60) -> bool:
+        return await asyncio.to_thread(self._sb.files.exists, path, timeout)
+
+    async def delete(self, path: str, recursive: bool = False, timeout: float = 60) -> None:
+        await asyncio.to_thread(self._sb.files.delete, path, recursive, timeout)
+
+    async def stat(self, path: str, timeout: float = 60) -> FileInfo:
+        return await asyncio.to_thread(self._sb.files.stat, path, timeout)
+
+    async def mkdir(self, path: str, parents: bool = True, mode: Optional[str] = None) -> None:
+        await asyncio.to_thread(self._sb.files.mkdir, path, parents, mode)
+
+    async def move(self, source: str, destination: str, overwrite: bool = False) -> None:
+        await asyncio.to_thread(self._sb.files.move, source, destination, overwrite)
+
+    async def upload_dir(self, local_dir: Union[str, os.PathLike[str]], remote_dir: str = ".",
+                         timeout: float = 300) -> TransferSummary:
+        return await asyncio.to_thread(self._sb.files.upload_dir, local_dir, remote_dir, timeout)
+
+    async def download_dir(self, remote_dir: str, local_dir: Union[str, os.PathLike[str]],
+                           timeout: float = 300) -> None:
+        await asyncio.to_thread(self._sb.files.download_dir, remote_dir, local_dir, timeout)
+
+
+class AsyncCode:
+    def __init__(self, sb: Sandbox) -> None:
+        self._sb = sb
+
+    async def run(self, code: str, language: str = "python", context: Optional[str] = None,
+                  timeout: Optional[float] = 60, **kwargs: Any) -> CodeResult:
+        return await asyncio.to_thread(self._sb.code.run, code, language, context, timeout,
+                                       **kwargs)
+
+    async def create_context(self, language: str = "python", id: Optional[str] = None,
+                             **kwargs: Any) -> CodeContext:
+        return await asyncio.to_thread(self._sb.code.create_context, language, id, **kwargs)
+
+    async def list_contexts(self) -> list[CodeContext]:
+        return await asyncio.to_thread(self._sb.code.list_contexts)
+
+    async def delete_context(self, context: str) -> None:
+        await asyncio.to_thread(self._sb.code.delete_context, context)
+
+    async def interrupt(self, context: str) -> None:
+        await asyncio.to_thread(self._sb.code.interrupt, context)
+
+    async def restart(self, context: str) -> None:
+        await asyncio.to_thread(self._sb.code.restart, context)
+
+
+class AsyncPtySession:
+    def __init__(self, s: PtySession) -> None:
+        self.sync = s
+
+    @property
+    def exit_code(self) -> Optional[int]:
+        return self.sync.exit_code
+
+    async def write(self, data: Union[str, bytes]) -> None:
+        await asyncio.to_thread(self.sync.write, data)
+
+    async def resize(self, cols: int, rows: int) -> None:
+        await asyncio.to_thread(self.sync.resize, cols, rows)
+
+    async def send_signal(self, signal: Union[str, int] = "SIGINT") -> None:
+        await asyncio.to_thread(self.sync.send_signal, signal)
+
+    async def read(self, timeout: float = 1.0) -> bytes:
+        return await asyncio.to_thread(self.sync.read, timeout)
+
+    async def read_until(self, expected: Union[str, bytes], timeout: float = 30.0) -> bytes:
+        return await asyncio.to_thread(self.sync.read_until, expected, timeout)
+
+    async def wait(self, timeout: float = 30.0) -> Optional[int]:
+        return await asyncio.to_thread(self.sync.wait, timeout)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.sync.close)
+
+    async def __aenter__(self) -> AsyncPtySession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class AsyncPty:
+    def __init__(self, sb: Sandbox) -> None:
+        self._sb = sb
+
+    async def create(self, command: Optional[str] = None, *, cols: int = 80, rows: int = 24,
+                     cwd: Optional[str] = None,
+                     on_data: Optional[Callable[[bytes], Any]] = None) -> AsyncPtySession:
+        s = await asyncio.to_thread(self._sb.pty.create, command, cols=cols, rows=rows, cwd=cwd,
+                                    on_data=on_data)
+        return AsyncPtySession(s)
+
+    open = create
+
+
+class AsyncSandbox:
+    """The coroutine twin of :class:`~agent_sandbox_sdk.Sandbox`; ``.sync`` is the underlying
+    synchronous handle."""
+
+    def __init__(self, sb: Sandbox) -> None:
+        self.sync = sb
+        self.commands = AsyncCommands(sb)
+        self.files = AsyncFiles(sb)
+        self.code = AsyncCode(sb)
+        self.pty = AsyncPty(sb)
+
+    def __repr__(self) -> str:
+        return f"Async{self.sync!r}"
+
+    @property
+    def claim_name(self) -> Optional[str]:
+        return self.sync.claim_name
+
+    @property
+    def sandbox_id(self) -> str:
+        return self.sync.sandbox_id
+
+    @property
+    def namespace(self) -> str:
+        return self.sync.namespace
+
+    @property
+    def is_active(self) -> bool:
+        return self.sync.is_active
+
+    def get_pod_ip(self) -> Optional[str]:
+        return self.sync.get_pod_ip()
+
+    async def get_pod_name(self) -> str:
+        return await asyncio.to_thread(self.sync.get_pod_name)
+
+    async def run_code(self, code: str, language: str = "python", context: Optional[str] = None,
+                       timeout: Optional[float] = 60, **kwargs: Any) -> CodeResult:
+        return await self.code.run(code, language, context, timeout, **kwargs)
+
+    async def status(self) -> tuple[str, str]:
+        return await asyncio.to_thread(self.sync.status)
+
+    async def is_suspended(self) -> bool:
+        return await asyncio.to_thread(self.sync.is_suspended)
+
+    async def suspend(self, wait: bool = True, timeout: float = 120) -> None:
+        await asyncio.to_thread(self.sync.suspend, wait, timeout)
+
+    async def resume(self, wait: bool = True, timeout: float = 180) -> None:
+        await asyncio.to_thread(self.sync.resume, wait, timeout)
+
+    async def close_connection(self) -> None:
+        self.sync.close_connection()
+
+    async def terminate(self) -> None:
+        await asyncio.to_thread(self.sync.terminate)
+
+    async def __aenter__(self) -> AsyncSandbox:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.terminate()
+
+
+class AsyncSandboxClient:
+    """The coroutine twin of :class:`~agent_sandbox_sdk.SandboxClient`. ``async with`` deletes
+    the sandboxes it created on exit (as upstream, ``cleanup`` defaults to True: also at program
+    exit)."""
+
+    def __init__(self, connection_config: Optional[SandboxConnectionConfig] = None,
+                 tracer_config: Optional[SandboxTracerConfig] = None,
+                 cleanup: bool = True) -> None:
+        self.sync: SandboxClient[Sandbox] = SandboxClient(connection_config, tracer_config,
+                                                          cleanup)
+        self._handles: dict[tuple[str, str], AsyncSandbox] = {}
+
+    def _wrap(self, sb: Sandbox) -> AsyncSandbox:
+        key = (sb.namespace, sb.claim_name or "")
+        h = self._handles.get(key)
+        if h is None or h.sync is not sb:
+            h = AsyncSandbox(sb)
+            self._handles[key] = h
+        return h
+
+    async def create_sandbox(self, warmpool: Optional[str] = None, namespace: str = "default",
+                             sandbox_ready_timeout: float = 180,
+                             labels: Optional[Mapping[str, str]] = None,
+                             **kwargs: Any) -> AsyncSandbox:
+        task = asyncio.ensure_future(asyncio.to_thread(
+            self.sync.create_sandbox, warmpool, namespace, sandbox_ready_timeout, labels,
+            **kwargs))
+        try:
+            sb = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # The claim is being made in a thread: let it finish, then delete it.
+            def cleanup(t: asyncio.Future[Sandbox]) -> None:
+                if not t.cancelled() and t.exception() is None:
+                    asyncio.ensure_future(asyncio.to_thread(t.result().terminate))
+            task.add_done_callback(cleanup)
+            raise
+        return self._wrap(sb)
+
+    async def get_sandbox(self, claim_name: str, namespace: str = "default",
+                          resolve_timeout: float = 30,
+                          warmpool_name: Optional[str] = None) -> AsyncSandbox:
+        if warmpool_name is not None:
+            actual = await asyncio.to_thread(self.sync.get_sandbox_claim_warmpool_name,
+                                             claim_name, namespace)
+            if actual != warmpool_name:
+                raise ValueError(f"claim {namespace}/{claim_name} is of warm pool {actual!r}, "
+                                 f"not {warmpool_name!r}")
+        sb = await asyncio.to_thread(self.sync.get_sandbox, claim_name, namespace,
+                                     resolve_timeout)
+        return self._wrap(sb)
+
+    async def list_active_sandboxes(self) -> list[tuple[str, str]]:
+        return self.sync.list_active_sandboxes()
+
+    async def list_all_sandboxes(self, namespace: str = "default",
+                                 label_selector: Optional[str] = None) -> list[str]:
+        return await asyncio.to_thread(self.sync.list_all_sandboxes, namespace, label_selector)
+
+    async def delete_sandbox(self, claim_name: str, namespace: str = "default") -> None:
+        await asyncio.to_thread(self.sync.delete_sandbox, claim_name, namespace)
+        self._handles.pop((namespace, claim_name), None)
+
+    async def delete_all(self) -> None:
+        keys = self.sync.list_active_sandboxes()
+        await asyncio.gather(*(self.delete_sandbox(n, ns) for ns, n in keys))
+
+    async def get_sandbox_claim_warmpool_name(self, claim_name: str,
+                                              namespace: str = "default") -> str:
+        return await asyncio.to_thread(self.sync.get_sandbox_claim_warmpool_name, claim_name,
+                                       namespace)
+
+    async def create_template(self, name: str, image: Optional[str] = None,
+                              namespace: str = "default", **kwargs: Any) -> dict[str, Any]:
+        return await asyncio.to_thread(self.sync.create_template, name, image, namespace,
+                                       **kwargs)
+
+    async def delete_template(self, name: str, namespace: str = "default") -> bool:
+        return await asyncio.to_thread(self.sync.delete_template, name, namespace)
+
+    async def create_warm_pool(self, name: str, template: str, replicas: int = 1,
+                               namespace: str = "default", **kwargs: Any) -> dict[str, Any]:
+        return await asyncio.to_thread(self.sync.create_warm_pool, name, template, replicas,
+                                       namespace, **kwargs)
+
+    async def wait_for_warm_pool(self, name: str, namespace: str = "default",
+                                 **kwargs: Any) -> dict[str, Any]:
+        return await asyncio.to_thread(self.sync.wait_for_warm_pool, name, namespace, **kwargs)
+
+    async def scale_warm_pool(self, name: str, replicas: int, namespace: str = "default") -> None:
+        await asyncio.to_thread(self.sync.scale_warm_pool, name, replicas, namespace)
+
+    async def delete_warm_pool(self, name: str, namespace: str = "default") -> bool:
+        return await asyncio.to_thread(self.sync.delete_warm_pool, name, namespace)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.sync.close)
+
+    async def __aenter__(self) -> AsyncSandboxClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            await self.delete_all()
+        finally:
+            await self.close()
+
+
+__all__ = ["AsyncSandbox", "AsyncSandboxClient", "AsyncProcess", "AsyncPtySession"]

@@ -1,0 +1,105 @@
+"""Exceptions: upstream ``k8s_agent_sandbox``'s hierarchy and names, plus a few of our own.
+
+Every exception derives from :class:`SandboxError` (a ``RuntimeError``), so one ``except``
+catches all of them. Timeouts also derive from the builtin ``TimeoutError``, which upstream
+raises, so ``except TimeoutError`` keeps working after a port.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SandboxError(RuntimeError):
+    """Base class of every error this package raises."""
+
+
+class SandboxNotReadyError(SandboxError):
+    """The sandbox exists but is not ready (suspended, its Pod gone, or not yet started)."""
+
+
+class SandboxNotFoundError(SandboxError):
+    """The claim or the Sandbox does not exist (any more)."""
+
+
+class SnapshotNotFoundError(SandboxError):
+    """Kept for upstream compatibility; this package takes no snapshots."""
+
+
+class SandboxTemplateNotFoundError(SandboxError):
+    """The SandboxTemplate a claim or pool points at does not exist."""
+
+
+class SandboxWarmPoolNotFoundError(SandboxError):
+    """The SandboxWarmPool named by a claim does not exist."""
+
+
+class SandboxPortForwardError(SandboxError):
+    """Kept for upstream compatibility: a port-forward tunnel could not be established."""
+
+
+class SandboxMetadataError(SandboxError):
+    """A claim or Sandbox is malformed or was deleted while being waited for."""
+
+
+class SandboxClaimFailedError(SandboxError):
+    """The controller rejected the claim for good (invalid metadata, env or volume errors, expiry)."""
+
+
+class SandboxConfigError(SandboxError, ValueError):
+    """Configuration that cannot work: a kubeconfig that is missing or malformed, a bad URL."""
+
+
+class SandboxConnectionError(SandboxError, ConnectionError):
+    """Nothing answers where the API server, the router or the sandbox should be."""
+
+
+class SandboxTimeoutError(SandboxError, TimeoutError):
+    """Something did not happen within the time asked for."""
+
+
+class SandboxRequestError(SandboxError):
+    """A request answered with an error status.
+
+    ``status_code`` is the HTTP status (None when there was no response), ``code`` the error code
+    of the body (sandboxd's ``INVALID_ARGUMENT``, ``NOT_FOUND``, ...; the Kubernetes ``reason``),
+    and ``response`` the :class:`~agent_sandbox_sdk.HttpResponse` when there was one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        status_code: int | None = None,
+        response: Any = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.response = response
+        self.code = code
+
+
+class CommandTimeoutError(SandboxTimeoutError):
+    """A command ran past its timeout and was killed; ``result`` holds the output it produced."""
+
+    def __init__(self, message: str, result: Any = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+__all__ = [
+    "CommandTimeoutError",
+    "SandboxClaimFailedError",
+    "SandboxConfigError",
+    "SandboxConnectionError",
+    "SandboxError",
+    "SandboxMetadataError",
+    "SandboxNotFoundError",
+    "SandboxNotReadyError",
+    "SandboxPortForwardError",
+    "SandboxRequestError",
+    "SandboxTemplateNotFoundError",
+    "SandboxTimeoutError",
+    "SandboxWarmPoolNotFoundError",
+    "SnapshotNotFoundError",
+]
