@@ -726,10 +726,6 @@ impl App {
                 om.get("generation").cloned().unwrap_or(json!(1)),
             );
         }
-        if !spec_equal(&new, &old_ext) {
-            let g = meta(&old_ext)["generation"].as_i64().unwrap_or(1);
-            meta_mut(&mut new).insert("generation".into(), json!(g + 1));
-        }
         self.decode_core(t, &mut new, req)?;
         if t.rd.special == Special::Crd {
             // The served CRDs are built in: only metadata (labels, annotations) may change.
@@ -780,6 +776,12 @@ impl App {
             }
         }
         self.admit_custom(t, &mut new, Some(&old_ext), req)?;
+        // Compared after defaulting, so that re-sending an object without its defaults is no
+        // change.
+        if !spec_equal(&new, &old_ext) {
+            let g = meta(&old_ext)["generation"].as_i64().unwrap_or(1);
+            meta_mut(&mut new).insert("generation".into(), json!(g + 1));
+        }
         let mut stored = self.to_storage(&t.rd, &t.version, new)?;
         meta_mut(&mut stored).insert("resourceVersion".into(), json!(old.rv.to_string()));
         if stored == *old.obj {

@@ -7,8 +7,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod controller;
 mod image;
+mod sandbox;
 pub(crate) use controller::ControllerArgs;
 pub(crate) use image::{ImageArgs, ImageCommand};
+pub(crate) use sandbox::{
+    ApplyArgs, ClaimArgs, ConnectArgs, CpArgs, DeleteArgs, ExecArgs, GetArgs, Kind, LogsArgs,
+    LsArgs, Output, TargetArgs,
+};
 
 /// Isolated, stateful sandboxes for AI agents, managed with the agent-sandbox resource model.
 #[derive(Debug, Parser)]
@@ -57,34 +62,32 @@ pub(crate) enum Command {
     Sandboxd(agent_sandbox_sandboxd::Config),
     /// Import and list the embedded node's images.
     Image(ImageArgs),
-    /// Print the kubeconfig of the embedded API server.
-    Kubeconfig,
     /// Print the CustomResourceDefinitions, or write or check them in a directory.
     Crd(CrdArgs),
     /// Validate manifests offline, as the API server would admit them.
     Validate(FileArgs),
     /// Convert manifests between v1alpha1 and v1beta1.
     Convert(ConvertArgs),
-    /// Create a Sandbox.
-    Create,
-    /// Claim a Sandbox from a warm pool.
-    Claim,
-    /// Run a command in a Sandbox.
-    Exec,
-    /// Copy files to or from a Sandbox.
-    Cp,
-    /// List files in a Sandbox.
-    Ls,
-    /// Suspend a Sandbox (its Pod is deleted, its volumes kept).
-    Suspend,
-    /// Resume a suspended Sandbox.
-    Resume,
-    /// Delete a Sandbox or claim.
-    Delete,
-    /// Print the logs of a Sandbox.
-    Logs,
-    /// List or show Sandboxes, claims, templates and pools.
-    Get,
+    /// Create or update the objects of manifest files (templates, pools, sandboxes, ...).
+    Apply(ApplyArgs),
+    /// Claim a sandbox from a warm pool and wait until it is Ready.
+    Claim(ClaimArgs),
+    /// List or show claims, sandboxes, templates and pools.
+    Get(GetArgs),
+    /// Run a command in a sandbox; exits with its exit code.
+    Exec(ExecArgs),
+    /// Copy files or directories to or from a sandbox (`SANDBOX:PATH`).
+    Cp(CpArgs),
+    /// List a directory in a sandbox.
+    Ls(LsArgs),
+    /// Suspend a sandbox: its Pod is deleted, its volumes and Service kept.
+    Suspend(TargetArgs),
+    /// Resume a suspended sandbox and wait until it is Ready.
+    Resume(TargetArgs),
+    /// Delete claims (and their sandboxes) or sandboxes.
+    Delete(DeleteArgs),
+    /// Print a sandbox's container log.
+    Logs(LogsArgs),
     /// Run the benchmark suite.
     Bench,
     /// Print version information.
@@ -159,6 +162,10 @@ pub(crate) struct UpArgs {
     /// Subnet for sandbox pod IPs (must not overlap the host's routes).
     #[arg(long, default_value = "10.88.0.0/16")]
     pub(crate) pod_subnet: String,
+    /// Linux bridge of the sandbox network (at most 15 bytes); give each instance on a host
+    /// its own bridge and subnet.
+    #[arg(long, default_value = "asbx0")]
+    pub(crate) bridge: String,
     /// Run no node agent (API server, controllers and router only).
     #[arg(long)]
     pub(crate) no_node: bool,

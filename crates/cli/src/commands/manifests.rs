@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::args::{ConvertArgs, FileArgs};
 
-fn read(path: &Path) -> anyhow::Result<String> {
+pub(super) fn read(path: &Path) -> anyhow::Result<String> {
     if path == Path::new("-") {
         let mut text = String::new();
         std::io::stdin()

@@ -1,10 +1,13 @@
 //! One module per verb; [`run`] dispatches.
 
+mod connect;
 mod controller;
 mod crd;
+mod data_plane;
 mod image;
 mod manifests;
 mod router;
+mod sandboxes;
 mod up;
 mod version;
 
@@ -23,6 +26,16 @@ pub(crate) fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Image(args) => image::image(&args),
         Command::Router(args) => router::router(&args),
         Command::Sandboxd(config) => router::sandboxd(config),
+        Command::Apply(args) => block_on(sandboxes::apply(&args)),
+        Command::Claim(args) => block_on(sandboxes::claim(&args)),
+        Command::Get(args) => block_on(sandboxes::get(&args)),
+        Command::Delete(args) => block_on(sandboxes::delete(&args)),
+        Command::Suspend(args) => block_on(sandboxes::suspend(&args)),
+        Command::Resume(args) => block_on(sandboxes::resume(&args)),
+        Command::Logs(args) => block_on(sandboxes::logs(&args)),
+        Command::Exec(args) => block_on(data_plane::exec(&args)),
+        Command::Cp(args) => block_on(data_plane::cp(&args)),
+        Command::Ls(args) => block_on(data_plane::ls(&args)),
         other => not_yet_available(&other),
     }
 }
@@ -31,8 +44,20 @@ pub(crate) fn run(command: Command) -> anyhow::Result<ExitCode> {
 fn not_yet_available(command: &Command) -> anyhow::Result<ExitCode> {
     let verb = format!("{command:?}").to_lowercase();
     anyhow::bail!(
-        "`agent-sandbox {verb}` is not yet available in this build; available now: up, controller, router, sandboxd, image, crd, validate, convert, version"
+        "`agent-sandbox {verb}` is not yet available in this build; every other verb is; see `agent-sandbox --help`"
     )
+}
+
+/// Runs a short-lived verb on a single-threaded runtime.
+fn block_on(
+    verb: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
+) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(verb)
 }
 
 /// The multi-threaded async runtime the long-running verbs use.

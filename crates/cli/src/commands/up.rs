@@ -70,9 +70,17 @@ async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
     let mut node_task = None;
     if !args.no_node {
         let mut engine_config = EngineConfig::new(args.data_dir.join("node"), &args.run_dir);
+        let defaults = NetworkConfig::default();
         engine_config.network = Some(NetworkConfig {
+            // The CNI network name keys IP address leases: one per bridge.
+            name: if args.bridge == defaults.bridge {
+                defaults.name.clone()
+            } else {
+                format!("{}-{}", defaults.name, args.bridge)
+            },
+            bridge: args.bridge.clone(),
             subnet: args.pod_subnet.clone(),
-            ..NetworkConfig::default()
+            ..defaults
         });
         let engine = Arc::new(
             SandboxEngine::new(engine_config)
