@@ -1,0 +1,431 @@
+//! End to end, as a user meets it: `agent-sandbox up` with the example image built from this
+//! machine's Debian packages, the example template and warm pool, and the CLI verbs, the router
+//! and sandboxd inside real sandboxes. Needs root, an OCI runtime, the CNI plugins, busybox-static
+//! and Debian's python3 (scripts/test.sh installs them).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_agent-sandbox");
+const IMAGE: &str = "localhost/agent-sandbox/python:latest";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `agent-sandbox up` on its own data directory, ports, bridge and subnet.
+struct Up {
+    child: Child,
+    data: tempfile::TempDir,
+    _run: tempfile::TempDir,
+    router: String,
+    kubeconfig: PathBuf,
+}
+
+impl Up {
+    /// A bridge and subnet of this test's own (tests run in parallel).
+    fn start(bridge: &str, subnet: &str) -> Up {
+        let data = tempfile::tempdir().unwrap();
+        let run = tempfile::tempdir().unwrap();
+        let layout = data.path().join("image");
+        let built = Command::new("python3")
+            .arg(repo().join("examples/image/build.py"))
+            .args(["--sandboxd", BIN, "--out"])
+            .arg(&layout)
+            .output()
+            .unwrap();
+        assert!(built.status.success(), "build.py: {built:?}");
+        let imported = Command::new(BIN)
+            .args(["image", "import"])
+            .arg(&layout)
+            .args(["--as", IMAGE, "--data-dir"])
+            .arg(data.path())
+            .output()
+            .unwrap();
+        assert!(imported.status.success(), "image import: {imported:?}");
+
+        let (api, router, metrics) = (free_port(), free_port(), free_port());
+        let mut child = Command::new(BIN)
+            .arg("up")
+            .arg("--data-dir")
+            .arg(data.path())
+            .arg("--run-dir")
+            .arg(run.path())
+            .args(["--api-listen", &format!("127.0.0.1:{api}")])
+            .args(["--router-listen", &format!("127.0.0.1:{router}")])
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
+            .args(["--pod-subnet", subnet, "--bridge", bridge])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("ready;") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("up reports ready within 60 s");
+        Up {
+            child,
+            kubeconfig: data.path().join("kubeconfig"),
+            data,
+            _run: run,
+            router: format!("http://127.0.0.1:{router}"),
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("AGENT_SANDBOX_DATA_DIR", self.data.path())
+            .env_remove("KUBECONFIG")
+            .output()
+            .unwrap()
+    }
+
+    /// Runs a verb that must succeed; returns its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "agent-sandbox {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs a verb that must fail; returns its stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(!out.status.success(), "agent-sandbox {args:?} succeeded");
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    fn token(&self) -> String {
+        fs_err::read_to_string(self.data.path().join("router-token"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    fn kubectl(&self, args: &[&str]) -> String {
+        let out = Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Up {
+    /// Deletes every sandbox (stopping `up` leaves them running by design), then stops `up`.
+    fn drop(&mut self) {
+        let _ = self.kubectl(&[
+            "delete",
+            "sandboxclaims,sandboxwarmpools,sandboxtemplates,sandboxes",
+            "--all",
+            "--wait=false",
+        ]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline && !self.kubectl(&["get", "pods", "-o", "name"]).is_empty()
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = nix_kill(self.child.id());
+        let _ = self.child.wait();
+    }
+}
+
+fn nix_kill(pid: u32) -> std::io::Result<()> {
+    Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .map(|_| ())
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what} within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One HTTP/1.1 request to the router; returns the status and body.
+fn router_request(
+    up: &Up,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = up.router.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\nContent-Type: application/json\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    stream.write_all(req.as_bytes()).unwrap();
+    let mut resp = Vec::new();
+    stream.read_to_end(&mut resp).unwrap();
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status: u16 = text.split(' ').nth(1).unwrap().parse().unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+#[test]
+fn quickstart_through_cli_router_and_sandboxd() {
+    let up = Up::start("asbxe2e1", "10.91.0.0/16");
+    let manifests = repo().join("examples/manifests");
+    let template = manifests.join("template.yaml");
+    let pool = manifests.join("warmpool.yaml");
+    let (template, pool) = (template.to_str().unwrap(), pool.to_str().unwrap());
+
+    let applied = up.ok(&["apply", "-f", template, "-f", pool]);
+    assert!(
+        applied.contains("sandboxtemplate/python created"),
+        "{applied}"
+    );
+    assert!(
+        applied.contains("sandboxwarmpool/python-pool created"),
+        "{applied}"
+    );
+    let again = up.ok(&["apply", "-f", template]);
+    assert!(
+        again.contains("sandboxtemplate/python unchanged"),
+        "{again}"
+    );
+
+    wait_until("the pool is Ready", Duration::from_secs(90), || {
+        up.ok(&["get", "pools"]).contains("3/3")
+    });
+    let claim = up.ok(&["claim", "--pool", "python-pool"]).trim().to_owned();
+    assert!(claim.starts_with("python-pool-"), "{claim}");
+
+    // exec: argv, a shell line, exit codes, env, cwd, stdin.
+    let out = up.ok(&[
+        "exec",
+        &claim,
+        "--",
+        "python3",
+        "-c",
+        "import os; print(6*7, os.getcwd())",
+    ]);
+    assert_eq!(out, "42 /workspace\n");
+    let out = up.cli(&["exec", &claim, "-c", "echo out; echo err >&2; exit 3"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("err\n"));
+    let out = up.ok(&[
+        "exec",
+        &claim,
+        "-e",
+        "GREETING=hi",
+        "-w",
+        "/tmp",
+        "-c",
+        "echo $GREETING $(pwd)",
+    ]);
+    assert_eq!(out, "hi /tmp\n");
+
+    // cp and ls: relative paths land in the working directory, absolute ones mean what they say.
+    let local = tempfile::tempdir().unwrap();
+    let file = local.path().join("hello.txt");
+    fs_err::write(&file, "hello from the host\n").unwrap();
+    up.ok(&[
+        "cp",
+        file.to_str().unwrap(),
+        &format!("{claim}:notes/hello.txt"),
+    ]);
+    up.ok(&[
+        "cp",
+        file.to_str().unwrap(),
+        &format!("{claim}:/tmp/abs.txt"),
+    ]);
+    assert_eq!(
+        up.ok(&[
+            "exec",
+            &claim,
+            "--",
+            "cat",
+            "/workspace/notes/hello.txt",
+            "/tmp/abs.txt"
+        ]),
+        "hello from the host\nhello from the host\n"
+    );
+    assert_eq!(
+        up.ok(&["cp", &format!("{claim}:/tmp/abs.txt"), "-"]),
+        "hello from the host\n"
+    );
+    assert!(up.ok(&["ls", &claim]).contains("notes/"));
+    assert!(up.ok(&["ls", &claim, "notes"]).contains("hello.txt"));
+    let tree = local.path().join("tree");
+    up.ok(&["cp", &format!("{claim}:/workspace"), tree.to_str().unwrap()]);
+    assert_eq!(
+        fs_err::read_to_string(tree.join("notes/hello.txt")).unwrap(),
+        "hello from the host\n"
+    );
+    let err = up.fails(&["cp", &format!("{claim}:/nonexistent"), "-"]);
+    assert!(err.contains("404"), "{err}");
+
+    // The router with upstream's header contract, to the legacy API and run_code.
+    let token = up.token();
+    let auth = format!("Bearer {token}");
+    let (status, body) = router_request(
+        &up,
+        "POST",
+        "/execute",
+        &[
+            ("Authorization", &auth),
+            ("X-Sandbox-ID", &claim_sandbox(&up, &claim)),
+        ],
+        r#"{"command": "python3 -c 'print(1+1)'"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""stdout":"2\n""#), "{body}");
+    let (status, body) = router_request(&up, "POST", "/execute", &[("X-Sandbox-ID", "x")], "{}");
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = router_request(&up, "POST", "/execute", &[("Authorization", &auth)], "{}");
+    assert_eq!(
+        (status, body.as_str()),
+        (400, r#"{"detail":"X-Sandbox-ID header is required."}"#)
+    );
+    let sandbox = claim_sandbox(&up, &claim);
+    let code = |src: &str| {
+        router_request(
+            &up,
+            "POST",
+            "/v2/code/run",
+            &[("Authorization", &auth), ("X-Sandbox-ID", &sandbox)],
+            &serde_json::json!({"code": src, "language": "python"}).to_string(),
+        )
+    };
+    assert_eq!(code("x = 20").0, 200);
+    let (status, body) = code("x + 22");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains(r#""text":"42""#),
+        "state persists between cells: {body}"
+    );
+
+    assert!(up.ok(&["logs", &claim]).contains("sandboxd listening"));
+
+    // Bad input: clear errors, nothing created.
+    let err = up.fails(&["claim", "--pool", "nope"]);
+    assert!(
+        err.contains("no warm pool default/nope; pools in this namespace: python-pool"),
+        "{err}"
+    );
+    let err = up.fails(&["exec", "nothing", "--", "true"]);
+    assert!(err.contains("no claim or sandbox named nothing"), "{err}");
+    let warm = up.ok(&["get", "sandboxes"]);
+    let member = warm
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.strip_prefix("sandbox/"))
+        .find(|n| *n != sandbox)
+        .unwrap()
+        .to_owned();
+    let err = up.fails(&["ls", &member]);
+    assert!(err.contains("no claim has adopted"), "{err}");
+
+    // Deleting the claim deletes its sandbox; the pool refills.
+    up.ok(&["delete", &claim]);
+    assert!(!up.ok(&["get", "sandboxes"]).contains(&sandbox));
+    wait_until("the pool refills", Duration::from_secs(90), || {
+        up.ok(&["get", "pools"]).contains("3/3")
+    });
+}
+
+/// The sandbox a claim was given.
+fn claim_sandbox(up: &Up, claim: &str) -> String {
+    let out = up.ok(&["get", "claims", claim, "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["status"]["sandbox"]["name"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn suspend_and_resume_keep_the_volume() {
+    let up = Up::start("asbxe2e2", "10.92.0.0/16");
+    let sandbox = repo().join("examples/manifests/sandbox.yaml");
+    up.ok(&["apply", "-f", sandbox.to_str().unwrap()]);
+    wait_until("my-sandbox is Ready", Duration::from_secs(90), || {
+        up.ok(&["get", "sandboxes", "my-sandbox"]).contains("True")
+    });
+    up.ok(&[
+        "exec",
+        "my-sandbox",
+        "-c",
+        "echo kept > /workspace/state.txt; echo lost > /tmp/scratch.txt",
+    ]);
+    let started = Instant::now();
+    up.ok(&["suspend", "my-sandbox"]);
+    let listing = up.ok(&["get", "sandboxes", "my-sandbox"]);
+    assert!(listing.contains("Suspended"), "{listing}");
+    let err = up.fails(&["exec", "my-sandbox", "--", "true"]);
+    assert!(
+        err.contains("is suspended; resume it with `agent-sandbox resume my-sandbox`"),
+        "{err}"
+    );
+    up.ok(&["resume", "my-sandbox"]);
+    eprintln!("suspend + resume took {:?}", started.elapsed());
+    assert_eq!(
+        up.ok(&["exec", "my-sandbox", "--", "cat", "/workspace/state.txt"]),
+        "kept\n"
+    );
+    let out = up.cli(&["exec", "my-sandbox", "--", "cat", "/tmp/scratch.txt"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the root filesystem starts afresh"
+    );
+    up.ok(&["delete", "my-sandbox"]);
+    let err = up.fails(&["get", "sandboxes", "my-sandbox"]);
+    assert!(err.contains("nothing named my-sandbox"), "{err}");
+}
