@@ -38,9 +38,12 @@ echo "== validating the example manifests offline"
 
 echo "== starting agent-sandbox up (log: $data/up.log)"
 mkdir -p "$data"
-if ! pgrep -f "agent-sandbox up" >/dev/null; then
-  nohup "$bin" up --data-dir "$data" >"$data/up.log" 2>&1 &
+# A running instance is restarted on the new build; its sandboxes are re-adopted.
+if pgrep -f "agent-sandbox up" >/dev/null; then
+  pkill -INT -f "agent-sandbox up" || true
+  for _ in $(seq 1 100); do pgrep -f "agent-sandbox up" >/dev/null || break; sleep 0.1; done
 fi
+nohup "$bin" up --data-dir "$data" >"$data/up.log" 2>&1 &
 for _ in $(seq 1 300); do
   grep -q '^ready;' "$data/up.log" 2>/dev/null && break
   if ! pgrep -f "agent-sandbox up" >/dev/null; then
@@ -52,14 +55,19 @@ for _ in $(seq 1 300); do
 done
 grep -E '^(API server|runtime|default runtime|node|router):' "$data/up.log" || true
 
-echo "== kubectl against the embedded API server"
-kubectl get nodes
-kubectl api-resources --api-group=agents.x-k8s.io
-kubectl api-resources --api-group=extensions.agents.x-k8s.io
-kubectl apply -f examples/manifests/template.yaml -f examples/manifests/warmpool.yaml
-sleep 2
-kubectl get sandboxwarmpools,sandboxes,pods
+echo "== the example template and warm pool"
+export AGENT_SANDBOX_DATA_DIR=$data
+"$bin" apply -f examples/manifests/template.yaml -f examples/manifests/warmpool.yaml
+for _ in $(seq 1 600); do
+  "$bin" get pools python-pool | grep -q ' 3/3 ' && break
+  sleep 0.2
+done
+"$bin" get
+
+echo "== quick start (CLI)"
+examples/quickstart.sh "$bin"
+
 echo
-echo "agent-sandbox is running (KUBECONFIG=$KUBECONFIG). The example pool's image is"
-echo "localhost:5000/agent-sandbox/python:latest; push an image there to see its Pods run."
-echo "Stop it with: pkill -f 'agent-sandbox up'"
+echo "agent-sandbox is running: $bin get | claim | exec | cp | ls | logs | suspend | resume | delete"
+echo "kubectl works too: KUBECONFIG=$KUBECONFIG kubectl get sandboxes"
+echo "Stop it with: pkill -INT -f 'agent-sandbox up' (sandboxes keep running and are re-adopted)"

@@ -30,6 +30,7 @@ struct Up {
     _run: tempfile::TempDir,
     router: String,
     kubeconfig: PathBuf,
+    bridge: String,
 }
 
 impl Up {
@@ -86,6 +87,7 @@ impl Up {
             data,
             _run: run,
             router: format!("http://127.0.0.1:{router}"),
+            bridge: bridge.to_owned(),
         }
     }
 
@@ -149,6 +151,10 @@ impl Drop for Up {
         }
         let _ = nix_kill(self.child.id());
         let _ = self.child.wait();
+        // The bridge outlives `up` (as CNI bridges do); this test's own is removed.
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
     }
 }
 
