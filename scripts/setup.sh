@@ -38,15 +38,16 @@ echo "== validating the example manifests offline"
 
 echo "== starting agent-sandbox up (log: $data/up.log)"
 mkdir -p "$data"
-# A running instance is restarted on the new build; its sandboxes are re-adopted.
-if pgrep -f "agent-sandbox up" >/dev/null; then
-  pkill -INT -f "agent-sandbox up" || true
-  for _ in $(seq 1 100); do pgrep -f "agent-sandbox up" >/dev/null || break; sleep 0.1; done
+# An instance on this data directory is restarted on the new build; its sandboxes are re-adopted.
+instance="agent-sandbox up --data-dir $data"
+if pgrep -f "$instance" >/dev/null; then
+  pkill -INT -f "$instance" || true
+  for _ in $(seq 1 100); do pgrep -f "$instance" >/dev/null || break; sleep 0.1; done
 fi
 nohup "$bin" up --data-dir "$data" >"$data/up.log" 2>&1 &
 for _ in $(seq 1 300); do
   grep -q '^ready;' "$data/up.log" 2>/dev/null && break
-  if ! pgrep -f "agent-sandbox up" >/dev/null; then
+  if ! pgrep -f "$instance" >/dev/null; then
     echo "error: agent-sandbox up exited; see $data/up.log" >&2
     tail -n 20 "$data/up.log" >&2
     exit 1
@@ -70,4 +71,4 @@ examples/quickstart.sh "$bin"
 echo
 echo "agent-sandbox is running: $bin get | claim | exec | cp | ls | logs | suspend | resume | delete"
 echo "kubectl works too: KUBECONFIG=$KUBECONFIG kubectl get sandboxes"
-echo "Stop it with: pkill -INT -f 'agent-sandbox up' (sandboxes keep running and are re-adopted)"
+echo "Stop it with: pkill -INT -f '$instance' (sandboxes keep running and are re-adopted)"

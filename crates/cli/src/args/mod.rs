@@ -148,23 +148,23 @@ pub(crate) struct UpArgs {
     )]
     pub(crate) data_dir: PathBuf,
     /// Volatile runtime state (runtime roots, network namespaces).
-    #[arg(long, default_value = "/run/agent-sandbox")]
+    #[arg(long, env = "AGENT_SANDBOX_RUN_DIR", default_value = "/run/agent-sandbox")]
     pub(crate) run_dir: PathBuf,
     /// Loopback address of the API server (HTTPS, bearer token).
-    #[arg(long, default_value = "127.0.0.1:6443")]
+    #[arg(long, env = "AGENT_SANDBOX_API_LISTEN", default_value = "127.0.0.1:6443")]
     pub(crate) api_listen: std::net::SocketAddr,
     /// Address of the sandbox router.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "AGENT_SANDBOX_ROUTER_LISTEN", default_value = "127.0.0.1:8080")]
     pub(crate) router_listen: std::net::SocketAddr,
     /// Address of the metrics endpoint (router and controllers).
-    #[arg(long, default_value = "127.0.0.1:9091")]
+    #[arg(long, env = "AGENT_SANDBOX_METRICS_LISTEN", default_value = "127.0.0.1:9091")]
     pub(crate) metrics_listen: std::net::SocketAddr,
     /// Subnet for sandbox pod IPs (must not overlap the host's routes).
-    #[arg(long, default_value = "10.88.0.0/16")]
+    #[arg(long, env = "AGENT_SANDBOX_POD_SUBNET", default_value = "10.88.0.0/16")]
     pub(crate) pod_subnet: String,
     /// Linux bridge of the sandbox network (at most 15 bytes); give each instance on a host
     /// its own bridge and subnet.
-    #[arg(long, default_value = "asbx0")]
+    #[arg(long, env = "AGENT_SANDBOX_BRIDGE", default_value = "asbx0")]
     pub(crate) bridge: String,
     /// Run no node agent (API server, controllers and router only).
     #[arg(long)]
