@@ -336,7 +336,7 @@ class HttpClient:
                     raise
                 time.sleep(0.1 * attempt)
                 if body is not None and not isinstance(body, (bytes, bytearray)):
-                    body.seek(0)  # type: ignore[union-attr]
+                    body.seek(0)
 
     def stream(self, method: str, url: str, *, headers: Mapping[str, str] | None = None,
                body: Body = None, timeout: float = 30.0) -> StreamingResponse:

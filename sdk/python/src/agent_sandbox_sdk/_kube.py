@@ -118,7 +118,7 @@ class _ExecPlugin:
                         exp.replace("Z", "+00:00")).timestamp()
                 except ValueError:
                     self._expires = now + 60
-            return status
+            return dict(status)
 
 
 class KubeConfig:

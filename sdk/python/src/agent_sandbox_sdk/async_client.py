@@ -79,7 +79,7 @@ class AsyncCommands:
                 f"{command!r} did not finish within {timeout} s and was killed; pass a larger "
                 "timeout=", e.result) from None
         except asyncio.CancelledError:
-            proc.close()
+            await asyncio.to_thread(proc.close)
             raise
 
     async def start(self, command: Command, **kwargs: Any) -> AsyncProcess:

@@ -280,7 +280,7 @@ class SandboxClient(Generic[T]):
         try:
             obj = kube.get("sandboxclaims", namespace, name, timeout=5)
             if check(obj):
-                return obj
+                return dict(obj)
         except SandboxError:
             pass
         raise SandboxTimeoutError(self._diagnose(name, namespace, warmpool, timeout, last))

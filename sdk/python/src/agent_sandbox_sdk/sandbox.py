@@ -210,8 +210,13 @@ class Process:
                 self._error = SandboxError(
                     f"lost the connection to {_describe(self.command)!r}: {e}; the process was "
                     "killed with it")
-        except BaseException as e:  # a callback raised: stop following, keep the error
+        except BaseException as e:  # a callback raised: kill the process, keep the error
             self._error = e
+            if self.process_id is not None:
+                try:
+                    self._commands.kill(self.process_id, "SIGKILL")
+                except SandboxError:
+                    pass
         finally:
             self._started.set()
             self._done.set()
@@ -260,7 +265,13 @@ class Process:
                 raise
 
     def close(self) -> None:
-        """Drops the connection, which kills the process."""
+        """Kills the process (if still running) and drops its connection."""
+        if not self._done.is_set() and self.process_id is not None:
+            try:
+                self._commands.kill(self.process_id, "SIGKILL")
+            except SandboxError:
+                pass
+            self._done.wait(5)
         self._stream.abort()
         self._done.wait(5)
 
@@ -470,7 +481,7 @@ class Files:
             size = buf.tell()
             buf.seek(0)
             r = self._sb._dp.request("PUT", "/v2/files/tar", what=f"uploading {src} to {remote_dir}",
-                                     params={"path": p}, body=buf,  # type: ignore[arg-type]
+                                     params={"path": p}, body=buf,
                                      headers={"Content-Type": "application/x-tar",
                                               "Content-Length": str(size)},
                                      timeout=timeout, ok=(200, 201))
@@ -790,7 +801,7 @@ class Sandbox:
 
     def __init__(self, claim_name: str, sandbox_id: str, namespace: str = "default",
                  connection: Optional[Connection] = None, *, pod_ips: Optional[list[str]] = None,
-                 client: Optional[SandboxClient] = None) -> None:
+                 client: Optional[SandboxClient[Any]] = None) -> None:
         if connection is None:
             raise ValueError("Sandbox handles are made by SandboxClient")
         self.claim_name: Optional[str] = claim_name

@@ -1,0 +1,100 @@
+"""Connection modes and kubeconfig features against the live API server and router."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+
+import yaml
+
+from agent_sandbox_sdk import (
+    SandboxClient,
+    SandboxClusterConnectionConfig,
+    SandboxDirectConnectionConfig,
+    SandboxInClusterConnectionConfig,
+)
+
+from .conftest import POOL
+
+
+def _kc(up: Path) -> dict:
+    return yaml.safe_load((up / "kubeconfig").read_text())
+
+
+def _endpoints(up: Path) -> dict:
+    return json.loads((up / "endpoints.json").read_text())
+
+
+def test_auto_discovery_uses_the_data_dir(up: Path) -> None:
+    with SandboxClient() as c:  # AGENT_SANDBOX_DATA_DIR is set by the session fixture
+        assert c.connection.router_url == _endpoints(up)["router"]
+        assert POOL in c.list_warm_pools()
+
+
+def test_cluster_config_with_token_file(up: Path) -> None:
+    ep = _endpoints(up)
+    with SandboxClient(SandboxClusterConnectionConfig(
+            kubeconfig=ep["kubeconfig"], router_url=ep["router"],
+            router_token_file=ep["routerTokenFile"])) as c:
+        sb = c.create_sandbox(warmpool=POOL)
+        assert sb.commands.run("echo via-cluster-config").stdout == "via-cluster-config\n"
+
+
+def test_direct_config_upstream_name(up: Path, monkeypatch: object) -> None:
+    ep = _endpoints(up)
+    os.environ["KUBECONFIG"] = ep["kubeconfig"]
+    try:
+        token = Path(ep["routerTokenFile"]).read_text()
+        with SandboxClient(SandboxDirectConnectionConfig(api_url=ep["router"],
+                                                         router_token=token)) as c:
+            sb = c.create_sandbox(POOL)
+            assert sb.commands.run("echo direct").stdout == "direct\n"
+    finally:
+        del os.environ["KUBECONFIG"]
+
+
+def test_exec_plugin_ca_file_and_insecure(up: Path, tmp_path: Path) -> None:
+    kc = _kc(up)
+    token = kc["users"][0]["user"].pop("token")
+    ca = base64.b64decode(kc["clusters"][0]["cluster"].pop("certificate-authority-data"))
+    (tmp_path / "ca.crt").write_bytes(ca)
+    kc["clusters"][0]["cluster"]["certificate-authority"] = "ca.crt"  # relative to the file
+    plugin = tmp_path / "cred.py"
+    plugin.write_text(f"""#!{sys.executable}
+import json, os, sys
+info = json.loads(os.environ["KUBERNETES_EXEC_INFO"])
+assert info["kind"] == "ExecCredential"
+print(json.dumps({{"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",
+                  "status": {{"token": os.environ["TOKEN"]}}}}))
+""")
+    plugin.chmod(plugin.stat().st_mode | stat.S_IEXEC)
+    kc["users"][0]["user"]["exec"] = {"apiVersion": "client.authentication.k8s.io/v1",
+                                      "command": str(plugin), "env": [{"name": "TOKEN",
+                                                                       "value": token}]}
+    (tmp_path / "kc").write_text(yaml.safe_dump(kc))
+    ep = _endpoints(up)
+    with SandboxClient(SandboxClusterConnectionConfig(kubeconfig=tmp_path / "kc",
+                                                      router_url=ep["router"],
+                                                      router_token_file=ep["routerTokenFile"])) as c:
+        assert POOL in c.list_warm_pools()
+    # insecure-skip-tls-verify without any CA
+    del kc["clusters"][0]["cluster"]["certificate-authority"]
+    kc["clusters"][0]["cluster"]["insecure-skip-tls-verify"] = True
+    (tmp_path / "kc2").write_text(yaml.safe_dump(kc))
+    with SandboxClient(SandboxClusterConnectionConfig(kubeconfig=tmp_path / "kc2",
+                                                      router_url=ep["router"])) as c:
+        assert POOL in c.list_warm_pools()
+
+
+def test_pod_ip_mode_without_router(up: Path, tmp_path: Path, monkeypatch: object) -> None:
+    """Upstream's in-cluster mode goes straight to pod IPs; here with a kubeconfig."""
+    ep = _endpoints(up)
+    with SandboxClient(SandboxClusterConnectionConfig(kubeconfig=ep["kubeconfig"])) as c:
+        sb = c.create_sandbox(warmpool=POOL)
+        assert c.connection.direct
+        assert sb.commands.run("echo straight").stdout == "straight\n"
+    assert SandboxInClusterConnectionConfig().server_port == 8080

@@ -1,0 +1,94 @@
+"""Re-attach, listing, deletion, context managers, suspend and resume, lifecycle fields."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import pytest
+
+from agent_sandbox_sdk import (
+    SandboxClient,
+    SandboxNotFoundError,
+    SandboxNotReadyError,
+)
+
+from .conftest import POOL
+
+
+def test_get_sandbox_reattaches(client: SandboxClient) -> None:
+    sb = client.create_sandbox(warmpool=POOL, labels={"team": "sdk"})
+    sb.files.write("note.txt", "kept")
+    other = SandboxClient()
+    try:
+        again = other.get_sandbox(sb.claim_name or "")
+        assert again.sandbox_id == sb.sandbox_id
+        assert again.files.read("note.txt") == b"kept"
+    finally:
+        other.close()
+    assert client.get_sandbox(sb.claim_name or "") is sb
+    assert ("default", sb.claim_name) in client.list_active_sandboxes()
+    assert sb.claim_name in client.list_all_sandboxes(label_selector="team=sdk")
+
+
+def test_delete_and_terminate(client: SandboxClient) -> None:
+    sb = client.create_sandbox(warmpool=POOL)
+    name = sb.claim_name or ""
+    client.delete_sandbox(name)
+    assert not sb.is_active
+    assert name not in client.list_all_sandboxes()
+    with pytest.raises(SandboxNotFoundError):
+        client.get_sandbox(name)
+    with pytest.raises(SandboxNotReadyError):
+        sb.commands.run("true")
+    sb.terminate()  # idempotent
+    client.delete_sandbox(name)  # logged, not raised
+
+
+def test_context_managers(up: object) -> None:
+    with SandboxClient() as c:
+        with c.create_sandbox(warmpool=POOL) as sb:
+            name = sb.claim_name
+            assert sb.commands.run("true").ok
+        assert name not in c.list_all_sandboxes()
+        kept = c.create_sandbox(warmpool=POOL).claim_name
+    with SandboxClient() as c2:
+        assert kept not in c2.list_all_sandboxes()
+
+
+def test_status_and_pod(client: SandboxClient) -> None:
+    sb = client.create_sandbox(warmpool=POOL)
+    assert sb.status() == ("SandboxReady", "Pod is Ready")
+    assert sb.get_pod_name() == sb.sandbox_id
+    ip = sb.get_pod_ip()
+    assert ip and sb.commands.run("hostname -i || ip -4 addr").stdout
+    sb.terminate()
+    deadline = time.monotonic() + 20
+    while sb.status()[0] == "SandboxReady" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sb.status()[0] in ("SandboxNotFound", "SandboxNotReady")
+
+
+def test_lifecycle_fields(client: SandboxClient) -> None:
+    sb = client.create_sandbox(warmpool=POOL, shutdown_after_seconds=600,
+                               pod_labels={"sandbox.users.io/run": "r1"},
+                               pod_annotations={"example.com/note": "n"})
+    spec = client.kube.get("sandboxclaims", "default", sb.claim_name)["spec"]
+    when = dt.datetime.fromisoformat(spec["lifecycle"]["shutdownTime"].replace("Z", "+00:00"))
+    assert 590 < (when - dt.datetime.now(dt.timezone.utc)).total_seconds() <= 601
+    assert spec["lifecycle"]["shutdownPolicy"] == "Delete"
+    assert spec["additionalPodMetadata"]["labels"] == {"sandbox.users.io/run": "r1"}
+
+
+def test_suspend_and_resume(client: SandboxClient) -> None:
+    sb = client.create_sandbox(warmpool=POOL)
+    sb.files.write("before.txt", "x")
+    sb.suspend(timeout=60)
+    assert sb.is_suspended()
+    assert sb.status() == ("SandboxNotReady", "Sandbox is suspended")
+    with pytest.raises(SandboxNotReadyError) as e:
+        sb.commands.run("true", timeout=5)
+    assert "suspended" in str(e.value)
+    sb.resume(timeout=90)
+    assert not sb.is_suspended() and sb.status()[0] == "SandboxReady"
+    assert sb.commands.run("echo back").stdout == "back\n"
