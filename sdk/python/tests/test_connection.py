@@ -98,3 +98,64 @@ def test_pod_ip_mode_without_router(up: Path, tmp_path: Path, monkeypatch: objec
         assert c.connection.direct
         assert sb.commands.run("echo straight").stdout == "straight\n"
     assert SandboxInClusterConnectionConfig().server_port == 8080
+
+
+def test_client_certificate_kubeconfig(tmp_path: Path) -> None:
+    """Client certificates (as -data and as files) load into the TLS context."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    from agent_sandbox_sdk._kube import KubeConfig
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=sdk-test", "-keyout", str(tmp_path / "key.pem"),
+                    "-out", str(tmp_path / "cert.pem")], check=True, capture_output=True)
+    cert = (tmp_path / "cert.pem").read_bytes()
+    key = (tmp_path / "key.pem").read_bytes()
+    for user in ({"client-certificate-data": base64.b64encode(cert).decode(),
+                  "client-key-data": base64.b64encode(key).decode()},
+                 {"client-certificate": "cert.pem", "client-key": "key.pem"}):
+        doc = {"apiVersion": "v1", "kind": "Config", "current-context": "c",
+               "clusters": [{"name": "k", "cluster": {
+                   "server": "https://127.0.0.1:1",
+                   "certificate-authority-data": base64.b64encode(cert).decode()}}],
+               "users": [{"name": "u", "user": user}],
+               "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u",
+                                                     "namespace": "team"}}]}
+        (tmp_path / "kc").write_text(yaml.safe_dump(doc))
+        kc = KubeConfig.from_kubeconfig(tmp_path / "kc")
+        assert kc.namespace == "team" and kc.cert_pem == cert
+        kc.ssl_context()  # loads the CA and the client certificate
+    assert not [p for p in os.listdir(tempfile_dir()) if p.startswith("agent-sandbox-sdk-")]
+
+
+def tempfile_dir() -> str:
+    import tempfile
+
+    return tempfile.gettempdir()
+
+
+def test_router_down(up: Path, tmp_path: Path) -> None:
+    import socket
+
+    import pytest
+
+    from agent_sandbox_sdk import SandboxConnectionError, SandboxEmbeddedConnectionConfig
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    ep = _endpoints(up)
+    ep["router"] = f"http://127.0.0.1:{port}"
+    (tmp_path / "endpoints.json").write_text(json.dumps(ep))
+    with SandboxClient(SandboxEmbeddedConnectionConfig(data_dir=tmp_path)) as c:
+        sb = c.create_sandbox(warmpool=POOL)
+        with pytest.raises(SandboxConnectionError) as e:
+            sb.commands.run("true")
+        assert f"sandbox router at http://127.0.0.1:{port}" in str(e.value)
+        assert "connection refused" in str(e.value)

@@ -92,3 +92,30 @@ def test_suspend_and_resume(client: SandboxClient) -> None:
     sb.resume(timeout=90)
     assert not sb.is_suspended() and sb.status()[0] == "SandboxReady"
     assert sb.commands.run("echo back").stdout == "back\n"
+
+
+def test_stale_pod_ip_is_refreshed(client: SandboxClient) -> None:
+    """Another handle suspends and resumes the sandbox: its Pod comes back with a new IP. The
+    first handle's next calls (a command too: the router could not connect, so it was never
+    delivered) find the new IP by themselves."""
+    sb = client.create_sandbox(warmpool=POOL)
+    old_ip = sb.get_pod_ip()
+    with SandboxClient() as other:
+        twin = other.get_sandbox(sb.claim_name or "")
+        twin.suspend(timeout=60)
+        twin.resume(timeout=90)
+        new_ip = twin.get_pod_ip()
+        other._forget("default", sb.claim_name or "")  # do not delete it on exit
+    assert new_ip != old_ip
+    t = time.monotonic()
+    assert sb.commands.run("echo moved").stdout == "moved\n"
+    assert sb.get_pod_ip() == new_ip
+    assert time.monotonic() - t < 20
+
+
+def test_missing_namespace(client: SandboxClient) -> None:
+    from agent_sandbox_sdk import SandboxConfigError
+
+    with pytest.raises(SandboxConfigError) as e:
+        client.create_sandbox(warmpool=POOL, namespace="no-such-ns", sandbox_ready_timeout=10)
+    assert "no-such-ns" in str(e.value)

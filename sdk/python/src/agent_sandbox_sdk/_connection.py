@@ -383,36 +383,48 @@ class DataPlane:
                                               retries=2 if idempotent else 0)
             except TransportError as e:
                 raise self.transport_error(e, what, timeout) from None
-            # A pod IP that changed (resume, restart) shows as 502 from the router: refresh it
-            # once and retry, for idempotent requests only.
-            if resp.status == 502 and attempt == 0 and idempotent and self.conn.router_url:
-                old = self.pod_ip
-                if self.refresh_pod_ip() != old:
-                    continue
+            if attempt == 0 and self._stale_pod_ip(resp.status, resp.body, idempotent):
+                continue
             return self.check(resp, what, ok)
         raise AssertionError("unreachable")
+
+    def _stale_pod_ip(self, status: int, body: bytes, idempotent: bool) -> bool:
+        """A pod IP that changed (resume, restart) shows as 502 from the router. Retry once
+        with a fresh one: an idempotent request always, any other only when the router says
+        it could not connect (so the request never reached a sandbox)."""
+        if status != 502 or self.conn.router_url is None:
+            return False
+        if not idempotent and b"Could not connect" not in body:
+            return False
+        old = self.pod_ip
+        return self.refresh_pod_ip() not in (old, None)
 
     def stream(self, method: str, path: str, *, what: str, params: dict[str, Any] | None = None,
                json_body: Any = None, headers: dict[str, str] | None = None,
                timeout: float = 60.0) -> StreamingResponse:
-        url, hdrs = self._target(path, params, timeout)
-        hdrs.update(headers or {})
         body = None
         if json_body is not None:
             body = json.dumps(json_body).encode()
-            hdrs["Content-Type"] = "application/json"
-        try:
-            s = self.conn.http.stream(method, url, headers=hdrs, body=body, timeout=timeout)
-        except TransportError as e:
-            raise self.transport_error(e, what, timeout) from None
-        if s.status >= 400:
+        for attempt in (0, 1):
+            url, hdrs = self._target(path, params, timeout)
+            hdrs.update(headers or {})
+            if body is not None:
+                hdrs["Content-Type"] = "application/json"
+            try:
+                s = self.conn.http.stream(method, url, headers=hdrs, body=body, timeout=timeout)
+            except TransportError as e:
+                raise self.transport_error(e, what, timeout) from None
+            if s.status < 400:
+                return s
             try:
                 data = s.read()
             except TransportError:
                 data = b""
             s.close()
+            if attempt == 0 and self._stale_pod_ip(s.status, data, method in ("GET", "HEAD")):
+                continue
             raise self.http_error(s.status, data, what)
-        return s
+        raise AssertionError("unreachable")
 
     def websocket(self, path: str, params: dict[str, Any] | None, *, what: str,
                   timeout: float) -> WebSocket:

@@ -17,6 +17,7 @@ from ._connection import Connection, connect
 from ._kube import KubeApiError
 from .exceptions import (
     SandboxClaimFailedError,
+    SandboxConfigError,
     SandboxError,
     SandboxMetadataError,
     SandboxNotFoundError,
@@ -194,8 +195,22 @@ class SandboxClient(Generic[T]):
                          "annotations": {FIRST_REQUESTED: now.replace("+00:00", "Z")}},
             "spec": spec,
         }
-        created = kube.create("sandboxclaims", namespace, claim,
-                              deadline=deadline, timeout=max(1.0, sandbox_ready_timeout))
+        try:
+            created = kube.create("sandboxclaims", namespace, claim,
+                                  deadline=deadline, timeout=max(1.0, sandbox_ready_timeout))
+        except KubeApiError as e:
+            body = e.response.text if e.response is not None else ""
+            if e.status_code == 404 and 'namespaces "' in body:
+                raise SandboxConfigError(
+                    f"namespace {namespace!r} does not exist; create it or pick another") from None
+            if e.status_code == 404:
+                raise SandboxConfigError(
+                    f"the API server at {kube.config.server} answered 404 to creating a "
+                    f"SandboxClaim in namespace {namespace!r}: the namespace does not exist, or "
+                    "the API server does not serve SandboxClaims (extensions.agents.x-k8s.io/"
+                    "v1beta1; install the CRDs with kubectl apply -f deploy/crds). Server: "
+                    f"{body.strip()[:300]}") from None
+            raise
         rv = (created.get("metadata") or {}).get("resourceVersion")
         try:
             obj = self._wait_claim(name, namespace, rv, deadline, sandbox_ready_timeout, warmpool)
