@@ -410,7 +410,6 @@ fn suspend_and_resume_keep_the_volume() {
         "-c",
         "echo kept > /workspace/state.txt; echo lost > /tmp/scratch.txt",
     ]);
-    let started = Instant::now();
     up.ok(&["suspend", "my-sandbox"]);
     let listing = up.ok(&["get", "sandboxes", "my-sandbox"]);
     assert!(listing.contains("Suspended"), "{listing}");
@@ -420,7 +419,6 @@ fn suspend_and_resume_keep_the_volume() {
         "{err}"
     );
     up.ok(&["resume", "my-sandbox"]);
-    eprintln!("suspend + resume took {:?}", started.elapsed());
     assert_eq!(
         up.ok(&["exec", "my-sandbox", "--", "cat", "/workspace/state.txt"]),
         "kept\n"

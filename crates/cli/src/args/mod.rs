@@ -5,9 +5,11 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod bench;
 mod controller;
 mod image;
 mod sandbox;
+pub(crate) use bench::{BenchArgs, Scenario};
 pub(crate) use controller::ControllerArgs;
 pub(crate) use image::{ImageArgs, ImageCommand};
 pub(crate) use sandbox::{
@@ -88,8 +90,8 @@ pub(crate) enum Command {
     Delete(DeleteArgs),
     /// Print a sandbox's container log.
     Logs(LogsArgs),
-    /// Run the benchmark suite.
-    Bench,
+    /// Run the benchmark suite against a running instance.
+    Bench(BenchArgs),
     /// Print version information.
     Version,
 }
@@ -148,16 +150,32 @@ pub(crate) struct UpArgs {
     )]
     pub(crate) data_dir: PathBuf,
     /// Volatile runtime state (runtime roots, network namespaces).
-    #[arg(long, env = "AGENT_SANDBOX_RUN_DIR", default_value = "/run/agent-sandbox")]
+    #[arg(
+        long,
+        env = "AGENT_SANDBOX_RUN_DIR",
+        default_value = "/run/agent-sandbox"
+    )]
     pub(crate) run_dir: PathBuf,
     /// Loopback address of the API server (HTTPS, bearer token).
-    #[arg(long, env = "AGENT_SANDBOX_API_LISTEN", default_value = "127.0.0.1:6443")]
+    #[arg(
+        long,
+        env = "AGENT_SANDBOX_API_LISTEN",
+        default_value = "127.0.0.1:6443"
+    )]
     pub(crate) api_listen: std::net::SocketAddr,
     /// Address of the sandbox router.
-    #[arg(long, env = "AGENT_SANDBOX_ROUTER_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "AGENT_SANDBOX_ROUTER_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
     pub(crate) router_listen: std::net::SocketAddr,
     /// Address of the metrics endpoint (router and controllers).
-    #[arg(long, env = "AGENT_SANDBOX_METRICS_LISTEN", default_value = "127.0.0.1:9091")]
+    #[arg(
+        long,
+        env = "AGENT_SANDBOX_METRICS_LISTEN",
+        default_value = "127.0.0.1:9091"
+    )]
     pub(crate) metrics_listen: std::net::SocketAddr,
     /// Subnet for sandbox pod IPs (must not overlap the host's routes).
     #[arg(long, env = "AGENT_SANDBOX_POD_SUBNET", default_value = "10.88.0.0/16")]
@@ -200,4 +218,13 @@ pub(crate) struct RouterArgs {
     /// Do not fall back to `<id>.<namespace>.svc.<domain>` when the pod cache has no entry.
     #[arg(long)]
     pub(crate) no_dns_fallback: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -1,5 +1,6 @@
 //! One module per verb; [`run`] dispatches.
 
+mod bench;
 mod connect;
 mod controller;
 mod crd;
@@ -36,16 +37,8 @@ pub(crate) fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Exec(args) => block_on(data_plane::exec(&args)),
         Command::Cp(args) => block_on(data_plane::cp(&args)),
         Command::Ls(args) => block_on(data_plane::ls(&args)),
-        other => not_yet_available(&other),
+        Command::Bench(args) => runtime()?.block_on(bench::bench(&args)),
     }
-}
-
-/// Verbs whose part of the system is not in this build yet.
-fn not_yet_available(command: &Command) -> anyhow::Result<ExitCode> {
-    let verb = format!("{command:?}").to_lowercase();
-    anyhow::bail!(
-        "`agent-sandbox {verb}` is not yet available in this build; every other verb is; see `agent-sandbox --help`"
-    )
 }
 
 /// Runs a short-lived verb on a single-threaded runtime.

@@ -1,0 +1,57 @@
+//! Flags of `agent-sandbox bench` (the benchmark suite against a running instance).
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+use super::ConnectArgs;
+
+/// The scenarios, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub(crate) enum Scenario {
+    /// SandboxClaim create → Ready with a pod IP, from a warm pool.
+    WarmClaim,
+    /// Claim create → first output of `echo` through the router and sandboxd.
+    FirstInstruction,
+    /// Exec of `true` through router + sandboxd, direct to sandboxd, and fork+exec on the host.
+    Exec,
+    /// Sandbox create → Ready under each runtime handler, beside the runtime's own `run`.
+    ColdStart,
+    /// Claims per second for a while, the pool refilling behind them.
+    Sustained,
+    /// A burst of claims on a pool of the same size (upstream's scenario).
+    Burst,
+    /// Idle sandboxes: host memory per sandbox.
+    Density,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    #[command(flatten)]
+    pub(crate) connect: ConnectArgs,
+    /// Scenarios to run (default: all but density).
+    #[arg(value_enum)]
+    pub(crate) scenarios: Vec<Scenario>,
+    /// Iterations of the per-request scenarios (warm-claim, first-instruction, cold-start per
+    /// handler); exec runs ten times as many.
+    #[arg(long, default_value_t = 30)]
+    pub(crate) iterations: usize,
+    /// Size of the warm pool the claim scenarios use.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) pool_size: i32,
+    /// Seconds the sustained scenario runs.
+    #[arg(long, default_value_t = 60)]
+    pub(crate) duration: u64,
+    /// Claims in the burst scenario (the pool is made as large).
+    #[arg(long, default_value_t = 300)]
+    pub(crate) burst: usize,
+    /// Sandbox counts of the density scenario.
+    #[arg(long, value_delimiter = ',', default_value = "100")]
+    pub(crate) density: Vec<usize>,
+    /// Image of the benchmark template (it must serve sandboxd on 8080).
+    #[arg(long, default_value = "localhost/agent-sandbox/python:latest")]
+    pub(crate) image: String,
+    /// Also write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) json: Option<PathBuf>,
+}
