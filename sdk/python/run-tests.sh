@@ -14,7 +14,6 @@ start=$(date +%s)
 if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
-"$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
 "$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[test,typecheck]'
 
 echo "== building the wheel"

@@ -8,7 +8,8 @@ transfers in them. Same shape as upstream's ``k8s_agent_sandbox``: porting is a 
         print(sandbox.commands.run("echo hello").stdout)
 """
 
-from .async_client import AsyncProcess, AsyncPtySession, AsyncSandbox, AsyncSandboxClient
+from typing import TYPE_CHECKING, Any
+
 from .client import SandboxClient
 from .exceptions import (
     CommandTimeoutError,
@@ -56,7 +57,21 @@ from .sandbox import (
     SandboxPathError,
 )
 
+if TYPE_CHECKING:
+    from .async_client import AsyncProcess, AsyncPtySession, AsyncSandbox, AsyncSandboxClient
+
 __version__ = "0.1.0"
+
+_ASYNC = {"AsyncProcess", "AsyncPtySession", "AsyncSandbox", "AsyncSandboxClient"}
+
+
+def __getattr__(name: str) -> Any:
+    # The async layer imports asyncio (tens of milliseconds): only when asked for.
+    if name in _ASYNC:
+        from . import async_client
+
+        return getattr(async_client, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "AsyncProcess",

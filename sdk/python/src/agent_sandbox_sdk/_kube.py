@@ -270,12 +270,21 @@ class KubeConfig:
     # -- use -------------------------------------------------------------------------------
 
     def ssl_context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context()
+        if self.ca_pem and not self.insecure:
+            # As client-go: a given CA is the only one trusted (and the system store, slow to
+            # load, is not needed).
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            try:
+                ctx.load_verify_locations(cadata=self.ca_pem)
+            except (ssl.SSLError, ValueError) as e:
+                raise SandboxConfigError(
+                    f"the {self.source}: the certificate authority is not valid PEM: {e}"
+                ) from None
+        else:
+            ctx = ssl.create_default_context()
         if self.insecure:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
-        elif self.ca_pem:
-            ctx.load_verify_locations(cadata=self.ca_pem)
         cert, key = self.cert_pem, self.key_pem
         if self.exec_plugin is not None and cert is None:
             st = self.exec_plugin.credential()
