@@ -196,7 +196,7 @@ pub(super) async fn sustained(f: &Fixture, args: &BenchArgs) -> anyhow::Result<V
     let (lat, cold, elapsed) = claim_loop(f, 16, duration).await?;
     let rate = lat.len() as f64 / elapsed.as_secs_f64();
     // Baseline: the same clients creating and deleting plain objects (the API server's rate).
-    let api: Api<k8s_openapi::api::core::v1::ConfigMap> = f.conn.api();
+    let api: Api<k8s_openapi::api::coordination::v1::Lease> = f.conn.api();
     let base_started = Instant::now();
     let base_duration = Duration::from_secs(args.duration.min(10));
     let mut base_tasks = Vec::new();
@@ -206,9 +206,9 @@ pub(super) async fn sustained(f: &Fixture, args: &BenchArgs) -> anyhow::Result<V
             let mut n = 0usize;
             while base_started.elapsed() < base_duration {
                 let name = format!("agent-sandbox-bench-{w}-{n}");
-                let cm: k8s_openapi::api::core::v1::ConfigMap =
+                let lease: k8s_openapi::api::coordination::v1::Lease =
                     serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?;
-                api.create(&Default::default(), &cm).await?;
+                api.create(&Default::default(), &lease).await?;
                 api.delete(&name, &Default::default()).await?;
                 n += 1;
             }
@@ -240,7 +240,7 @@ pub(super) async fn sustained(f: &Fixture, args: &BenchArgs) -> anyhow::Result<V
         ),
         Row::rate(
             Scenario::Sustained,
-            "baseline: ConfigMap create+delete per second",
+            "baseline: Lease create+delete per second",
             base_n,
             base_rate,
         ),
