@@ -297,21 +297,20 @@ class Commands:
         body = _exec_body(command, env, cwd, stdin, timeout, max_output_bytes, sb._paths)
         what = f"running {_describe(command)!r}"
         wait = (timeout or 300.0) + 15.0
-        if on_stdout is None and on_stderr is None:
-            r = sb._dp.request("POST", "/v2/exec", what=what, json_body=body,
-                               headers={"Accept": "application/json"}, timeout=wait,
-                               idempotent=False)
-            d = r.json()
-            result = _result_from(d, d.get("stdout", ""), d.get("stderr", ""), d.get("pid"))
-        else:
-            stream = sb._dp.stream("POST", "/v2/exec", what=what, json_body=body,
-                                   headers={"Accept": "application/x-ndjson"}, timeout=wait)
-            proc = Process(self, command, stream, on_stdout, on_stderr)
+        # Always NDJSON: its headers come at once, so the router's time limit to the response
+        # headers (180 s by default) never cuts a long command, as it would a JSON answer.
+        stream = sb._dp.stream("POST", "/v2/exec", what=what, json_body=body,
+                               headers={"Accept": "application/x-ndjson"}, timeout=wait)
+        proc = Process(self, command, stream, on_stdout, on_stderr)
+        try:
             proc._done.wait()
-            if proc._error is not None:
-                raise proc._error
-            assert proc.result is not None
-            result = proc.result
+        except BaseException:  # KeyboardInterrupt: the command must not outlive the call
+            proc.close()
+            raise
+        if proc._error is not None:
+            raise proc._error
+        assert proc.result is not None
+        result = proc.result
         if result.timed_out:
             raise CommandTimeoutError(
                 f"{_describe(command)!r} did not finish within {timeout:g} s and was killed; pass "
@@ -540,60 +539,52 @@ class Code:
         wait = (timeout or 300.0) + 15.0
         what = f"running {language} code"
         dp = self._sb._dp
-        if on_stdout is None and on_stderr is None and on_result is None:
-            r = dp.request("POST", "/v2/code/run", what=what, json_body=body,
-                           headers={"Accept": "application/json"}, timeout=wait,
-                           idempotent=False)
-            d = r.json()
-            err = d.get("error")
-            result = CodeResult(
-                stdout=d.get("stdout", ""), stderr=d.get("stderr", ""),
-                results=[CodeOutput(text=x.get("text", ""), data=x.get("data") or {})
-                         for x in d.get("results") or []],
-                error=CodeError(err.get("name", ""), err.get("value", ""),
-                                err.get("traceback", "")) if err else None,
-                status=d.get("status", "ok"), execution_count=d.get("execution_count", 0),
-                context=d.get("context", ""), truncated=bool(d.get("truncated")),
-                duration_ms=float(d.get("duration_ms") or 0.0))
-        else:
-            result = CodeResult()
-            out: list[str] = []
-            errs: list[str] = []
-            stream = dp.stream("POST", "/v2/code/run", what=what, json_body=body,
-                               headers={"Accept": "application/x-ndjson"}, timeout=wait)
+        # NDJSON always, for the same reason as commands.run.
+        result = CodeResult()
+        out: list[str] = []
+        errs: list[str] = []
+        stream = dp.stream("POST", "/v2/code/run", what=what, json_body=body,
+                           headers={"Accept": "application/x-ndjson"}, timeout=wait)
+        try:
+            for line in stream.lines():
+                if not line.strip():
+                    continue
+                ev = json.loads(line)
+                t = ev.get("type")
+                if t == "stdout":
+                    out.append(ev.get("data", ""))
+                    if on_stdout:
+                        on_stdout(ev.get("data", ""))
+                elif t == "stderr":
+                    errs.append(ev.get("data", ""))
+                    if on_stderr:
+                        on_stderr(ev.get("data", ""))
+                elif t == "result":
+                    o = CodeOutput(text=ev.get("text", ""), data=ev.get("data") or {})
+                    result.results.append(o)
+                    if on_result:
+                        on_result(o)
+                elif t == "error":
+                    result.error = CodeError(ev.get("name", ""), ev.get("value", ""),
+                                             ev.get("traceback", ""))
+                elif t == "end":
+                    result.status = ev.get("status", "ok")
+                    result.context = ev.get("context", "")
+                    result.execution_count = ev.get("execution_count") or 0
+                    result.truncated = bool(ev.get("truncated"))
+                    result.duration_ms = float(ev.get("duration_ms") or 0.0)
+        except TransportError as e:
+            raise dp.transport_error(e, what, wait) from None
+        except BaseException:
+            # A callback raised: stop the cell before dropping its stream.
             try:
-                for line in stream.lines():
-                    if not line.strip():
-                        continue
-                    ev = json.loads(line)
-                    t = ev.get("type")
-                    if t == "stdout":
-                        out.append(ev.get("data", ""))
-                        if on_stdout:
-                            on_stdout(ev.get("data", ""))
-                    elif t == "stderr":
-                        errs.append(ev.get("data", ""))
-                        if on_stderr:
-                            on_stderr(ev.get("data", ""))
-                    elif t == "result":
-                        o = CodeOutput(text=ev.get("text", ""), data=ev.get("data") or {})
-                        result.results.append(o)
-                        if on_result:
-                            on_result(o)
-                    elif t == "error":
-                        result.error = CodeError(ev.get("name", ""), ev.get("value", ""),
-                                                 ev.get("traceback", ""))
-                    elif t == "end":
-                        result.status = ev.get("status", "ok")
-                        result.context = ev.get("context", "")
-                        result.execution_count = ev.get("execution_count", 0)
-                        result.truncated = bool(ev.get("truncated"))
-                        result.duration_ms = float(ev.get("duration_ms") or 0.0)
-            except TransportError as e:
-                raise dp.transport_error(e, what, wait) from None
-            finally:
-                stream.close()
-            result.stdout, result.stderr = "".join(out), "".join(errs)
+                self.interrupt(context or f"default-{language}")
+            except SandboxError:
+                pass
+            raise
+        finally:
+            stream.close()
+        result.stdout, result.stderr = "".join(out), "".join(errs)
         if result.status == "timeout":
             raise CommandTimeoutError(
                 f"the {language} cell did not finish within {timeout:g} s and was interrupted "
