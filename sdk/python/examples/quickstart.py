@@ -41,8 +41,8 @@ def main() -> int:
                 r = sandbox.commands.run("echo \"Hello from $(hostname)\"; uname -sr")
             print("    " + r.stdout.strip().replace("\n", "\n    "))
             with step("run Python (run_code)"):
-                c = sandbox.run_code("import sys, platform\nplatform.python_version()")
-            print(f"    Python {c.result}")
+                c = sandbox.run_code("import platform\nprint(platform.python_version())")
+            print(f"    Python {c.stdout.strip()}")
             with step("write a file"):
                 sandbox.files.write("hello.py", 'print("Hello from a file")\n')
             with step("read it back"):
