@@ -116,7 +116,7 @@ def test_claim_that_never_gets_ready(client: SandboxClient) -> None:
         with pytest.raises(SandboxTimeoutError) as e:
             client.create_sandbox(warmpool="broken-pool", sandbox_ready_timeout=4)
         took = time.monotonic() - t
-        assert 3.5 < took < 8, took
+        assert 3.5 < took < 12, took
         msg = str(e.value)
         assert "did not become ready within 4 s" in msg and "claim was deleted" in msg
         assert isinstance(e.value, TimeoutError)
