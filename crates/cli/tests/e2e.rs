@@ -29,6 +29,7 @@ struct Up {
     data: tempfile::TempDir,
     _run: tempfile::TempDir,
     router: String,
+    metrics: String,
     kubeconfig: PathBuf,
     bridge: String,
 }
@@ -87,6 +88,7 @@ impl Up {
             data,
             _run: run,
             router: format!("http://127.0.0.1:{router}"),
+            metrics: format!("127.0.0.1:{metrics}"),
             bridge: bridge.to_owned(),
         }
     }
@@ -181,8 +183,24 @@ fn router_request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String) {
+    http(
+        up.router.trim_start_matches("http://"),
+        method,
+        path,
+        headers,
+        body,
+    )
+}
+
+/// One HTTP/1.1 request; returns the status and body.
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     use std::io::{Read, Write};
-    let addr = up.router.trim_start_matches("http://");
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -362,6 +380,20 @@ fn quickstart_through_cli_router_and_sandboxd() {
     );
 
     assert!(up.ok(&["logs", &claim]).contains("sandboxd listening"));
+    let (status, metrics) = http(&up.metrics, "GET", "/metrics", &[], "");
+    assert_eq!(status, 200);
+    for family in [
+        "sandbox_router_requests_total",
+        "agent_sandbox_claim_creation_total",
+    ] {
+        assert!(metrics.contains(family), "{family} in /metrics: {metrics}");
+    }
+    assert_eq!(
+        metrics.matches("# EOF").count(),
+        1,
+        "one OpenMetrics document"
+    );
+    assert_eq!(http(&up.metrics, "GET", "/readyz", &[], "").0, 200);
 
     // Bad input: clear errors, nothing created.
     let err = up.fails(&["claim", "--pool", "nope"]);

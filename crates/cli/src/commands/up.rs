@@ -61,10 +61,11 @@ async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
         server.kubeconfig_path().display()
     );
 
-    let controllers = tokio::spawn(agent_sandbox_controller::run(
+    let (controller_state, controllers) = agent_sandbox_controller::start(
         client.clone(),
         agent_sandbox_controller::Config::default(),
-    ));
+    );
+    let controllers = tokio::spawn(controllers);
     println!("controllers: Sandbox, SandboxTemplate, SandboxWarmPool, SandboxClaim");
 
     let mut node_task = None;
@@ -133,7 +134,7 @@ async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
                 args.metrics_listen
             )
         })?;
-    tokio::spawn(router_server::serve_metrics(router.metrics(), metrics));
+    tokio::spawn(serve_metrics(metrics, router.metrics(), controller_state));
     tokio::spawn(router_server::serve(router, listener));
     println!(
         "router:      http://{}  (token: {})",
@@ -156,6 +157,60 @@ async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
     }
     server.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `/metrics` with the router's and the controllers' metrics in one OpenMetrics document,
+/// `/healthz`, and `/readyz` (the controllers' caches have synced).
+async fn serve_metrics(
+    listener: TcpListener,
+    router: Arc<agent_sandbox_router::metrics::Metrics>,
+    controllers: agent_sandbox_controller::State,
+) {
+    use axum::http::{StatusCode, header};
+    use axum::routing::get;
+    let controllers = Arc::new(controllers);
+    let ready = Arc::clone(&controllers);
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let (router, controllers) = (Arc::clone(&router), Arc::clone(&controllers));
+                async move {
+                    let mut text = router.render();
+                    if let Some(stripped) = text.strip_suffix("# EOF\n") {
+                        text.truncate(stripped.len());
+                    }
+                    text.push_str(&controllers.metrics_text());
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        text,
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = Arc::clone(&ready);
+                async move {
+                    if ready.is_ready() {
+                        (StatusCode::OK, "ok")
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "controllers' caches not synced yet",
+                        )
+                    }
+                }
+            }),
+        );
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "the metrics endpoint stopped");
+    }
 }
 
 /// `<data dir>/endpoints.json`: where this instance serves, so that the SDKs and the CLI find
