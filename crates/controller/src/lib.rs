@@ -9,20 +9,26 @@
 //! - [`cache`]: one watch per kind, reflector stores, indexes, change hooks.
 //! - [`queue`] and [`expectations`]: the warm queue and the pool read-after-write guard.
 //! - [`metrics`]: upstream's metrics, in the Prometheus text format.
+//! - [`cluster`]: cluster mode (`agent-sandbox controller`): [`leader`] election on a Lease, the
+//!   conversion [`webhook`] with its [`certs`] bootstrap, metrics and health endpoints.
 #![forbid(unsafe_code)]
 
 pub mod cache;
+pub mod certs;
 pub mod claim;
+pub mod cluster;
 pub mod config;
 pub mod context;
 pub mod error;
 pub mod expectations;
+pub mod leader;
 pub mod meta;
 pub mod metrics;
 pub mod queue;
 pub mod sandbox;
 pub mod template;
 pub mod warmpool;
+pub mod webhook;
 
 use std::collections::BTreeSet;
 use std::future::Future;
