@@ -256,3 +256,54 @@ async fn websocket_pty() {
     assert_eq!(exit["type"], "exit");
     assert_eq!(exit["exit_code"], 0);
 }
+
+#[tokio::test]
+async fn a_client_that_goes_away_kills_the_command_and_the_daemon_keeps_serving() {
+    let d = Daemon::start(&[]);
+    let r = http()
+        .post(d.url("/v2/exec"))
+        .json(&json!({"command": "sleep 30", "timeout": 60}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut body = r.bytes_stream();
+    let first = body.next().await.unwrap().unwrap();
+    let start: Value =
+        serde_json::from_slice(first.split(|&b| b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(start["type"], "start");
+    drop(body);
+    // The daemon answers at once, and the command is killed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let health = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            http().get(d.url("/v1/health")).send(),
+        )
+        .await
+        .expect("sandboxd answers while the abandoned command is killed")
+        .unwrap();
+        assert_eq!(health.status(), 200);
+        let list: Value = http()
+            .get(d.url("/v2/processes"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let running = list["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["pid"] == start["pid"] && p["running"] == true);
+        if !running {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command is killed: {list}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -281,8 +281,11 @@ async fn run(
     let mut readers_done = false;
     let mut exit: Option<Exit> = None;
     let mut drain_until: Option<tokio::time::Instant> = None;
+    // Once the client is gone, `closed()` stays ready: it must be taken once, or the loop
+    // would spin and starve the tasks that report the exit.
+    let mut client_gone = false;
     loop {
-        if exit.is_some() && readers_done {
+        if exit.is_some() && (readers_done || client_gone) {
             break;
         }
         let drain = async {
@@ -320,9 +323,9 @@ async fn run(
                 timed_out = true;
                 let _ = process::signal_group(child.pid, Signal::KILL);
             }
-            _ = tx.closed() => {
+            _ = tx.closed(), if !client_gone => {
+                client_gone = true;
                 let _ = process::signal_group(child.pid, Signal::KILL);
-                if exit.is_some() { break; }
             }
             _ = drain => break,
         }

@@ -55,6 +55,8 @@ impl Daemon {
             .arg(&root)
             .args(extra)
             .env("RUST_LOG", "warn")
+            // One worker, as in a sandbox limited to one CPU: a task that never yields shows.
+            .env("TOKIO_WORKER_THREADS", "1")
             .env("SANDBOX_TEST_VISIBLE", "yes")
             .env("SANDBOX_API_TOKEN", "hidden")
             .stdout(Stdio::piped())
