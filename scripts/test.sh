@@ -8,10 +8,10 @@ export DEBIAN_FRONTEND=noninteractive
 if [ "$(id -u)" -eq 0 ]; then
   apt-get update -qq
   # Compilers, the OCI runtimes and CNI plugins the node agent drives, busybox for test images,
-  # a local registry, and the interpreters that run_code tests use.
+  # a local registry, and the interpreters that run_code and the SDK's tests use.
   apt-get install -y -qq --no-install-recommends gcc pkg-config ca-certificates \
     runc crun runsc containernetworking-plugins nftables iproute2 busybox-static \
-    docker-registry python3 nodejs >/dev/null
+    docker-registry python3 python3-venv nodejs >/dev/null
 fi
 if ! command -v kubectl >/dev/null; then
   echo "warning: kubectl is not on PATH; the kubectl conformance tests will fail" >&2
@@ -33,3 +33,6 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
+
+echo "== Python SDK against a live agent-sandbox up"
+AGENT_SANDBOX_BIN=$PWD/target/debug/agent-sandbox sdk/python/run-tests.sh

@@ -3,7 +3,7 @@
 
 The image holds busybox (a shell and the usual tools, from `busybox-static`), Debian's Python
 (`python3`: the interpreter, its standard library with compiled bytecode, and the shared
-libraries they load), and sandboxd as the entrypoint. It is written as an OCI image layout
+libraries they load), bash, and sandboxd as the entrypoint. It is written as an OCI image layout
 directory, which `agent-sandbox image import` loads into the embedded node and
 `agent-sandbox image push` sends to a registry.
 
@@ -235,8 +235,10 @@ def build(sandboxd: str, out: str, tag: str) -> str:
     for d in ("root", "workspace", "proc", "sys", "dev", "run", "etc/ssl/certs"):
         builder.add_dir(base, d, 0o700 if d == "root" else 0o755)
 
-    python = builder.layer("python: interpreter, standard library, shared libraries")
+    python = builder.layer("interpreters: python3 with its standard library, bash; shared libraries")
     binary, version = debian_python()
+    if os.path.exists("/usr/bin/bash"):
+        builder.add_with_libraries(python, ["/usr/bin/bash"])
     stdlib = f"/usr/lib/python{version}"
     dynload = os.path.join(stdlib, "lib-dynload")
     extensions = sorted(

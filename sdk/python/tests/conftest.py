@@ -5,7 +5,6 @@ waits for the Pods to go, then stops ``up`` and removes its directories."""
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import shutil
 import signal
@@ -49,16 +48,9 @@ def _binary() -> Path:
     return b
 
 
-def _pod_subnet() -> str:
-    """The embedded node's CNI bridge has a fixed name (asbx0): when it already exists, its
-    subnet is the only one that works, so take it."""
-    if os.environ.get("AGENT_SANDBOX_TEST_POD_SUBNET"):
-        return os.environ["AGENT_SANDBOX_TEST_POD_SUBNET"]
-    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", "asbx0"],
-                         capture_output=True, text=True, check=False).stdout.split()
-    if "inet" in out:
-        return str(ipaddress.ip_interface(out[out.index("inet") + 1]).network)
-    return "10.89.0.0/16"
+# A bridge and subnet of the tests' own, so that they never meet another instance's network.
+BRIDGE = os.environ.get("AGENT_SANDBOX_TEST_BRIDGE", "asbxsdk")
+POD_SUBNET = os.environ.get("AGENT_SANDBOX_TEST_POD_SUBNET", "10.89.0.0/16")
 
 
 def _wait_pods_gone(kube: KubeApi, timeout: float) -> list[str]:
@@ -93,7 +85,7 @@ def up() -> Iterator[Path]:
     proc = subprocess.Popen(
         [str(binary), "up", "--data-dir", str(data), "--run-dir", str(run),
          "--api-listen", API, "--router-listen", ROUTER, "--metrics-listen", METRICS,
-         "--pod-subnet", _pod_subnet()],
+         "--pod-subnet", POD_SUBNET, "--bridge", BRIDGE],
         stdout=subprocess.PIPE, stderr=log, text=True, stdin=subprocess.DEVNULL)
     assert proc.stdout is not None
     deadline = time.monotonic() + 120
@@ -151,6 +143,8 @@ def up() -> Iterator[Path]:
                 proc.kill()
                 proc.wait(10)
             log.close()
+            # The bridge outlives `up` (as CNI bridges do); the tests' own is removed.
+            subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
             if old_env is None:
                 os.environ.pop("AGENT_SANDBOX_DATA_DIR", None)
             else:
