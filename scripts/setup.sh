@@ -15,7 +15,8 @@ apt-get update -qq
 # The OCI runtimes and CNI plugins the node agent drives; busybox and Debian's python3 for the
 # example image; kubectl's absence is tolerated (the CLI covers the example).
 apt-get install -y -qq --no-install-recommends gcc libc6-dev pkg-config ca-certificates curl \
-  runc crun runsc containernetworking-plugins iproute2 nftables busybox-static python3 >/dev/null
+  runc crun runsc containernetworking-plugins iproute2 nftables busybox-static python3 \
+  python3-venv >/dev/null
 
 if ! command -v cargo >/dev/null; then
   [ -f "$HOME/.cargo/env" ] || curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
@@ -67,6 +68,11 @@ done
 
 echo "== quick start (CLI)"
 examples/quickstart.sh "$bin"
+
+echo "== quick start (Python SDK, installed in $data/sdk-venv)"
+[ -x "$data/sdk-venv/bin/python" ] || python3 -m venv "$data/sdk-venv"
+"$data/sdk-venv/bin/pip" install -q --disable-pip-version-check ./sdk/python
+"$data/sdk-venv/bin/python" sdk/python/examples/quickstart.py python-pool default
 
 echo
 echo "agent-sandbox is running: $bin get | claim | exec | cp | ls | logs | suspend | resume | delete"
