@@ -429,7 +429,7 @@ fn claim_sandbox(up: &Up, claim: &str) -> String {
 }
 
 #[test]
-fn suspend_and_resume_keep_the_volume() {
+fn volumes_survive_suspend_and_runsc_runs_sandboxd() {
     let up = Up::start("asbxe2e2", "10.92.0.0/16");
     let sandbox = repo().join("examples/manifests/sandbox.yaml");
     up.ok(&["apply", "-f", sandbox.to_str().unwrap()]);
@@ -462,6 +462,31 @@ fn suspend_and_resume_keep_the_volume() {
         "the root filesystem starts afresh"
     );
     up.ok(&["delete", "my-sandbox"]);
+
+    // gVisor: sandboxd and threaded programs run under runsc.
+    let gvisor = tempfile::NamedTempFile::new().unwrap();
+    fs_err::write(
+        gvisor.path(),
+        format!(
+            "apiVersion: agents.x-k8s.io/v1beta1\nkind: Sandbox\nmetadata: {{name: gvisor}}\nspec:\n  podTemplate:\n    spec:\n      runtimeClassName: runsc\n      containers: [{{name: s, image: \"{IMAGE}\", imagePullPolicy: IfNotPresent}}]\n"
+        ),
+    )
+    .unwrap();
+    up.ok(&["apply", "-f", gvisor.path().to_str().unwrap()]);
+    wait_until(
+        "the runsc sandbox is Ready",
+        Duration::from_secs(90),
+        || up.ok(&["get", "sandboxes", "gvisor"]).contains("True"),
+    );
+    let threads = "import threading; t = threading.Thread(target=print, args=('in a thread',)); t.start(); t.join()";
+    assert_eq!(
+        up.ok(&["exec", "gvisor", "--", "python3", "-c", threads]),
+        "in a thread\n"
+    );
+    // gVisor presents its own kernel, never the host's.
+    let host_kernel = fs_err::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_ne!(up.ok(&["exec", "gvisor", "--", "uname", "-r"]), host_kernel);
+    up.ok(&["delete", "gvisor"]);
     let err = up.fails(&["get", "sandboxes", "my-sandbox"]);
     assert!(err.contains("nothing named my-sandbox"), "{err}");
 }

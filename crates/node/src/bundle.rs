@@ -472,7 +472,7 @@ pub fn build(inp: &BundleInputs<'_>) -> Result<Spec> {
     let mut oci: Spec = serde_json::from_value(doc)
         .map_err(|e| NodeError::json(format!("OCI spec of sandbox {}", spec.id), e))?;
     if let Some(linux) = oci.linux_mut() {
-        linux.set_seccomp(Some(crate::seccomp::default_profile()));
+        linux.set_seccomp(Some(crate::seccomp::profile_for(inp.handler)));
     }
     Ok(oci)
 }

@@ -100,6 +100,27 @@ pub const DENIED_SYSCALLS: &[(&str, &[&str])] = &[
 
 const CLONE_NEWUSER: u64 = 0x1000_0000;
 
+/// The profile for a sandbox run by `handler`.
+///
+/// runsc (gVisor) enforces the OCI profile inside its own kernel, and the Debian 2022 build
+/// does not honour the argument filter of the `clone` rule: it would refuse every `clone`, so
+/// no thread could start. Under runsc both clone rules are left out: gVisor keeps user
+/// namespaces inside its own kernel, and it has no `clone3` (libc gets `ENOSYS` and falls back
+/// to `clone` there anyway).
+pub fn profile_for(handler: crate::HandlerKind) -> LinuxSeccomp {
+    let mut profile = default_profile();
+    if handler == crate::HandlerKind::Runsc
+        && let Some(syscalls) = profile.syscalls().clone()
+    {
+        let kept = syscalls
+            .into_iter()
+            .filter(|s| !s.names().iter().any(|n| n == "clone" || n == "clone3"))
+            .collect();
+        profile.set_syscalls(Some(kept));
+    }
+    profile
+}
+
 /// The profile as an OCI `linux.seccomp` section.
 pub fn default_profile() -> LinuxSeccomp {
     let eperm = libc_errno(1);
@@ -152,6 +173,27 @@ fn libc_errno(n: u32) -> u32 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn runsc_profiles_leave_thread_creation_to_gvisor() {
+        let names = |p: &LinuxSeccomp| -> Vec<String> {
+            p.syscalls()
+                .clone()
+                .unwrap_or_default()
+                .iter()
+                .flat_map(|s| s.names().clone())
+                .collect()
+        };
+        let crun = names(&profile_for(crate::HandlerKind::Crun));
+        let runsc = names(&profile_for(crate::HandlerKind::Runsc));
+        assert!(crun.iter().any(|n| n == "clone") && crun.iter().any(|n| n == "clone3"));
+        assert!(!runsc.iter().any(|n| n == "clone" || n == "clone3"));
+        assert!(
+            runsc.iter().any(|n| n == "keyctl"),
+            "the rest of the deny-list stays"
+        );
+    }
+
     use super::*;
 
     #[test]
