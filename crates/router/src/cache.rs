@@ -32,11 +32,16 @@ struct Index {
     pods: HashMap<(String, String), Record>,
     by_name: HashMap<(String, String), IpAddr>,
     by_uid: HashMap<String, IpAddr>,
+    /// Which pod holds an address.
+    by_ip: HashMap<IpAddr, (String, String)>,
 }
 
 impl Index {
     fn remove(&mut self, key: &(String, String)) {
         if let Some(old) = self.pods.remove(key) {
+            if self.by_ip.get(&old.ip) == Some(key) {
+                self.by_ip.remove(&old.ip);
+            }
             for n in &old.names {
                 self.by_name.remove(n);
             }
@@ -62,6 +67,7 @@ impl Index {
         for u in &record.uids {
             self.by_uid.insert(u.clone(), record.ip);
         }
+        self.by_ip.insert(record.ip, key.clone());
         self.pods.insert(key, record);
     }
 }
@@ -122,6 +128,27 @@ impl PodCache {
     /// An empty cache (fed by [`PodCache::run`] or, in tests, [`PodCache::apply`]).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Whether the pod at `ip` serves the sandbox named `namespace/name` (or with `uid`):
+    /// `None` when the cache knows no pod at that address (it may be newer than the cache).
+    /// Used to refuse an `X-Sandbox-Pod-IP` that would route a request into another sandbox.
+    pub fn ip_serves(
+        &self,
+        ip: IpAddr,
+        namespace: &str,
+        name: &str,
+        uid: Option<&str>,
+    ) -> Option<bool> {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let record = index.pods.get(index.by_ip.get(&ip)?)?;
+        Some(
+            record
+                .names
+                .iter()
+                .any(|(ns, n)| ns == namespace && n == name)
+                || uid.is_some_and(|u| record.uids.iter().any(|r| r == u)),
+        )
     }
 
     /// The IP for a sandbox: by UID first, then by namespace/name.
@@ -291,5 +318,20 @@ mod tests {
             Some(("pool-abcde", "u4")),
         ));
         assert!(cache.resolve("ns", "pool-abcde", None).is_some());
+    }
+
+    #[test]
+    fn a_pod_ip_header_is_checked_against_the_pod_that_holds_the_address() {
+        let cache = PodCache::new();
+        cache.apply(&pod("a", "10.0.0.5", true, json!({}), Some(("sb-a", "ua"))));
+        let ip: IpAddr = "10.0.0.5".parse().unwrap();
+        assert_eq!(cache.ip_serves(ip, "ns", "sb-a", None), Some(true));
+        assert_eq!(cache.ip_serves(ip, "ns", "x", Some("ua")), Some(true));
+        assert_eq!(cache.ip_serves(ip, "ns", "sb-b", None), Some(false));
+        assert_eq!(cache.ip_serves(ip, "other", "sb-a", None), Some(false));
+        let unknown: IpAddr = "10.0.0.6".parse().unwrap();
+        assert_eq!(cache.ip_serves(unknown, "ns", "sb-b", None), None);
+        cache.delete(&pod("a", "10.0.0.5", true, json!({}), Some(("sb-a", "ua"))));
+        assert_eq!(cache.ip_serves(ip, "ns", "sb-b", None), None);
     }
 }

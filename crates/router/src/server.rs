@@ -156,6 +156,20 @@ impl Router {
             Ok(t) => t,
             Err(e) => return detail(StatusCode::BAD_REQUEST, e.to_string()),
         };
+        if let Some(ip) = target.pod_ip
+            && self
+                .cache
+                .ip_serves(ip, &target.namespace, &target.id, target.uid.as_deref())
+                == Some(false)
+        {
+            return detail(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "X-Sandbox-Pod-IP is the address of another sandbox, not {}.",
+                    target.id
+                ),
+            );
+        }
         let Some(ip) = self.resolve(&target).await else {
             self.metrics
                 .upstream_errors
