@@ -356,10 +356,23 @@ pub fn legacy_router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-/// Runs sandboxd with `config` until SIGINT or SIGTERM (or until the workload command ends).
+/// Runs sandboxd with `config` until SIGINT or SIGTERM (or until the workload command ends),
+/// after printing the bound addresses as one JSON line on stdout.
 /// Returns the exit code the process should end with.
 pub async fn serve(config: Config) -> Result<i32, ServeError> {
     let server = Server::bind(config).await?;
+    // One JSON line on stdout with the bound addresses, for supervisors and tests that start
+    // sandboxd on ephemeral ports.
+    let announce = serde_json::json!({
+        "grpc": server.grpc_addr().map(|a| a.to_string()),
+        "rest": server.rest_addr().map(|a| a.to_string()),
+        "legacy": server.legacy_addr().map(|a| a.to_string()),
+    });
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{announce}").and_then(|()| out.flush());
+    }
     tracing::info!(
         grpc = ?server.grpc_addr(),
         rest = ?server.rest_addr(),
