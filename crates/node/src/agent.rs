@@ -14,13 +14,19 @@
 //!
 //! On start, sandboxes left by a previous run are re-adopted by Pod UID; those whose Pod no longer
 //! exists are removed.
+//!
+//! With a bridge network the agent also enforces NetworkPolicies: it watches NetworkPolicies and
+//! Namespaces, keeps the [`PolicyEnforcer`] up to date with them and with the Pods' labels, and
+//! installs it as the engine's network hook so that a sandbox's rules are in place before it
+//! starts (see [`crate::firewall`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::WatchStreamExt;
@@ -30,6 +36,7 @@ use serde_json::{Value, json};
 
 use crate::engine::{Phase, SandboxEngine};
 use crate::error::NodeError;
+use crate::firewall::{PodMeta, PolicyEnforcer};
 use crate::spec::SandboxSpec;
 
 /// How often every Pod is re-examined even without a change (exits, retries).
@@ -41,6 +48,18 @@ pub struct NodeAgent {
     engine: Arc<SandboxEngine>,
     node_name: String,
     busy: tokio::sync::Mutex<HashSet<String>>,
+    enforcer: Option<Arc<PolicyEnforcer>>,
+    stopped: std::sync::atomic::AtomicBool,
+}
+
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
 }
 
 fn now() -> String {
@@ -71,12 +90,50 @@ impl NodeAgent {
         engine: Arc<SandboxEngine>,
         node_name: impl Into<String>,
     ) -> Arc<Self> {
+        let enforcer = engine.network().and_then(|cni| {
+            match PolicyEnforcer::new(cni.config()) {
+                Ok(e) => {
+                    if let Err(reason) = e.available() {
+                        tracing::warn!(%reason, "NetworkPolicies cannot be enforced on this host; pods that a policy selects will not start");
+                    }
+                    Some(Arc::new(e))
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "NetworkPolicy enforcement is off");
+                    None
+                }
+            }
+        });
+        if let Some(e) = &enforcer {
+            engine.set_network_hook(Arc::clone(e) as Arc<dyn crate::engine::NetworkHook>);
+        }
         Arc::new(Self {
             client,
             engine,
             node_name: node_name.into(),
             busy: Default::default(),
+            enforcer,
+            stopped: Default::default(),
         })
+    }
+
+    /// The NetworkPolicy enforcer (present when the node has a bridge network).
+    pub fn enforcer(&self) -> Option<&Arc<PolicyEnforcer>> {
+        self.enforcer.as_ref()
+    }
+
+    /// Re-apply the firewall in the background (policy, namespace or label changes).
+    fn resync_firewall(&self) {
+        if let Some(enf) = &self.enforcer
+            && enf.available().is_ok()
+        {
+            let enf = Arc::clone(enf);
+            tokio::spawn(async move {
+                if let Err(e) = enf.sync().await {
+                    tracing::error!(error = %e, "applying NetworkPolicies failed");
+                }
+            });
+        }
     }
 
     /// Creates the `Node` object if it is missing and marks it Ready.
@@ -123,7 +180,8 @@ impl NodeAgent {
         }
         let pods: Api<Pod> = Api::all(self.client.clone());
         let lp = ListParams::default().fields(&format!("spec.nodeName={}", self.node_name));
-        let live: HashSet<String> = pods.list(&lp).await?.items.iter().map(uid).collect();
+        let listed = pods.list(&lp).await?.items;
+        let live: HashSet<String> = listed.iter().map(uid).collect();
         for id in self.engine.list() {
             if !live.contains(&id) {
                 tracing::info!(sandbox = %id, "removing the sandbox of a deleted pod");
@@ -132,7 +190,93 @@ impl NodeAgent {
                 }
             }
         }
+        if let Some(enf) = &self.enforcer {
+            for pod in &listed {
+                enf.set_pod(&uid(pod), PodMeta::of(pod));
+            }
+            for (id, att) in self.engine.attachments() {
+                enf.set_endpoint(&id, &att);
+            }
+            let nps: Api<NetworkPolicy> = Api::all(self.client.clone());
+            enf.replace_policies(nps.list(&ListParams::default()).await?.items);
+            let nss: Api<Namespace> = Api::all(self.client.clone());
+            for ns in nss.list(&ListParams::default()).await?.items {
+                enf.set_namespace(
+                    &ns.metadata.name.clone().unwrap_or_default(),
+                    ns.metadata.labels.clone().unwrap_or_default(),
+                );
+            }
+            if enf.available().is_ok()
+                && let Err(e) = enf.sync().await
+            {
+                tracing::error!(error = %e, "applying NetworkPolicies after a restart failed");
+            }
+        }
         Ok(())
+    }
+
+    /// Keeps the enforcer's NetworkPolicies current.
+    async fn watch_policies(self: Arc<Self>, enf: Arc<PolicyEnforcer>) {
+        let api: Api<NetworkPolicy> = Api::all(self.client.clone());
+        let mut stream = watcher::watcher(api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        let mut relist: Vec<NetworkPolicy> = Vec::new();
+        while let Some(event) = stream.next().await {
+            let changed = match event {
+                Ok(Event::Init) => {
+                    relist.clear();
+                    false
+                }
+                Ok(Event::InitApply(np)) => {
+                    relist.push(np);
+                    false
+                }
+                Ok(Event::InitDone) => {
+                    enf.replace_policies(std::mem::take(&mut relist));
+                    true
+                }
+                Ok(Event::Apply(np)) => enf.set_policy(np),
+                Ok(Event::Delete(np)) => enf.remove_policy(
+                    np.metadata.namespace.as_deref().unwrap_or("default"),
+                    np.metadata.name.as_deref().unwrap_or_default(),
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "NetworkPolicy watch failed; retrying");
+                    false
+                }
+            };
+            if changed {
+                self.resync_firewall();
+            }
+        }
+    }
+
+    /// Keeps the enforcer's namespace labels current (for namespaceSelector peers).
+    async fn watch_namespaces(self: Arc<Self>, enf: Arc<PolicyEnforcer>) {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let mut stream = watcher::watcher(api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        while let Some(event) = stream.next().await {
+            let changed = match event {
+                Ok(Event::Apply(ns) | Event::InitApply(ns)) => enf.set_namespace(
+                    ns.metadata.name.as_deref().unwrap_or_default(),
+                    ns.metadata.labels.clone().unwrap_or_default(),
+                ),
+                Ok(Event::Delete(ns)) => {
+                    enf.remove_namespace(ns.metadata.name.as_deref().unwrap_or_default())
+                }
+                Ok(Event::Init | Event::InitDone) => false,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Namespace watch failed; retrying");
+                    false
+                }
+            };
+            if changed {
+                self.resync_firewall();
+            }
+        }
     }
 
     /// Watches this node's Pods until the task is dropped.
@@ -158,6 +302,16 @@ impl NodeAgent {
                 }
             })
         };
+        // Background tasks end with this one, also when it is aborted.
+        let mut tasks = AbortOnDrop(vec![resync]);
+        if let Some(enf) = &self.enforcer {
+            tasks.0.push(tokio::spawn(
+                Arc::clone(&self).watch_policies(Arc::clone(enf)),
+            ));
+            tasks.0.push(tokio::spawn(
+                Arc::clone(&self).watch_namespaces(Arc::clone(enf)),
+            ));
+        }
         let mut stream = watcher::watcher(pods, config).default_backoff().boxed();
         while let Some(event) = stream.next().await {
             match event {
@@ -166,6 +320,12 @@ impl NodeAgent {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .insert(uid(&pod), pod.clone());
+                    if let Some(enf) = &self.enforcer
+                        && enf.set_pod(&uid(&pod), PodMeta::of(&pod))
+                        && self.engine.list().contains(&uid(&pod))
+                    {
+                        self.resync_firewall();
+                    }
                     Arc::clone(&self).spawn_sync(pod);
                 }
                 Ok(Event::Delete(pod)) => {
@@ -178,17 +338,36 @@ impl NodeAgent {
                         if this.engine.list().contains(&uid(&pod)) {
                             let _ = this.engine.remove(&uid(&pod)).await;
                         }
+                        if let Some(enf) = &this.enforcer
+                            && enf.remove_pod(&uid(&pod))
+                        {
+                            this.resync_firewall();
+                        }
                     });
                 }
                 Ok(Event::Init | Event::InitDone) => {}
                 Err(e) => tracing::warn!(error = %e, "pod watch failed; retrying"),
             }
         }
-        resync.abort();
+        drop(tasks);
+    }
+
+    /// Stop acting on Pods: no sandbox is started or restarted afterwards (syncs in flight
+    /// finish). For shutdown and tests; abort the task running [`NodeAgent::run`] too.
+    pub fn stop(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Runs [`NodeAgent::sync`] for `pod` unless a sync of the same Pod is already running.
     fn spawn_sync(self: Arc<Self>, pod: Pod) {
+        if self.is_stopped() {
+            return;
+        }
         tokio::spawn(async move {
             let id = uid(&pod);
             if !self.busy.lock().await.insert(id.clone()) {
@@ -315,6 +494,13 @@ impl NodeAgent {
 
     async fn start(&self, pod: &Pod, pods: &Api<Pod>, restarts: i32) -> Result<(), kube::Error> {
         let name = pod.metadata.name.clone().unwrap_or_default();
+        if self.is_stopped() {
+            return Ok(());
+        }
+        if let Some(enf) = &self.enforcer {
+            // The engine's network hook needs the labels before the sandbox gets its address.
+            enf.set_pod(&uid(pod), PodMeta::of(pod));
+        }
         let result = match SandboxSpec::from_pod(pod) {
             Ok(spec) => self.engine.run(spec).await,
             Err(e) => Err(e),

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use crate::error::{NodeError, Result};
 use crate::host;
+use crate::netpol::HostPeer;
 
 /// Bridge network settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -31,6 +32,11 @@ pub struct NetworkConfig {
     pub plugin_dir: PathBuf,
     /// Masquerade traffic leaving the subnet (needs iptables).
     pub ip_masq: bool,
+    /// nftables table for NetworkPolicy enforcement; `None`: `agent_sandbox_<bridge>`.
+    pub policy_table: Option<String>,
+    /// The identity the host has as a NetworkPolicy peer (see [`crate::netpol`]); the default
+    /// is the router's, because `agent-sandbox up` runs the router on the host.
+    pub host_peer: Option<HostPeer>,
 }
 
 impl Default for NetworkConfig {
@@ -41,6 +47,8 @@ impl Default for NetworkConfig {
             subnet: "10.88.0.0/16".into(),
             plugin_dir: PathBuf::from("/usr/lib/cni"),
             ip_masq: false,
+            policy_table: None,
+            host_peer: Some(HostPeer::router()),
         }
     }
 }
@@ -85,6 +93,16 @@ pub fn host_routes() -> Vec<(String, Ipv4Addr, u8)> {
 }
 
 impl NetworkConfig {
+    /// The bridge's own address: the first address of the subnet, as host-local assigns it.
+    pub fn gateway(&self) -> Ipv4Addr {
+        parse_cidr(&self.subnet)
+            .map(|(a, len)| {
+                let m = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+                Ipv4Addr::from((u32::from(a) & m) + 1)
+            })
+            .unwrap_or(Ipv4Addr::UNSPECIFIED)
+    }
+
     /// Check names, the subnet, that it does not collide with a host route (other than our
     /// bridge's own) and that the plugins exist.
     pub fn validate(&self) -> Result<()> {
@@ -155,6 +173,36 @@ pub struct Attachment {
     pub ip: Ipv4Addr,
     /// The bridge plugin's raw result (needed for DEL).
     pub result: Value,
+}
+
+impl Attachment {
+    /// The host side of the sandbox's veth pair, from the plugin result.
+    pub fn host_interface(&self, bridge: &str) -> Option<String> {
+        self.interfaces()
+            .find(|i| {
+                i.get("sandbox").is_none() && i.get("name").and_then(Value::as_str) != Some(bridge)
+            })
+            .and_then(|i| Some(i.get("name")?.as_str()?.to_string()))
+    }
+
+    /// The MAC address of the sandbox's interface, from the plugin result.
+    pub fn sandbox_mac(&self) -> Option<String> {
+        self.interfaces()
+            .find(|i| {
+                i.get("sandbox")
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| !s.is_empty())
+            })
+            .and_then(|i| Some(i.get("mac")?.as_str()?.to_ascii_lowercase()))
+    }
+
+    fn interfaces(&self) -> impl Iterator<Item = &Value> {
+        self.result
+            .get("interfaces")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+    }
 }
 
 const TIMEOUT: Duration = Duration::from_secs(20);

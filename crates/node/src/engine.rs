@@ -28,6 +28,20 @@ use crate::runtime::{ContainerStatus, HandlerKind, HandlerStatus, OciRuntime, fi
 use crate::spec::{SandboxSpec, VolumeSource, VolumeSpec};
 use crate::sys;
 
+/// Called by the engine around a sandbox's network: `attached` after CNI ADD and before the
+/// runtime creates the container (an error fails the create), `detached` after CNI DEL. The
+/// node's NetworkPolicy enforcer ([`crate::firewall::PolicyEnforcer`]) is one.
+pub trait NetworkHook: Send + Sync {
+    /// The sandbox got its address; nothing runs in it yet.
+    fn attached<'a>(
+        &'a self,
+        spec: &'a SandboxSpec,
+        attachment: &'a Attachment,
+    ) -> futures::future::BoxFuture<'a, Result<()>>;
+    /// The sandbox's network is gone.
+    fn detached<'a>(&'a self, id: &'a str) -> futures::future::BoxFuture<'a, ()>;
+}
+
 /// Engine settings.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -159,6 +173,7 @@ pub struct SandboxEngine {
     images: ImageStore,
     cni: Option<Cni>,
     sandboxes: Mutex<HashMap<String, Arc<Entry>>>,
+    network_hook: Mutex<Option<Arc<dyn NetworkHook>>>,
 }
 
 struct Paths {
@@ -294,6 +309,7 @@ impl SandboxEngine {
             images,
             cni,
             sandboxes: Mutex::new(HashMap::new()),
+            network_hook: Mutex::new(None),
         })
     }
 
@@ -325,6 +341,26 @@ impl SandboxEngine {
     /// The network driver, if configured.
     pub fn network(&self) -> Option<&Cni> {
         self.cni.as_ref()
+    }
+
+    /// Install the hook called around each sandbox's network (see [`NetworkHook`]).
+    pub fn set_network_hook(&self, hook: Arc<dyn NetworkHook>) {
+        *lock(&self.network_hook) = Some(hook);
+    }
+
+    fn hook(&self) -> Option<Arc<dyn NetworkHook>> {
+        lock(&self.network_hook).clone()
+    }
+
+    /// The network attachment (pod IP, CNI result) of every known sandbox that has one.
+    pub fn attachments(&self) -> Vec<(String, Attachment)> {
+        let map = lock(&self.sandboxes);
+        let mut v: Vec<(String, Attachment)> = map
+            .iter()
+            .filter_map(|(id, e)| Some((id.clone(), lock(&e.record).attachment.clone()?)))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 
     /// The engine configuration.
@@ -591,8 +627,11 @@ impl SandboxEngine {
         tri!(host::create_netns(&rec.netns));
         if let Some(cni) = &self.cni {
             let att = tri!(cni.add(&rec.spec.id, &rec.netns).await);
-            rec.attachment = Some(att);
+            rec.attachment = Some(att.clone());
             tri!(self.save_record(&rec));
+            if let Some(hook) = self.hook() {
+                tri!(hook.attached(&rec.spec, &att).await);
+            }
         }
 
         let hostname = rec
@@ -916,6 +955,9 @@ impl SandboxEngine {
                 cni.del(id, &rec.netns, rec.attachment.as_ref().map(|a| &a.result))
                     .await,
             );
+            if let Some(hook) = self.hook() {
+                hook.detached(id).await;
+            }
         }
         note(host::remove_netns(&rec.netns));
         note(host::remove_cgroup(&rec.cgroup_path));

@@ -192,6 +192,15 @@ pub enum NodeError {
         message: String,
     },
 
+    /// NetworkPolicy enforcement failed or is impossible on this host.
+    #[error("NetworkPolicy enforcement (nftables table {table}): {message}")]
+    Firewall {
+        /// The node's table.
+        table: String,
+        /// What failed, and what to do.
+        message: String,
+    },
+
     /// Node configuration problem.
     #[error("node configuration: {0}")]
     Config(String),

@@ -165,6 +165,45 @@ pub fn cgroup_exists(rel: &str) -> bool {
     entries.flatten().any(|e| e.path().join(rel).is_dir())
 }
 
+/// Whether bridged IPv4 traffic can be filtered by `inet` tables (br_netfilter is present).
+pub fn bridge_netfilter_available() -> bool {
+    Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists()
+}
+
+/// Make `bridge` pass its bridged IPv4 and IPv6 traffic through the `inet` hooks (the per-bridge
+/// switch, so the host-wide sysctl is left alone). A missing bridge is fine: it is made by the
+/// first CNI ADD, and the next call sets it.
+pub fn enable_bridge_netfilter(bridge: &str) {
+    for knob in ["nf_call_iptables", "nf_call_ip6tables"] {
+        let p = Path::new("/sys/class/net")
+            .join(bridge)
+            .join("bridge")
+            .join(knob);
+        if fs_err::read_to_string(&p).is_ok_and(|v| v.trim() == "0") {
+            tracing::debug!(target: TARGET, path = %p.display(), "enable bridge netfilter");
+            if let Err(e) = fs_err::write(&p, "1") {
+                tracing::warn!(target: TARGET, error = %e, "enabling netfilter on the bridge failed");
+            }
+        }
+    }
+}
+
+/// Apply an nftables script in one transaction (`nft -f -`). The error is nft's message.
+pub async fn nft_apply(nft: &Path, script: &str) -> std::result::Result<(), String> {
+    tracing::debug!(target: TARGET, bytes = script.len(), "nft -f -");
+    let mut cmd = command(nft);
+    cmd.args(["-f", "-"]);
+    match run(cmd, Some(script.as_bytes()), Duration::from_secs(30)).await {
+        Ok(out) if out.code == 0 => Ok(()),
+        Ok(out) => Err(format!(
+            "nft -f failed (exit {}): {}",
+            out.code,
+            out.message()
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Output of an external program.
 #[derive(Debug)]
 pub struct CmdOutput {

@@ -13,41 +13,9 @@ use std::time::{Duration, Instant};
 
 use agent_sandbox_node::cni::{self, NetworkConfig};
 use agent_sandbox_node::{HandlerKind, SandboxSpec};
-use common::{Env, assert_no_leaks, need};
+use common::{BridgeGuard, Env, assert_no_leaks, need, test_network};
 
 const IMAGE: &str = "localhost/test/busybox:1";
-
-/// A bridge name and a /24 that collides with no host route.
-fn test_network(salt: u32) -> Option<NetworkConfig> {
-    let routes = cni::host_routes();
-    let pid = std::process::id();
-    for i in 0..200u32 {
-        let third = (pid + salt * 37 + i) % 250 + 1;
-        let subnet = format!("10.88.{third}.0/24");
-        let net = cni::parse_cidr(&subnet).unwrap();
-        if routes
-            .iter()
-            .all(|(_, dst, len)| *len == 0 || !cni::overlaps(net, (*dst, *len)))
-        {
-            return Some(NetworkConfig {
-                name: format!("asbx-test-{pid}-{salt}"),
-                bridge: format!("asbt{}", (pid * 10 + salt) % 100_000_000),
-                subnet,
-                ..NetworkConfig::default()
-            });
-        }
-    }
-    None
-}
-
-struct BridgeGuard(String);
-impl Drop for BridgeGuard {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["link", "del", &self.0])
-            .status();
-    }
-}
 
 fn http_get(addr: SocketAddr) -> std::io::Result<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
@@ -66,7 +34,7 @@ async fn networking(kind: HandlerKind, salt: u32) {
         println!("SKIP: containernetworking-plugins is not installed");
         return;
     }
-    let net = test_network(salt).expect("a free /24 under 10.88.0.0/16");
+    let (net, _) = test_network(salt).expect("a free /24 under 10.100.0.0/16");
     let _bridge = BridgeGuard(net.bridge.clone());
     let env = Env::new(&[kind], Some(net.clone())).await;
     env.busybox(IMAGE).await;
@@ -167,8 +135,13 @@ async fn bridge_network_runsc() {
 
 #[test]
 fn subnet_colliding_with_a_host_route_is_refused() {
-    // The host's default-route interface network is always a collision.
-    let Some((dev, dst, len)) = cni::host_routes().into_iter().find(|(_, _, l)| *l > 0) else {
+    // The host's default-route interface network is always a collision (routes on the
+    // configured bridge itself are not: they are the network's own).
+    let bridge = NetworkConfig::default().bridge;
+    let Some((dev, dst, len)) = cni::host_routes()
+        .into_iter()
+        .find(|(d, _, l)| *l > 0 && *d != bridge)
+    else {
         println!("SKIP: no non-default IPv4 route on this host");
         return;
     };

@@ -407,28 +407,47 @@ impl Drop for Env {
         let Some(engine) = self.engine.take() else {
             return;
         };
-        let root = self.dir.path().to_path_buf();
-        let cgroup_parent = self.config.cgroup_parent.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let _ = engine.recover().await;
-                for id in engine.list() {
-                    if let Err(e) = engine.remove(&id).await {
-                        eprintln!("cleanup of sandbox {id} failed: {e}");
-                    }
-                }
-            });
-            for m in agent_sandbox_node::host::mounts_under(&root).iter().rev() {
-                let _ = agent_sandbox_node::host::unmount(m);
-            }
-            let _ = agent_sandbox_node::host::remove_cgroup(&format!("/{cgroup_parent}"));
-        })
-        .join();
+        cleanup(
+            engine,
+            self.dir.path().to_path_buf(),
+            self.config.cgroup_parent.clone(),
+            None,
+        );
     }
+}
+
+/// Remove every sandbox of `engine` (re-adopting any left on disk), then leftover mounts under
+/// `root`, the cgroup parent and, if given, the firewall tables. Runs on its own thread.
+pub fn cleanup(
+    engine: Arc<SandboxEngine>,
+    root: PathBuf,
+    cgroup_parent: String,
+    enforcer: Option<Arc<agent_sandbox_node::firewall::PolicyEnforcer>>,
+) {
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let _ = engine.recover().await;
+            for id in engine.list() {
+                if let Err(e) = engine.remove(&id).await {
+                    eprintln!("cleanup of sandbox {id} failed: {e}");
+                }
+            }
+            if let Some(enf) = enforcer
+                && let Err(e) = enf.remove_tables().await
+            {
+                eprintln!("removing the firewall tables failed: {e}");
+            }
+        });
+        for m in agent_sandbox_node::host::mounts_under(&root).iter().rev() {
+            let _ = agent_sandbox_node::host::unmount(m);
+        }
+        let _ = agent_sandbox_node::host::remove_cgroup(&format!("/{cgroup_parent}"));
+    })
+    .join();
 }
 
 /// Leak check after all sandboxes of an env were removed.
@@ -459,4 +478,276 @@ pub fn assert_no_leaks(env: &Env) {
         .map(|r| r.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(sandboxes.is_empty(), "leaked sandbox dirs: {sandboxes:?}");
+}
+
+/// A bridge network of its own for one test: bridge `asnt<pid><salt>`, a /24 in 10.100.0.0/16
+/// (third octet from the pid and salt) that collides with no host route, and its own
+/// nftables table name. `n` is the third octet, for companion subnets (10.101.n.0/24...).
+pub fn test_network(salt: u32) -> Option<(NetworkConfig, u8)> {
+    let routes = agent_sandbox_node::cni::host_routes();
+    let pid = std::process::id();
+    for i in 0..250u32 {
+        let third = ((pid + salt * 37 + i) % 250 + 1) as u8;
+        let subnet = format!("10.100.{third}.0/24");
+        let net = agent_sandbox_node::cni::parse_cidr(&subnet).unwrap();
+        let private = agent_sandbox_node::cni::parse_cidr(&format!("10.101.{third}.0/24")).unwrap();
+        if routes.iter().all(|(_, dst, len)| {
+            *len == 0
+                || (!agent_sandbox_node::cni::overlaps(net, (*dst, *len))
+                    && !agent_sandbox_node::cni::overlaps(private, (*dst, *len)))
+        }) {
+            return Some((
+                NetworkConfig {
+                    name: format!("asbx-test-{pid}-{salt}"),
+                    bridge: format!("asnt{}", (pid * 10 + salt) % 100_000_000),
+                    subnet,
+                    policy_table: Some(format!("asbx_test_{pid}_{salt}")),
+                    ..NetworkConfig::default()
+                },
+                third,
+            ));
+        }
+    }
+    None
+}
+
+/// Deletes a bridge (and with it nothing else) on drop.
+pub struct BridgeGuard(pub String);
+
+impl Drop for BridgeGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+
+pub fn have_cni() -> bool {
+    Path::new("/usr/lib/cni/bridge").is_file()
+}
+
+fn ip(args: &[&str]) {
+    let st = Command::new("ip").args(args).status().unwrap();
+    assert!(st.success(), "ip {args:?} failed");
+}
+
+/// A TCP server in a network namespace the test makes, on a private address (10.101.n.2)
+/// routed from the host through a veth pair (10.101.n.1 on the host side). Every connection
+/// gets `marker` and is closed. Stopped and removed on drop.
+pub struct PrivateServer {
+    pub addr: std::net::SocketAddr,
+    netns: PathBuf,
+    host_if: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PrivateServer {
+    pub fn start(dir: &Path, n: u8, salt: u32, marker: &str) -> PrivateServer {
+        let netns = dir.join(format!("private-{salt}.netns"));
+        agent_sandbox_node::host::create_netns(&netns).unwrap();
+        let pid = std::process::id();
+        let host_if = format!("aspv{}", (pid * 10 + salt) % 100_000_000);
+        let ns_if = format!("{host_if}p");
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+        ]);
+        ip(&["link", "set", &ns_if, "netns", netns.to_str().unwrap()]);
+        ip(&["addr", "add", &format!("10.101.{n}.1/30"), "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        let ns_arg = format!("--net={}", netns.display());
+        for args in [
+            vec!["addr", "add", &format!("10.101.{n}.2/30"), "dev", &ns_if],
+            vec!["link", "set", &ns_if, "up"],
+            vec!["route", "add", "default", "via", &format!("10.101.{n}.1")],
+        ] {
+            let mut full = vec![ns_arg.as_str(), "ip"];
+            full.extend(args.iter().map(|a| -> &str { a }));
+            let st = Command::new("nsenter").args(&full).status().unwrap();
+            assert!(st.success(), "nsenter {full:?} failed");
+        }
+        let addr: std::net::SocketAddr = format!("10.101.{n}.2:8080").parse().unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = {
+            let (netns, stop, marker) = (netns.clone(), Arc::clone(&stop), marker.to_string());
+            std::thread::spawn(move || {
+                let f = fs_err::File::open(&netns).unwrap();
+                nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                let l = TcpListener::bind(addr).unwrap();
+                l.set_nonblocking(true).unwrap();
+                tx.send(()).unwrap();
+                // Bounded: at most ten minutes, checking the stop flag every 10 ms.
+                for _ in 0..60_000 {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        break;
+                    }
+                    match l.accept() {
+                        Ok((mut s, _)) => {
+                            let _ = s.write_all(marker.as_bytes());
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            })
+        };
+        rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        PrivateServer {
+            addr,
+            netns,
+            host_if,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+        let _ = agent_sandbox_node::host::remove_netns(&self.netns);
+    }
+}
+
+/// The embedded API server, a sandbox engine and a node agent driving it: Pods created through
+/// the API run as sandboxes. Drop removes the sandboxes and the firewall tables.
+pub struct AgentEnv {
+    pub env: Env,
+    pub server: agent_sandbox_apiserver::RunningApiServer,
+    pub client: kube::Client,
+    pub agent: Arc<agent_sandbox_node::agent::NodeAgent>,
+    task: tokio::task::JoinHandle<()>,
+    _api_dir: tempfile::TempDir,
+}
+
+pub const NODE: &str = "test-node";
+
+impl AgentEnv {
+    pub async fn new(handlers: &[HandlerKind], network: Option<NetworkConfig>) -> AgentEnv {
+        let env = Env::new(handlers, network).await;
+        let api_dir = tempfile::Builder::new()
+            .prefix("asbx-api-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let mut cfg = agent_sandbox_apiserver::Config::new(api_dir.path());
+        cfg.tcp_addr = None;
+        cfg.node_name = NODE.into();
+        let server = agent_sandbox_apiserver::ApiServer::start(cfg)
+            .await
+            .unwrap();
+        let client = server.client();
+        let agent = agent_sandbox_node::agent::NodeAgent::new(
+            client.clone(),
+            Arc::clone(env.engine.as_ref().unwrap()),
+            NODE,
+        );
+        agent.register().await.unwrap();
+        agent.recover().await.unwrap();
+        let task = tokio::spawn(Arc::clone(&agent).run());
+        AgentEnv {
+            env,
+            server,
+            client,
+            agent,
+            task,
+            _api_dir: api_dir,
+        }
+    }
+
+    pub fn engine(&self) -> &SandboxEngine {
+        self.env.engine()
+    }
+
+    pub async fn create_pod(&self, pod: serde_json::Value) -> k8s_openapi::api::core::v1::Pod {
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod).unwrap();
+        let ns = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let api: kube::Api<k8s_openapi::api::core::v1::Pod> =
+            kube::Api::namespaced(self.client.clone(), &ns);
+        api.create(&Default::default(), &pod).await.unwrap()
+    }
+
+    /// Poll the Pod until `pred` holds (bounded by `timeout`); panics with the last status.
+    pub async fn wait_pod(
+        &self,
+        ns: &str,
+        name: &str,
+        timeout: Duration,
+        pred: impl Fn(&k8s_openapi::api::core::v1::Pod) -> bool,
+    ) -> k8s_openapi::api::core::v1::Pod {
+        let api: kube::Api<k8s_openapi::api::core::v1::Pod> =
+            kube::Api::namespaced(self.client.clone(), ns);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let pod = api.get_opt(name).await.unwrap();
+            if let Some(p) = &pod
+                && pred(p)
+            {
+                return p.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pod {ns}/{name} did not reach the expected state within {timeout:?}: {:?}",
+                pod.and_then(|p| p.status)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until the Pod runs with a pod IP; returns (uid, ip).
+    pub async fn wait_running(&self, ns: &str, name: &str) -> (String, std::net::Ipv4Addr) {
+        let p = self
+            .wait_pod(ns, name, Duration::from_secs(60), |p| {
+                p.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase.as_deref() == Some("Running") && s.pod_ip.is_some())
+            })
+            .await;
+        let ip = p.status.unwrap().pod_ip.unwrap().parse().unwrap();
+        (p.metadata.uid.unwrap(), ip)
+    }
+
+    /// The container log of a Pod's sandbox.
+    pub fn log(&self, uid: &str) -> String {
+        fs_err::read_to_string(self.engine().log_path(uid)).unwrap_or_default()
+    }
+
+    /// Poll a Pod's log until it contains one of `needles` (bounded); returns the log.
+    pub async fn wait_log(&self, uid: &str, needles: &[&str], timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log(uid);
+            if needles.iter().any(|n| log.contains(n)) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "log of {uid} has none of {needles:?} after {timeout:?}: {log}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for AgentEnv {
+    fn drop(&mut self) {
+        self.agent.stop();
+        self.task.abort();
+        let Some(engine) = self.env.engine.take() else {
+            return;
+        };
+        cleanup(
+            engine,
+            self.env.dir.path().to_path_buf(),
+            self.env.config.cgroup_parent.clone(),
+            self.agent.enforcer().cloned(),
+        );
+    }
 }

@@ -1,0 +1,389 @@
+//! The node's NetworkPolicy enforcer: what it knows (pods with their labels and addresses, the
+//! NetworkPolicies, the namespaces' labels) and the node's nftables tables, rebuilt from that
+//! state and applied atomically with one `nft -f` (see [`crate::netpol`] for the rules).
+//!
+//! Order of events for a new sandbox: the agent records the Pod's metadata
+//! ([`PolicyEnforcer::set_pod`]) → the engine's CNI ADD gives it an address → the engine calls
+//! the [`NetworkHook`] → the enforcer adds the address and applies a ruleset that includes it
+//! → only then does the runtime start the sandbox. Until then the sandbox's address is unknown
+//! to the ruleset, and unknown addresses of the pod subnet are dropped, so no sandbox ever runs
+//! with more network than its policies give it. Changes of policies, namespaces or pod labels
+//! trigger a rebuild ([`PolicyEnforcer::sync`]); concurrent requests share one `nft` run.
+//!
+//! When the host cannot enforce policies (no `nft` binary, no br_netfilter), pods that no policy
+//! selects run normally and pods that a policy selects are refused with the reason: a sandbox
+//! never runs with less isolation than its policy asks for.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+use crate::cni::{Attachment, NetworkConfig};
+use crate::engine::NetworkHook;
+use crate::error::{NodeError, Result};
+use crate::host;
+use crate::netpol::{self, FirewallConfig, NamedPort, PodEndpoint, PolicyInputs};
+use crate::spec::SandboxSpec;
+
+/// What the enforcer needs of a Pod besides its address.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PodMeta {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Named container ports.
+    pub ports: Vec<NamedPort>,
+}
+
+impl PodMeta {
+    /// The policy-relevant part of a Pod.
+    pub fn of(pod: &Pod) -> Self {
+        let ports = pod
+            .spec
+            .iter()
+            .flat_map(|s| {
+                s.containers
+                    .iter()
+                    .chain(s.init_containers.iter().flatten())
+            })
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| {
+                Some(NamedPort {
+                    name: p.name.clone()?,
+                    protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                    port: p.container_port,
+                })
+            })
+            .collect();
+        PodMeta {
+            namespace: pod
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            ports,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Endpoint {
+    ip: Ipv4Addr,
+    host_veth: Option<String>,
+    mac: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    metas: HashMap<String, PodMeta>,
+    endpoints: HashMap<String, Endpoint>,
+    policies: BTreeMap<(String, String), NetworkPolicy>,
+    namespaces: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+struct Applied {
+    generation: u64,
+    result: std::result::Result<(), String>,
+    took: Option<Duration>,
+}
+
+/// The node's NetworkPolicy enforcer (see the module docs).
+pub struct PolicyEnforcer {
+    cfg: FirewallConfig,
+    nft: std::result::Result<PathBuf, String>,
+    state: Mutex<State>,
+    requested: AtomicU64,
+    applied: tokio::sync::Mutex<Applied>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The default nftables table name of a node whose pods are on `bridge`.
+pub fn table_name(bridge: &str) -> String {
+    let b: String = bridge
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("agent_sandbox_{b}")
+}
+
+impl PolicyEnforcer {
+    /// An enforcer for the node's bridge network. Checks that `nft` and br_netfilter exist;
+    /// if not, [`PolicyEnforcer::available`] says why.
+    pub fn new(net: &NetworkConfig) -> Result<Self> {
+        let (subnet, len) = crate::cni::parse_cidr(&net.subnet).ok_or_else(|| {
+            NodeError::Config(format!("subnet {:?} is not an IPv4 CIDR", net.subnet))
+        })?;
+        let cfg = FirewallConfig {
+            table: net
+                .policy_table
+                .clone()
+                .unwrap_or_else(|| table_name(&net.bridge)),
+            bridge: net.bridge.clone(),
+            subnet: (subnet, len),
+            gateway: net.gateway(),
+            host_peer: net.host_peer.clone(),
+        };
+        let nft = match crate::runtime::find_binary("nft") {
+            None => Err("nft is not installed (apt-get install nftables)".to_string()),
+            Some(_) if !host::bridge_netfilter_available() => Err(
+                "bridged traffic is not filtered: br_netfilter is not loaded (modprobe br_netfilter)"
+                    .to_string(),
+            ),
+            Some(p) => Ok(p),
+        };
+        Ok(PolicyEnforcer {
+            cfg,
+            nft,
+            state: Mutex::new(State::default()),
+            requested: AtomicU64::new(0),
+            applied: tokio::sync::Mutex::new(Applied {
+                generation: 0,
+                result: Ok(()),
+                took: None,
+            }),
+        })
+    }
+
+    /// The firewall settings (table name, subnet, gateway, host identity).
+    pub fn config(&self) -> &FirewallConfig {
+        &self.cfg
+    }
+
+    /// `Err(reason)` when this host cannot enforce NetworkPolicies.
+    pub fn available(&self) -> std::result::Result<(), String> {
+        self.nft.as_ref().map(drop).map_err(Clone::clone)
+    }
+
+    /// Record (or update) a Pod's metadata; returns whether anything changed.
+    pub fn set_pod(&self, uid: &str, meta: PodMeta) -> bool {
+        let mut st = lock(&self.state);
+        st.metas.insert(uid.to_string(), meta.clone()) != Some(meta)
+    }
+
+    /// Forget a Pod (its address too).
+    pub fn remove_pod(&self, uid: &str) -> bool {
+        let mut st = lock(&self.state);
+        let a = st.metas.remove(uid).is_some();
+        let b = st.endpoints.remove(uid).is_some();
+        a || b
+    }
+
+    /// Record the address of a sandbox.
+    pub fn set_endpoint(&self, uid: &str, att: &Attachment) {
+        let ep = Endpoint {
+            ip: att.ip,
+            host_veth: att.host_interface(&self.cfg.bridge),
+            mac: att.sandbox_mac(),
+        };
+        lock(&self.state).endpoints.insert(uid.to_string(), ep);
+    }
+
+    /// Forget the address of a sandbox (its network is gone).
+    pub fn remove_endpoint(&self, uid: &str) -> bool {
+        lock(&self.state).endpoints.remove(uid).is_some()
+    }
+
+    /// Add or replace a NetworkPolicy; returns whether it changed.
+    pub fn set_policy(&self, np: NetworkPolicy) -> bool {
+        let key = policy_key(&np);
+        let mut st = lock(&self.state);
+        let old = st.policies.get(&key);
+        if old.is_some_and(|o| o.spec == np.spec) {
+            return false;
+        }
+        st.policies.insert(key, np);
+        true
+    }
+
+    /// Remove a NetworkPolicy; returns whether it was known.
+    pub fn remove_policy(&self, namespace: &str, name: &str) -> bool {
+        lock(&self.state)
+            .policies
+            .remove(&(namespace.to_string(), name.to_string()))
+            .is_some()
+    }
+
+    /// Replace every NetworkPolicy (after a re-list).
+    pub fn replace_policies(&self, all: Vec<NetworkPolicy>) {
+        lock(&self.state).policies = all.into_iter().map(|np| (policy_key(&np), np)).collect();
+    }
+
+    /// Record a namespace's labels; returns whether they changed.
+    pub fn set_namespace(&self, name: &str, labels: BTreeMap<String, String>) -> bool {
+        lock(&self.state)
+            .namespaces
+            .insert(name.to_string(), labels.clone())
+            != Some(labels)
+    }
+
+    /// Forget a namespace.
+    pub fn remove_namespace(&self, name: &str) -> bool {
+        lock(&self.state).namespaces.remove(name).is_some()
+    }
+
+    /// The first policy (`namespace/name`) that selects the Pod, if any.
+    pub fn selecting_policy(&self, meta: &PodMeta) -> Option<String> {
+        let st = lock(&self.state);
+        let policies: Vec<NetworkPolicy> = st.policies.values().cloned().collect();
+        netpol::any_policy_selects(&policies, &meta.namespace, &meta.labels)
+    }
+
+    /// Compile the current state.
+    pub fn compile(&self) -> netpol::Compiled {
+        let st = lock(&self.state);
+        let pods: Vec<PodEndpoint> = st
+            .endpoints
+            .iter()
+            .map(|(uid, ep)| {
+                let meta = st.metas.get(uid).cloned().unwrap_or_default();
+                PodEndpoint {
+                    uid: uid.clone(),
+                    namespace: meta.namespace,
+                    name: meta.name,
+                    labels: meta.labels,
+                    ip: ep.ip,
+                    host_veth: ep.host_veth.clone(),
+                    mac: ep.mac.clone(),
+                    ports: meta.ports,
+                }
+            })
+            .collect();
+        let policies: Vec<NetworkPolicy> = st.policies.values().cloned().collect();
+        netpol::compile(
+            &self.cfg,
+            PolicyInputs {
+                pods: &pods,
+                policies: &policies,
+                namespaces: &st.namespaces,
+            },
+        )
+    }
+
+    /// How long the last `nft` run took.
+    pub async fn last_apply_time(&self) -> Option<Duration> {
+        self.applied.lock().await.took
+    }
+
+    /// Rebuild and apply the ruleset from the current state. Requests made while another
+    /// rebuild runs are served by the next one, which includes all of them.
+    pub async fn sync(&self) -> Result<()> {
+        let mine = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut applied = self.applied.lock().await;
+        if applied.generation >= mine {
+            return applied
+                .result
+                .clone()
+                .map_err(|message| NodeError::Firewall {
+                    table: self.cfg.table.clone(),
+                    message,
+                });
+        }
+        let target = self.requested.load(Ordering::SeqCst);
+        let res = match &self.nft {
+            Err(reason) => Err(NodeError::Firewall {
+                table: self.cfg.table.clone(),
+                message: reason.clone(),
+            }),
+            Ok(nft) => {
+                let compiled = self.compile();
+                let t = Instant::now();
+                host::enable_bridge_netfilter(&self.cfg.bridge);
+                let r = host::nft_apply(nft, &compiled.script).await;
+                applied.took = Some(t.elapsed());
+                tracing::debug!(target: "node::firewall", table = %self.cfg.table, took_ms = t.elapsed().as_secs_f64() * 1e3,
+                    ingress_isolated = compiled.ingress_isolated.len(), egress_isolated = compiled.egress_isolated.len(), "applied ruleset");
+                r.map_err(|message| NodeError::Firewall {
+                    table: self.cfg.table.clone(),
+                    message,
+                })
+            }
+        };
+        applied.generation = target;
+        applied.result = res.as_ref().map(drop).map_err(|e| e.to_string());
+        res
+    }
+
+    /// Delete the node's tables (clean shutdown, tests). Missing tables are fine.
+    pub async fn remove_tables(&self) -> Result<()> {
+        let Ok(nft) = &self.nft else {
+            return Ok(());
+        };
+        let t = &self.cfg.table;
+        let script = format!(
+            "table inet {t}\ndelete table inet {t}\ntable bridge {t}\ndelete table bridge {t}\n"
+        );
+        host::nft_apply(nft, &script)
+            .await
+            .map_err(|message| NodeError::Firewall {
+                table: t.clone(),
+                message,
+            })
+    }
+}
+
+fn policy_key(np: &NetworkPolicy) -> (String, String) {
+    (
+        np.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        np.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+impl NetworkHook for PolicyEnforcer {
+    fn attached<'a>(
+        &'a self,
+        spec: &'a SandboxSpec,
+        attachment: &'a Attachment,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.set_endpoint(&spec.id, attachment);
+            if let Err(reason) = self.available() {
+                let meta = lock(&self.state).metas.get(&spec.id).cloned();
+                if let Some(policy) = meta.as_ref().and_then(|m| self.selecting_policy(m)) {
+                    self.remove_endpoint(&spec.id);
+                    return Err(NodeError::Unsupported {
+                        sandbox: spec.display_name(),
+                        field: format!("NetworkPolicy {policy}"),
+                        reason: format!(
+                            "the policy selects this pod but this node cannot enforce NetworkPolicies: {reason}"
+                        ),
+                    });
+                }
+                return Ok(());
+            }
+            let res = self.sync().await;
+            if res.is_err() {
+                self.remove_endpoint(&spec.id);
+            }
+            res
+        })
+    }
+
+    fn detached<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if self.remove_endpoint(id)
+                && self.available().is_ok()
+                && let Err(e) = self.sync().await
+            {
+                tracing::warn!(target: "node::firewall", sandbox = %id, error = %e, "updating the firewall after a sandbox left failed");
+            }
+        })
+    }
+}
