@@ -125,8 +125,8 @@ async fn engine(dir: &Path, sub: &str, network: Option<NetworkConfig>) -> Sandbo
 fn spec(id: &str, kind: HandlerKind, argv: &[&str]) -> SandboxSpec {
     let mut s = SandboxSpec::new(id, IMAGE);
     s.handler = Some(kind.name().into());
-    s.command = Some(argv.iter().map(|a| a.to_string()).collect());
-    s.resources.memory_limit = Some(128 << 20);
+    s.main.command = Some(argv.iter().map(|a| a.to_string()).collect());
+    s.main.resources.memory_limit = Some(128 << 20);
     s
 }
 

@@ -502,6 +502,11 @@ impl NodeAgent {
             enf.set_pod(&uid(pod), PodMeta::of(pod));
         }
         let result = match SandboxSpec::from_pod(pod) {
+            Ok(spec) if !spec.init_containers.is_empty() => Err(NodeError::Unsupported {
+                sandbox: spec.display_name(),
+                field: "spec.initContainers".into(),
+                reason: "init containers are not run by this node agent yet".into(),
+            }),
             Ok(spec) => self.engine.run(spec).await,
             Err(e) => Err(e),
         };

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use crate::error::{NodeError, Result};
 use crate::image::Image;
 use crate::runtime::HandlerKind;
-use crate::spec::{SandboxSpec, VolumeSpec};
+use crate::spec::{ContainerSpec, SandboxSpec, VolumeSpec};
 
 /// The OCI default capability set (what Docker and containerd grant).
 pub const DEFAULT_CAPS: &[&str] = &[
@@ -69,6 +69,8 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 pub struct BundleInputs<'a> {
     /// The sandbox.
     pub spec: &'a SandboxSpec,
+    /// The container this bundle runs.
+    pub container: &'a ContainerSpec,
     /// Its image.
     pub image: &'a Image,
     /// The mounted rootfs (to look up users and the command).
@@ -85,6 +87,10 @@ pub struct BundleInputs<'a> {
     pub hosts_file: &'a Path,
     /// Host file for `/etc/hostname`.
     pub hostname_file: &'a Path,
+    /// Host file for `/etc/resolv.conf`, if the node manages it.
+    pub resolv_file: Option<&'a Path>,
+    /// Host file mounted at the container's termination message path.
+    pub termination_log: Option<&'a Path>,
     /// pids limit when the spec has none.
     pub default_pids_limit: i64,
 }
@@ -141,9 +147,9 @@ fn is_executable_file(p: &Path) -> bool {
 }
 
 /// The argv per Kubernetes rules: `command` replaces the entrypoint, `args` the cmd.
-pub fn resolve_argv(spec: &SandboxSpec, image: &Image) -> Result<Vec<String>> {
+pub fn resolve_argv(spec: &SandboxSpec, c: &ContainerSpec, image: &Image) -> Result<Vec<String>> {
     let cfg = &image.config;
-    let argv: Vec<String> = match (&spec.command, &spec.args) {
+    let argv: Vec<String> = match (&c.command, &c.args) {
         (Some(c), a) => c.iter().chain(a.iter().flatten()).cloned().collect(),
         (None, Some(a)) => cfg
             .entrypoint
@@ -163,7 +169,7 @@ pub fn resolve_argv(spec: &SandboxSpec, image: &Image) -> Result<Vec<String>> {
     if argv.is_empty() {
         return Err(NodeError::InvalidSpec {
             sandbox: spec.display_name(),
-            field: "spec.containers[0].command".into(),
+            field: c.field("command"),
             reason: format!(
                 "neither the container nor image {} defines a command",
                 image.reference
@@ -174,7 +180,7 @@ pub fn resolve_argv(spec: &SandboxSpec, image: &Image) -> Result<Vec<String>> {
 }
 
 /// The environment: image `Env`, then the spec's (overriding by name), PATH and HOSTNAME ensured.
-pub fn resolve_env(spec: &SandboxSpec, image: &Image, hostname: &str) -> Vec<String> {
+pub fn resolve_env(c: &ContainerSpec, image: &Image, hostname: &str) -> Vec<String> {
     let mut env: Vec<(String, String)> = Vec::new();
     let mut set = |k: &str, v: &str| {
         if let Some(e) = env.iter_mut().find(|(n, _)| n == k) {
@@ -189,7 +195,7 @@ pub fn resolve_env(spec: &SandboxSpec, image: &Image, hostname: &str) -> Vec<Str
         let (k, v) = e.split_once('=').unwrap_or((e.as_str(), ""));
         set(k, v);
     }
-    for (k, v) in &spec.env {
+    for (k, v) in &c.env {
         set(k, v);
     }
     env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
@@ -198,6 +204,7 @@ pub fn resolve_env(spec: &SandboxSpec, image: &Image, hostname: &str) -> Vec<Str
 /// Check that argv\[0\] exists in the rootfs (searching PATH for bare names).
 pub fn check_command(
     spec: &SandboxSpec,
+    c: &ContainerSpec,
     image: &Image,
     rootfs: &Path,
     argv0: &str,
@@ -212,7 +219,7 @@ pub fn check_command(
         let p = if argv0.starts_with('/') {
             argv0.to_string()
         } else {
-            format!("{}/{argv0}", spec.working_dir.as_deref().unwrap_or("/"))
+            format!("{}/{argv0}", c.working_dir.as_deref().unwrap_or("/"))
         };
         is_executable_file(&resolve_in_root(rootfs, &p))
     } else {
@@ -247,7 +254,12 @@ fn lookup_id(rootfs: &Path, file: &str, name: &str) -> Option<(u32, Option<u32>)
 }
 
 /// Resolve the process uid/gid.
-pub fn resolve_user(spec: &SandboxSpec, image: &Image, rootfs: &Path) -> Result<(u32, u32)> {
+pub fn resolve_user(
+    spec: &SandboxSpec,
+    c: &ContainerSpec,
+    image: &Image,
+    rootfs: &Path,
+) -> Result<(u32, u32)> {
     let bad = |reason: String| NodeError::InvalidSpec {
         sandbox: spec.display_name(),
         field: "image config User".into(),
@@ -282,20 +294,30 @@ pub fn resolve_user(spec: &SandboxSpec, image: &Image, rootfs: &Path) -> Result<
             });
         }
     }
-    if let Some(u) = spec.security.run_as_user {
+    if let Some(u) = c.security.run_as_user {
         uid = u;
         if gid.is_none() {
             gid = Some(u);
         }
     }
-    if let Some(g) = spec.security.run_as_group {
+    if let Some(g) = c.security.run_as_group {
         gid = Some(g);
+    }
+    if c.security.run_as_non_root && uid == 0 {
+        return Err(NodeError::InvalidSpec {
+            sandbox: spec.display_name(),
+            field: c.field("securityContext.runAsNonRoot"),
+            reason: format!(
+                "runAsNonRoot is set but image {} runs as root; set runAsUser or use a non-root image",
+                image.reference
+            ),
+        });
     }
     Ok((uid, gid.unwrap_or(if uid == 0 { 0 } else { uid })))
 }
 
 /// The effective capability set after drop/add.
-pub fn capabilities(spec: &SandboxSpec) -> Result<Vec<String>> {
+pub fn capabilities(spec: &SandboxSpec, c: &ContainerSpec) -> Result<Vec<String>> {
     let norm = |c: &str| {
         let c = c.to_ascii_uppercase();
         if c.starts_with("CAP_") {
@@ -305,7 +327,7 @@ pub fn capabilities(spec: &SandboxSpec) -> Result<Vec<String>> {
         }
     };
     let mut caps: Vec<String> = DEFAULT_CAPS.iter().map(|s| s.to_string()).collect();
-    for d in &spec.security.caps_drop {
+    for d in &c.security.caps_drop {
         if d.eq_ignore_ascii_case("ALL") {
             caps.clear();
         } else {
@@ -313,19 +335,36 @@ pub fn capabilities(spec: &SandboxSpec) -> Result<Vec<String>> {
             caps.retain(|c| *c != d);
         }
     }
-    for a in &spec.security.caps_add {
+    for a in &c.security.caps_add {
         if a.eq_ignore_ascii_case("ALL") {
             return Err(NodeError::Unsupported {
                 sandbox: spec.display_name(),
-                field: "spec.containers[0].securityContext.capabilities.add".into(),
+                field: c.field("securityContext.capabilities.add"),
                 reason: "adding ALL capabilities is refused; list the ones needed".into(),
             });
         }
         let a = norm(a);
-        if a == "CAP_SYS_ADMIN" || a == "CAP_SYS_MODULE" || a == "CAP_SYS_RAWIO" {
+        // NET_ADMIN would let the sandbox rewrite its own interface and routes; the node's
+        // NetworkPolicy and anti-spoofing rules stay on the host side, but refuse it anyway.
+        if matches!(
+            a.as_str(),
+            "CAP_SYS_ADMIN"
+                | "CAP_SYS_MODULE"
+                | "CAP_SYS_RAWIO"
+                | "CAP_SYS_PTRACE"
+                | "CAP_SYS_BOOT"
+                | "CAP_SYS_TIME"
+                | "CAP_MAC_ADMIN"
+                | "CAP_MAC_OVERRIDE"
+                | "CAP_BPF"
+                | "CAP_PERFMON"
+                | "CAP_NET_ADMIN"
+                | "CAP_DAC_READ_SEARCH"
+                | "CAP_SYSLOG"
+        ) {
             return Err(NodeError::Unsupported {
                 sandbox: spec.display_name(),
-                field: "spec.containers[0].securityContext.capabilities.add".into(),
+                field: c.field("securityContext.capabilities.add"),
                 reason: format!("{a} would let the sandbox escape; it is refused"),
             });
         }
@@ -339,13 +378,14 @@ pub fn capabilities(spec: &SandboxSpec) -> Result<Vec<String>> {
 /// Build the OCI runtime spec.
 pub fn build(inp: &BundleInputs<'_>) -> Result<Spec> {
     let spec = inp.spec;
+    let c = inp.container;
     let hostname = spec.hostname.clone().unwrap_or_else(|| spec.name.clone());
-    let argv = resolve_argv(spec, inp.image)?;
-    let env = resolve_env(spec, inp.image, &hostname);
-    check_command(spec, inp.image, inp.rootfs, &argv[0], &env)?;
-    let (uid, gid) = resolve_user(spec, inp.image, inp.rootfs)?;
-    let caps = capabilities(spec)?;
-    let cwd = spec
+    let argv = resolve_argv(spec, c, inp.image)?;
+    let env = resolve_env(c, inp.image, &hostname);
+    check_command(spec, c, inp.image, inp.rootfs, &argv[0], &env)?;
+    let (uid, gid) = resolve_user(spec, c, inp.image, inp.rootfs)?;
+    let caps = capabilities(spec, c)?;
+    let cwd = c
         .working_dir
         .clone()
         .or_else(|| {
@@ -375,6 +415,16 @@ pub fn build(inp: &BundleInputs<'_>) -> Result<Spec> {
         json!({"destination": "/etc/hostname", "type": "bind", "source": inp.hostname_file,
                "options": ["rbind", "rprivate", "nosuid", "nodev", "noexec", "ro"]}),
     ];
+    if let Some(r) = inp.resolv_file {
+        mounts.push(
+            json!({"destination": "/etc/resolv.conf", "type": "bind", "source": r,
+               "options": ["rbind", "rprivate", "nosuid", "nodev", "noexec", "ro"]}),
+        );
+    }
+    if let (Some(host), Some(path)) = (inp.termination_log, c.termination_message_path.as_deref()) {
+        mounts.push(json!({"destination": path, "type": "bind", "source": host,
+               "options": ["rbind", "rprivate", "nosuid", "nodev", "noexec", "rw"]}));
+    }
     for (v, host) in inp.volumes {
         let mut opts = vec!["rbind", "rprivate", "nosuid", "nodev"];
         opts.push(if v.read_only { "ro" } else { "rw" });
@@ -415,22 +465,22 @@ pub fn build(inp: &BundleInputs<'_>) -> Result<Spec> {
         devices.push(d);
     }
     resources.insert("devices".into(), Value::Array(devices));
-    if let Some(m) = spec.resources.memory_limit {
+    if let Some(m) = c.resources.memory_limit {
         resources.insert("memory".into(), json!({"limit": m, "swap": m}));
     }
     let mut cpu = serde_json::Map::new();
-    if let Some(l) = spec.resources.cpu_limit_millis {
+    if let Some(l) = c.resources.cpu_limit_millis {
         let period: i64 = 100_000;
         cpu.insert("quota".into(), json!((l * period / 1000).max(1000)));
         cpu.insert("period".into(), json!(period));
     }
-    if let Some(r) = spec.resources.cpu_request_millis {
+    if let Some(r) = c.resources.cpu_request_millis {
         cpu.insert("shares".into(), json!((r * 1024 / 1000).max(2)));
     }
     if !cpu.is_empty() {
         resources.insert("cpu".into(), Value::Object(cpu));
     }
-    let mut pids = spec.resources.pids_limit.unwrap_or(inp.default_pids_limit);
+    let mut pids = c.resources.pids_limit.unwrap_or(inp.default_pids_limit);
     if inp.handler == HandlerKind::Runsc {
         // The sentry and gofer are Go programs with their own host threads in the cgroup.
         pids += RUNSC_PIDS_HEADROOM;
@@ -441,7 +491,7 @@ pub fn build(inp: &BundleInputs<'_>) -> Result<Spec> {
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
-            "user": {"uid": uid, "gid": gid},
+            "user": {"uid": uid, "gid": gid, "additionalGids": c.security.supplemental_groups},
             "args": argv,
             "env": env,
             "cwd": cwd,
@@ -452,13 +502,14 @@ pub fn build(inp: &BundleInputs<'_>) -> Result<Spec> {
             "noNewPrivileges": true,
             "oomScoreAdj": 500
         },
-        "root": {"path": "rootfs", "readonly": spec.security.read_only_root},
+        "root": {"path": "rootfs", "readonly": c.security.read_only_root},
         "hostname": hostname,
         "mounts": mounts,
         "annotations": {
             "io.agent-sandbox.id": spec.id,
             "io.kubernetes.pod.namespace": spec.namespace,
             "io.kubernetes.pod.name": spec.name,
+            "io.kubernetes.container.name": c.name,
         },
         "linux": {
             "namespaces": namespaces,
@@ -467,6 +518,7 @@ pub fn build(inp: &BundleInputs<'_>) -> Result<Spec> {
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
             "rootfsPropagation": "rprivate",
+            "sysctl": spec.sysctls.iter().cloned().collect::<std::collections::BTreeMap<String, String>>(),
         }
     });
     let mut oci: Spec = serde_json::from_value(doc)
@@ -508,10 +560,15 @@ mod tests {
     #[test]
     fn caps_drop_all_then_add() {
         let mut s = SandboxSpec::new("a", "img");
-        s.security.caps_drop = vec!["ALL".into()];
-        s.security.caps_add = vec!["net_bind_service".into()];
-        assert_eq!(capabilities(&s).unwrap(), vec!["CAP_NET_BIND_SERVICE"]);
-        s.security.caps_add = vec!["SYS_ADMIN".into()];
-        assert!(capabilities(&s).is_err());
+        s.main.security.caps_drop = vec!["ALL".into()];
+        s.main.security.caps_add = vec!["net_bind_service".into()];
+        assert_eq!(
+            capabilities(&s, &s.main).unwrap(),
+            vec!["CAP_NET_BIND_SERVICE"]
+        );
+        s.main.security.caps_add = vec!["SYS_ADMIN".into()];
+        assert!(capabilities(&s, &s.main).is_err());
+        s.main.security.caps_add = vec!["NET_ADMIN".into()];
+        assert!(capabilities(&s, &s.main).is_err());
     }
 }

@@ -3,10 +3,11 @@
 //!
 //! ADD, in order: (`lo` is already up: [`crate::host::create_netns`] does it without a plugin)
 //! → `bridge` ADD (creates the bridge if needed, a veth pair into the namespace, an address
-//! from host-local IPAM, the default route) → the result is cached in the sandbox record. DEL:
-//! `bridge` DEL with the cached result (removes the veth, releases the IPAM reservation; works
-//! even if the namespace is already gone). The network namespace itself is made and removed by
-//! [`crate::host`].
+//! from host-local IPAM, the default route) → with `hostPort`s, `portmap` ADD chained on the
+//! bridge result (DNAT from the host ports, through iptables) → the result is cached in the
+//! sandbox record. DEL, in reverse: `portmap` DEL, then `bridge` DEL with the cached result
+//! (removes the veth, releases the IPAM reservation; works even if the namespace is already
+//! gone). The network namespace itself is made and removed by [`crate::host`].
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use serde_json::{Value, json};
 use crate::error::{NodeError, Result};
 use crate::host;
 use crate::netpol::HostPeer;
+use crate::spec::HostPort;
 
 /// Bridge network settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -140,9 +142,28 @@ impl NetworkConfig {
         Ok(())
     }
 
+    fn portmap_conf(&self, ports: &[HostPort], prev: &Value) -> Value {
+        let mappings: Vec<Value> = ports
+            .iter()
+            .map(|p| {
+                json!({"hostPort": p.host_port, "containerPort": p.container_port,
+                       "protocol": p.protocol, "hostIP": p.host_ip})
+            })
+            .collect();
+        json!({
+            "cniVersion": CNI_VERSION,
+            "name": self.name,
+            "type": "portmap",
+            "capabilities": {"portMappings": true},
+            "snat": true,
+            "runtimeConfig": {"portMappings": mappings},
+            "prevResult": prev,
+        })
+    }
+
     fn bridge_conf(&self, ipam_dir: &Path) -> Value {
         json!({
-            "cniVersion": "1.0.0",
+            "cniVersion": CNI_VERSION,
             "name": self.name,
             "type": "bridge",
             "bridge": self.bridge,
@@ -206,6 +227,7 @@ impl Attachment {
 }
 
 const TIMEOUT: Duration = Duration::from_secs(20);
+const CNI_VERSION: &str = "1.0.0";
 
 impl Cni {
     /// A driver keeping IPAM state under `state_dir`.
@@ -263,8 +285,13 @@ impl Cni {
             .map_err(|e| NodeError::json(format!("CNI {plugin} result"), e))
     }
 
-    /// ADD: attach the namespace at `netns` and return its address.
-    pub async fn add(&self, sandbox: &str, netns: &Path) -> Result<Attachment> {
+    /// ADD: attach the namespace at `netns`, map `host_ports` to it, and return its address.
+    pub async fn add(
+        &self,
+        sandbox: &str,
+        netns: &Path,
+        host_ports: &[HostPort],
+    ) -> Result<Attachment> {
         // `lo` is already up: host::create_netns does it without a plugin exec.
         let conf = self.config.bridge_conf(&self.ipam_dir);
         let result = match self.invoke(sandbox, "bridge", "ADD", netns, &conf).await {
@@ -282,25 +309,66 @@ impl Cni {
             .and_then(|ip| ip.get("address"))
             .and_then(|a| a.as_str())
             .and_then(parse_cidr)
-            .map(|(a, _)| a)
-            .ok_or_else(|| NodeError::Cni {
+            .map(|(a, _)| a);
+        let Some(ip) = ip else {
+            let _ = self.invoke(sandbox, "bridge", "DEL", netns, &conf).await;
+            return Err(NodeError::Cni {
                 sandbox: sandbox.into(),
                 plugin: "bridge".into(),
                 command: "ADD",
                 message: format!("no IPv4 address in result {result}"),
-            })?;
+            });
+        };
+        if !host_ports.is_empty() {
+            if !self.config.plugin_dir.join("portmap").is_file() {
+                let _ = self.del(sandbox, netns, Some(&result), &[]).await;
+                return Err(NodeError::Cni {
+                    sandbox: sandbox.into(),
+                    plugin: "portmap".into(),
+                    command: "ADD",
+                    message: format!(
+                        "{} is missing; install containernetworking-plugins",
+                        self.config.plugin_dir.join("portmap").display()
+                    ),
+                });
+            }
+            let pm = self.config.portmap_conf(host_ports, &result);
+            if let Err(e) = self.invoke(sandbox, "portmap", "ADD", netns, &pm).await {
+                let _ = self.del(sandbox, netns, Some(&result), host_ports).await;
+                return Err(e);
+            }
+        }
         Ok(Attachment { ip, result })
     }
 
-    /// DEL: detach and release the address. Safe to repeat; tolerates a missing namespace.
-    pub async fn del(&self, sandbox: &str, netns: &Path, prev: Option<&Value>) -> Result<()> {
+    /// DEL: unmap the host ports, detach and release the address. Safe to repeat; tolerates
+    /// a missing namespace.
+    pub async fn del(
+        &self,
+        sandbox: &str,
+        netns: &Path,
+        prev: Option<&Value>,
+        host_ports: &[HostPort],
+    ) -> Result<()> {
+        let ns: &Path = if netns.exists() { netns } else { Path::new("") };
+        let mut first = None;
+        if !host_ports.is_empty() {
+            let pm = self
+                .config
+                .portmap_conf(host_ports, prev.unwrap_or(&Value::Null));
+            if let Err(e) = self.invoke(sandbox, "portmap", "DEL", ns, &pm).await {
+                first = Some(e);
+            }
+        }
         let mut conf = self.config.bridge_conf(&self.ipam_dir);
         if let Some(p) = prev {
             conf["prevResult"] = p.clone();
         }
-        let ns: &Path = if netns.exists() { netns } else { Path::new("") };
         self.invoke(sandbox, "bridge", "DEL", ns, &conf).await?;
-        Ok(())
+        match first {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Addresses currently reserved in IPAM (for leak checks).

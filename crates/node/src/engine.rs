@@ -25,7 +25,7 @@ use crate::error::{NodeError, Result};
 use crate::host;
 use crate::image::{Image, ImageStore, RegistryConfig};
 use crate::runtime::{ContainerStatus, HandlerKind, HandlerStatus, OciRuntime, find_binary};
-use crate::spec::{SandboxSpec, VolumeSource, VolumeSpec};
+use crate::spec::{DnsSpec, SandboxSpec, VolumeSource, VolumeSpec};
 use crate::sys;
 
 /// Called by the engine around a sandbox's network: `attached` after CNI ADD and before the
@@ -131,8 +131,8 @@ pub struct SandboxHandle {
     pub handler: HandlerKind,
     /// Pod IP when networked.
     pub pod_ip: Option<Ipv4Addr>,
-    /// The image as resolved.
-    pub image: Image,
+    /// The main container's image as resolved (`None` after [`SandboxEngine::prepare`]).
+    pub image: Option<Image>,
 }
 
 /// What was found on disk by `recover`.
@@ -144,19 +144,101 @@ pub struct RecoveryReport {
     pub cleaned: Vec<String>,
 }
 
+/// What `container_state` reports for one container of a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerState {
+    /// Container name.
+    pub name: String,
+    /// Phase.
+    pub phase: Phase,
+    /// Exit code once exited (128+signal when killed by a signal).
+    pub exit_code: Option<i32>,
+    /// Host pid of its init process.
+    pub pid: Option<i32>,
+}
+
+/// Output of a command run in a container with [`SandboxEngine::exec`].
+#[derive(Debug, Clone)]
+pub struct ExecOutput {
+    /// Exit code (128+signal when killed).
+    pub code: i32,
+    /// Captured stdout.
+    pub stdout: Vec<u8>,
+    /// Captured stderr.
+    pub stderr: Vec<u8>,
+}
+
+/// One container of a sandbox as created on disk and in the runtime.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Record {
-    spec: SandboxSpec,
-    handler: HandlerKind,
+struct ContainerRecord {
+    name: String,
+    runtime_id: String,
+    dir: PathBuf,
+    cgroup_path: String,
     image: Image,
     lowers: Vec<PathBuf>,
-    netns: PathBuf,
-    attachment: Option<Attachment>,
-    cgroup_path: String,
     shim_pid: Option<i32>,
     container_pid: Option<i32>,
     started: bool,
     paused: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    spec: SandboxSpec,
+    handler: HandlerKind,
+    netns: PathBuf,
+    attachment: Option<Attachment>,
+    /// Containers that exist (created, running or exited), in creation order.
+    #[serde(default)]
+    containers: Vec<ContainerRecord>,
+    /// The Pod-level part (network, `/etc` files, volumes) is complete.
+    #[serde(default)]
+    prepared: bool,
+    // Single-container records written before containers existed; moved into `containers` by
+    // `migrate` when read.
+    #[serde(default, skip_serializing)]
+    image: Option<Image>,
+    #[serde(default, skip_serializing)]
+    lowers: Vec<PathBuf>,
+    #[serde(default, skip_serializing)]
+    cgroup_path: Option<String>,
+    #[serde(default, skip_serializing)]
+    shim_pid: Option<i32>,
+    #[serde(default, skip_serializing)]
+    container_pid: Option<i32>,
+    #[serde(default, skip_serializing)]
+    started: bool,
+    #[serde(default, skip_serializing)]
+    paused: bool,
+}
+
+impl Record {
+    fn migrate(&mut self, dir: &Path) {
+        if let (Some(image), Some(cg)) = (self.image.take(), self.cgroup_path.take()) {
+            self.containers.push(ContainerRecord {
+                name: self.spec.main.name.clone(),
+                runtime_id: self.spec.id.clone(),
+                dir: dir.to_path_buf(),
+                cgroup_path: cg,
+                image,
+                lowers: std::mem::take(&mut self.lowers),
+                shim_pid: self.shim_pid.take(),
+                container_pid: self.container_pid.take(),
+                started: self.started,
+                paused: self.paused,
+            });
+            self.prepared = true;
+        }
+    }
+
+    fn container(&self, name: &str) -> Option<&ContainerRecord> {
+        self.containers.iter().find(|c| c.name == name)
+    }
+
+    fn container_mut(&mut self, name: &str) -> Option<&mut ContainerRecord> {
+        self.containers.iter_mut().find(|c| c.name == name)
+    }
 }
 
 struct Entry {
@@ -176,6 +258,7 @@ pub struct SandboxEngine {
     network_hook: Mutex<Option<Arc<dyn NetworkHook>>>,
 }
 
+/// Pod-level paths of a sandbox.
 struct Paths {
     dir: PathBuf,
 }
@@ -184,6 +267,33 @@ impl Paths {
     fn record(&self) -> PathBuf {
         self.dir.join("record.json")
     }
+    fn etc(&self) -> PathBuf {
+        self.dir.join("etc")
+    }
+    fn volume(&self, name: &str) -> PathBuf {
+        self.dir.join("volumes").join(name)
+    }
+    /// The main container keeps the single-container layout at the sandbox directory; the
+    /// others live under `c/<name>`.
+    fn container(&self, spec: &SandboxSpec, name: &str) -> CPaths {
+        if name == spec.main.name {
+            CPaths {
+                dir: self.dir.clone(),
+            }
+        } else {
+            CPaths {
+                dir: self.dir.join("c").join(name),
+            }
+        }
+    }
+}
+
+/// Paths of one container.
+struct CPaths {
+    dir: PathBuf,
+}
+
+impl CPaths {
     fn bundle(&self) -> PathBuf {
         self.dir.join("bundle")
     }
@@ -196,12 +306,6 @@ impl Paths {
     fn work(&self) -> PathBuf {
         self.dir.join("work")
     }
-    fn etc(&self) -> PathBuf {
-        self.dir.join("etc")
-    }
-    fn volume(&self, name: &str) -> PathBuf {
-        self.dir.join("volumes").join(name)
-    }
     fn log(&self) -> PathBuf {
         self.dir.join("container.log")
     }
@@ -213,6 +317,9 @@ impl Paths {
     }
     fn exit_tmp(&self) -> PathBuf {
         self.dir.join("exit.tmp")
+    }
+    fn termination_log(&self) -> PathBuf {
+        self.dir.join("termination-log")
     }
 }
 
@@ -229,6 +336,66 @@ async fn pid_exited(pid: i32, timeout: Duration) -> Result<bool> {
 
 fn read_exit(path: &Path) -> Option<i32> {
     fs_err::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn pid_alive(pid: Option<i32>) -> bool {
+    pid.is_some_and(|p| sys::pidfd_open(p).ok().flatten().is_some())
+}
+
+/// `resolv.conf` for a DNS spec: the host's resolvers (loopback ones dropped: they cannot be
+/// reached from a sandbox) unless ignored, then the Pod's, Kubernetes-style merged.
+fn resolv_conf(dns: &DnsSpec) -> String {
+    let mut nameservers: Vec<String> = Vec::new();
+    let mut searches: Vec<String> = Vec::new();
+    let mut options: Vec<String> = Vec::new();
+    if !dns.ignore_host {
+        let host = fs_err::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        for line in host.lines() {
+            let mut f = line.split_whitespace();
+            match f.next() {
+                Some("nameserver") => {
+                    if let Some(ns) = f.next()
+                        && ns
+                            .parse::<std::net::IpAddr>()
+                            .is_ok_and(|a| !a.is_loopback())
+                    {
+                        nameservers.push(ns.to_string());
+                    }
+                }
+                Some("search" | "domain") => searches.extend(f.map(str::to_string)),
+                Some("options") => options.extend(f.map(str::to_string)),
+                _ => {}
+            }
+        }
+    }
+    for ns in &dns.nameservers {
+        if !nameservers.contains(ns) {
+            nameservers.push(ns.clone());
+        }
+    }
+    nameservers.truncate(3);
+    for s in &dns.searches {
+        if !searches.contains(s) {
+            searches.push(s.clone());
+        }
+    }
+    searches.truncate(32);
+    for o in &dns.options {
+        let key = o.split(':').next().unwrap_or(o);
+        options.retain(|x| x.split(':').next().unwrap_or(x) != key);
+        options.push(o.clone());
+    }
+    let mut out = String::new();
+    for ns in nameservers {
+        out.push_str(&format!("nameserver {ns}\n"));
+    }
+    if !searches.is_empty() {
+        out.push_str(&format!("search {}\n", searches.join(" ")));
+    }
+    if !options.is_empty() {
+        out.push_str(&format!("options {}\n", options.join(" ")));
+    }
+    out
 }
 
 impl SandboxEngine {
@@ -379,9 +546,19 @@ impl SandboxEngine {
         self.config.root.join("volumes").join(namespace).join(claim)
     }
 
-    /// The cgroup path of a sandbox, relative to each hierarchy root.
+    /// The cgroup path of a sandbox's main container, relative to each hierarchy root.
     pub fn cgroup_path(&self, id: &str) -> String {
         format!("/{}/{id}", self.config.cgroup_parent)
+    }
+
+    fn container_ids(&self, spec: &SandboxSpec, name: &str) -> (String, String) {
+        if name == spec.main.name {
+            (spec.id.clone(), self.cgroup_path(&spec.id))
+        } else {
+            let rid = format!("{}.{name}", spec.id);
+            let cg = format!("/{}/{rid}", self.config.cgroup_parent);
+            (rid, cg)
+        }
     }
 
     /// The netns path of a sandbox.
@@ -389,9 +566,25 @@ impl SandboxEngine {
         self.config.run_dir.join("netns").join(id)
     }
 
-    /// The container log (stdout and stderr).
+    /// The main container's log (stdout and stderr).
     pub fn log_path(&self, id: &str) -> PathBuf {
-        self.paths(id).log()
+        self.paths(id).dir.join("container.log")
+    }
+
+    /// A container's log (stdout and stderr; restarts append to it).
+    pub fn container_log_path(&self, id: &str, name: &str) -> PathBuf {
+        match self.entry(id) {
+            Ok(e) => {
+                let rec = lock(&e.record);
+                self.paths(id).container(&rec.spec, name).log()
+            }
+            Err(_) => self
+                .paths(id)
+                .dir
+                .join("c")
+                .join(name)
+                .join("container.log"),
+        }
     }
 
     /// Ids of known sandboxes.
@@ -399,6 +592,33 @@ impl SandboxEngine {
         let mut v: Vec<String> = lock(&self.sandboxes).keys().cloned().collect();
         v.sort();
         v
+    }
+
+    /// Whether a sandbox with this id is known.
+    pub fn contains(&self, id: &str) -> bool {
+        lock(&self.sandboxes).contains_key(id)
+    }
+
+    /// The spec a sandbox was created with.
+    pub fn spec(&self, id: &str) -> Result<SandboxSpec> {
+        Ok(lock(&self.entry(id)?.record).spec.clone())
+    }
+
+    /// Names of the containers that exist in a sandbox (created, running or exited).
+    pub fn containers(&self, id: &str) -> Result<Vec<String>> {
+        Ok(lock(&self.entry(id)?.record)
+            .containers
+            .iter()
+            .map(|c| c.name.clone())
+            .collect())
+    }
+
+    /// The pod IP of a sandbox, if networked.
+    pub fn pod_ip(&self, id: &str) -> Result<Option<Ipv4Addr>> {
+        Ok(lock(&self.entry(id)?.record)
+            .attachment
+            .as_ref()
+            .map(|a| a.ip))
     }
 
     fn resolve_handler(&self, spec: &SandboxSpec) -> Result<HandlerKind> {
@@ -470,52 +690,82 @@ impl SandboxEngine {
         Ok(())
     }
 
+    /// Save `rec` and make it the entry's record.
+    fn commit(&self, entry: &Entry, rec: &Record) -> Result<()> {
+        *lock(&entry.record) = rec.clone();
+        self.save_record(rec)
+    }
+
     /// Create a sandbox for a Pod (see [`SandboxSpec::from_pod`] for the fields honoured).
     pub async fn create_pod(&self, pod: &k8s_openapi::api::core::v1::Pod) -> Result<SandboxHandle> {
         self.create(SandboxSpec::from_pod(pod)?).await
     }
 
-    /// Create a sandbox (container created, process not started).
+    /// Create a sandbox with its regular containers (created, not started). Init containers
+    /// are left to the caller ([`SandboxEngine::create_container`]).
     pub async fn create(&self, spec: SandboxSpec) -> Result<SandboxHandle> {
-        self.create_inner(spec, false).await
+        self.create_inner(spec, Some(false)).await
     }
 
-    /// Create and start a sandbox with one runtime call (`run --detach`): the fast path when
-    /// nothing has to happen between create and start.
+    /// Create and start a sandbox's regular containers with one runtime call each
+    /// (`run --detach`): the fast path when nothing has to happen between create and start.
     pub async fn run(&self, spec: SandboxSpec) -> Result<SandboxHandle> {
-        self.create_inner(spec, true).await
+        self.create_inner(spec, Some(true)).await
     }
 
-    async fn create_inner(&self, spec: SandboxSpec, start: bool) -> Result<SandboxHandle> {
+    /// Make the Pod-level part of a sandbox only (directory, network namespace and CNI, the
+    /// network hook, `/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf`, volume directories);
+    /// containers are added with [`SandboxEngine::create_container`].
+    pub async fn prepare(&self, spec: SandboxSpec) -> Result<SandboxHandle> {
+        self.create_inner(spec, None).await
+    }
+
+    fn check_spec(&self, spec: &SandboxSpec) -> Result<()> {
         spec.validate()?;
         let who = spec.display_name();
-        if spec.security.privileged {
-            return Err(NodeError::Unsupported {
-                sandbox: who,
-                field: "spec.containers[0].securityContext.privileged".into(),
-                reason: "privileged sandboxes are refused on this node".into(),
-            });
-        }
-        for (i, v) in spec.volumes.iter().enumerate() {
-            if let VolumeSource::HostPath { path } = &v.source {
-                if !self.config.allow_host_path {
-                    return Err(NodeError::Unsupported {
-                        sandbox: who,
-                        field: format!("spec.volumes[{i}].hostPath"),
-                        reason: format!(
-                            "hostPath {path:?} is refused: this node does not allow host directories; use a persistentVolumeClaim or emptyDir"
-                        ),
-                    });
-                }
-                if !Path::new(path).is_absolute() {
-                    return Err(NodeError::InvalidSpec {
-                        sandbox: who,
-                        field: format!("spec.volumes[{i}].hostPath.path"),
-                        reason: "must be absolute".into(),
-                    });
+        for c in spec.all_containers() {
+            if c.security.privileged {
+                return Err(NodeError::Unsupported {
+                    sandbox: who,
+                    field: c.field("securityContext.privileged"),
+                    reason: "privileged sandboxes are refused on this node".into(),
+                });
+            }
+            for v in &c.volumes {
+                if let VolumeSource::HostPath { path } = &v.source {
+                    if !self.config.allow_host_path {
+                        return Err(NodeError::Unsupported {
+                            sandbox: who,
+                            field: format!("spec.volumes[{}].hostPath", v.name),
+                            reason: format!(
+                                "hostPath {path:?} is refused: this node does not allow host directories; use a persistentVolumeClaim or emptyDir"
+                            ),
+                        });
+                    }
+                    if !Path::new(path).is_absolute() {
+                        return Err(NodeError::InvalidSpec {
+                            sandbox: who,
+                            field: format!("spec.volumes[{}].hostPath.path", v.name),
+                            reason: "must be absolute".into(),
+                        });
+                    }
                 }
             }
         }
+        if !spec.host_ports.is_empty() && self.cni.is_none() {
+            return Err(NodeError::Unsupported {
+                sandbox: who,
+                field: "spec.containers[].ports[].hostPort".into(),
+                reason: "this node has no pod network to map host ports to".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// `start`: `None` prepares only; `Some(s)` also creates the regular containers, starting
+    /// them when `s`.
+    async fn create_inner(&self, spec: SandboxSpec, start: Option<bool>) -> Result<SandboxHandle> {
+        self.check_spec(&spec)?;
         let handler = self.resolve_handler(&spec)?;
         let paths = self.paths(&spec.id);
         {
@@ -524,23 +774,26 @@ impl SandboxEngine {
                 return Err(NodeError::AlreadyExists(spec.id.clone()));
             }
         }
-        let image = self
-            .images
-            .ensure(&spec.image, spec.pull_policy)
-            .await?
-            .image;
-        let lowers = self.images.lower_dirs(&image);
+        // Resolve the images first: a pull failure leaves nothing behind.
+        let mut images = Vec::new();
+        if start.is_some() {
+            for c in spec.regular() {
+                images.push(self.images.ensure(&c.image, c.pull_policy).await?.image);
+            }
+        }
         let rec = Record {
             handler,
-            lowers,
             netns: self.netns_path(&spec.id),
             attachment: None,
-            cgroup_path: self.cgroup_path(&spec.id),
+            containers: Vec::new(),
+            prepared: false,
+            image: None,
+            lowers: Vec::new(),
+            cgroup_path: None,
             shim_pid: None,
             container_pid: None,
             started: false,
             paused: false,
-            image: image.clone(),
             spec,
         };
         // Reserve the id.
@@ -556,81 +809,79 @@ impl SandboxEngine {
             map.insert(rec.spec.id.clone(), entry.clone());
         }
         let _op = entry.op.lock().await;
-        match self.create_steps(&paths, rec, start).await {
-            Ok(rec) => {
-                let handle = SandboxHandle {
-                    id: rec.spec.id.clone(),
-                    handler,
-                    pod_ip: rec.attachment.as_ref().map(|a| a.ip),
-                    image,
-                };
-                *lock(&entry.record) = rec;
-                Ok(handle)
-            }
-            Err((e, rec)) => {
-                if let Err(ce) = self.teardown(&paths, &rec).await {
-                    tracing::warn!(target: "node::engine", sandbox = %rec.spec.id, error = %ce, "cleanup after failed create");
+        let id = rec.spec.id.clone();
+        let result = async {
+            let mut rec = self.prepare_steps(&paths, rec).await?;
+            self.commit(&entry, &rec)?;
+            if let Some(start) = start {
+                let names: Vec<String> = rec.spec.regular().map(|c| c.name.clone()).collect();
+                for (name, image) in names.iter().zip(images) {
+                    rec = self
+                        .create_container_steps(&entry, rec, name, image, start)
+                        .await?;
                 }
-                lock(&self.sandboxes).remove(&rec.spec.id);
+            }
+            Ok::<Record, NodeError>(rec)
+        }
+        .await;
+        match result {
+            Ok(rec) => Ok(SandboxHandle {
+                id: rec.spec.id.clone(),
+                handler,
+                pod_ip: rec.attachment.as_ref().map(|a| a.ip),
+                image: rec.containers.first().map(|c| c.image.clone()),
+            }),
+            Err(e) => {
+                let rec = lock(&entry.record).clone();
+                if let Err(ce) = self.teardown(&paths, &rec).await {
+                    tracing::warn!(target: "node::engine", sandbox = %id, error = %ce, "cleanup after failed create");
+                }
+                lock(&self.sandboxes).remove(&id);
                 Err(e)
             }
         }
     }
 
-    async fn create_steps(
-        &self,
-        paths: &Paths,
-        mut rec: Record,
-        start: bool,
-    ) -> std::result::Result<Record, (NodeError, Record)> {
-        macro_rules! tri {
-            ($e:expr) => {
-                match $e {
-                    Ok(v) => v,
-                    Err(e) => return Err((NodeError::from(e), rec)),
-                }
-            };
-        }
-        for d in [paths.rootfs(), paths.upper(), paths.work(), paths.etc()] {
-            tri!(fs_err::create_dir_all(d));
-        }
-        tri!(self.save_record(&rec));
-        tri!(host::mount_overlay(
-            &rec.lowers,
-            &paths.upper(),
-            &paths.work(),
-            &paths.rootfs()
-        ));
+    /// The Pod-level steps. On error the caller tears down what the entry's record says.
+    async fn prepare_steps(&self, paths: &Paths, mut rec: Record) -> Result<Record> {
+        let entry = self.entry(&rec.spec.id)?;
+        fs_err::create_dir_all(paths.etc())?;
+        self.commit(&entry, &rec)?;
 
-        let mut volumes: Vec<(VolumeSpec, PathBuf)> = Vec::new();
-        for v in &rec.spec.volumes {
-            let host_dir = match &v.source {
-                VolumeSource::EmptyDir => paths.volume(&v.name),
-                VolumeSource::Pvc { claim } => self.pvc_dir(&rec.spec.namespace, claim),
-                VolumeSource::HostPath { path } => PathBuf::from(path),
-            };
-            if !matches!(v.source, VolumeSource::HostPath { .. }) {
-                tri!(fs_err::create_dir_all(&host_dir));
-            } else if !host_dir.exists() {
-                return Err((
-                    NodeError::InvalidSpec {
+        let mut shared: Vec<(String, PathBuf)> = Vec::new();
+        for c in rec.spec.all_containers() {
+            for v in &c.volumes {
+                let host_dir = match &v.source {
+                    VolumeSource::EmptyDir => paths.volume(&v.name),
+                    VolumeSource::Pvc { claim } => self.pvc_dir(&rec.spec.namespace, claim),
+                    VolumeSource::HostPath { path } => PathBuf::from(path),
+                };
+                if !matches!(v.source, VolumeSource::HostPath { .. }) {
+                    fs_err::create_dir_all(&host_dir)?;
+                } else if !host_dir.exists() {
+                    return Err(NodeError::InvalidSpec {
                         sandbox: rec.spec.display_name(),
-                        field: format!("volume {}", v.name),
+                        field: format!("spec.volumes[{}].hostPath", v.name),
                         reason: format!("hostPath {} does not exist", host_dir.display()),
-                    },
-                    rec,
-                ));
+                    });
+                }
+                shared.push((v.name.clone(), host_dir));
             }
-            volumes.push((v.clone(), host_dir));
         }
 
-        tri!(host::create_netns(&rec.netns));
+        host::create_netns(&rec.netns)?;
         if let Some(cni) = &self.cni {
-            let att = tri!(cni.add(&rec.spec.id, &rec.netns).await);
+            let att = cni
+                .add(&rec.spec.id, &rec.netns, &rec.spec.host_ports)
+                .await;
+            let att = match att {
+                Ok(a) => a,
+                Err(e) => return Err(e),
+            };
             rec.attachment = Some(att.clone());
-            tri!(self.save_record(&rec));
+            self.commit(&entry, &rec)?;
             if let Some(hook) = self.hook() {
-                tri!(hook.attached(&rec.spec, &att).await);
+                hook.attached(&rec.spec, &att).await?;
             }
         }
 
@@ -644,96 +895,312 @@ impl SandboxEngine {
         if let Some(a) = &rec.attachment {
             hosts.push_str(&format!("{}\t{hostname}\n", a.ip));
         }
-        let hosts_file = paths.etc().join("hosts");
-        let hostname_file = paths.etc().join("hostname");
-        tri!(fs_err::write(&hosts_file, hosts));
-        tri!(fs_err::write(&hostname_file, format!("{hostname}\n")));
-
-        let rootfs = paths.rootfs();
-        let oci = tri!(bundle::build(&BundleInputs {
-            spec: &rec.spec,
-            image: &rec.image,
-            rootfs: &rootfs,
-            handler: rec.handler,
-            netns: &rec.netns,
-            cgroup_path: &rec.cgroup_path,
-            volumes: &volumes,
-            hosts_file: &hosts_file,
-            hostname_file: &hostname_file,
-            default_pids_limit: self.config.default_pids_limit,
-        }));
-        tri!(bundle::write(&oci, &paths.bundle()));
-
-        let rt = self.runtimes[&rec.handler].clone();
-        let started = tri!(spawn_create(&rt, &rec.spec.id, paths, start).await);
-        rec.shim_pid = Some(started.shim_pid);
-        if started.create_exit != 0 {
-            let log = fs_err::read_to_string(paths.log()).unwrap_or_default();
-            return Err((
-                NodeError::Runtime {
-                    handler: rec.handler.to_string(),
-                    op: if start { "run" } else { "create" }.into(),
-                    id: rec.spec.id.clone(),
-                    status: started.create_exit,
-                    message: crate::runtime::clean_message(&log),
-                },
-                rec,
-            ));
+        if !rec.spec.host_aliases.is_empty() {
+            hosts.push_str("\n# Entries added by HostAliases.\n");
+            for (ip, names) in &rec.spec.host_aliases {
+                hosts.push_str(&format!("{ip}\t{}\n", names.join("\t")));
+            }
         }
-        let pid = fs_err::read_to_string(paths.pid())
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok());
-        rec.container_pid = pid;
-        rec.started = start;
-        tri!(self.save_record(&rec));
+        fs_err::write(paths.etc().join("hosts"), hosts)?;
+        fs_err::write(paths.etc().join("hostname"), format!("{hostname}\n"))?;
+        if let Some(dns) = &rec.spec.dns {
+            fs_err::write(paths.etc().join("resolv.conf"), resolv_conf(dns))?;
+        }
+        rec.prepared = true;
+        self.commit(&entry, &rec)?;
         Ok(rec)
     }
 
-    /// Start the sandbox's process.
+    /// Create (and with `start`, start) the container `name` of a prepared sandbox: ensure its
+    /// image (pull policy), overlay rootfs, bundle, runtime create. A container of that name
+    /// that exists must be removed first ([`SandboxEngine::remove_container`]).
+    pub async fn create_container(&self, id: &str, name: &str, start: bool) -> Result<()> {
+        let entry = self.entry(id)?;
+        let spec = lock(&entry.record).spec.clone();
+        let c = spec.container(name).ok_or_else(|| NodeError::InvalidSpec {
+            sandbox: spec.display_name(),
+            field: "containers".into(),
+            reason: format!("no container named {name:?}"),
+        })?;
+        let image = self.images.ensure(&c.image, c.pull_policy).await?.image;
+        let _op = entry.op.lock().await;
+        let rec = lock(&entry.record).clone();
+        if rec.container(name).is_some() {
+            return Err(NodeError::AlreadyExists(format!("{id}/{name}")));
+        }
+        if !rec.prepared {
+            return Err(NodeError::InvalidState {
+                sandbox: id.into(),
+                op: "create a container",
+                state: "not prepared".into(),
+            });
+        }
+        match self
+            .create_container_steps(&entry, rec, name, image, start)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let rec = lock(&entry.record).clone();
+                if let Some(c) = rec.container(name).cloned() {
+                    if let Err(ce) = self.teardown_container(rec.handler, &c, false).await {
+                        tracing::warn!(target: "node::engine", sandbox = %id, container = %name, error = %ce, "cleanup after failed container create");
+                    }
+                    let mut rec = rec;
+                    rec.containers.retain(|x| x.name != name);
+                    self.commit(&entry, &rec)?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The container steps; the record (with the container in it) is committed as it goes, so
+    /// on error the caller can tear down what it says.
+    async fn create_container_steps(
+        &self,
+        entry: &Entry,
+        mut rec: Record,
+        name: &str,
+        image: Image,
+        start: bool,
+    ) -> Result<Record> {
+        let paths = self.paths(&rec.spec.id);
+        let cp = paths.container(&rec.spec, name);
+        let (runtime_id, cgroup_path) = self.container_ids(&rec.spec, name);
+        let lowers = self.images.lower_dirs(&image);
+        rec.containers.push(ContainerRecord {
+            name: name.to_string(),
+            runtime_id: runtime_id.clone(),
+            dir: cp.dir.clone(),
+            cgroup_path: cgroup_path.clone(),
+            image: image.clone(),
+            lowers,
+            shim_pid: None,
+            container_pid: None,
+            started: false,
+            paused: false,
+        });
+        for d in [cp.rootfs(), cp.upper(), cp.work()] {
+            fs_err::create_dir_all(d)?;
+        }
+        for f in [cp.exit(), cp.exit_tmp(), cp.pid()] {
+            let _ = fs_err::remove_file(f);
+        }
+        self.commit(entry, &rec)?;
+        let c = rec
+            .spec
+            .container(name)
+            .cloned()
+            .ok_or_else(|| NodeError::NotFound(format!("{}/{name}", rec.spec.id)))?;
+        let cr = rec
+            .container(name)
+            .cloned()
+            .unwrap_or_else(|| unreachable!());
+        host::mount_overlay(&cr.lowers, &cp.upper(), &cp.work(), &cp.rootfs())?;
+
+        let mut volumes: Vec<(VolumeSpec, PathBuf)> = Vec::new();
+        for v in &c.volumes {
+            let host_dir = match &v.source {
+                VolumeSource::EmptyDir => paths.volume(&v.name),
+                VolumeSource::Pvc { claim } => self.pvc_dir(&rec.spec.namespace, claim),
+                VolumeSource::HostPath { path } => PathBuf::from(path),
+            };
+            volumes.push((v.clone(), host_dir));
+        }
+        let termination_log = cp.termination_log();
+        if c.termination_message_path.is_some() {
+            use std::os::unix::fs::PermissionsExt;
+            fs_err::write(&termination_log, b"")?;
+            fs_err::set_permissions(&termination_log, std::fs::Permissions::from_mode(0o666))?;
+        }
+        let resolv = paths.etc().join("resolv.conf");
+        let oci = bundle::build(&BundleInputs {
+            spec: &rec.spec,
+            container: &c,
+            image: &cr.image,
+            rootfs: &cp.rootfs(),
+            handler: rec.handler,
+            netns: &rec.netns,
+            cgroup_path: &cr.cgroup_path,
+            volumes: &volumes,
+            hosts_file: &paths.etc().join("hosts"),
+            hostname_file: &paths.etc().join("hostname"),
+            resolv_file: rec.spec.dns.is_some().then_some(resolv.as_path()),
+            termination_log: c
+                .termination_message_path
+                .is_some()
+                .then_some(termination_log.as_path()),
+            default_pids_limit: self.config.default_pids_limit,
+        })?;
+        bundle::write(&oci, &cp.bundle())?;
+
+        let rt = self.runtimes[&rec.handler].clone();
+        let started = spawn_create(&rt, &runtime_id, &cp, start).await?;
+        if let Some(x) = rec.container_mut(name) {
+            x.shim_pid = Some(started.shim_pid);
+        }
+        self.commit(entry, &rec)?;
+        if started.create_exit != 0 {
+            let log = fs_err::read_to_string(cp.log()).unwrap_or_default();
+            return Err(NodeError::Runtime {
+                handler: rec.handler.to_string(),
+                op: if start { "run" } else { "create" }.into(),
+                id: runtime_id,
+                status: started.create_exit,
+                message: crate::runtime::clean_message(&log),
+            });
+        }
+        let pid = fs_err::read_to_string(cp.pid())
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok());
+        if let Some(x) = rec.container_mut(name) {
+            x.container_pid = pid;
+            x.started = start;
+        }
+        self.commit(entry, &rec)?;
+        Ok(rec)
+    }
+
+    fn main_name(&self, id: &str) -> Result<String> {
+        Ok(lock(&self.entry(id)?.record).spec.main.name.clone())
+    }
+
+    /// Start the sandbox's created regular containers.
     pub async fn start(&self, id: &str) -> Result<()> {
         let entry = self.entry(id)?;
         let _op = entry.op.lock().await;
         let rec = lock(&entry.record).clone();
-        if rec.started {
+        let regular: Vec<String> = rec.spec.regular().map(|c| c.name.clone()).collect();
+        let todo: Vec<&ContainerRecord> = rec
+            .containers
+            .iter()
+            .filter(|c| regular.contains(&c.name) && !c.started)
+            .collect();
+        if todo.is_empty() {
             return Err(NodeError::InvalidState {
                 sandbox: id.into(),
                 op: "start",
                 state: "already started".into(),
             });
         }
-        self.runtimes[&rec.handler].start(id).await?;
-        let mut r = lock(&entry.record);
-        r.started = true;
-        let snapshot = r.clone();
-        drop(r);
-        self.save_record(&snapshot)
+        let names: Vec<String> = todo.iter().map(|c| c.name.clone()).collect();
+        drop(todo);
+        for n in names {
+            self.start_locked(&entry, &n).await?;
+        }
+        Ok(())
     }
 
-    /// Current state.
+    /// Start one created container.
+    pub async fn start_container(&self, id: &str, name: &str) -> Result<()> {
+        let entry = self.entry(id)?;
+        let _op = entry.op.lock().await;
+        self.start_locked(&entry, name).await
+    }
+
+    async fn start_locked(&self, entry: &Entry, name: &str) -> Result<()> {
+        let mut rec = lock(&entry.record).clone();
+        let id = rec.spec.id.clone();
+        let c = rec
+            .container(name)
+            .cloned()
+            .ok_or_else(|| NodeError::NotFound(format!("{id}/{name}")))?;
+        if c.started {
+            return Err(NodeError::InvalidState {
+                sandbox: format!("{id}/{name}"),
+                op: "start",
+                state: "already started".into(),
+            });
+        }
+        self.runtimes[&rec.handler].start(&c.runtime_id).await?;
+        if let Some(x) = rec.container_mut(name) {
+            x.started = true;
+        }
+        self.commit(entry, &rec)
+    }
+
+    /// State of the main container (the sandbox's state for single-container use).
     pub async fn state(&self, id: &str) -> Result<SandboxState> {
         let entry = self.entry(id)?;
         let rec = lock(&entry.record).clone();
-        self.state_of(&rec).await
-    }
-
-    async fn state_of(&self, rec: &Record) -> Result<SandboxState> {
-        let id = &rec.spec.id;
-        let paths = self.paths(id);
-        let mut st = SandboxState {
-            id: id.clone(),
-            phase: Phase::Created,
-            exit_code: None,
-            pid: rec.container_pid,
+        let main =
+            rec.container(&rec.spec.main.name)
+                .cloned()
+                .ok_or_else(|| NodeError::InvalidState {
+                    sandbox: id.into(),
+                    op: "read the state",
+                    state: "the main container does not exist".into(),
+                })?;
+        let cs = self.state_of(&rec, &main).await?;
+        Ok(SandboxState {
+            id: id.into(),
+            phase: cs.phase,
+            exit_code: cs.exit_code,
+            pid: cs.pid,
             pod_ip: rec.attachment.as_ref().map(|a| a.ip),
             handler: rec.handler,
+        })
+    }
+
+    /// State of one container.
+    pub async fn container_state(&self, id: &str, name: &str) -> Result<ContainerState> {
+        let entry = self.entry(id)?;
+        let rec = lock(&entry.record).clone();
+        let c = rec
+            .container(name)
+            .cloned()
+            .ok_or_else(|| NodeError::NotFound(format!("{id}/{name}")))?;
+        self.state_of(&rec, &c).await
+    }
+
+    /// A cheap look at a container without running the runtime: `Some(code)` once its process
+    /// exited (code `None` if unknown), `None` while it runs or was never started.
+    pub fn container_exit(&self, id: &str, name: &str) -> Result<Option<Option<i32>>> {
+        let entry = self.entry(id)?;
+        let rec = lock(&entry.record);
+        let c = rec
+            .container(name)
+            .ok_or_else(|| NodeError::NotFound(format!("{id}/{name}")))?;
+        let cp = CPaths { dir: c.dir.clone() };
+        if let Some(code) = read_exit(&cp.exit()) {
+            return Ok(Some(Some(code)));
+        }
+        if !c.started || pid_alive(c.container_pid) {
+            return Ok(None);
+        }
+        // The process is gone; the shim writes the code right after reaping it.
+        if pid_alive(c.shim_pid) {
+            return Ok(None);
+        }
+        Ok(Some(read_exit(&cp.exit())))
+    }
+
+    /// The termination message a container wrote (at most 4096 bytes), if any.
+    pub fn termination_message(&self, id: &str, name: &str) -> Option<String> {
+        let entry = self.entry(id).ok()?;
+        let dir = lock(&entry.record).container(name)?.dir.clone();
+        let data = fs_err::read(CPaths { dir }.termination_log()).ok()?;
+        let data = &data[..data.len().min(4096)];
+        let s = String::from_utf8_lossy(data).trim_end().to_string();
+        (!s.is_empty()).then_some(s)
+    }
+
+    async fn state_of(&self, rec: &Record, c: &ContainerRecord) -> Result<ContainerState> {
+        let cp = CPaths { dir: c.dir.clone() };
+        let mut st = ContainerState {
+            name: c.name.clone(),
+            phase: Phase::Created,
+            exit_code: None,
+            pid: c.container_pid,
         };
-        if let Some(code) = read_exit(&paths.exit()) {
+        if let Some(code) = read_exit(&cp.exit()) {
             st.phase = Phase::Exited;
             st.exit_code = Some(code);
             return Ok(st);
         }
         let rt = &self.runtimes[&rec.handler];
-        st.phase = match rt.state(id).await? {
+        st.phase = match rt.state(&c.runtime_id).await? {
             None => Phase::Exited,
             Some(s) => match s.status {
                 ContainerStatus::Creating | ContainerStatus::Created => Phase::Created,
@@ -745,15 +1212,12 @@ impl SandboxEngine {
         if st.phase == Phase::Exited {
             // The shim writes the code right after reaping; give it a moment.
             for _ in 0..200 {
-                if let Some(code) = read_exit(&paths.exit()) {
+                if let Some(code) = read_exit(&cp.exit()) {
                     st.exit_code = Some(code);
                     break;
                 }
-                if rec
-                    .shim_pid
-                    .is_none_or(|p| sys::pidfd_open(p).ok().flatten().is_none())
-                {
-                    st.exit_code = read_exit(&paths.exit());
+                if !pid_alive(c.shim_pid) {
+                    st.exit_code = read_exit(&cp.exit());
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -762,34 +1226,46 @@ impl SandboxEngine {
         Ok(st)
     }
 
-    /// Wait until the sandbox's process exits; returns its exit code (`None` if unknown).
+    /// Wait until the main container's process exits; returns its exit code (`None` if
+    /// unknown).
     pub async fn wait(&self, id: &str, timeout: Duration) -> Result<Option<i32>> {
+        let main = self.main_name(id)?;
+        self.wait_container(id, &main, timeout).await
+    }
+
+    /// Wait until a container's process exits; returns its exit code (`None` if unknown).
+    pub async fn wait_container(
+        &self,
+        id: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Option<i32>> {
         let entry = self.entry(id)?;
-        let rec = lock(&entry.record).clone();
-        let paths = self.paths(id);
+        let c = lock(&entry.record)
+            .container(name)
+            .cloned()
+            .ok_or_else(|| NodeError::NotFound(format!("{id}/{name}")))?;
+        let cp = CPaths { dir: c.dir.clone() };
         let deadline = Instant::now() + timeout;
-        if let Some(pid) = rec.container_pid
+        if let Some(pid) = c.container_pid
             && !pid_exited(pid, timeout).await?
         {
             return Err(NodeError::Timeout {
-                sandbox: id.into(),
+                sandbox: format!("{id}/{name}"),
                 what: "the process to exit",
                 secs: timeout.as_secs_f64(),
             });
         }
         loop {
-            if let Some(c) = read_exit(&paths.exit()) {
-                return Ok(Some(c));
+            if let Some(code) = read_exit(&cp.exit()) {
+                return Ok(Some(code));
             }
-            let shim_gone = rec
-                .shim_pid
-                .is_none_or(|p| sys::pidfd_open(p).ok().flatten().is_none());
-            if shim_gone {
-                return Ok(read_exit(&paths.exit()));
+            if !pid_alive(c.shim_pid) {
+                return Ok(read_exit(&cp.exit()));
             }
             if Instant::now() > deadline {
                 return Err(NodeError::Timeout {
-                    sandbox: id.into(),
+                    sandbox: format!("{id}/{name}"),
                     what: "the exit code",
                     secs: timeout.as_secs_f64(),
                 });
@@ -798,12 +1274,41 @@ impl SandboxEngine {
         }
     }
 
-    /// Freeze all processes of the sandbox.
+    /// Run `argv` in a running container through the runtime's `exec` (the container's user,
+    /// environment and working directory), bounded by `timeout`.
+    pub async fn exec(
+        &self,
+        id: &str,
+        name: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput> {
+        let entry = self.entry(id)?;
+        let (handler, rid) = {
+            let rec = lock(&entry.record);
+            let c = rec
+                .container(name)
+                .ok_or_else(|| NodeError::NotFound(format!("{id}/{name}")))?;
+            (rec.handler, c.runtime_id.clone())
+        };
+        let out = self.runtimes[&handler].exec(&rid, argv, timeout).await?;
+        Ok(ExecOutput {
+            code: out.code,
+            stdout: out.stdout,
+            stderr: out.stderr,
+        })
+    }
+
+    /// Freeze all processes of the sandbox (every running container).
     pub async fn pause(&self, id: &str) -> Result<()> {
         let entry = self.entry(id)?;
         let _op = entry.op.lock().await;
-        let rec = lock(&entry.record).clone();
-        let st = self.state_of(&rec).await?;
+        let mut rec = lock(&entry.record).clone();
+        let main = rec
+            .container(&rec.spec.main.name)
+            .cloned()
+            .ok_or_else(|| NodeError::NotFound(id.into()))?;
+        let st = self.state_of(&rec, &main).await?;
         if st.phase != Phase::Running {
             return Err(NodeError::InvalidState {
                 sandbox: id.into(),
@@ -811,21 +1316,29 @@ impl SandboxEngine {
                 state: st.phase.to_string(),
             });
         }
-        self.runtimes[&rec.handler].pause(id).await?;
-        let snap = {
-            let mut r = lock(&entry.record);
-            r.paused = true;
-            r.clone()
-        };
-        self.save_record(&snap)
+        let rt = self.runtimes[&rec.handler].clone();
+        let all = rec.containers.clone();
+        for c in &all {
+            if self.state_of(&rec, c).await?.phase == Phase::Running {
+                rt.pause(&c.runtime_id).await?;
+                if let Some(x) = rec.container_mut(&c.name) {
+                    x.paused = true;
+                }
+            }
+        }
+        self.commit(&entry, &rec)
     }
 
     /// Thaw a paused sandbox.
     pub async fn resume(&self, id: &str) -> Result<()> {
         let entry = self.entry(id)?;
         let _op = entry.op.lock().await;
-        let rec = lock(&entry.record).clone();
-        let st = self.state_of(&rec).await?;
+        let mut rec = lock(&entry.record).clone();
+        let main = rec
+            .container(&rec.spec.main.name)
+            .cloned()
+            .ok_or_else(|| NodeError::NotFound(id.into()))?;
+        let st = self.state_of(&rec, &main).await?;
         if st.phase != Phase::Paused {
             return Err(NodeError::InvalidState {
                 sandbox: id.into(),
@@ -833,77 +1346,137 @@ impl SandboxEngine {
                 state: st.phase.to_string(),
             });
         }
-        self.runtimes[&rec.handler].resume(id).await?;
-        let snap = {
-            let mut r = lock(&entry.record);
-            r.paused = false;
-            r.clone()
-        };
-        self.save_record(&snap)
+        let rt = self.runtimes[&rec.handler].clone();
+        let all = rec.containers.clone();
+        for c in &all {
+            if self.state_of(&rec, c).await?.phase == Phase::Paused {
+                rt.resume(&c.runtime_id).await?;
+                if let Some(x) = rec.container_mut(&c.name) {
+                    x.paused = false;
+                }
+            }
+        }
+        self.commit(&entry, &rec)
     }
 
-    /// Stop the process: SIGTERM, then SIGKILL after `grace`. Returns the exit code.
+    /// Stop every container: SIGTERM, then SIGKILL after `grace` (regular containers first,
+    /// then sidecars and init containers in reverse order, as kubelet does). Returns the main
+    /// container's exit code.
     pub async fn stop(&self, id: &str, grace: Duration) -> Result<Option<i32>> {
         let entry = self.entry(id)?;
         let _op = entry.op.lock().await;
         let rec = lock(&entry.record).clone();
-        self.stop_rec(&rec, grace).await
+        let regular: Vec<String> = rec.spec.regular().map(|c| c.name.clone()).collect();
+        let mut order: Vec<&ContainerRecord> = rec
+            .containers
+            .iter()
+            .filter(|c| regular.contains(&c.name))
+            .collect();
+        order.extend(
+            rec.containers
+                .iter()
+                .rev()
+                .filter(|c| !regular.contains(&c.name)),
+        );
+        let deadline = Instant::now() + grace;
+        let mut main_code = None;
+        for c in order {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let code = self.stop_rec(&rec, c, left).await?;
+            if c.name == rec.spec.main.name {
+                main_code = code;
+            }
+        }
+        Ok(main_code)
     }
 
-    async fn stop_rec(&self, rec: &Record, grace: Duration) -> Result<Option<i32>> {
-        let id = &rec.spec.id;
+    /// Stop one container: SIGTERM, then SIGKILL after `grace`. Returns its exit code.
+    pub async fn stop_container(
+        &self,
+        id: &str,
+        name: &str,
+        grace: Duration,
+    ) -> Result<Option<i32>> {
+        let entry = self.entry(id)?;
+        let _op = entry.op.lock().await;
+        let rec = lock(&entry.record).clone();
+        let c = rec
+            .container(name)
+            .cloned()
+            .ok_or_else(|| NodeError::NotFound(format!("{id}/{name}")))?;
+        self.stop_rec(&rec, &c, grace).await
+    }
+
+    async fn stop_rec(
+        &self,
+        rec: &Record,
+        c: &ContainerRecord,
+        grace: Duration,
+    ) -> Result<Option<i32>> {
+        let rid = &c.runtime_id;
         let rt = &self.runtimes[&rec.handler];
-        let st = self.state_of(rec).await?;
+        let st = self.state_of(rec, c).await?;
         match st.phase {
             Phase::Exited => return Ok(st.exit_code),
-            Phase::Paused => rt.resume(id).await?,
+            Phase::Paused => rt.resume(rid).await?,
             Phase::Created => {
                 // Never started: nothing to terminate gracefully, and runsc cannot signal a
                 // created container. Deleting it ends its init.
-                rt.delete(id).await?;
-                return self.wait_exit(rec, Duration::from_secs(10)).await;
+                rt.delete(rid).await?;
+                return self.wait_exit(c, Duration::from_secs(10)).await;
             }
             Phase::Running => {}
         }
         if !grace.is_zero() {
-            rt.kill(id, "TERM").await?;
-            if let Some(pid) = rec.container_pid
+            rt.kill(rid, "TERM").await?;
+            if let Some(pid) = c.container_pid
                 && pid_exited(pid, grace).await?
             {
-                return self.wait_exit(rec, Duration::from_secs(10)).await;
+                return self.wait_exit(c, Duration::from_secs(10)).await;
             }
         }
-        rt.kill(id, "KILL").await?;
-        self.wait_exit(rec, Duration::from_secs(10)).await
+        rt.kill(rid, "KILL").await?;
+        self.wait_exit(c, Duration::from_secs(10)).await
     }
 
-    async fn wait_exit(&self, rec: &Record, timeout: Duration) -> Result<Option<i32>> {
-        let paths = self.paths(&rec.spec.id);
-        if let Some(pid) = rec.container_pid
+    async fn wait_exit(&self, c: &ContainerRecord, timeout: Duration) -> Result<Option<i32>> {
+        let cp = CPaths { dir: c.dir.clone() };
+        if let Some(pid) = c.container_pid
             && !pid_exited(pid, timeout).await?
         {
             return Err(NodeError::Timeout {
-                sandbox: rec.spec.id.clone(),
+                sandbox: c.runtime_id.clone(),
                 what: "the process to exit after SIGKILL",
                 secs: timeout.as_secs_f64(),
             });
         }
         for _ in 0..500 {
-            if let Some(c) = read_exit(&paths.exit()) {
-                return Ok(Some(c));
+            if let Some(code) = read_exit(&cp.exit()) {
+                return Ok(Some(code));
             }
-            if rec
-                .shim_pid
-                .is_none_or(|p| sys::pidfd_open(p).ok().flatten().is_none())
-            {
-                return Ok(read_exit(&paths.exit()));
+            if !pid_alive(c.shim_pid) {
+                return Ok(read_exit(&cp.exit()));
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         Ok(None)
     }
 
-    /// Remove the sandbox: kill it if needed and delete its container, mounts, network,
+    /// Remove one container (killing it if needed): runtime delete, rootfs unmount, its
+    /// writable layer and bundle; its log stays (a new container of the same name appends).
+    pub async fn remove_container(&self, id: &str, name: &str) -> Result<()> {
+        let entry = self.entry(id)?;
+        let _op = entry.op.lock().await;
+        let mut rec = lock(&entry.record).clone();
+        let Some(c) = rec.container(name).cloned() else {
+            return Ok(());
+        };
+        self.teardown_container(rec.handler, &c, false).await?;
+        rec.containers.retain(|x| x.name != name);
+        self.commit(&entry, &rec)
+    }
+
+    /// Remove the sandbox: kill it if needed and delete its containers, mounts, network,
     /// cgroups and directory. PVC directories stay.
     pub async fn remove(&self, id: &str) -> Result<()> {
         let entry = self.entry(id)?;
@@ -912,6 +1485,43 @@ impl SandboxEngine {
         let paths = self.paths(id);
         self.teardown(&paths, &rec).await?;
         lock(&self.sandboxes).remove(id);
+        Ok(())
+    }
+
+    /// Undo one container: kill, wait, runtime delete, wait for the shim, unmount, remove its
+    /// cgroup and files (with `all`, its log too).
+    async fn teardown_container(
+        &self,
+        handler: HandlerKind,
+        c: &ContainerRecord,
+        all: bool,
+    ) -> Result<()> {
+        self.teardown_container_with(handler, c).await?;
+        let cp = CPaths { dir: c.dir.clone() };
+        if !host::mounts_under(&cp.dir).is_empty()
+            && host::mounts_under(&cp.dir)
+                .iter()
+                .any(|m| m.starts_with(cp.bundle()))
+        {
+            return Err(NodeError::Config(format!(
+                "container {}: mounts still present under {}",
+                c.runtime_id,
+                cp.bundle().display()
+            )));
+        }
+        for d in [cp.bundle(), cp.upper(), cp.work()] {
+            match fs_err::remove_dir_all(&d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for f in [cp.pid(), cp.exit(), cp.exit_tmp(), cp.termination_log()] {
+            let _ = fs_err::remove_file(f);
+        }
+        if all {
+            let _ = fs_err::remove_file(cp.log());
+        }
         Ok(())
     }
 
@@ -926,41 +1536,26 @@ impl SandboxEngine {
                 }
             }
         };
-        if let Some(rt) = self.runtimes.get(&rec.handler)
-            && rt.state(id).await.ok().flatten().is_some()
-        {
-            let st = self.state_of(rec).await.ok();
-            if st.as_ref().is_some_and(|s| s.phase == Phase::Paused) {
-                note(rt.resume(id).await);
-            }
-            if st
-                .as_ref()
-                .is_some_and(|s| matches!(s.phase, Phase::Running | Phase::Paused))
-            {
-                note(rt.kill(id, "KILL").await);
-                if let Some(pid) = rec.container_pid {
-                    note(pid_exited(pid, Duration::from_secs(10)).await.map(drop));
-                }
-            }
-            note(rt.delete(id).await);
+        for c in rec.containers.iter().rev() {
+            note(self.teardown_container_with(rec.handler, c).await);
         }
-        if let Some(shim) = rec.shim_pid {
-            note(pid_exited(shim, Duration::from_secs(10)).await.map(drop));
-        }
-        note(host::unmount(&paths.rootfs()));
         if let Some(cni) = &self.cni
             && (rec.attachment.is_some() || rec.netns.exists())
         {
             note(
-                cni.del(id, &rec.netns, rec.attachment.as_ref().map(|a| &a.result))
-                    .await,
+                cni.del(
+                    id,
+                    &rec.netns,
+                    rec.attachment.as_ref().map(|a| &a.result),
+                    &rec.spec.host_ports,
+                )
+                .await,
             );
             if let Some(hook) = self.hook() {
                 hook.detached(id).await;
             }
         }
         note(host::remove_netns(&rec.netns));
-        note(host::remove_cgroup(&rec.cgroup_path));
         if let Some(e) = first_err {
             return Err(e);
         }
@@ -977,8 +1572,54 @@ impl SandboxEngine {
         Ok(())
     }
 
-    /// Find sandboxes left by a previous engine (after a crash or restart): re-adopt those the
-    /// runtime still knows with their rootfs mounted, clean up the rest.
+    /// [`SandboxEngine::teardown_container`] for a sandbox that may no longer be in the map.
+    async fn teardown_container_with(
+        &self,
+        handler: HandlerKind,
+        c: &ContainerRecord,
+    ) -> Result<()> {
+        let rid = &c.runtime_id;
+        let mut first_err: Option<NodeError> = None;
+        let mut note = |r: Result<()>| {
+            if let Err(e) = r {
+                tracing::warn!(target: "node::engine", container = %rid, error = %e, "teardown step failed");
+                if first_err.is_none() {
+                    first_err = Some(e);
+                }
+            }
+        };
+        if let Some(rt) = self.runtimes.get(&handler)
+            && let Some(st) = rt.state(rid).await.ok().flatten()
+        {
+            if st.status == ContainerStatus::Paused {
+                note(rt.resume(rid).await);
+            }
+            if matches!(
+                st.status,
+                ContainerStatus::Running | ContainerStatus::Paused
+            ) {
+                note(rt.kill(rid, "KILL").await);
+                if let Some(pid) = c.container_pid {
+                    note(pid_exited(pid, Duration::from_secs(10)).await.map(drop));
+                }
+            }
+            note(rt.delete(rid).await);
+        }
+        if let Some(shim) = c.shim_pid {
+            note(pid_exited(shim, Duration::from_secs(10)).await.map(drop));
+        }
+        let cp = CPaths { dir: c.dir.clone() };
+        note(host::unmount(&cp.rootfs()));
+        note(host::remove_cgroup(&c.cgroup_path));
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Find sandboxes left by a previous engine (after a crash or restart): re-adopt those
+    /// whose network namespace is there and whose every container the runtime still knows
+    /// with its rootfs mounted; clean up the rest.
     pub async fn recover(&self) -> Result<RecoveryReport> {
         let mut report = RecoveryReport::default();
         let dir = self.config.root.join("sandboxes");
@@ -995,9 +1636,11 @@ impl SandboxEngine {
             let rec: Option<Record> = fs_err::read(paths.record())
                 .ok()
                 .and_then(|d| serde_json::from_slice(&d).ok());
-            let Some(rec) = rec else {
+            let Some(mut rec) = rec else {
                 // No record: a create that never got far. Remove what can be removed.
-                host::unmount(&paths.rootfs())?;
+                for m in host::mounts_under(&paths.dir).iter().rev() {
+                    host::unmount(m)?;
+                }
                 host::remove_netns(&self.netns_path(&id))?;
                 if host::mounts_under(&paths.dir).is_empty() {
                     fs_err::remove_dir_all(&paths.dir)?;
@@ -1005,15 +1648,21 @@ impl SandboxEngine {
                 report.cleaned.push(id);
                 continue;
             };
-            let known = match self.runtimes.get(&rec.handler) {
-                Some(rt) => rt.state(&id).await.ok().flatten().is_some(),
-                None => false,
-            };
-            let intact = known
-                && host::is_mounted(&paths.rootfs())
-                && rec.netns.exists()
-                && rec.container_pid.is_some();
+            rec.migrate(&paths.dir);
+            let mut intact = rec.prepared && rec.netns.exists();
+            if let Some(rt) = self.runtimes.get(&rec.handler) {
+                for c in &rec.containers {
+                    let known = rt.state(&c.runtime_id).await.ok().flatten().is_some();
+                    let cp = CPaths { dir: c.dir.clone() };
+                    intact &= known && host::is_mounted(&cp.rootfs()) && c.container_pid.is_some();
+                }
+            } else {
+                intact = false;
+            }
             if intact {
+                if let Err(e) = self.save_record(&rec) {
+                    tracing::warn!(target: "node::engine", sandbox = %id, error = %e, "rewriting a migrated record failed");
+                }
                 lock(&self.sandboxes).insert(
                     id.clone(),
                     Arc::new(Entry {
@@ -1034,7 +1683,7 @@ impl SandboxEngine {
 async fn spawn_create(
     rt: &OciRuntime,
     id: &str,
-    paths: &Paths,
+    paths: &CPaths,
     start: bool,
 ) -> Result<sys::ShimStarted> {
     use std::ffi::CString;
@@ -1121,7 +1770,7 @@ async fn probe(rt: &OciRuntime, config: &EngineConfig) -> HandlerStatus {
         let spec: oci_spec::runtime::Spec =
             serde_json::from_value(doc).map_err(|e| NodeError::json("probe spec", e))?;
         bundle::write(&spec, &dir.join("bundle"))?;
-        let paths = Paths { dir: dir.clone() };
+        let paths = CPaths { dir: dir.clone() };
         let t = Instant::now();
         let started = spawn_create(rt, &id, &paths, false).await?;
         if started.create_exit != 0 {

@@ -7,6 +7,7 @@
 //! through [`host`]; the only `unsafe` code is in the private `sys` module.
 
 pub mod agent;
+pub mod audit;
 pub mod bundle;
 pub mod cni;
 pub mod engine;

@@ -296,6 +296,30 @@ impl OciRuntime {
         Ok(())
     }
 
+    /// `exec`: run `argv` in the running container (its user, environment and working
+    /// directory), capturing output, bounded by `timeout` (the runtime process is killed on
+    /// timeout; the command it started may linger in the container, as with kubelet).
+    pub async fn exec(
+        &self,
+        id: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<host::CmdOutput> {
+        let mut args: Vec<OsString> = vec!["exec".into(), id.into()];
+        args.extend(argv.iter().map(OsString::from));
+        match host::run(self.command(args), None, timeout).await {
+            Ok(out) => Ok(out),
+            Err(NodeError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                Err(NodeError::Timeout {
+                    sandbox: id.to_string(),
+                    what: "exec",
+                    secs: timeout.as_secs_f64(),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// `pause` (cgroup freezer for runc/crun, the sentry's own for runsc).
     pub async fn pause(&self, id: &str) -> Result<()> {
         self.simple("pause", id, &[]).await.map(drop)

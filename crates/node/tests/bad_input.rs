@@ -32,7 +32,7 @@ async fn bad_input_is_refused_cleanly() {
 
     // Missing image, pull forbidden.
     let mut s = SandboxSpec::new("noimg", "localhost/test/absent:1");
-    s.pull_policy = PullPolicy::Never;
+    s.main.pull_policy = PullPolicy::Never;
     let err = e.create(s).await.unwrap_err();
     assert!(matches!(err, NodeError::ImageNotPresent { .. }), "{err}");
     assert!(err.to_string().contains("localhost/test/absent:1"), "{err}");
@@ -49,13 +49,13 @@ async fn bad_input_is_refused_cleanly() {
         "baddigest",
         format!("localhost/test/busybox@sha256:{}", "1".repeat(64)),
     );
-    s.pull_policy = PullPolicy::Never;
+    s.main.pull_policy = PullPolicy::Never;
     let err = e.create(s).await.unwrap_err();
     assert!(matches!(err, NodeError::ImageNotPresent { .. }), "{err}");
 
     // A command that is not in the image.
     let mut s = SandboxSpec::new("nocmd", IMAGE);
-    s.command = Some(vec![
+    s.main.command = Some(vec![
         "/usr/bin/python3".into(),
         "-c".into(),
         "print(1)".into(),
@@ -72,17 +72,17 @@ async fn bad_input_is_refused_cleanly() {
     }
     println!("{err}");
     let mut s = SandboxSpec::new("nocmd2", IMAGE);
-    s.command = Some(vec!["not-a-command".into()]);
+    s.main.command = Some(vec!["not-a-command".into()]);
     let err = e.create(s).await.unwrap_err();
     assert!(matches!(err, NodeError::CommandNotFound { .. }), "{err}");
 
     // Privileged and hostPath are refused, naming the field.
     let mut s = SandboxSpec::new("priv", IMAGE);
-    s.security.privileged = true;
+    s.main.security.privileged = true;
     let err = e.create(s).await.unwrap_err();
     assert!(err.to_string().contains("privileged"), "{err}");
     let mut s = SandboxSpec::new("hostpath", IMAGE);
-    s.volumes = vec![VolumeSpec {
+    s.main.volumes = vec![VolumeSpec {
         name: "h".into(),
         source: VolumeSource::HostPath {
             path: "/etc".into(),
@@ -113,7 +113,7 @@ async fn bad_input_is_refused_cleanly() {
 
     // A command that exits at once: created and started fine, reported as exited with its code.
     let mut s = SandboxSpec::new("quick", IMAGE);
-    s.command = Some(vec!["/bin/false".into()]);
+    s.main.command = Some(vec!["/bin/false".into()]);
     e.create(s).await.unwrap();
     e.start("quick").await.unwrap();
     assert_eq!(
@@ -140,7 +140,7 @@ async fn bad_input_is_refused_cleanly() {
 
     // The engine still serves.
     let mut s = SandboxSpec::new("after", IMAGE);
-    s.command = Some(vec!["/bin/true".into()]);
+    s.main.command = Some(vec!["/bin/true".into()]);
     e.create(s).await.unwrap();
     e.start("after").await.unwrap();
     assert_eq!(
@@ -168,8 +168,8 @@ async fn many_create_remove_cycles_leave_nothing() {
     for i in 0..cycles {
         let id = format!("cycle-{i}");
         let mut s = SandboxSpec::new(&id, IMAGE);
-        s.command = Some(vec!["/bin/sleep".into(), "100".into()]);
-        s.resources.memory_limit = Some(64 << 20);
+        s.main.command = Some(vec!["/bin/sleep".into(), "100".into()]);
+        s.main.resources.memory_limit = Some(64 << 20);
         e.create(s).await.unwrap();
         e.start(&id).await.unwrap();
         e.remove(&id).await.unwrap();

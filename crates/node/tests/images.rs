@@ -222,8 +222,8 @@ async fn one_image_many_sandboxes_stores_layers_once() {
     let e = env.engine();
     for i in 0..5 {
         let mut s = SandboxSpec::new(format!("many-{i}"), "localhost/test/busybox:1");
-        s.pull_policy = PullPolicy::Never;
-        s.command = Some(vec![
+        s.main.pull_policy = PullPolicy::Never;
+        s.main.command = Some(vec![
             "/bin/sh".into(),
             "-c".into(),
             "echo $$ > /tmp/me; sleep 100".into(),

@@ -17,7 +17,7 @@ const IMAGE: &str = "localhost/test/busybox:1";
 fn sh(id: &str, kind: HandlerKind, script: &str) -> SandboxSpec {
     let mut s = SandboxSpec::new(id, IMAGE);
     s.handler = Some(kind.name().into());
-    s.command = Some(vec!["/bin/sh".into(), "-c".into(), script.into()]);
+    s.main.command = Some(vec!["/bin/sh".into(), "-c".into(), script.into()]);
     s
 }
 
@@ -71,7 +71,7 @@ async fn isolation(kind: HandlerKind) {
         ),
     );
     s.hostname = Some("iso-box".into());
-    s.volumes = vec![VolumeSpec {
+    s.main.volumes = vec![VolumeSpec {
         name: "data".into(),
         source: VolumeSource::Pvc {
             claim: "iso-claim".into(),
@@ -120,7 +120,7 @@ async fn isolation(kind: HandlerKind) {
         kind,
         "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived ${#x}",
     );
-    s.resources.memory_limit = Some(32 << 20);
+    s.main.resources.memory_limit = Some(32 << 20);
     let (code, log) = run_to_end(e, s, Duration::from_secs(120)).await;
     assert!(
         !log.contains("survived"),
@@ -134,8 +134,8 @@ async fn isolation(kind: HandlerKind) {
         kind,
         "bomb() { bomb | bomb & }; bomb; sleep 3; echo still-here",
     );
-    s.resources.pids_limit = Some(64);
-    s.resources.memory_limit = Some(256 << 20);
+    s.main.resources.pids_limit = Some(64);
+    s.main.resources.memory_limit = Some(256 << 20);
     e.create(s).await.unwrap();
     e.start("bomb").await.unwrap();
     let cg = e.cgroup_path("bomb");

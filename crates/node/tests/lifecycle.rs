@@ -14,7 +14,7 @@ const IMAGE: &str = "localhost/test/busybox:1";
 fn sh(id: &str, handler: HandlerKind, script: &str) -> SandboxSpec {
     let mut s = SandboxSpec::new(id, IMAGE);
     s.handler = Some(handler.name().into());
-    s.command = Some(vec!["/bin/sh".into(), "-c".into(), script.into()]);
+    s.main.command = Some(vec!["/bin/sh".into(), "-c".into(), script.into()]);
     s
 }
 

@@ -43,7 +43,7 @@ async fn networking(kind: HandlerKind, salt: u32) {
     let mut server = SandboxSpec::new("srv", IMAGE);
     server.handler = Some(kind.name().into());
     server.hostname = Some("srv".into());
-    server.command = Some(vec![
+    server.main.command = Some(vec![
         "/bin/sh".into(),
         "-c".into(),
         "mkdir -p /www && echo pong-from-srv > /www/index.html && ip -o -4 addr > /tmp/addrs; cat /tmp/addrs; exec httpd -f -p 8080 -h /www".into(),
@@ -85,7 +85,7 @@ async fn networking(kind: HandlerKind, salt: u32) {
     // Another sandbox reaches it by pod IP.
     let mut client = SandboxSpec::new("cli", IMAGE);
     client.handler = Some(kind.name().into());
-    client.command = Some(vec![
+    client.main.command = Some(vec![
         "/bin/sh".into(),
         "-c".into(),
         format!(

@@ -40,10 +40,10 @@ async fn recovery_child_helper() {
         .await
         .unwrap();
     let mut s = SandboxSpec::new("survivor", IMAGE);
-    s.command = Some(vec!["/bin/sleep".into(), "1000".into()]);
+    s.main.command = Some(vec!["/bin/sleep".into(), "1000".into()]);
     e.run(s).await.unwrap();
     let mut s = SandboxSpec::new("finisher", IMAGE);
-    s.command = Some(vec![
+    s.main.command = Some(vec![
         "/bin/sh".into(),
         "-c".into(),
         "sleep 1; exit 9".into(),
