@@ -394,3 +394,131 @@ fn flags_take_upstream_names_and_go_booleans() {
         "{err}"
     );
 }
+
+mod otlp {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use tokio::sync::mpsc;
+
+    struct Collector(mpsc::UnboundedSender<ExportTraceServiceRequest>);
+
+    #[tonic::async_trait]
+    impl TraceService for Collector {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let _ = self.0.send(request.into_inner());
+            Ok(tonic::Response::new(ExportTraceServiceResponse {
+                partial_success: None,
+            }))
+        }
+    }
+
+    /// A local OTLP/gRPC collector: its endpoint and what it receives.
+    pub(crate) async fn collector() -> (String, mpsc::UnboundedReceiver<ExportTraceServiceRequest>)
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(Collector(tx)))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        (format!("http://{addr}"), rx)
+    }
+
+    fn string(v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> Option<&str> {
+        match v.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// (service.name, span name, sandbox.name) of every span in `req`.
+    pub(crate) fn spans(req: &ExportTraceServiceRequest) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        for rs in &req.resource_spans {
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| string(&kv.value))
+                .unwrap_or_default()
+                .to_owned();
+            for s in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
+                let sandbox = s
+                    .attributes
+                    .iter()
+                    .find(|kv| kv.key == "sandbox.name")
+                    .and_then(|kv| string(&kv.value))
+                    .unwrap_or_default()
+                    .to_owned();
+                out.push((service.clone(), s.name.clone(), sandbox));
+            }
+        }
+        out
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enable_tracing_exports_reconcile_spans_over_otlp() {
+    let (endpoint, mut rx) = otlp::collector().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path()).await;
+    let client = server.client();
+    let log = dir.path().join("traced.log");
+    let mut child = Command::new(BIN)
+        .arg("controller")
+        .arg("--kubeconfig")
+        .arg(server.kubeconfig_path())
+        .args([
+            "--enable-tracing",
+            "--leader-elect=false",
+            "--enable-webhook=false",
+            "--metrics-bind-address=0",
+            "--health-probe-bind-address=0",
+        ])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs_err::File::create(&log).unwrap().into_parts().0)
+        .spawn()
+        .unwrap();
+    let logs = || fs_err::read_to_string(&log).unwrap_or_default();
+    create_sandbox(&client, "traced").await;
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    let found = loop {
+        while let Ok(req) = rx.try_recv() {
+            seen.extend(otlp::spans(&req));
+        }
+        if let Some(s) = seen.iter().find(|s| s.2 == "traced") {
+            break s.clone();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no span for Sandbox traced; received {seen:?}; log:\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(found.0, "agent-sandbox-controller");
+    // Logs still go to stderr as usual.
+    assert!(
+        logs().contains("exporting traces over OTLP/gRPC"),
+        "{}",
+        logs()
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    server.shutdown().await;
+}

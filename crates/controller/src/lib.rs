@@ -23,6 +23,7 @@ pub mod error;
 pub mod expectations;
 pub mod leader;
 pub mod meta;
+pub mod otel;
 pub mod metrics;
 pub mod queue;
 pub mod sandbox;

@@ -11,6 +11,7 @@ use agent_sandbox_controller::cluster::{
     Cluster, ClusterConfig, WebhookConfig, read_allowed_label_domains, shutdown_signal,
 };
 use agent_sandbox_controller::leader::{LeaderElectionConfig, default_identity, detect_namespace};
+use agent_sandbox_controller::otel::{Tracing, TracingConfig};
 use anyhow::Context;
 use std::net::SocketAddr;
 
@@ -19,16 +20,81 @@ use crate::args::ControllerArgs;
 pub(crate) fn controller(args: &ControllerArgs) -> anyhow::Result<ExitCode> {
     validate(args)?;
     warn_about_ignored_flags(args);
-    super::runtime()?.block_on(async {
-        let client = connect(args).await?;
-        let config = cluster_config(args, &client)?;
-        let cluster = Cluster::bind(client, config)
-            .await
-            .context("starting the controller")?;
-        cluster.run(shutdown_signal()).await?;
-        tracing::info!("controller stopped");
-        Ok(ExitCode::SUCCESS)
-    })
+    if !args.enable_tracing {
+        return super::runtime()?.block_on(run(args));
+    }
+    // The exporter lives on a runtime of its own; the controllers run on one whose every thread
+    // (reconciles are spawned tasks) has the subscriber with the OpenTelemetry layer.
+    let exporter_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("otlp-export")
+        .enable_all()
+        .build()
+        .context("starting the trace exporter's runtime")?;
+    let otel = exporter_rt
+        .block_on(Tracing::init(&TracingConfig::default()))
+        .context("--enable-tracing")?;
+    let dispatch = tracing_dispatch(&otel)?;
+    let thread_dispatch = dispatch.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_start(move || {
+            // Lives as long as the thread.
+            std::mem::forget(tracing::dispatcher::set_default(&thread_dispatch));
+        })
+        .build()
+        .context("starting the async runtime")?;
+    let result = {
+        let _main = tracing::dispatcher::set_default(&dispatch);
+        tracing::info!(
+            service = agent_sandbox_controller::otel::SERVICE_NAME,
+            "exporting traces over OTLP/gRPC"
+        );
+        rt.block_on(run(args))
+    };
+    drop(rt);
+    exporter_rt.block_on(otel.shutdown());
+    result
+}
+
+async fn run(args: &ControllerArgs) -> anyhow::Result<ExitCode> {
+    let client = connect(args).await?;
+    let config = cluster_config(args, &client)?;
+    let cluster = Cluster::bind(client, config)
+        .await
+        .context("starting the controller")?;
+    cluster.run(shutdown_signal()).await?;
+    tracing::info!("controller stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The log output of `--log-level`/`--log-format` plus the OpenTelemetry layer (the
+/// process-wide subscriber is set up before the verb runs, without it). Spans are exported at
+/// info level whatever the log level.
+fn tracing_dispatch(otel: &Tracing) -> anyhow::Result<tracing::Dispatch> {
+    use clap::Parser;
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    let global = crate::args::Cli::parse().global;
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_new(&global.log_level)
+            .with_context(|| format!("invalid --log-level {:?}", global.log_level))
+    };
+    let json = global.log_format == crate::args::LogFormat::Json;
+    let text = (!json).then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    let json = json.then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+    });
+    let subscriber = tracing_subscriber::registry()
+        .with(text.with_filter(filter()?))
+        .with(json.with_filter(filter()?))
+        .with(
+            otel.layer()
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+        );
+    Ok(tracing::Dispatch::new(subscriber))
 }
 
 /// Upstream's flag checks.
@@ -89,9 +155,6 @@ fn warn_about_ignored_flags(a: &ControllerArgs) {
         || a.zap_time_encoding.is_some()
     {
         ignored.push("--zap-* (use --log-level and --log-format)");
-    }
-    if a.enable_tracing {
-        ignored.push("--enable-tracing (no trace exporter in this build)");
     }
     for flag in ignored {
         tracing::warn!(
