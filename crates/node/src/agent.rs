@@ -1,55 +1,118 @@
 //! The node agent loop: what kubelet does for a cluster node, for this machine. It registers the
 //! `Node`, watches the Pods bound to it and drives the [`SandboxEngine`] so that each Pod becomes
-//! a running sandbox, and reports back through the Pod's status.
+//! a running sandbox, and reports back through the Pod's status and events.
 //!
-//! Per Pod, on every change and on a periodic resync:
-//! 1. a Pod being deleted: stop its sandbox within the grace period, remove it, then finish the
-//!    deletion (`gracePeriodSeconds=0`), as kubelet does;
-//! 2. a Pod without a sandbox: create and start one, then write phase `Running`, the pod IP,
-//!    the conditions and the container status; a failure is written as a waiting container with
-//!    a reason and message, and retried on the next resync;
-//! 3. a Pod whose sandbox exited: `restartPolicy` Always (or OnFailure after a failure) starts
-//!    a new one and counts the restart; otherwise the phase becomes `Succeeded` or `Failed` with
-//!    the exit code.
+//! Per Pod, on every change, on every container exit, after each back-off and on a periodic
+//! resync (one sync of a Pod at a time; a request during a sync runs another one after it):
+//! 1. a Pod being deleted: stop its probes, run preStop hooks, stop its containers within the
+//!    grace period (regular containers first, then sidecars), remove the sandbox, then finish
+//!    the deletion (`gracePeriodSeconds=0`), as kubelet does;
+//! 2. a Pod without a sandbox: make its Pod-level part (network with its NetworkPolicy rules,
+//!    `/etc` files, volumes); a refused field or a failure is written as waiting containers
+//!    with the reason and the field, and retried on the next resync;
+//! 3. init containers, in order: each runs to completion before the next starts; a failure
+//!    restarts it after a back-off (restartPolicy Always/OnFailure) or fails the Pod (Never);
+//!    a native sidecar (`restartPolicy: Always`) counts as done once started (and its startup
+//!    probe passed), and keeps running, restarted whenever it exits;
+//! 4. once initialized, the regular containers: created and started (image pulled per policy,
+//!    with `Pulling`/`Pulled` events and the progress in the waiting message), probed, and
+//!    restarted per `restartPolicy` with a back-off when they exit; when none will run again,
+//!    the phase becomes `Succeeded` or `Failed` and the sidecars are stopped;
+//! 5. the status is written when it changed: phase, conditions (`Initialized`,
+//!    `ContainersReady`, `Ready` following readiness probes and readiness gates, the ignored
+//!    fields condition of [`crate::audit`]), `initContainerStatuses` and `containerStatuses`
+//!    with states, last states and restart counts.
 //!
-//! On start, sandboxes left by a previous run are re-adopted by Pod UID; those whose Pod no longer
-//! exists are removed.
+//! Probes run on their own tasks per container ([`crate::probe`]): readiness changes rewrite
+//! the status; a failed liveness or startup probe kills the container (preStop first), and its
+//! exit restarts it per `restartPolicy`. `activeDeadlineSeconds` fails the Pod with
+//! `DeadlineExceeded` once exceeded.
+//!
+//! On start, sandboxes left by a previous run are re-adopted by Pod UID (restart counts and
+//! init progress come back from the Pod's status); those whose Pod no longer exists are removed.
 //!
 //! With a bridge network the agent also enforces NetworkPolicies: it watches NetworkPolicies and
 //! Namespaces, keeps the [`PolicyEnforcer`] up to date with them and with the Pods' labels, and
 //! installs it as the engine's network hook so that a sandbox's rules are in place before it
 //! starts (see [`crate::firewall`]).
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
-use crate::engine::{Phase, SandboxEngine};
+use crate::engine::SandboxEngine;
 use crate::error::NodeError;
+use crate::events::{EventSink, pod_ref};
 use crate::firewall::{PodMeta, PolicyEnforcer};
-use crate::spec::SandboxSpec;
+use crate::pod::{CState, PodRt, Role, now};
+use crate::probe::{self, ContainerChecks, ProbeSpec, Target};
+use crate::spec::{PullPolicy, SandboxSpec};
 
-/// How often every Pod is re-examined even without a change (exits, retries).
+/// How often every Pod is re-examined even without a change (retries, missed wake-ups).
 pub const RESYNC: Duration = Duration::from_secs(2);
+
+/// Agent settings.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Back-off before the first restart of a crashed container; doubles per restart.
+    pub backoff_base: Duration,
+    /// Longest back-off.
+    pub backoff_max: Duration,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            backoff_base: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(20),
+        }
+    }
+}
+
+type Shared<T> = Arc<Mutex<T>>;
 
 /// Drives the engine from the Pods bound to `node_name`.
 pub struct NodeAgent {
     client: Client,
     engine: Arc<SandboxEngine>,
     node_name: String,
-    busy: tokio::sync::Mutex<HashSet<String>>,
+    config: AgentConfig,
+    /// Pods with a sync running, and whether another was asked for meanwhile.
+    busy: Mutex<HashMap<String, bool>>,
+    /// The latest Pod object per uid.
+    store: Mutex<BTreeMap<String, Pod>>,
+    /// The agent's memory per Pod uid.
+    pods: Mutex<HashMap<String, Shared<PodRt>>>,
     enforcer: Option<Arc<PolicyEnforcer>>,
+    events: Option<EventSink>,
     stopped: std::sync::atomic::AtomicBool,
+    /// Background operations running (syncs, removals, firewall updates).
+    inflight: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts one background operation while alive.
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlight {
+    fn new(n: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlight(Arc::clone(n))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
@@ -62,20 +125,12 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn now() -> String {
-    Timestamp::now().to_string()
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn uid(pod: &Pod) -> String {
     pod.metadata.uid.clone().unwrap_or_default()
-}
-
-fn container_name(pod: &Pod) -> String {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.containers.first())
-        .map(|c| c.name.clone())
-        .unwrap_or_default()
 }
 
 fn condition(type_: &str, status: bool, reason: Option<&str>, message: Option<&str>) -> Value {
@@ -83,13 +138,48 @@ fn condition(type_: &str, status: bool, reason: Option<&str>, message: Option<&s
            "reason": reason, "message": message})
 }
 
+/// The field path kubelet puts in a container event's object reference.
+fn field_path(role: Role, name: &str) -> String {
+    match role {
+        Role::Regular => format!("spec.containers{{{name}}}"),
+        _ => format!("spec.initContainers{{{name}}}"),
+    }
+}
+
+/// Outcome of one step of a container in a sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Running (a sidecar: started).
+    Running,
+    /// Not there yet (creating, pulling, backing off, a sidecar's startup probe pending, an
+    /// init container still running).
+    Waiting,
+    /// An init container completed.
+    Done,
+    /// Exited and will not run again.
+    Finished,
+    /// The Pod failed (an init container failed under restartPolicy Never).
+    PodFailed,
+}
+
 impl NodeAgent {
-    /// An agent for `node_name`.
+    /// An agent for `node_name` with default settings.
     pub fn new(
         client: Client,
         engine: Arc<SandboxEngine>,
         node_name: impl Into<String>,
     ) -> Arc<Self> {
+        Self::with_config(client, engine, node_name, AgentConfig::default())
+    }
+
+    /// An agent for `node_name`.
+    pub fn with_config(
+        client: Client,
+        engine: Arc<SandboxEngine>,
+        node_name: impl Into<String>,
+        config: AgentConfig,
+    ) -> Arc<Self> {
+        let node_name = node_name.into();
         let enforcer = engine.network().and_then(|cni| {
             match PolicyEnforcer::new(cni.config()) {
                 Ok(e) => {
@@ -107,13 +197,21 @@ impl NodeAgent {
         if let Some(e) = &enforcer {
             engine.set_network_hook(Arc::clone(e) as Arc<dyn crate::engine::NetworkHook>);
         }
+        let events = tokio::runtime::Handle::try_current()
+            .ok()
+            .map(|_| EventSink::start(client.clone(), &node_name));
         Arc::new(Self {
             client,
             engine,
-            node_name: node_name.into(),
+            node_name,
+            config,
             busy: Default::default(),
+            store: Default::default(),
+            pods: Default::default(),
             enforcer,
+            events,
             stopped: Default::default(),
+            inflight: Default::default(),
         })
     }
 
@@ -126,13 +224,22 @@ impl NodeAgent {
     fn resync_firewall(&self) {
         if let Some(enf) = &self.enforcer
             && enf.available().is_ok()
+            && !self.is_stopped()
         {
             let enf = Arc::clone(enf);
+            let guard = InFlight::new(&self.inflight);
             tokio::spawn(async move {
+                let _guard = guard;
                 if let Err(e) = enf.sync().await {
                     tracing::error!(error = %e, "applying NetworkPolicies failed");
                 }
             });
+        }
+    }
+
+    fn event(&self, pod: &Pod, field: Option<String>, warning: bool, reason: &str, note: String) {
+        if let Some(ev) = &self.events {
+            ev.emit(pod_ref(pod, field), warning, reason, note);
         }
     }
 
@@ -284,20 +391,14 @@ impl NodeAgent {
         let pods: Api<Pod> = Api::all(self.client.clone());
         let config =
             watcher::Config::default().fields(&format!("spec.nodeName={}", self.node_name));
-        let store: Arc<std::sync::Mutex<BTreeMap<String, Pod>>> = Default::default();
         let resync = {
-            let (this, store) = (Arc::clone(&self), Arc::clone(&store));
+            let this = Arc::clone(&self);
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(RESYNC).await;
-                    let pods: Vec<Pod> = store
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .values()
-                        .cloned()
-                        .collect();
-                    for pod in pods {
-                        Arc::clone(&this).spawn_sync(pod);
+                    let ids: Vec<String> = lock(&this.store).keys().cloned().collect();
+                    for id in ids {
+                        this.trigger(&id);
                     }
                 }
             })
@@ -316,30 +417,29 @@ impl NodeAgent {
         while let Some(event) = stream.next().await {
             match event {
                 Ok(Event::Apply(pod) | Event::InitApply(pod)) => {
-                    store
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(uid(&pod), pod.clone());
+                    let id = uid(&pod);
+                    lock(&self.store).insert(id.clone(), pod.clone());
                     if let Some(enf) = &self.enforcer
-                        && enf.set_pod(&uid(&pod), PodMeta::of(&pod))
-                        && self.engine.list().contains(&uid(&pod))
+                        && enf.set_pod(&id, PodMeta::of(&pod))
+                        && self.engine.contains(&id)
                     {
                         self.resync_firewall();
                     }
-                    Arc::clone(&self).spawn_sync(pod);
+                    self.trigger(&id);
                 }
                 Ok(Event::Delete(pod)) => {
-                    store
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&uid(&pod));
+                    let id = uid(&pod);
+                    lock(&self.store).remove(&id);
                     let this = Arc::clone(&self);
+                    let guard = InFlight::new(&self.inflight);
                     tokio::spawn(async move {
-                        if this.engine.list().contains(&uid(&pod)) {
-                            let _ = this.engine.remove(&uid(&pod)).await;
+                        let _guard = guard;
+                        this.forget(&id);
+                        if this.engine.contains(&id) {
+                            let _ = this.engine.remove(&id).await;
                         }
                         if let Some(enf) = &this.enforcer
-                            && enf.remove_pod(&uid(&pod))
+                            && enf.remove_pod(&id)
                         {
                             this.resync_firewall();
                         }
@@ -352,78 +452,111 @@ impl NodeAgent {
         drop(tasks);
     }
 
-    /// Stop acting on Pods: no sandbox is started or restarted afterwards (syncs in flight
+    /// Stop acting on Pods: no sandbox or container is started afterwards (syncs in flight
     /// finish). For shutdown and tests; abort the task running [`NodeAgent::run`] too.
     pub fn stop(&self) {
         self.stopped
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        for rt in lock(&self.pods).values() {
+            for c in lock(rt).containers.values_mut() {
+                c.stop_tasks();
+            }
+        }
     }
 
     fn is_stopped(&self) -> bool {
         self.stopped.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Runs [`NodeAgent::sync`] for `pod` unless a sync of the same Pod is already running.
-    fn spawn_sync(self: Arc<Self>, pod: Pod) {
+    /// After [`NodeAgent::stop`]: wait (blocking, bounded by `timeout`) until no background
+    /// operation runs. Returns whether it got there.
+    pub fn wait_idle_blocking(&self, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        while self.inflight.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            if Instant::now() > end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
+    /// Drop the memory of a Pod (its tasks end).
+    fn forget(&self, id: &str) {
+        if let Some(rt) = lock(&self.pods).remove(id) {
+            for c in lock(&rt).containers.values_mut() {
+                c.stop_tasks();
+            }
+        }
+    }
+
+    /// Sync the Pod `id` (its latest object) now, or right after the sync in progress.
+    fn trigger(self: &Arc<Self>, id: &str) {
         if self.is_stopped() {
             return;
         }
-        tokio::spawn(async move {
-            let id = uid(&pod);
-            if !self.busy.lock().await.insert(id.clone()) {
+        {
+            let mut busy = lock(&self.busy);
+            if let Some(again) = busy.get_mut(id) {
+                *again = true;
                 return;
             }
-            if let Err(e) = self.sync(&pod).await {
-                tracing::warn!(pod = ?pod.metadata.name, error = %e, "syncing pod failed");
+            busy.insert(id.to_string(), false);
+        }
+        let this = Arc::clone(self);
+        let id = id.to_string();
+        let guard = InFlight::new(&self.inflight);
+        tokio::spawn(async move {
+            let _guard = guard;
+            loop {
+                let pod = lock(&this.store).get(&id).cloned();
+                if let Some(pod) = pod
+                    && !this.is_stopped()
+                    && let Err(e) = this.sync(&pod).await
+                {
+                    tracing::warn!(pod = ?pod.metadata.name, error = %e, "syncing pod failed");
+                }
+                let mut busy = lock(&this.busy);
+                match busy.get_mut(&id) {
+                    Some(again) if *again => *again = false,
+                    _ => {
+                        busy.remove(&id);
+                        break;
+                    }
+                }
             }
-            self.busy.lock().await.remove(&id);
         });
     }
 
-    async fn sync(&self, pod: &Pod) -> Result<(), kube::Error> {
+    /// Sync `id` after `delay`.
+    fn trigger_after(self: &Arc<Self>, id: &str, delay: Duration) {
+        let this = Arc::clone(self);
+        let id = id.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            this.trigger(&id);
+        });
+    }
+
+    fn pod_rt(&self, pod: &Pod) -> Shared<PodRt> {
+        Arc::clone(
+            lock(&self.pods)
+                .entry(uid(pod))
+                .or_insert_with(|| Arc::new(Mutex::new(PodRt::seed(pod)))),
+        )
+    }
+
+    async fn sync(self: &Arc<Self>, pod: &Pod) -> Result<(), kube::Error> {
         let id = uid(pod);
-        let name = pod.metadata.name.clone().unwrap_or_default();
         let ns = pod
             .metadata
             .namespace
             .clone()
             .unwrap_or_else(|| "default".into());
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
-        let known = self.engine.list().contains(&id);
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
 
         if pod.metadata.deletion_timestamp.is_some() {
-            if known {
-                let grace = pod
-                    .metadata
-                    .deletion_grace_period_seconds
-                    .or_else(|| {
-                        pod.spec
-                            .as_ref()
-                            .and_then(|s| s.termination_grace_period_seconds)
-                    })
-                    .unwrap_or(30)
-                    .clamp(0, 300);
-                if let Err(e) = self
-                    .engine
-                    .stop(&id, Duration::from_secs(grace as u64))
-                    .await
-                {
-                    tracing::debug!(pod = %name, error = %e, "stop before removal failed");
-                }
-                if let Err(e) = self.engine.remove(&id).await {
-                    tracing::warn!(pod = %name, error = %e, "removing sandbox failed; will retry");
-                    return Ok(());
-                }
-            }
-            let dp = DeleteParams {
-                grace_period_seconds: Some(0),
-                ..DeleteParams::default()
-            };
-            return match pods.delete(&name, &dp).await {
-                Ok(_) => Ok(()),
-                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-                Err(e) => Err(e),
-            };
+            return self.terminate(pod, &api).await;
         }
         let phase = pod
             .status
@@ -431,141 +564,1131 @@ impl NodeAgent {
             .and_then(|s| s.phase.clone())
             .unwrap_or_default();
         if phase == "Succeeded" || phase == "Failed" {
+            if let Some(rt) = lock(&self.pods).get(&id) {
+                for c in lock(rt).containers.values_mut() {
+                    c.stop_tasks();
+                }
+            }
             return Ok(());
         }
-        let restarts = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.container_statuses.as_ref())
-            .and_then(|c| c.first())
-            .map_or(0, |c| c.restart_count);
+        let rt = self.pod_rt(pod);
 
-        if !known {
-            return self.start(pod, &pods, restarts).await;
-        }
-        let state = match self.engine.state(&id).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(pod = %name, error = %e, "reading sandbox state failed");
-                return Ok(());
-            }
+        // The spec, with every refused field named.
+        let checks = match self.checks_of(pod) {
+            Ok(c) => c,
+            Err(e) => return self.report_failure(pod, &api, &rt, e).await,
         };
-        if state.phase != Phase::Exited {
-            // Running (or paused): make sure the status says so (it may predate a restart of
-            // the agent).
-            if phase != "Running" {
-                return self
-                    .report_running(pod, &pods, restarts, state.pod_ip.map(|ip| ip.to_string()))
-                    .await;
+        if !self.engine.contains(&id) {
+            if let Some(enf) = &self.enforcer {
+                // The engine's network hook needs the labels before the sandbox gets its address.
+                enf.set_pod(&id, PodMeta::of(pod));
             }
-            return Ok(());
+            let spec = checks.0.clone();
+            if let Err(e) = self.engine.prepare(spec).await {
+                return self.report_failure(pod, &api, &rt, e).await;
+            }
+            let mut r = lock(&rt);
+            r.start_time.get_or_insert_with(now);
+            r.started = Some(Instant::now());
+            r.last_error = None;
         }
-        let code = state.exit_code.unwrap_or(-1);
+        {
+            let mut r = lock(&rt);
+            r.ignored =
+                crate::audit::ignored_fields(pod.spec.as_ref().unwrap_or(&Default::default()));
+            r.pod_ip = self
+                .engine
+                .pod_ip(&id)
+                .ok()
+                .flatten()
+                .map(|ip| ip.to_string());
+            r.started.get_or_insert_with(Instant::now);
+            r.start_time.get_or_insert_with(now);
+        }
+        let spec = self.engine.spec(&id).unwrap_or(checks.0.clone());
+
+        // activeDeadlineSeconds.
+        let deadline = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.active_deadline_seconds)
+            .map(|s| Duration::from_secs(s.max(0) as u64));
+        let elapsed = lock(&rt).started.map(|t| t.elapsed()).unwrap_or_default();
+        if let Some(d) = deadline {
+            if elapsed >= d {
+                self.event(
+                    pod,
+                    None,
+                    true,
+                    "DeadlineExceeded",
+                    "Pod was active on the node longer than the specified deadline".into(),
+                );
+                self.stop_all(pod, &rt, spec.termination_grace).await;
+                {
+                    let mut r = lock(&rt);
+                    r.phase = "Failed".into();
+                    r.reason = Some("DeadlineExceeded".into());
+                    r.message = Some(
+                        "Pod was active on the node longer than the specified deadline".into(),
+                    );
+                    for c in r.containers.values_mut() {
+                        c.ready = false;
+                    }
+                }
+                return self.write_status(pod, &api, &rt).await;
+            }
+            self.trigger_after(&id, d - elapsed);
+        }
+
         let policy = pod
             .spec
             .as_ref()
             .and_then(|s| s.restart_policy.clone())
             .unwrap_or_else(|| "Always".into());
-        let restart = policy == "Always" || (policy == "OnFailure" && code != 0);
-        if restart {
-            if let Err(e) = self.engine.remove(&id).await {
-                tracing::warn!(pod = %name, error = %e, "removing exited sandbox failed");
-                return Ok(());
+
+        // Init containers, in order; sidecars keep being maintained afterwards.
+        let initialized = lock(&rt).initialized;
+        let mut pod_failed = false;
+        for c in &spec.init_containers {
+            let done = lock(&rt).containers.get(&c.name).is_some_and(|x| x.done);
+            if done {
+                continue;
             }
-            // Back off a little on repeated crashes, as kubelet's CrashLoopBackOff does.
-            tokio::time::sleep(Duration::from_millis((200 * (1 << restarts.min(6))) as u64)).await;
-            return self.start(pod, &pods, restarts + 1).await;
+            let step = self
+                .step(pod, &spec, &rt, &c.name, &checks.1, &policy)
+                .await;
+            match step {
+                Step::Done | Step::Running => continue,
+                Step::PodFailed => {
+                    pod_failed = true;
+                    break;
+                }
+                Step::Waiting | Step::Finished => {
+                    if !initialized {
+                        break;
+                    }
+                }
+            }
         }
-        let (pod_phase, reason) = if code == 0 {
-            ("Succeeded", "Completed")
-        } else {
-            ("Failed", "Error")
+        if pod_failed {
+            self.stop_all(pod, &rt, spec.termination_grace).await;
+            {
+                let mut r = lock(&rt);
+                r.phase = "Failed".into();
+                for c in r.containers.values_mut() {
+                    c.ready = false;
+                }
+            }
+            return self.write_status(pod, &api, &rt).await;
+        }
+        let now_initialized = {
+            let r = lock(&rt);
+            spec.init_containers.iter().all(|c| {
+                r.containers
+                    .get(&c.name)
+                    .is_some_and(|x| x.done || (x.role == Role::Sidecar && x.started))
+            })
         };
-        let status = json!({"status": {
-            "phase": pod_phase,
-            "conditions": [condition("Ready", false, Some("PodCompleted"), None), condition("ContainersReady", false, Some("PodCompleted"), None)],
-            "containerStatuses": [{"name": container_name(pod), "ready": false, "restartCount": restarts, "image": image_of(pod), "imageID": "",
-                "state": {"terminated": {"exitCode": code, "reason": reason, "finishedAt": now()}}}]
-        }});
-        pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
-            .await?;
-        Ok(())
+        if now_initialized {
+            lock(&rt).initialized = true;
+        }
+
+        if lock(&rt).initialized {
+            let mut finished = 0;
+            let mut failed = 0;
+            let regular: Vec<String> = spec.regular().map(|c| c.name.clone()).collect();
+            for n in &regular {
+                if self.step(pod, &spec, &rt, n, &checks.1, &policy).await == Step::Finished {
+                    finished += 1;
+                    if lock(&rt)
+                        .containers
+                        .get(n)
+                        .is_some_and(|c| !matches!(c.state, CState::Terminated { code: 0, .. }))
+                    {
+                        failed += 1;
+                    }
+                }
+            }
+            let mut r = lock(&rt);
+            if finished == regular.len() {
+                r.phase = if failed == 0 { "Succeeded" } else { "Failed" }.into();
+            } else if regular.iter().any(|n| {
+                r.containers
+                    .get(n)
+                    .is_some_and(|c| c.container_id.is_some() || c.restarts > 0)
+            }) {
+                r.phase = "Running".into();
+            }
+        }
+        if lock(&rt).terminal() {
+            // Kubelet stops the sidecars once the regular containers are done.
+            self.stop_all(pod, &rt, spec.termination_grace).await;
+        }
+        self.write_status(pod, &api, &rt).await
     }
 
-    async fn start(&self, pod: &Pod, pods: &Api<Pod>, restarts: i32) -> Result<(), kube::Error> {
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        if self.is_stopped() {
-            return Ok(());
-        }
-        if let Some(enf) = &self.enforcer {
-            // The engine's network hook needs the labels before the sandbox gets its address.
-            enf.set_pod(&uid(pod), PodMeta::of(pod));
-        }
-        let result = match SandboxSpec::from_pod(pod) {
-            Ok(spec) if !spec.init_containers.is_empty() => Err(NodeError::Unsupported {
-                sandbox: spec.display_name(),
-                field: "spec.initContainers".into(),
-                reason: "init containers are not run by this node agent yet".into(),
-            }),
-            Ok(spec) => self.engine.run(spec).await,
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(handle) => {
-                self.report_running(pod, pods, restarts, handle.pod_ip.map(|ip| ip.to_string()))
-                    .await
-            }
-            Err(err) => {
-                tracing::warn!(pod = %name, error = %err, "starting the sandbox failed");
-                let message = err.to_string();
-                let reason = waiting_reason(&err);
-                let status = json!({"status": {
-                    "phase": "Pending",
-                    "conditions": [condition("PodScheduled", true, None, None), condition("Ready", false, Some("ContainersNotReady"), Some(&message)), condition("ContainersReady", false, Some("ContainersNotReady"), Some(&message))],
-                    "containerStatuses": [{"name": container_name(pod), "ready": false, "restartCount": restarts, "image": image_of(pod), "imageID": "",
-                        "state": {"waiting": {"reason": reason, "message": message}}}]
-                }});
-                pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
-                    .await?;
-                Ok(())
-            }
-        }
-    }
-
-    async fn report_running(
+    /// The sandbox spec and every container's probes and hooks, or the first refusal.
+    fn checks_of(
         &self,
         pod: &Pod,
-        pods: &Api<Pod>,
-        restarts: i32,
-        ip: Option<String>,
-    ) -> Result<(), kube::Error> {
+    ) -> Result<(SandboxSpec, BTreeMap<String, ContainerChecks>), NodeError> {
+        let spec = SandboxSpec::from_pod(pod)?;
+        let who = format!("{}/{}", spec.namespace, spec.name);
+        let mut checks = BTreeMap::new();
+        let ps = pod.spec.as_ref().cloned().unwrap_or_default();
+        let all = ps
+            .init_containers
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, c)| (format!("spec.initContainers[{i}]"), c))
+            .chain(
+                ps.containers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (format!("spec.containers[{i}]"), c)),
+            );
+        for (field, c) in all {
+            let k =
+                ContainerChecks::of(c, &field).map_err(|(f, reason)| NodeError::Unsupported {
+                    sandbox: who.clone(),
+                    field: f,
+                    reason,
+                })?;
+            let plain_init = field.starts_with("spec.initContainers")
+                && c.restart_policy.as_deref() != Some("Always");
+            if plain_init && (k.has_probes() || k.post_start.is_some() || k.pre_stop.is_some()) {
+                return Err(NodeError::InvalidSpec {
+                    sandbox: who.clone(),
+                    field: format!("{field}.lifecycle/probes"),
+                    reason: "init containers that run to completion cannot have probes or lifecycle hooks".into(),
+                });
+            }
+            checks.insert(c.name.clone(), k);
+        }
+        Ok((spec, checks))
+    }
+
+    /// One container's turn in a sync: create it, notice its exit, restart it.
+    async fn step(
+        self: &Arc<Self>,
+        pod: &Pod,
+        spec: &SandboxSpec,
+        rt: &Shared<PodRt>,
+        name: &str,
+        checks: &BTreeMap<String, ContainerChecks>,
+        policy: &str,
+    ) -> Step {
+        let id = spec.id.clone();
+        let Some(cspec) = spec.container(name).cloned() else {
+            return Step::Waiting;
+        };
+        let role = lock(rt)
+            .containers
+            .get(name)
+            .map(|c| c.role)
+            .unwrap_or(Role::Regular);
+        let fp = Some(field_path(role, name));
+        let exists = self
+            .engine
+            .containers(&id)
+            .map(|v| v.iter().any(|n| n == name))
+            .unwrap_or(false);
+        if exists {
+            match self.engine.container_exit(&id, name) {
+                Ok(None) => {
+                    // Running. After an agent restart, its probes and exit watch are not.
+                    let need_tasks = lock(rt)
+                        .containers
+                        .get(name)
+                        .is_some_and(|c| c.tasks.is_empty());
+                    if need_tasks {
+                        {
+                            let mut r = lock(rt);
+                            if let Some(c) = r.containers.get_mut(name) {
+                                c.container_id = Some(runtime_id(spec, name));
+                                if !matches!(c.state, CState::Running { .. }) {
+                                    c.state = CState::Running { started_at: now() };
+                                }
+                                c.running_since.get_or_insert_with(Instant::now);
+                            }
+                        }
+                        self.start_tasks(
+                            pod,
+                            spec,
+                            rt,
+                            name,
+                            checks.get(name).cloned().unwrap_or_default(),
+                        );
+                    }
+                    let r = lock(rt);
+                    let c = &r.containers[name];
+                    return match role {
+                        Role::Init => Step::Waiting,
+                        Role::Sidecar if !c.started => Step::Waiting,
+                        _ => Step::Running,
+                    };
+                }
+                Ok(Some(code)) => {
+                    let code = code.unwrap_or(-1);
+                    let message = self.engine.termination_message(&id, name);
+                    {
+                        let mut r = lock(rt);
+                        if let Some(c) = r.containers.get_mut(name) {
+                            c.stop_tasks();
+                            let started_at = match &c.state {
+                                CState::Running { started_at } => Some(started_at.clone()),
+                                _ => None,
+                            };
+                            c.state = CState::Terminated {
+                                code,
+                                reason: if code == 0 { "Completed" } else { "Error" }.into(),
+                                message,
+                                started_at,
+                                finished_at: now(),
+                            };
+                            c.ready = false;
+                            c.started = false;
+                            c.running_since = None;
+                        }
+                    }
+                    let restart = match role {
+                        Role::Sidecar => true,
+                        Role::Init => code != 0 && policy != "Never",
+                        Role::Regular => policy == "Always" || (policy == "OnFailure" && code != 0),
+                    };
+                    if role == Role::Init && code == 0 {
+                        if let Some(c) = lock(rt).containers.get_mut(name) {
+                            c.done = true;
+                        }
+                        let _ = self.engine.remove_container(&id, name).await;
+                        return Step::Done;
+                    }
+                    if !restart {
+                        return if role == Role::Init {
+                            Step::PodFailed
+                        } else {
+                            Step::Finished
+                        };
+                    }
+                    if let Err(e) = self.engine.remove_container(&id, name).await {
+                        tracing::warn!(pod = %spec.name, container = %name, error = %e, "removing an exited container failed");
+                        return Step::Waiting;
+                    }
+                    let delay = {
+                        let mut r = lock(rt);
+                        let c = r.containers.get_mut(name).unwrap_or_else(|| unreachable!());
+                        c.restarts += 1;
+                        let n = (c.restarts - 1).clamp(0, 16) as u32;
+                        let delay = self
+                            .config
+                            .backoff_base
+                            .saturating_mul(1 << n)
+                            .min(self.config.backoff_max);
+                        c.backoff_until = Some(Instant::now() + delay);
+                        c.last_state = Some(c.state.clone());
+                        c.container_id = None;
+                        delay
+                    };
+                    self.trigger_after(&id, delay);
+                    return self.backing_off(pod, rt, name, role, delay);
+                }
+                Err(_) => return Step::Waiting,
+            }
+        }
+
+        // Not created (or removed after exiting).
+        {
+            let r = lock(rt);
+            let c = &r.containers[name];
+            if role == Role::Regular
+                && matches!(c.state, CState::Terminated { .. })
+                && c.backoff_until.is_none()
+            {
+                return Step::Finished;
+            }
+            if let Some(until) = c.backoff_until
+                && until > Instant::now()
+            {
+                let left = until - Instant::now();
+                drop(r);
+                return self.backing_off(pod, rt, name, role, left);
+            }
+        }
+        if self.is_stopped() {
+            return Step::Waiting;
+        }
+
+        // The image, with events and progress.
+        let image = match self
+            .pull(pod, rt, name, role, &cspec.image, cspec.pull_policy)
+            .await
+        {
+            Some(i) => i,
+            None => return Step::Waiting,
+        };
+        let (rid, _) = (runtime_id(spec, name), ());
+        match self
+            .engine
+            .create_container_from(&id, name, image.clone(), true)
+            .await
+        {
+            Ok(()) => {
+                self.event(
+                    pod,
+                    fp.clone(),
+                    false,
+                    "Created",
+                    format!("Created container: {name}"),
+                );
+                self.event(
+                    pod,
+                    fp.clone(),
+                    false,
+                    "Started",
+                    format!("Started container {name}"),
+                );
+                let k = checks.get(name).cloned().unwrap_or_default();
+                {
+                    let mut r = lock(rt);
+                    let c = r.containers.get_mut(name).unwrap_or_else(|| unreachable!());
+                    c.state = CState::Running { started_at: now() };
+                    c.container_id = Some(rid);
+                    c.image_id = format!(
+                        "{}@{}",
+                        image
+                            .reference
+                            .split(['@'])
+                            .next()
+                            .unwrap_or(&image.reference),
+                        image.manifest_digest
+                    );
+                    c.started = k.startup.is_none();
+                    c.ready = c.started && k.readiness.is_none();
+                    c.backoff_until = None;
+                    c.running_since = Some(Instant::now());
+                }
+                if let Some(hook) = &k.post_start {
+                    let target = self.target(spec, name);
+                    let r = probe::run(
+                        &target,
+                        hook,
+                        spec.termination_grace.max(Duration::from_secs(30)),
+                    )
+                    .await;
+                    if let Err(msg) = r {
+                        self.event(
+                            pod,
+                            fp.clone(),
+                            true,
+                            "FailedPostStartHook",
+                            format!("PostStartHook failed: {msg}"),
+                        );
+                        let _ = self
+                            .engine
+                            .stop_container(&id, name, spec.termination_grace)
+                            .await;
+                        self.trigger(&id);
+                        return Step::Waiting;
+                    }
+                }
+                self.start_tasks(pod, spec, rt, name, k);
+                let r = lock(rt);
+                match role {
+                    Role::Init => Step::Waiting,
+                    Role::Sidecar if !r.containers[name].started => Step::Waiting,
+                    _ => Step::Running,
+                }
+            }
+            Err(e) => {
+                let reason = waiting_reason(&e);
+                self.event(pod, fp, true, "Failed", format!("Error: {e}"));
+                let delay = {
+                    let mut r = lock(rt);
+                    let c = r.containers.get_mut(name).unwrap_or_else(|| unreachable!());
+                    c.state = CState::Waiting {
+                        reason: reason.into(),
+                        message: Some(e.to_string()),
+                    };
+                    let delay = self
+                        .config
+                        .backoff_base
+                        .saturating_mul(8)
+                        .min(self.config.backoff_max);
+                    c.backoff_until = Some(Instant::now() + delay);
+                    delay
+                };
+                self.trigger_after(&id, delay);
+                Step::Waiting
+            }
+        }
+    }
+
+    fn backing_off(
+        &self,
+        pod: &Pod,
+        rt: &Shared<PodRt>,
+        name: &str,
+        role: Role,
+        left: Duration,
+    ) -> Step {
+        let mut r = lock(rt);
+        let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        let c = r.containers.get_mut(name).unwrap_or_else(|| unreachable!());
+        let msg = format!(
+            "back-off {:.1}s restarting failed container={name} pod={pod_name}",
+            left.as_secs_f64()
+        );
+        let first =
+            !matches!(&c.state, CState::Waiting { reason, .. } if reason == "CrashLoopBackOff");
+        c.state = CState::Waiting {
+            reason: "CrashLoopBackOff".into(),
+            message: Some(msg),
+        };
+        drop(r);
+        if first {
+            self.event(
+                pod,
+                Some(field_path(role, name)),
+                true,
+                "BackOff",
+                format!("Back-off restarting failed container {name} in pod {pod_name}"),
+            );
+        }
+        Step::Waiting
+    }
+
+    /// Resolve the image per pull policy, with `Pulling`/`Pulled`/`Failed` events and the pull
+    /// progress in the container's waiting message. `None` when it is not available (the state
+    /// says why; a retry is scheduled).
+    async fn pull(
+        self: &Arc<Self>,
+        pod: &Pod,
+        rt: &Shared<PodRt>,
+        name: &str,
+        role: Role,
+        image: &str,
+        policy: PullPolicy,
+    ) -> Option<crate::image::Image> {
+        let fp = Some(field_path(role, name));
+        let id = uid(pod);
+        let present = self.engine.images().get(image).ok().flatten();
+        let fail = |reason: &str, msg: String, this: &Arc<Self>| {
+            let delay = {
+                let mut r = lock(rt);
+                let c = r.containers.get_mut(name).unwrap_or_else(|| unreachable!());
+                let backoff = matches!(&c.state, CState::Waiting { reason: r, .. } if r == "ErrImagePull" || r == "ImagePullBackOff");
+                c.state = CState::Waiting {
+                    reason: if backoff && reason == "ErrImagePull" {
+                        "ImagePullBackOff"
+                    } else {
+                        reason
+                    }
+                    .into(),
+                    message: Some(msg),
+                };
+                let delay = this
+                    .config
+                    .backoff_base
+                    .saturating_mul(8)
+                    .min(this.config.backoff_max);
+                c.backoff_until = Some(Instant::now() + delay);
+                delay
+            };
+            this.trigger_after(&id, delay);
+        };
+        match (policy, present) {
+            (PullPolicy::Never, None) => {
+                let msg =
+                    format!("Container image \"{image}\" is not present with pull policy of Never");
+                self.event(pod, fp, true, "ErrImageNeverPull", msg.clone());
+                fail("ErrImageNeverPull", msg, self);
+                None
+            }
+            (PullPolicy::Never | PullPolicy::IfNotPresent, Some(img)) => {
+                self.event(
+                    pod,
+                    fp,
+                    false,
+                    "Pulled",
+                    format!("Container image \"{image}\" already present on machine"),
+                );
+                Some(img)
+            }
+            _ => {
+                self.event(
+                    pod,
+                    fp.clone(),
+                    false,
+                    "Pulling",
+                    format!("Pulling image \"{image}\""),
+                );
+                let t = Instant::now();
+                let progress = {
+                    let this = Arc::clone(self);
+                    let (rt, name, image, pod) = (
+                        Arc::clone(rt),
+                        name.to_string(),
+                        image.to_string(),
+                        pod.clone(),
+                    );
+                    tokio::spawn(async move {
+                        // Bounded by the pull: aborted when it ends.
+                        loop {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            let Some(p) = this.engine.images().pull_progress(&image) else {
+                                continue;
+                            };
+                            {
+                                let mut r = lock(&rt);
+                                if let Some(c) = r.containers.get_mut(&name) {
+                                    c.state = CState::Waiting {
+                                        reason: "ContainerCreating".into(),
+                                        message: Some(format!(
+                                            "Pulling image \"{image}\": {} of {} blobs, {:.1} of {:.1} MB",
+                                            p.blobs_done,
+                                            p.blobs_total,
+                                            p.bytes_done as f64 / 1e6,
+                                            p.bytes_total as f64 / 1e6
+                                        )),
+                                    };
+                                }
+                            }
+                            let ns = pod
+                                .metadata
+                                .namespace
+                                .clone()
+                                .unwrap_or_else(|| "default".into());
+                            let api: Api<Pod> = Api::namespaced(this.client.clone(), &ns);
+                            let _ = this.write_status(&pod, &api, &rt).await;
+                        }
+                    })
+                };
+                let res = self.engine.images().ensure(image, policy).await;
+                progress.abort();
+                match res {
+                    Ok(report) => {
+                        let size: u64 = report
+                            .image
+                            .layers
+                            .iter()
+                            .map(|l| l.size.max(0) as u64)
+                            .sum();
+                        self.event(
+                            pod,
+                            fp,
+                            false,
+                            "Pulled",
+                            format!(
+                                "Successfully pulled image \"{image}\" in {:.3}s. Image size: {size} bytes.",
+                                t.elapsed().as_secs_f64()
+                            ),
+                        );
+                        Some(report.image)
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        self.event(
+                            pod,
+                            fp.clone(),
+                            true,
+                            "Failed",
+                            format!("Failed to pull image \"{image}\": {msg}"),
+                        );
+                        self.event(pod, fp, true, "Failed", "Error: ErrImagePull".into());
+                        fail(waiting_reason(&e), msg, self);
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    fn target(&self, spec: &SandboxSpec, name: &str) -> Target<'_> {
+        Target {
+            engine: &self.engine,
+            id: spec.id.clone(),
+            container: name.to_string(),
+            pod_ip: self.engine.pod_ip(&spec.id).ok().flatten(),
+            netns: self.engine.netns_path(&spec.id),
+        }
+    }
+
+    /// Start the exit watch and the probes of a running container.
+    fn start_tasks(
+        self: &Arc<Self>,
+        pod: &Pod,
+        spec: &SandboxSpec,
+        rt: &Shared<PodRt>,
+        name: &str,
+        checks: ContainerChecks,
+    ) {
+        let id = spec.id.clone();
+        let mut handles = Vec::new();
+        {
+            let (this, id, name) = (Arc::clone(self), id.clone(), name.to_string());
+            handles.push(
+                tokio::spawn(async move {
+                    // Until the process exits (checked hourly so a lost wake-up cannot hide it).
+                    while let Err(NodeError::Timeout { .. }) = this
+                        .engine
+                        .wait_container(&id, &name, Duration::from_secs(3600))
+                        .await
+                    {}
+                    this.trigger(&id);
+                })
+                .abort_handle(),
+            );
+        }
+        if checks.has_probes() {
+            let this = Arc::clone(self);
+            let (pod, rt, name, grace) = (
+                pod.clone(),
+                Arc::clone(rt),
+                name.to_string(),
+                spec.termination_grace,
+            );
+            handles.push(
+                tokio::spawn(async move {
+                    this.probe_loop(pod, id, rt, name, checks, grace).await;
+                })
+                .abort_handle(),
+            );
+        }
+        if let Some(c) = lock(rt).containers.get_mut(name) {
+            c.stop_tasks();
+            c.tasks = handles;
+        }
+    }
+
+    /// The probes of one running container: startup first, then liveness and readiness.
+    async fn probe_loop(
+        self: Arc<Self>,
+        pod: Pod,
+        id: String,
+        rt: Shared<PodRt>,
+        name: String,
+        checks: ContainerChecks,
+        grace: Duration,
+    ) {
+        let since = lock(&rt)
+            .containers
+            .get(&name)
+            .and_then(|c| c.running_since)
+            .unwrap_or_else(Instant::now);
+        let role = lock(&rt)
+            .containers
+            .get(&name)
+            .map(|c| c.role)
+            .unwrap_or(Role::Regular);
+        let fp = Some(field_path(role, &name));
+        let target = Target {
+            engine: &self.engine,
+            id: id.clone(),
+            container: name.clone(),
+            pod_ip: self.engine.pod_ip(&id).ok().flatten(),
+            netns: self.engine.netns_path(&id),
+        };
+        if let Some(sp) = &checks.startup {
+            sleep_until(since + sp.initial_delay).await;
+            let mut fails = 0;
+            loop {
+                match probe::run(&target, &sp.action, sp.timeout).await {
+                    Ok(()) => break,
+                    Err(msg) => {
+                        fails += 1;
+                        self.event(
+                            &pod,
+                            fp.clone(),
+                            true,
+                            "Unhealthy",
+                            format!("Startup probe failed: {msg}"),
+                        );
+                        if fails >= sp.failure_threshold {
+                            self.event(
+                                &pod,
+                                fp.clone(),
+                                false,
+                                "Killing",
+                                format!("Container {name} failed startup probe, will be restarted"),
+                            );
+                            self.kill(&target, &checks, sp, grace).await;
+                            return;
+                        }
+                    }
+                }
+                tokio::time::sleep(sp.period).await;
+            }
+        }
+        {
+            let mut r = lock(&rt);
+            if let Some(c) = r.containers.get_mut(&name) {
+                c.started = true;
+                if checks.readiness.is_none() {
+                    c.ready = true;
+                }
+            }
+        }
+        self.trigger(&id);
+        let liveness = async {
+            let Some(lp) = &checks.liveness else {
+                return std::future::pending::<()>().await;
+            };
+            sleep_until(since + lp.initial_delay).await;
+            let mut fails = 0;
+            loop {
+                match probe::run(&target, &lp.action, lp.timeout).await {
+                    Ok(()) => fails = 0,
+                    Err(msg) => {
+                        fails += 1;
+                        self.event(
+                            &pod,
+                            fp.clone(),
+                            true,
+                            "Unhealthy",
+                            format!("Liveness probe failed: {msg}"),
+                        );
+                        if fails >= lp.failure_threshold {
+                            self.event(
+                                &pod,
+                                fp.clone(),
+                                false,
+                                "Killing",
+                                format!(
+                                    "Container {name} failed liveness probe, will be restarted"
+                                ),
+                            );
+                            self.kill(&target, &checks, lp, grace).await;
+                            return;
+                        }
+                    }
+                }
+                tokio::time::sleep(lp.period).await;
+            }
+        };
+        let readiness = async {
+            let Some(rp) = &checks.readiness else {
+                return std::future::pending::<()>().await;
+            };
+            sleep_until(since + rp.initial_delay).await;
+            let (mut ok, mut bad) = (0u32, 0u32);
+            loop {
+                let res = probe::run(&target, &rp.action, rp.timeout).await;
+                let was = lock(&rt).containers.get(&name).is_some_and(|c| c.ready);
+                let now_ready = match res {
+                    Ok(()) => {
+                        ok += 1;
+                        bad = 0;
+                        if ok >= rp.success_threshold {
+                            true
+                        } else {
+                            was
+                        }
+                    }
+                    Err(msg) => {
+                        bad += 1;
+                        ok = 0;
+                        self.event(
+                            &pod,
+                            fp.clone(),
+                            true,
+                            "Unhealthy",
+                            format!("Readiness probe failed: {msg}"),
+                        );
+                        if bad >= rp.failure_threshold {
+                            false
+                        } else {
+                            was
+                        }
+                    }
+                };
+                if now_ready != was {
+                    if let Some(c) = lock(&rt).containers.get_mut(&name) {
+                        c.ready = now_ready;
+                    }
+                    self.trigger(&id);
+                }
+                tokio::time::sleep(rp.period).await;
+            }
+        };
+        tokio::select! {
+            _ = liveness => {}
+            _ = readiness => {}
+        }
+    }
+
+    /// Kill a container that failed a probe: preStop hook, then stop within the grace period
+    /// (the probe's own, else the Pod's). Its exit restarts it per restartPolicy.
+    async fn kill(
+        &self,
+        target: &Target<'_>,
+        checks: &ContainerChecks,
+        p: &ProbeSpec,
+        grace: Duration,
+    ) {
+        let grace = p.termination_grace.unwrap_or(grace);
+        let t = Instant::now();
+        if let Some(hook) = &checks.pre_stop {
+            let _ = tokio::time::timeout(grace, probe::run(target, hook, grace)).await;
+        }
+        let left = grace.saturating_sub(t.elapsed());
+        if let Err(e) = self
+            .engine
+            .stop_container(&target.id, &target.container, left)
+            .await
+        {
+            tracing::warn!(sandbox = %target.id, container = %target.container, error = %e, "stopping a container that failed its probe failed");
+        }
+    }
+
+    /// Stop every container of a Pod that still runs (preStop hooks first), within `grace`.
+    async fn stop_all(&self, pod: &Pod, rt: &Shared<PodRt>, grace: Duration) {
+        let id = uid(pod);
+        let Ok(spec) = self.engine.spec(&id) else {
+            return;
+        };
+        let running: Vec<(String, Role)> = {
+            let mut r = lock(rt);
+            let mut v = Vec::new();
+            for c in r.containers.values_mut() {
+                c.stop_tasks();
+                if matches!(c.state, CState::Running { .. }) {
+                    v.push((c.name.clone(), c.role));
+                }
+            }
+            v
+        };
+        if running.is_empty() {
+            return;
+        }
+        let checks = self.checks_of(pod).map(|c| c.1).unwrap_or_default();
+        let t = Instant::now();
+        let hooks = running.iter().filter_map(|(n, role)| {
+            let hook = checks.get(n)?.pre_stop.clone()?;
+            let target = self.target(&spec, n);
+            let fp = Some(field_path(*role, n));
+            Some(async move {
+                if let Ok(Err(msg)) =
+                    tokio::time::timeout(grace, probe::run(&target, &hook, grace)).await
+                {
+                    self.event(
+                        pod,
+                        fp,
+                        true,
+                        "FailedPreStopHook",
+                        format!("PreStopHook failed: {msg}"),
+                    );
+                }
+            })
+        });
+        futures::future::join_all(hooks).await;
+        for (n, role) in &running {
+            self.event(
+                pod,
+                Some(field_path(*role, n)),
+                false,
+                "Killing",
+                format!("Stopping container {n}"),
+            );
+        }
+        let left = grace.saturating_sub(t.elapsed());
+        // Regular containers first, then sidecars, as the engine's stop does.
+        if let Err(e) = self.engine.stop(&id, left).await {
+            tracing::warn!(sandbox = %id, error = %e, "stopping the pod's containers failed");
+        }
+        let mut r = lock(rt);
+        for (n, _) in &running {
+            if let Some(c) = r.containers.get_mut(n) {
+                let code = self
+                    .engine
+                    .container_exit(&id, n)
+                    .ok()
+                    .flatten()
+                    .flatten()
+                    .unwrap_or(137);
+                let started_at = match &c.state {
+                    CState::Running { started_at } => Some(started_at.clone()),
+                    _ => None,
+                };
+                c.state = CState::Terminated {
+                    code,
+                    reason: if code == 0 { "Completed" } else { "Error" }.into(),
+                    message: None,
+                    started_at,
+                    finished_at: now(),
+                };
+                c.ready = false;
+                c.started = false;
+            }
+        }
+    }
+
+    /// A Pod being deleted: stop and remove its sandbox, then finish the deletion.
+    async fn terminate(self: &Arc<Self>, pod: &Pod, api: &Api<Pod>) -> Result<(), kube::Error> {
+        let id = uid(pod);
         let name = pod.metadata.name.clone().unwrap_or_default();
-        let started = now();
-        let ips: Vec<Value> = ip.iter().map(|ip| json!({"ip": ip})).collect();
-        let status = json!({"status": {
-            "phase": "Running",
-            "hostIP": "127.0.0.1",
-            "podIP": ip,
-            "podIPs": ips,
-            "startTime": started,
-            "conditions": [condition("PodScheduled", true, None, None), condition("Initialized", true, None, None),
-                           condition("ContainersReady", true, None, None), condition("Ready", true, None, None)],
-            "containerStatuses": [{"name": container_name(pod), "ready": true, "started": true, "restartCount": restarts,
-                "image": image_of(pod), "imageID": "", "containerID": format!("agent-sandbox://{}", uid(pod)),
-                "state": {"running": {"startedAt": started}}}]
-        }});
-        pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
-            .await?;
-        Ok(())
+        if self.engine.contains(&id) {
+            let grace = pod
+                .metadata
+                .deletion_grace_period_seconds
+                .or_else(|| {
+                    pod.spec
+                        .as_ref()
+                        .and_then(|s| s.termination_grace_period_seconds)
+                })
+                .unwrap_or(30)
+                .clamp(0, 300);
+            let rt = self.pod_rt(pod);
+            // The containers may be running even if the memory is fresh (agent restart).
+            {
+                let mut r = lock(&rt);
+                for n in self.engine.containers(&id).unwrap_or_default() {
+                    if self.engine.container_exit(&id, &n).ok().flatten().is_none()
+                        && let Some(c) = r.containers.get_mut(&n)
+                        && !matches!(c.state, CState::Running { .. })
+                    {
+                        c.state = CState::Running { started_at: now() };
+                    }
+                }
+            }
+            self.stop_all(pod, &rt, Duration::from_secs(grace as u64))
+                .await;
+            if let Err(e) = self.engine.remove(&id).await {
+                tracing::warn!(pod = %name, error = %e, "removing sandbox failed; will retry");
+                return Ok(());
+            }
+        }
+        self.forget(&id);
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        };
+        match api.delete(&name, &dp).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The Pod cannot be (or has not yet been) given a sandbox: waiting containers with the
+    /// reason, retried on the next resync.
+    async fn report_failure(
+        self: &Arc<Self>,
+        pod: &Pod,
+        api: &Api<Pod>,
+        rt: &Shared<PodRt>,
+        err: NodeError,
+    ) -> Result<(), kube::Error> {
+        let message = err.to_string();
+        let reason = waiting_reason(&err);
+        let first = {
+            let mut r = lock(rt);
+            let first = r.last_error.as_deref() != Some(message.as_str());
+            r.last_error = Some(message.clone());
+            for c in r.containers.values_mut() {
+                c.state = CState::Waiting {
+                    reason: reason.into(),
+                    message: Some(message.clone()),
+                };
+                c.ready = false;
+            }
+            first
+        };
+        if first {
+            tracing::warn!(pod = ?pod.metadata.name, error = %message, "starting the sandbox failed");
+            self.event(pod, None, true, "Failed", format!("Error: {message}"));
+        }
+        self.write_status(pod, api, rt).await
+    }
+
+    /// Write the status if it changed since the last write.
+    async fn write_status(
+        &self,
+        pod: &Pod,
+        api: &Api<Pod>,
+        rt: &Shared<PodRt>,
+    ) -> Result<(), kube::Error> {
+        let latest = lock(&self.store)
+            .get(&uid(pod))
+            .cloned()
+            .unwrap_or_else(|| pod.clone());
+        let gates: Vec<(String, bool)> = latest
+            .spec
+            .as_ref()
+            .and_then(|s| s.readiness_gates.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|g| {
+                let ok = latest
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c.type_ == g.condition_type && c.status == "True");
+                (g.condition_type.clone(), ok)
+            })
+            .collect();
+        let status = {
+            let mut r = lock(rt);
+            r.update_conditions(&gates);
+            let mut st = r.status();
+            // Conditions owned by others (readiness gates) stay.
+            let ours: HashSet<String> = st["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["type"].as_str().map(str::to_string))
+                .collect();
+            for c in latest
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .into_iter()
+                .flatten()
+            {
+                if !ours.contains(&c.type_)
+                    && let Some(a) = st["conditions"].as_array_mut()
+                {
+                    a.push(serde_json::to_value(c).unwrap_or_default());
+                }
+            }
+            if r.last_written.as_ref() == Some(&st) {
+                return Ok(());
+            }
+            r.last_written = Some(st.clone());
+            st
+        };
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        match api
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": status})),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // Write again next time.
+                lock(rt).last_written = None;
+                Err(e)
+            }
+        }
     }
 }
 
-fn image_of(pod: &Pod) -> String {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.containers.first())
-        .and_then(|c| c.image.clone())
-        .unwrap_or_default()
+async fn sleep_until(t: Instant) {
+    tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await;
+}
+
+/// The runtime container id of a container (see the engine's layout).
+fn runtime_id(spec: &SandboxSpec, name: &str) -> String {
+    if name == spec.main.name {
+        spec.id.clone()
+    } else {
+        format!("{}.{name}", spec.id)
+    }
 }
 
 /// The container `waiting.reason` kubelet would report for a failure to start.

@@ -915,14 +915,26 @@ impl SandboxEngine {
     /// image (pull policy), overlay rootfs, bundle, runtime create. A container of that name
     /// that exists must be removed first ([`SandboxEngine::remove_container`]).
     pub async fn create_container(&self, id: &str, name: &str, start: bool) -> Result<()> {
-        let entry = self.entry(id)?;
-        let spec = lock(&entry.record).spec.clone();
+        let spec = self.spec(id)?;
         let c = spec.container(name).ok_or_else(|| NodeError::InvalidSpec {
             sandbox: spec.display_name(),
             field: "containers".into(),
             reason: format!("no container named {name:?}"),
         })?;
         let image = self.images.ensure(&c.image, c.pull_policy).await?.image;
+        self.create_container_from(id, name, image, start).await
+    }
+
+    /// [`SandboxEngine::create_container`] with the image already resolved (the caller pulled
+    /// it, e.g. to report progress).
+    pub async fn create_container_from(
+        &self,
+        id: &str,
+        name: &str,
+        image: Image,
+        start: bool,
+    ) -> Result<()> {
+        let entry = self.entry(id)?;
         let _op = entry.op.lock().await;
         let rec = lock(&entry.record).clone();
         if rec.container(name).is_some() {

@@ -106,6 +106,7 @@ pub struct PolicyEnforcer {
     state: Mutex<State>,
     requested: AtomicU64,
     applied: tokio::sync::Mutex<Applied>,
+    closed: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -156,6 +157,7 @@ impl PolicyEnforcer {
                 result: Ok(()),
                 took: None,
             }),
+            closed: Default::default(),
         })
     }
 
@@ -284,6 +286,9 @@ impl PolicyEnforcer {
     pub async fn sync(&self) -> Result<()> {
         let mine = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
         let mut applied = self.applied.lock().await;
+        if self.closed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         if applied.generation >= mine {
             return applied
                 .result
@@ -318,11 +323,15 @@ impl PolicyEnforcer {
         res
     }
 
-    /// Delete the node's tables (clean shutdown, tests). Missing tables are fine.
+    /// Delete the node's tables (clean shutdown, tests) and apply nothing afterwards. Missing
+    /// tables are fine.
     pub async fn remove_tables(&self) -> Result<()> {
         let Ok(nft) = &self.nft else {
             return Ok(());
         };
+        // Taken so that no rebuild runs concurrently or after.
+        let _applied = self.applied.lock().await;
+        self.closed.store(true, Ordering::SeqCst);
         let t = &self.cfg.table;
         let script = format!(
             "table inet {t}\ndelete table inet {t}\ntable bridge {t}\ndelete table bridge {t}\n"

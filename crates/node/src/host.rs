@@ -204,6 +204,43 @@ pub async fn nft_apply(nft: &Path, script: &str) -> std::result::Result<(), Stri
     }
 }
 
+/// Connect to `addr` from a TCP socket made inside the network namespace at `netns` (probes
+/// and hooks reach the pod as from inside it). The socket is made on a short-lived thread so
+/// no pooled thread changes namespace; it keeps its namespace afterwards.
+pub async fn tcp_connect_in_netns(
+    netns: &Path,
+    addr: std::net::SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<tokio::net::TcpStream> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+    let ns = netns.to_path_buf();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let r = (|| -> std::io::Result<std::os::fd::OwnedFd> {
+            let f = fs_err::File::open(&ns)?;
+            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            Ok(socket(
+                AddressFamily::Inet,
+                SockType::Stream,
+                SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+                None,
+            )?)
+        })();
+        let _ = tx.send(r);
+    });
+    let fd = rx
+        .await
+        .map_err(|_| std::io::Error::other("socket thread ended"))??;
+    let sock = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
+    match tokio::time::timeout(timeout, sock.connect(addr)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("i/o timeout after {timeout:?}"),
+        )),
+    }
+}
+
 /// Output of an external program.
 #[derive(Debug)]
 pub struct CmdOutput {

@@ -127,11 +127,82 @@ pub struct RegistryConfig {
     pub connect_timeout: Option<std::time::Duration>,
 }
 
+/// How far a running pull is (see [`ImageStore::pull_progress`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PullProgress {
+    /// Blobs to download.
+    pub blobs_total: usize,
+    /// Blobs downloaded.
+    pub blobs_done: usize,
+    /// Bytes to download.
+    pub bytes_total: u64,
+    /// Bytes downloaded.
+    pub bytes_done: u64,
+}
+
+#[derive(Default)]
+struct ProgressState {
+    blobs_total: usize,
+    bytes_total: u64,
+    blobs_done: std::sync::atomic::AtomicUsize,
+    bytes_done: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Counts the bytes written through it (pull progress).
+struct Counting<W> {
+    inner: W,
+    count: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counting<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &r {
+            self.count
+                .fetch_add(*n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// Content-addressed image store under one directory.
 pub struct ImageStore {
     root: PathBuf,
     registry: RegistryConfig,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    progress: Mutex<HashMap<String, Arc<ProgressState>>>,
+}
+
+/// Removes a pull's progress entry when the pull ends.
+struct ProgressGuard<'a> {
+    store: &'a ImageStore,
+    key: String,
+}
+
+impl Drop for ProgressGuard<'_> {
+    fn drop(&mut self) {
+        self.store
+            .progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+    }
 }
 
 fn hex_of(digest: &str) -> Option<&str> {
@@ -194,6 +265,20 @@ impl ImageStore {
             root,
             registry,
             locks: Mutex::new(HashMap::new()),
+            progress: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Progress of the pull of `image` running now, if any.
+    pub fn pull_progress(&self, image: &str) -> Option<PullProgress> {
+        let key = parse_reference(image).ok()?.whole();
+        let m = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        let p = m.get(&key)?;
+        Some(PullProgress {
+            blobs_total: p.blobs_total,
+            blobs_done: p.blobs_done.load(std::sync::atomic::Ordering::Relaxed),
+            bytes_total: p.bytes_total,
+            bytes_done: p.bytes_done.load(std::sync::atomic::Ordering::Relaxed),
         })
     }
 
@@ -467,6 +552,28 @@ impl ImageStore {
                 annotations: None,
             })
             .collect();
+        let missing: Vec<&Descriptor> = std::iter::once(&config_desc)
+            .chain(layers.iter())
+            .filter(|d| {
+                let is_layer = d.digest != config_desc.digest;
+                let have = self.blob_path(&d.digest).is_some_and(|p| p.exists())
+                    || (is_layer && self.layer_dir(&d.digest).is_dir());
+                !have
+            })
+            .collect();
+        let state = Arc::new(ProgressState {
+            blobs_total: missing.len(),
+            bytes_total: missing.iter().map(|d| d.size.max(0) as u64).sum(),
+            ..ProgressState::default()
+        });
+        self.progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(canonical.clone(), Arc::clone(&state));
+        let _progress = ProgressGuard {
+            store: self,
+            key: canonical.clone(),
+        };
         for d in std::iter::once(&config_desc).chain(layers.iter()) {
             let path = self
                 .blob_path(&d.digest)
@@ -496,12 +603,19 @@ impl ImageStore {
             } else {
                 format!("config {}", d.digest)
             };
+            let file = Counting {
+                inner: file,
+                count: Arc::clone(&state.bytes_done),
+            };
             if let Err(e) = client.pull_blob(&reference, &oci_desc, file).await {
                 let _ = fs_err::remove_file(&tmp);
                 return Err(Self::map_pull_error(image, &what, e));
             }
             fs_err::rename(&tmp, &path)?;
             downloaded += 1;
+            state
+                .blobs_done
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         let img = self
             .finish_import(image, &canonical, manifest_digest, config_desc, layers)

@@ -740,6 +740,9 @@ impl Drop for AgentEnv {
     fn drop(&mut self) {
         self.agent.stop();
         self.task.abort();
+        if !self.agent.wait_idle_blocking(Duration::from_secs(60)) {
+            eprintln!("the node agent was still busy after 60 s");
+        }
         let Some(engine) = self.env.engine.take() else {
             return;
         };

@@ -1,0 +1,533 @@
+//! The node agent as kubelet, through the embedded API server with real runtimes: probes
+//! (startup, readiness, liveness; exec, httpGet, tcpSocket) driving `Ready` and restarts, init
+//! containers in order with their failure policies, native sidecars, events, refused and
+//! ignored fields, DNS and hosts files, termination messages, `activeDeadlineSeconds`, and
+//! `hostPort` through the portmap plugin. Traffic goes only to loopback and to addresses of
+//! namespaces this test made; every wait is bounded.
+#![allow(clippy::print_stdout)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use agent_sandbox_node::HandlerKind;
+use common::{AgentEnv, BridgeGuard, have_cni, need, test_network};
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{Value, json};
+
+const IMAGE: &str = "localhost/test/busybox:1";
+
+fn pod(name: &str, spec: Value) -> Value {
+    let mut spec = spec;
+    spec["terminationGracePeriodSeconds"] = json!(1);
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": "default"}, "spec": spec})
+}
+
+fn c(name: &str, script: &str) -> Value {
+    json!({"name": name, "image": IMAGE, "imagePullPolicy": "Never",
+           "command": ["/bin/sh", "-c", script]})
+}
+
+fn cond(p: &Pod, t: &str) -> Option<String> {
+    p.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == t)
+        .map(|c| c.status.clone())
+}
+
+fn cstatus<'a>(
+    p: &'a Pod,
+    init: bool,
+    name: &str,
+) -> Option<&'a k8s_openapi::api::core::v1::ContainerStatus> {
+    let st = p.status.as_ref()?;
+    let list = if init {
+        st.init_container_statuses.as_ref()?
+    } else {
+        st.container_statuses.as_ref()?
+    };
+    list.iter().find(|c| c.name == name)
+}
+
+fn phase(p: &Pod) -> String {
+    p.status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default()
+}
+
+/// Reasons (with notes) of the events about a pod.
+async fn events(a: &AgentEnv, uid: &str) -> Vec<(String, String)> {
+    let api: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(a.client.clone(), "default");
+    api.list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == Some(uid))
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect()
+}
+
+async fn wait_events(a: &AgentEnv, uid: &str, want: &[&str]) -> Vec<(String, String)> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ev = events(a, uid).await;
+        if want.iter().all(|w| ev.iter().any(|(r, _)| r == w)) {
+            return ev;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "missing events {want:?} in {ev:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn env(kind: HandlerKind) -> Option<AgentEnv> {
+    if need(Some(kind)) {
+        return None;
+    }
+    let a = AgentEnv::new(&[kind], None).await;
+    a.env.busybox(IMAGE).await;
+    Some(a)
+}
+
+async fn probes(kind: HandlerKind) {
+    let Some(a) = env(kind).await else { return };
+    let mut main = c(
+        "main",
+        "sleep 2; touch /tmp/ready; mkdir -p /www; echo ok > /www/index.html; httpd -p 8080 -h /www; \
+         i=0; while [ $i -lt 600 ]; do sleep 1; i=$((i+1)); done",
+    );
+    main["ports"] = json!([{"name": "http", "containerPort": 8080}]);
+    main["readinessProbe"] = json!({"exec": {"command": ["cat", "/tmp/ready"]}, "periodSeconds": 1, "failureThreshold": 1});
+    main["startupProbe"] =
+        json!({"tcpSocket": {"port": 8080}, "periodSeconds": 1, "failureThreshold": 30});
+    main["livenessProbe"] = json!({"httpGet": {"port": "http", "path": "/"}, "periodSeconds": 1, "failureThreshold": 2});
+    let t0 = Instant::now();
+    a.create_pod(pod("probed", json!({"containers": [main]})))
+        .await;
+    let p = a
+        .wait_pod("default", "probed", Duration::from_secs(30), |p| {
+            phase(p) == "Running"
+        })
+        .await;
+    let uid = p.metadata.uid.clone().unwrap();
+    // Not ready before the startup probe passed and the readiness file exists.
+    assert_ne!(cond(&p, "Ready").as_deref(), Some("True"));
+    let p = a
+        .wait_pod("default", "probed", Duration::from_secs(30), |p| {
+            cond(p, "Ready").as_deref() == Some("True")
+        })
+        .await;
+    println!("{kind}: ready after {:?}", t0.elapsed());
+    let cs = cstatus(&p, false, "main").unwrap();
+    assert!(cs.ready && cs.started == Some(true), "{cs:?}");
+    assert_eq!(cond(&p, "ContainersReady").as_deref(), Some("True"));
+
+    // Readiness follows the probe both ways.
+    let e = a.engine();
+    let run = |argv: &[&str]| argv.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let t = Instant::now();
+    let out = e
+        .exec(
+            &uid,
+            "main",
+            &run(&["rm", "/tmp/ready"]),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    println!("{kind}: exec round trip {:?}", t.elapsed());
+    assert_eq!(out.code, 0);
+    a.wait_pod("default", "probed", Duration::from_secs(15), |p| {
+        cond(p, "Ready").as_deref() == Some("False")
+    })
+    .await;
+    e.exec(
+        &uid,
+        "main",
+        &run(&["touch", "/tmp/ready"]),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    a.wait_pod("default", "probed", Duration::from_secs(15), |p| {
+        cond(p, "Ready").as_deref() == Some("True")
+    })
+    .await;
+
+    // A failing liveness probe restarts the container and counts it.
+    e.exec(
+        &uid,
+        "main",
+        &run(&["killall", "httpd"]),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let p = a
+        .wait_pod("default", "probed", Duration::from_secs(40), |p| {
+            cstatus(p, false, "main").is_some_and(|c| c.restart_count >= 1 && c.ready)
+        })
+        .await;
+    let cs = cstatus(&p, false, "main").unwrap();
+    assert!(
+        cs.last_state
+            .as_ref()
+            .and_then(|l| l.terminated.as_ref())
+            .is_some(),
+        "{cs:?}"
+    );
+    let ev = wait_events(
+        &a,
+        &uid,
+        &["Pulled", "Created", "Started", "Unhealthy", "Killing"],
+    )
+    .await;
+    assert!(
+        ev.iter()
+            .any(|(r, n)| r == "Killing" && n.contains("failed liveness probe")),
+        "{ev:?}"
+    );
+    assert!(
+        ev.iter()
+            .any(|(r, n)| r == "Unhealthy" && n.starts_with("Readiness probe failed")),
+        "{ev:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_crun() {
+    probes(HandlerKind::Crun).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_runsc() {
+    probes(HandlerKind::Runsc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_containers_run_in_order() {
+    let Some(a) = env(HandlerKind::Crun).await else {
+        return;
+    };
+    let mount = json!([{"name": "shared", "mountPath": "/shared"}]);
+    let mut i1 = c("one", "sleep 1; echo one >> /shared/log");
+    let mut i2 = c("two", "echo two >> /shared/log");
+    let mut main = c("main", "cat /shared/log; echo main-ran; exec sleep 600");
+    for x in [&mut i1, &mut i2, &mut main] {
+        x["volumeMounts"] = mount.clone();
+    }
+    a.create_pod(pod(
+        "inits",
+        json!({"volumes": [{"name": "shared", "emptyDir": {}}],
+               "initContainers": [i1, i2], "containers": [main]}),
+    ))
+    .await;
+    // While the first init container runs: Pending, not initialized.
+    let p = a
+        .wait_pod("default", "inits", Duration::from_secs(30), |p| {
+            cstatus(p, true, "one")
+                .is_some_and(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+        })
+        .await;
+    assert_eq!(phase(&p), "Pending");
+    assert_eq!(cond(&p, "Initialized").as_deref(), Some("False"));
+    let p = a
+        .wait_pod("default", "inits", Duration::from_secs(30), |p| {
+            cond(p, "Ready").as_deref() == Some("True")
+        })
+        .await;
+    let uid = p.metadata.uid.clone().unwrap();
+    assert_eq!(cond(&p, "Initialized").as_deref(), Some("True"));
+    for n in ["one", "two"] {
+        let t = cstatus(&p, true, n)
+            .and_then(|c| c.state.as_ref()?.terminated.clone())
+            .unwrap_or_else(|| panic!("{n} not terminated: {p:?}"));
+        assert_eq!((t.exit_code, t.reason.as_deref()), (0, Some("Completed")));
+    }
+    let log_path = a.engine().container_log_path(&uid, "main");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = fs_err::read_to_string(&log_path).unwrap_or_default();
+        if log.contains("main-ran") {
+            assert!(log.contains("one\ntwo\nmain-ran"), "{log}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_failures_follow_restart_policy() {
+    let Some(a) = env(HandlerKind::Crun).await else {
+        return;
+    };
+    // Never: the Pod fails and the main container never runs.
+    a.create_pod(pod(
+        "init-never",
+        json!({"restartPolicy": "Never", "initContainers": [c("bad", "exit 3")],
+               "containers": [c("main", "echo should-not-run")]}),
+    ))
+    .await;
+    let p = a
+        .wait_pod("default", "init-never", Duration::from_secs(30), |p| {
+            phase(p) == "Failed"
+        })
+        .await;
+    let t = cstatus(&p, true, "bad")
+        .and_then(|c| c.state.as_ref()?.terminated.clone())
+        .unwrap();
+    assert_eq!((t.exit_code, t.reason.as_deref()), (3, Some("Error")));
+    let main = cstatus(&p, false, "main").unwrap();
+    assert!(
+        main.state
+            .as_ref()
+            .and_then(|s| s.waiting.as_ref())
+            .is_some(),
+        "{main:?}"
+    );
+
+    // OnFailure: the init container is retried (counted) until it succeeds.
+    let mut flaky = c(
+        "flaky",
+        "if [ -f /shared/tried ]; then exit 0; fi; touch /shared/tried; exit 1",
+    );
+    flaky["volumeMounts"] = json!([{"name": "shared", "mountPath": "/shared"}]);
+    a.create_pod(pod(
+        "init-retry",
+        json!({"restartPolicy": "OnFailure", "volumes": [{"name": "shared", "emptyDir": {}}],
+               "initContainers": [flaky], "containers": [c("main", "exec sleep 600")]}),
+    ))
+    .await;
+    let p = a
+        .wait_pod("default", "init-retry", Duration::from_secs(30), |p| {
+            cond(p, "Ready").as_deref() == Some("True")
+        })
+        .await;
+    let f = cstatus(&p, true, "flaky").unwrap();
+    assert_eq!(f.restart_count, 1, "{f:?}");
+    let ev = wait_events(&a, p.metadata.uid.as_deref().unwrap(), &["BackOff"]).await;
+    assert!(
+        ev.iter()
+            .any(|(r, n)| r == "BackOff" && n.contains("flaky")),
+        "{ev:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_sidecar_runs_beside_the_main_container() {
+    let Some(a) = env(HandlerKind::Crun).await else {
+        return;
+    };
+    let mut side = c(
+        "side",
+        "mkdir -p /www; echo from-sidecar > /www/index.html; sleep 1; exec httpd -f -p 8081 -h /www",
+    );
+    side["restartPolicy"] = json!("Always");
+    side["startupProbe"] =
+        json!({"tcpSocket": {"port": 8081}, "periodSeconds": 1, "failureThreshold": 30});
+    a.create_pod(pod(
+        "sidecar",
+        json!({"restartPolicy": "Never", "initContainers": [side],
+               "containers": [c("main", "wget -q -O - http://127.0.0.1:8081/ && echo main-done; sleep 1")]}),
+    ))
+    .await;
+    let p = a
+        .wait_pod("default", "sidecar", Duration::from_secs(40), |p| {
+            phase(p) == "Succeeded"
+        })
+        .await;
+    let uid = p.metadata.uid.clone().unwrap();
+    let log = fs_err::read_to_string(a.engine().container_log_path(&uid, "main")).unwrap();
+    assert!(
+        log.contains("from-sidecar") && log.contains("main-done"),
+        "{log}"
+    );
+    // Once the main container is done the sidecar is stopped.
+    let p = a
+        .wait_pod("default", "sidecar", Duration::from_secs(20), |p| {
+            cstatus(p, true, "side")
+                .is_some_and(|c| c.state.as_ref().is_some_and(|s| s.terminated.is_some()))
+        })
+        .await;
+    assert_eq!(cond(&p, "Ready").as_deref(), Some("False"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_and_ignored_fields_dns_hosts_and_messages() {
+    let Some(a) = env(HandlerKind::Crun).await else {
+        return;
+    };
+    // Refused: the Pod does not start, the status and an event name the field.
+    a.create_pod(pod(
+        "hostnet",
+        json!({"hostNetwork": true, "containers": [c("main", "true")]}),
+    ))
+    .await;
+    let mut grpc = c("main", "sleep 100");
+    grpc["livenessProbe"] = json!({"grpc": {"port": 9000}});
+    a.create_pod(pod("grpc", json!({"containers": [grpc]})))
+        .await;
+    for (name, field) in [
+        ("hostnet", "spec.hostNetwork"),
+        ("grpc", "spec.containers[0].livenessProbe.grpc"),
+    ] {
+        let p = a
+            .wait_pod("default", name, Duration::from_secs(20), |p| {
+                cstatus(p, false, "main")
+                    .and_then(|c| c.state.as_ref()?.waiting.as_ref()?.message.clone())
+                    .is_some_and(|m| m.contains(field))
+            })
+            .await;
+        let w = cstatus(&p, false, "main")
+            .and_then(|c| c.state.clone()?.waiting)
+            .unwrap();
+        assert_eq!(w.reason.as_deref(), Some("CreateContainerConfigError"));
+        let ev = wait_events(&a, p.metadata.uid.as_deref().unwrap(), &["Failed"]).await;
+        assert!(ev.iter().any(|(_, n)| n.contains(field)), "{ev:?}");
+    }
+
+    // Ignored fields: the Pod runs with a condition naming them. DNS, hosts and termination
+    // message files are the node's.
+    let mut main = c(
+        "main",
+        "cat /etc/resolv.conf /etc/hosts; echo bye-message > /dev/termination-log; exit 2",
+    );
+    main["stdin"] = json!(true);
+    a.create_pod(pod(
+        "files",
+        json!({"restartPolicy": "Never", "imagePullSecrets": [{"name": "regcred"}],
+               "dnsPolicy": "None",
+               "dnsConfig": {"nameservers": ["192.0.2.53"], "searches": ["example.test"], "options": [{"name": "ndots", "value": "2"}]},
+               "hostAliases": [{"ip": "192.0.2.7", "hostnames": ["alias.example.test"]}],
+               "containers": [main]}),
+    ))
+    .await;
+    let p = a
+        .wait_pod("default", "files", Duration::from_secs(30), |p| {
+            phase(p) == "Failed"
+        })
+        .await;
+    let uid = p.metadata.uid.clone().unwrap();
+    let ignored = p
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| {
+            c.iter()
+                .find(|c| c.type_ == agent_sandbox_node::audit::IGNORED_FIELDS_CONDITION)
+        })
+        .cloned()
+        .expect("ignored-fields condition");
+    let msg = ignored.message.unwrap_or_default();
+    assert!(
+        msg.contains("spec.imagePullSecrets") && msg.contains("stdin"),
+        "{msg}"
+    );
+    let t = cstatus(&p, false, "main")
+        .and_then(|c| c.state.as_ref()?.terminated.clone())
+        .unwrap();
+    assert_eq!(t.exit_code, 2);
+    assert_eq!(t.message.as_deref(), Some("bye-message"));
+    let log = fs_err::read_to_string(a.engine().log_path(&uid)).unwrap();
+    assert!(log.contains("nameserver 192.0.2.53"), "{log}");
+    assert!(log.contains("search example.test"), "{log}");
+    assert!(log.contains("options ndots:2"), "{log}");
+    assert!(log.contains("192.0.2.7\talias.example.test"), "{log}");
+
+    // activeDeadlineSeconds fails a running Pod.
+    a.create_pod(pod(
+        "deadline",
+        json!({"activeDeadlineSeconds": 2, "containers": [c("main", "exec sleep 600")]}),
+    ))
+    .await;
+    let p = a
+        .wait_pod("default", "deadline", Duration::from_secs(30), |p| {
+            phase(p) == "Failed"
+        })
+        .await;
+    assert_eq!(
+        p.status.as_ref().and_then(|s| s.reason.as_deref()),
+        Some("DeadlineExceeded")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_port_maps_to_the_sandbox() {
+    let kind = HandlerKind::Crun;
+    if need(Some(kind))
+        || common::skip_unless(have_cni(), "containernetworking-plugins is not installed")
+        || common::skip_unless(
+            std::path::Path::new("/usr/lib/cni/portmap").is_file(),
+            "the portmap plugin is not installed",
+        )
+    {
+        return;
+    }
+    let (net, _) = test_network(21).expect("a free /24 under 10.100.0.0/16");
+    let _bridge = BridgeGuard(net.bridge.clone());
+    let a = AgentEnv::new(&[kind], Some(net)).await;
+    a.env.busybox(IMAGE).await;
+    let port = common::free_port();
+    let mut main = c(
+        "main",
+        "mkdir -p /www; echo via-host-port > /www/index.html; exec httpd -f -p 8080 -h /www",
+    );
+    main["ports"] = json!([{"containerPort": 8080, "hostPort": port}]);
+    a.create_pod(pod("hostport", json!({"containers": [main]})))
+        .await;
+    a.wait_running("default", "hostport").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let r = std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(1),
+        )
+        .and_then(|mut s| {
+            use std::io::{Read, Write};
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        });
+        match r {
+            Ok(b) if b.contains("via-host-port") => break b,
+            other => {
+                assert!(Instant::now() < deadline, "hostPort {port}: {other:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert!(body.contains("200"), "{body}");
+    // Deleting the Pod removes the mapping.
+    let api: kube::Api<Pod> = kube::Api::namespaced(a.client.clone(), "default");
+    api.delete("hostport", &Default::default()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while api.get_opt("hostport").await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "pod not deleted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The API server may finish the deletion (grace period over) before the sandbox is gone.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = std::process::Command::new("iptables-save")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default();
+        if !out.contains(&format!("--dport {port} ")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "DNAT rule left for {port}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
