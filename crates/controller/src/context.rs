@@ -139,7 +139,8 @@ pub fn recorder(client: Client, controller: &str) -> Recorder {
 }
 
 impl Context {
-    /// Publishes an event about `obj`; failures are logged only.
+    /// Publishes an event about `obj` in the background (events are best effort and never on a
+    /// reconcile's critical path); failures are logged only.
     pub async fn publish<K: Resource<DynamicType = ()>>(
         &self,
         recorder: &Recorder,
@@ -156,9 +157,12 @@ impl Context {
             action: action.into(),
             secondary: None,
         };
-        if let Err(error) = recorder.publish(&ev, &obj.object_ref(&())).await {
-            tracing::debug!(%error, reason, "publishing event failed");
-        }
+        let (recorder, reference) = (recorder.clone(), obj.object_ref(&()));
+        tokio::spawn(async move {
+            if let Err(error) = recorder.publish(&ev, &reference).await {
+                tracing::debug!(%error, reason = %ev.reason, "publishing event failed");
+            }
+        });
     }
 
     /// Whether all caches have synced once.

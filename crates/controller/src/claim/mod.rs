@@ -149,7 +149,10 @@ pub async fn reconcile(claim: Arc<SandboxClaim>, ctx: Arc<Context>) -> Result<Ac
         return Ok(Action::await_change());
     }
     let mut claim = (*claim).clone();
-    initialize_annotations(&ctx, &mut claim).await?;
+    // The first-observed annotation is written with the reconcile's first write of the claim
+    // (the adoption update carries it), or on its own before the status; never as an extra
+    // round trip in front of an adoption.
+    let annotation_pending = initialize_annotations(&ctx, &mut claim);
 
     let t = now();
     let expired = logic::expire_at(&claim).is_some_and(|at| t.0 >= at.0);
@@ -159,6 +162,9 @@ pub async fn reconcile(claim: Arc<SandboxClaim>, ctx: Arc<Context>) -> Result<Ac
         .as_ref()
         .map(|l| l.shutdown_policy())
         .unwrap_or_default();
+    if annotation_pending && expired {
+        write_first_observed(&ctx, &mut claim).await?;
+    }
     if expired && !logic::is_marked_expired(&claim) {
         let st = logic::compute_status(&claim, None, None, true, &t);
         let mut st = st;
@@ -200,11 +206,21 @@ pub async fn reconcile(claim: Arc<SandboxClaim>, ctx: Arc<Context>) -> Result<Ac
         };
     }
 
+    let resource_version = claim.metadata.resource_version.clone();
     let outcome = if expired {
         reconcile_expired(&ctx, &claim).await
     } else {
         reconcile_active(&ctx, &mut claim).await
     };
+    // Unless an update of the claim carried the annotation (the adoption's), write it now.
+    if annotation_pending && !expired {
+        let persisted = claim.metadata.resource_version != resource_version
+            && annotation(&claim.metadata, annotations::CONTROLLER_FIRST_OBSERVED_AT).is_some();
+        if !persisted {
+            initialize_annotations(&ctx, &mut claim);
+            write_first_observed(&ctx, &mut claim).await?;
+        }
+    }
     let (sandbox, err) = match outcome {
         Outcome::Pending(d) => return Ok(Action::requeue(d)),
         Outcome::Done(sb, err) => (sb, err),
@@ -292,9 +308,11 @@ async fn cleanup_legacy_network_policy(ctx: &Context, claim: &SandboxClaim) {
     }
 }
 
-async fn initialize_annotations(ctx: &Context, claim: &mut SandboxClaim) -> Result<(), Error> {
+/// Sets the first-observed annotation on `claim` in memory; returns whether it still has to be
+/// written.
+fn initialize_annotations(ctx: &Context, claim: &mut SandboxClaim) -> bool {
     if annotation(&claim.metadata, annotations::CONTROLLER_FIRST_OBSERVED_AT).is_some() {
-        return Ok(());
+        return false;
     }
     let key = first_seen_key(claim);
     let seen = *ctx
@@ -302,14 +320,20 @@ async fn initialize_annotations(ctx: &Context, claim: &mut SandboxClaim) -> Resu
         .lock()
         .entry(key)
         .or_insert_with(Timestamp::now);
-    let value = seen.to_string();
     claim.annotations_mut().insert(
         annotations::CONTROLLER_FIRST_OBSERVED_AT.into(),
-        value.clone(),
+        seen.to_string(),
     );
-    if ctx.config.disable_claim_observability_annotations {
+    !ctx.config.disable_claim_observability_annotations
+}
+
+/// Writes the first-observed annotation (set in memory by [`initialize_annotations`]).
+async fn write_first_observed(ctx: &Context, claim: &mut SandboxClaim) -> Result<(), Error> {
+    let Some(value) =
+        annotation(&claim.metadata, annotations::CONTROLLER_FIRST_OBSERVED_AT).map(str::to_owned)
+    else {
         return Ok(());
-    }
+    };
     let ns = claim.namespace().unwrap_or_default();
     let api: Api<SandboxClaim> = Api::namespaced(ctx.client.clone(), &ns);
     let patch =
