@@ -26,6 +26,12 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== generated CRDs are up to date"
 cargo run --quiet -p agent-sandbox -- crd --check deploy/crds
 
+echo "== documentation builds"
+if ! command -v mdbook >/dev/null; then
+  cargo install --quiet --locked mdbook --version 0.5.4 --no-default-features --features search
+fi
+mdbook build docs
+
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
