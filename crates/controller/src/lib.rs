@@ -10,7 +10,8 @@
 //! - [`queue`] and [`expectations`]: the warm queue and the pool read-after-write guard.
 //! - [`metrics`]: upstream's metrics, in the Prometheus text format.
 //! - [`cluster`]: cluster mode (`agent-sandbox controller`): [`leader`] election on a Lease, the
-//!   conversion [`webhook`] with its [`certs`] bootstrap, metrics and health endpoints.
+//!   conversion [`webhook`] with its [`certs`] bootstrap, metrics and health endpoints, and
+//!   [`otel`] tracing.
 #![forbid(unsafe_code)]
 
 pub mod cache;
@@ -23,8 +24,8 @@ pub mod error;
 pub mod expectations;
 pub mod leader;
 pub mod meta;
-pub mod otel;
 pub mod metrics;
+pub mod otel;
 pub mod queue;
 pub mod sandbox;
 pub mod template;
