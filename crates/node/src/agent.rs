@@ -583,7 +583,11 @@ impl NodeAgent {
                 // The engine's network hook needs the labels before the sandbox gets its address.
                 enf.set_pod(&id, PodMeta::of(pod));
             }
-            let spec = checks.0.clone();
+            let mut spec = checks.0.clone();
+            match self.runtime_class_handler(&spec).await {
+                Ok(h) => spec.handler = h,
+                Err(e) => return self.report_failure(pod, &api, &rt, e).await,
+            }
             if let Err(e) = self.engine.prepare(spec).await {
                 return self.report_failure(pod, &api, &rt, e).await;
             }
@@ -725,6 +729,36 @@ impl NodeAgent {
             self.stop_all(pod, &rt, spec.termination_grace).await;
         }
         self.write_status(pod, &api, &rt).await
+    }
+
+    /// The handler of the Pod's `runtimeClassName`: the `RuntimeClass` object's `handler`, as
+    /// in Kubernetes; without such an object, a name the engine knows as a handler (`runc`,
+    /// `crun`, `runsc`, `gvisor`, configured aliases) is used as is.
+    async fn runtime_class_handler(&self, spec: &SandboxSpec) -> Result<Option<String>, NodeError> {
+        let Some(name) = spec.handler.clone() else {
+            return Ok(None);
+        };
+        let api: Api<k8s_openapi::api::node::v1::RuntimeClass> = Api::all(self.client.clone());
+        match api.get_opt(&name).await {
+            Ok(Some(rc)) => Ok(Some(rc.handler)),
+            Ok(None)
+                if crate::runtime::HandlerKind::from_name(&name).is_some()
+                    || self.engine.config().handler_aliases.contains_key(&name) =>
+            {
+                Ok(Some(name))
+            }
+            Ok(None) => Err(NodeError::InvalidSpec {
+                sandbox: spec.display_name(),
+                field: "spec.runtimeClassName".into(),
+                reason: format!(
+                    "RuntimeClass {name:?} not found; create it or use a handler name (runc, crun, runsc, gvisor)"
+                ),
+            }),
+            Err(e) => {
+                tracing::debug!(runtime_class = %name, error = %e, "reading the RuntimeClass failed; using the name as the handler");
+                Ok(Some(name))
+            }
+        }
     }
 
     /// The sandbox spec and every container's probes and hooks, or the first refusal.

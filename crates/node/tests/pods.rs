@@ -531,3 +531,142 @@ async fn host_port_maps_to_the_sandbox() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_class_maps_to_a_handler() {
+    let Some(a) = env(HandlerKind::Crun).await else {
+        return;
+    };
+    let rcs: kube::Api<k8s_openapi::api::node::v1::RuntimeClass> = kube::Api::all(a.client.clone());
+    rcs.create(
+        &Default::default(),
+        &serde_json::from_value(
+            json!({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
+            "metadata": {"name": "fast"}, "handler": "crun"}),
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    a.create_pod(pod(
+        "classy",
+        json!({"runtimeClassName": "fast", "containers": [c("main", "exec sleep 600")]}),
+    ))
+    .await;
+    let p = a
+        .wait_pod("default", "classy", Duration::from_secs(30), |p| {
+            phase(p) == "Running"
+        })
+        .await;
+    let uid = p.metadata.uid.unwrap();
+    assert_eq!(
+        a.engine().state(&uid).await.unwrap().handler,
+        HandlerKind::Crun
+    );
+    a.create_pod(pod(
+        "classless",
+        json!({"runtimeClassName": "nope", "containers": [c("main", "true")]}),
+    ))
+    .await;
+    a.wait_pod("default", "classless", Duration::from_secs(20), |p| {
+        cstatus(p, false, "main")
+            .and_then(|c| c.state.as_ref()?.waiting.as_ref()?.message.clone())
+            .is_some_and(|m| m.contains("RuntimeClass \"nope\" not found"))
+    })
+    .await;
+}
+
+/// Create → Running through the API server and the agent, observed by a watch (printed; the
+/// bound is generous: the machine is shared): without a network, with the bridge network, and
+/// with the bridge network and a NetworkPolicy selecting every pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_start_through_the_agent() {
+    let kind = HandlerKind::Crun;
+    if need(Some(kind))
+        || common::skip_unless(have_cni(), "containernetworking-plugins is not installed")
+    {
+        return;
+    }
+    let (net, _) = test_network(22).expect("a free /24 under 10.100.0.0/16");
+    let _bridge = BridgeGuard(net.bridge.clone());
+    let mut report = Vec::new();
+    for (label, network, policy) in [
+        ("no network", None, false),
+        ("bridge network", Some(net.clone()), false),
+        ("bridge network + NetworkPolicy", Some(net.clone()), true),
+    ] {
+        let a = AgentEnv::new(&[kind], network).await;
+        a.env.busybox(IMAGE).await;
+        let times = cold_starts(&a, policy, 10).await;
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        report.push(format!(
+            "{label}: p50 {:.1} ms, p90 {:.1} ms",
+            ms(times[times.len() / 2]),
+            ms(times[times.len() * 9 / 10])
+        ));
+        assert!(times[times.len() / 2] < Duration::from_secs(5), "{times:?}");
+    }
+    println!("create -> Running (crun): {}", report.join("; "));
+}
+
+async fn cold_starts(a: &AgentEnv, policy: bool, n: usize) -> Vec<Duration> {
+    use futures::StreamExt;
+    if policy {
+        let nps: kube::Api<k8s_openapi::api::networking::v1::NetworkPolicy> =
+            kube::Api::namespaced(a.client.clone(), "default");
+        nps.create(
+            &Default::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": {"name": "default-deny-private", "namespace": "default"},
+                "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"],
+                    "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "agent-sandbox-system"}},
+                                            "podSelector": {"matchLabels": {"app": "sandbox-router"}}}]}],
+                    "egress": [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"]}}]}]}
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    let networked = a.engine().network().is_some();
+    let api: kube::Api<Pod> = kube::Api::namespaced(a.client.clone(), "default");
+    let mut times = Vec::new();
+    for i in 0..n {
+        let name = format!("cold-{i}");
+        let mut stream = kube::runtime::watcher::watcher(
+            api.clone(),
+            kube::runtime::watcher::Config::default().fields(&format!("metadata.name={name}")),
+        )
+        .boxed();
+        // Let the watch start before the create.
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.next()).await;
+        let t = Instant::now();
+        a.create_pod(pod(
+            &name,
+            json!({"containers": [c("main", "exec sleep 600")]}),
+        ))
+        .await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ev = tokio::time::timeout(
+                deadline.saturating_duration_since(Instant::now()),
+                stream.next(),
+            )
+            .await
+            .expect("pod did not run in 30 s");
+            if let Some(Ok(
+                kube::runtime::watcher::Event::Apply(p)
+                | kube::runtime::watcher::Event::InitApply(p),
+            )) = ev
+                && phase(&p) == "Running"
+                && (!networked || p.status.as_ref().is_some_and(|s| s.pod_ip.is_some()))
+            {
+                break;
+            }
+        }
+        times.push(t.elapsed());
+    }
+    times.sort();
+    times
+}
