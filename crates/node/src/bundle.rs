@@ -351,7 +351,6 @@ pub fn capabilities(spec: &SandboxSpec, c: &ContainerSpec) -> Result<Vec<String>
             "CAP_SYS_ADMIN"
                 | "CAP_SYS_MODULE"
                 | "CAP_SYS_RAWIO"
-                | "CAP_SYS_PTRACE"
                 | "CAP_SYS_BOOT"
                 | "CAP_SYS_TIME"
                 | "CAP_MAC_ADMIN"

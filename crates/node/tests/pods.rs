@@ -670,3 +670,55 @@ async fn cold_starts(a: &AgentEnv, policy: bool, n: usize) -> Vec<Duration> {
     times.sort();
     times
 }
+
+/// A restart of the agent (and of the engine object) re-adopts running sandboxes: no container
+/// restarts, restart counts and init progress come back, probes run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_restart_readopts_pods() {
+    let Some(mut a) = env(HandlerKind::Crun).await else {
+        return;
+    };
+    let mut main = c("main", "touch /tmp/ready; exec sleep 600");
+    main["readinessProbe"] = json!({"exec": {"command": ["cat", "/tmp/ready"]}, "periodSeconds": 1, "failureThreshold": 1});
+    a.create_pod(pod(
+        "survivor",
+        json!({"initContainers": [c("init", "true")], "containers": [main]}),
+    ))
+    .await;
+    let p = a
+        .wait_pod("default", "survivor", Duration::from_secs(30), |p| {
+            cond(p, "Ready").as_deref() == Some("True")
+        })
+        .await;
+    let uid = p.metadata.uid.clone().unwrap();
+    let pid = a.engine().container_state(&uid, "main").await.unwrap().pid;
+    a.restart_agent().await;
+    assert_eq!(
+        a.engine().container_state(&uid, "main").await.unwrap().pid,
+        pid
+    );
+    // Probes run again: breaking readiness is noticed by the new agent.
+    let run = |argv: &[&str]| argv.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    a.engine()
+        .exec(
+            &uid,
+            "main",
+            &run(&["rm", "/tmp/ready"]),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let p = a
+        .wait_pod("default", "survivor", Duration::from_secs(20), |p| {
+            cond(p, "Ready").as_deref() == Some("False")
+        })
+        .await;
+    let cs = cstatus(&p, false, "main").unwrap();
+    assert_eq!(cs.restart_count, 0, "{cs:?}");
+    assert_eq!(phase(&p), "Running");
+    assert_eq!(cond(&p, "Initialized").as_deref(), Some("True"));
+    assert_eq!(
+        a.engine().container_state(&uid, "main").await.unwrap().pid,
+        pid
+    );
+}

@@ -662,6 +662,23 @@ impl AgentEnv {
         self.env.engine()
     }
 
+    /// Stop the agent, drop the engine object, and start both again on the same directories
+    /// and API server (what a restart of `agent-sandbox up` does to the node).
+    pub async fn restart_agent(&mut self) {
+        self.agent.stop();
+        self.task.abort();
+        assert!(self.agent.wait_idle_blocking(Duration::from_secs(60)));
+        self.env.reopen().await;
+        self.agent = agent_sandbox_node::agent::NodeAgent::new(
+            self.client.clone(),
+            Arc::clone(self.env.engine.as_ref().unwrap()),
+            NODE,
+        );
+        self.agent.register().await.unwrap();
+        self.agent.recover().await.unwrap();
+        self.task = tokio::spawn(Arc::clone(&self.agent).run());
+    }
+
     pub async fn create_pod(&self, pod: serde_json::Value) -> k8s_openapi::api::core::v1::Pod {
         let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod).unwrap();
         let ns = pod
