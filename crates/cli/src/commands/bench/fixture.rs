@@ -82,24 +82,22 @@ async fn watch<K>(
 ) where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + 'static,
 {
-    let key = |name: String| format!("{kind}/{name}");
+    let observe = |o: &K| {
+        if let Some((sandbox, pod_ip)) = ready_at(o) {
+            let ready = ReadyAt {
+                at: Instant::now(),
+                sandbox,
+                pod_ip,
+            };
+            tracker.record(format!("{kind}/{}", o.name_any()), ready);
+        }
+    };
     loop {
         let Ok(list) = api.list(&ListParams::default().labels(&selector)).await else {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
-        for o in &list.items {
-            if let Some((sandbox, pod_ip)) = ready_at(o) {
-                tracker.record(
-                    key(o.name_any()),
-                    ReadyAt {
-                        at: Instant::now(),
-                        sandbox,
-                        pod_ip,
-                    },
-                );
-            }
-        }
+        list.items.iter().for_each(observe);
         let rv = list.metadata.resource_version.unwrap_or_default();
         let Ok(stream) = api
             .watch(&WatchParams::default().labels(&selector).timeout(290), &rv)
@@ -109,17 +107,8 @@ async fn watch<K>(
         };
         let mut stream = stream.boxed();
         while let Ok(Some(event)) = stream.try_next().await {
-            if let WatchEvent::Added(o) | WatchEvent::Modified(o) = event
-                && let Some((sandbox, pod_ip)) = ready_at(&o)
-            {
-                tracker.record(
-                    key(o.name_any()),
-                    ReadyAt {
-                        at: Instant::now(),
-                        sandbox,
-                        pod_ip,
-                    },
-                );
+            if let WatchEvent::Added(o) | WatchEvent::Modified(o) = event {
+                observe(&o);
             }
         }
     }
