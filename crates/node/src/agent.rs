@@ -186,7 +186,7 @@ impl NodeAgent {
                     if let Err(reason) = e.available() {
                         tracing::warn!(%reason, "NetworkPolicies cannot be enforced on this host; pods that a policy selects will not start");
                     }
-                    Some(Arc::new(e))
+                    Some(e)
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "NetworkPolicy enforcement is off");
@@ -727,6 +727,13 @@ impl NodeAgent {
         if lock(&rt).terminal() {
             // Kubelet stops the sidecars once the regular containers are done.
             self.stop_all(pod, &rt, spec.termination_grace).await;
+        }
+        // The sandbox's network works once its firewall rules are in (see crate::firewall).
+        if let Some(enf) = &self.enforcer
+            && enf.available().is_ok()
+        {
+            let res = enf.wait_applied(&id).await;
+            lock(&rt).network_error = res.err().map(|e| e.to_string());
         }
         self.write_status(pod, &api, &rt).await
     }

@@ -4,11 +4,15 @@
 //!
 //! Order of events for a new sandbox: the agent records the Pod's metadata
 //! ([`PolicyEnforcer::set_pod`]) → the engine's CNI ADD gives it an address → the engine calls
-//! the [`NetworkHook`] → the enforcer adds the address and applies a ruleset that includes it
-//! → only then does the runtime start the sandbox. Until then the sandbox's address is unknown
-//! to the ruleset, and unknown addresses of the pod subnet are dropped, so no sandbox ever runs
-//! with more network than its policies give it. Changes of policies, namespaces or pod labels
-//! trigger a rebuild ([`PolicyEnforcer::sync`]); concurrent requests share one `nft` run.
+//! the [`NetworkHook`] → the enforcer adds the address and starts a rebuild that includes it,
+//! while the runtime starts the sandbox → the agent waits for that rebuild
+//! ([`PolicyEnforcer::wait_applied`]) before it reports the Pod running. Until the rebuild is
+//! in place the sandbox's address and bridge port are unknown to the ruleset, and the ruleset
+//! drops every packet from or to an unknown address of the pod subnet (and every frame from an
+//! unknown port that uses one), so no sandbox ever has more network than its policies give it:
+//! at worst, none for the few milliseconds of the rebuild. Changes of policies, namespaces or
+//! pod labels trigger a rebuild ([`PolicyEnforcer::sync`]); concurrent requests share one `nft`
+//! run.
 //!
 //! When the host cannot enforce policies (no `nft` binary, no br_netfilter), pods that no policy
 //! selects run normally and pods that a policy selects are refused with the reason: a sandbox
@@ -17,8 +21,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -107,6 +111,9 @@ pub struct PolicyEnforcer {
     requested: AtomicU64,
     applied: tokio::sync::Mutex<Applied>,
     closed: std::sync::atomic::AtomicBool,
+    /// The generation that includes each sandbox's address.
+    registered: Mutex<HashMap<String, u64>>,
+    me: std::sync::Weak<PolicyEnforcer>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -125,7 +132,7 @@ pub fn table_name(bridge: &str) -> String {
 impl PolicyEnforcer {
     /// An enforcer for the node's bridge network. Checks that `nft` and br_netfilter exist;
     /// if not, [`PolicyEnforcer::available`] says why.
-    pub fn new(net: &NetworkConfig) -> Result<Self> {
+    pub fn new(net: &NetworkConfig) -> Result<Arc<Self>> {
         let (subnet, len) = crate::cni::parse_cidr(&net.subnet).ok_or_else(|| {
             NodeError::Config(format!("subnet {:?} is not an IPv4 CIDR", net.subnet))
         })?;
@@ -147,7 +154,9 @@ impl PolicyEnforcer {
             ),
             Some(p) => Ok(p),
         };
-        Ok(PolicyEnforcer {
+        Ok(Arc::new_cyclic(|me| PolicyEnforcer {
+            me: me.clone(),
+            registered: Mutex::new(HashMap::new()),
             cfg,
             nft,
             state: Mutex::new(State::default()),
@@ -158,7 +167,7 @@ impl PolicyEnforcer {
                 took: None,
             }),
             closed: Default::default(),
-        })
+        }))
     }
 
     /// The firewall settings (table name, subnet, gateway, host identity).
@@ -197,6 +206,7 @@ impl PolicyEnforcer {
 
     /// Forget the address of a sandbox (its network is gone).
     pub fn remove_endpoint(&self, uid: &str) -> bool {
+        lock(&self.registered).remove(uid);
         lock(&self.state).endpoints.remove(uid).is_some()
     }
 
@@ -285,6 +295,19 @@ impl PolicyEnforcer {
     /// rebuild runs are served by the next one, which includes all of them.
     pub async fn sync(&self) -> Result<()> {
         let mine = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        self.apply_at_least(mine).await
+    }
+
+    /// Wait until a ruleset that includes the sandbox's address is in place (rebuilding if
+    /// needed); its error if that rebuild failed.
+    pub async fn wait_applied(&self, uid: &str) -> Result<()> {
+        let Some(generation) = lock(&self.registered).get(uid).copied() else {
+            return Ok(());
+        };
+        self.apply_at_least(generation).await
+    }
+
+    async fn apply_at_least(&self, mine: u64) -> Result<()> {
         let mut applied = self.applied.lock().await;
         if self.closed.load(Ordering::SeqCst) {
             return Ok(());
@@ -377,11 +400,18 @@ impl NetworkHook for PolicyEnforcer {
                 }
                 return Ok(());
             }
-            let res = self.sync().await;
-            if res.is_err() {
-                self.remove_endpoint(&spec.id);
+            // Rebuild while the runtime starts the sandbox: until the new ruleset is in, its
+            // address and port are unknown and dropped. The agent waits for it.
+            let generation = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+            lock(&self.registered).insert(spec.id.clone(), generation);
+            if let Some(me) = self.me.upgrade() {
+                tokio::spawn(async move {
+                    if let Err(e) = me.apply_at_least(generation).await {
+                        tracing::error!(target: "node::firewall", error = %e, "applying the ruleset for a new sandbox failed");
+                    }
+                });
             }
-            res
+            Ok(())
         })
     }
 

@@ -725,6 +725,16 @@ impl Compiler<'_> {
             out,
             "  chain prerouting {{\n    type filter hook prerouting priority filter; policy accept;"
         );
+        // Fail closed: a port the ruleset does not know (a sandbox whose rules are not in yet)
+        // cannot use the pod subnet's addresses.
+        let _ = writeln!(
+            out,
+            "    iifname != @ports ether type ip ip saddr {subnet} counter drop"
+        );
+        let _ = writeln!(
+            out,
+            "    iifname != @ports ether type arp arp saddr ip {subnet} counter drop"
+        );
         let _ = writeln!(out, "    iifname != @ports accept");
         if port_macs.len() == port_names.len() {
             let _ = writeln!(out, "    iifname . ether saddr != @port_mac counter drop");

@@ -198,6 +198,8 @@ pub struct PodRt {
     pub ignored: Vec<(String, String)>,
     /// The last error reported for the whole Pod (to emit its event once).
     pub last_error: Option<String>,
+    /// Why the sandbox's network is not usable yet (its firewall rules failed to apply).
+    pub network_error: Option<String>,
     conditions: BTreeMap<String, Cond>,
     /// The last status written.
     pub last_written: Option<Value>,
@@ -279,6 +281,7 @@ impl PodRt {
             pod_ip: status.pod_ip,
             ignored: Vec::new(),
             last_error: None,
+            network_error: None,
             conditions: BTreeMap::new(),
             last_written: None,
         }
@@ -350,6 +353,8 @@ impl PodRt {
             .collect();
         let (cr, cr_reason, cr_msg) = if terminal {
             (false, Some("PodCompleted"), None)
+        } else if let Some(e) = &self.network_error {
+            (false, Some("NetworkNotReady"), Some(e.clone()))
         } else if unready.is_empty() {
             (true, None, None)
         } else {
