@@ -952,8 +952,19 @@ impl NodeAgent {
                 && until > Instant::now()
             {
                 let left = until - Instant::now();
+                let waiting = match &c.state {
+                    CState::Waiting { reason, .. } => Some(reason.clone()),
+                    _ => None,
+                };
                 drop(r);
-                return self.backing_off(pod, rt, name, role, left);
+                return match waiting.as_deref() {
+                    Some("ErrImagePull" | "ImagePullBackOff") => {
+                        self.image_back_off(pod, rt, name, role, &cspec.image)
+                    }
+                    // A create error: keep reporting it until the retry.
+                    Some(w) if w != "CrashLoopBackOff" => Step::Waiting,
+                    _ => self.backing_off(pod, rt, name, role, left),
+                };
             }
         }
         if self.is_stopped() {
@@ -1065,6 +1076,37 @@ impl NodeAgent {
         }
     }
 
+    fn image_back_off(
+        &self,
+        pod: &Pod,
+        rt: &Shared<PodRt>,
+        name: &str,
+        role: Role,
+        image: &str,
+    ) -> Step {
+        let first = {
+            let mut r = lock(rt);
+            let c = r.containers.get_mut(name).unwrap_or_else(|| unreachable!());
+            let first =
+                !matches!(&c.state, CState::Waiting { reason, .. } if reason == "ImagePullBackOff");
+            c.state = CState::Waiting {
+                reason: "ImagePullBackOff".into(),
+                message: Some(format!("Back-off pulling image \"{image}\"")),
+            };
+            first
+        };
+        if first {
+            self.event(
+                pod,
+                Some(field_path(role, name)),
+                false,
+                "BackOff",
+                format!("Back-off pulling image \"{image}\""),
+            );
+        }
+        Step::Waiting
+    }
+
     fn backing_off(
         &self,
         pod: &Pod,
@@ -1118,14 +1160,8 @@ impl NodeAgent {
             let delay = {
                 let mut r = lock(rt);
                 let c = r.containers.get_mut(name).unwrap_or_else(|| unreachable!());
-                let backoff = matches!(&c.state, CState::Waiting { reason: r, .. } if r == "ErrImagePull" || r == "ImagePullBackOff");
                 c.state = CState::Waiting {
-                    reason: if backoff && reason == "ErrImagePull" {
-                        "ImagePullBackOff"
-                    } else {
-                        reason
-                    }
-                    .into(),
+                    reason: reason.into(),
                     message: Some(msg),
                 };
                 let delay = this

@@ -242,3 +242,67 @@ async fn one_image_many_sandboxes_stores_layers_once() {
     }
     assert_no_leaks(&env);
 }
+
+/// A running pull reports its progress (blobs and bytes), and nothing once it is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_progress_is_reported_while_pulling() {
+    if skip_unless(
+        Registry::binary().is_some(),
+        "docker-registry is not installed",
+    ) || skip_unless(is_root(), "needs root (whiteouts and layer ownership)")
+        || skip_unless(common::have_busybox(), "busybox-static is not installed")
+    {
+        return;
+    }
+    let reg = Registry::start();
+    // A 24 MB layer of incompressible bytes, so the pull takes a while.
+    let mut data = vec![0u8; 24 << 20];
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    let big = common::LayerBuilder::new()
+        .dir("data", 0o755)
+        .file("data/blob", 0o644, &data)
+        .gzip();
+    let img = TestImage::new(vec![common::busybox_layer(), big], &["/bin/sh"], &[]);
+    let reference = format!("{}/test/big:1", reg.addr);
+    img.push(&reference).await;
+
+    let env = Env::new(&[], None).await;
+    let store = env.engine.clone().unwrap();
+    let pull = {
+        let (store, reference) = (store.clone(), reference.clone());
+        tokio::spawn(async move {
+            store
+                .images()
+                .ensure(&reference, PullPolicy::IfNotPresent)
+                .await
+        })
+    };
+    let mut seen = Vec::new();
+    // Bounded: at most 60 s of 2 ms polls.
+    for _ in 0..30_000 {
+        if pull.is_finished() {
+            break;
+        }
+        if let Some(p) = store.images().pull_progress(&reference) {
+            seen.push(p);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    pull.await.unwrap().unwrap();
+    assert!(store.images().pull_progress(&reference).is_none());
+    let last = seen
+        .last()
+        .copied()
+        .expect("no progress seen during the pull");
+    println!("progress samples: {}, last: {last:?}", seen.len());
+    assert_eq!(last.blobs_total, 3, "config and two layers");
+    assert!(last.bytes_total > 24 << 20, "{last:?}");
+    assert!(seen.windows(2).all(|w| w[0].bytes_done <= w[1].bytes_done));
+    assert!(seen.iter().any(|p| p.bytes_done > 0), "{seen:?}");
+}

@@ -392,3 +392,55 @@ async fn rebuild_cost_with_many_pods() {
     enf.remove_tables().await.unwrap();
     println!("nft rebuild: {}", report.join("; "));
 }
+
+/// A restart of the agent (and engine object) re-syncs the firewall: the re-adopted secure pod
+/// still cannot reach the private server, and the host (router) still reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_is_resynced_after_an_agent_restart() {
+    let kind = HandlerKind::Crun;
+    if need(Some(kind))
+        || common::skip_unless(have_cni(), "containernetworking-plugins is not installed")
+    {
+        return;
+    }
+    let (net, n) = test_network(14).expect("a free /24 under 10.100.0.0/16");
+    let _bridge = BridgeGuard(net.bridge.clone());
+    let mut a = AgentEnv::new(&[kind], Some(net)).await;
+    a.env.busybox(IMAGE).await;
+    let private = PrivateServer::start(a.env.dir.path(), n, 14, "private-marker\n");
+    let target = format!("{} {}", private.addr.ip(), private.addr.port());
+    let nps: Api<NetworkPolicy> = Api::namespaced(a.client.clone(), "default");
+    nps.create(
+        &PostParams::default(),
+        &serde_json::from_value(template_default_policy("tpl-network-policy")).unwrap(),
+    )
+    .await
+    .unwrap();
+    // The pod probes the private server in rounds, serving meanwhile.
+    let script = format!(
+        "mkdir -p /www && echo pong-$HOSTNAME > /www/index.html && httpd -p 8080 -h /www; \
+         while true; do {} sleep 0.3; done",
+        probe_script("private", &target, "private-marker", 1)
+    );
+    a.create_pod(pod("secure", json!({"tpl": "secure"}), kind, &script))
+        .await;
+    let (uid, ip) = a.wait_running("default", "secure").await;
+    a.wait_log(&uid, &["private-blocked"], Duration::from_secs(30))
+        .await;
+    assert!(host_reaches(SocketAddr::from((ip, 8080)), "pong-secure", 50).await);
+
+    a.restart_agent().await;
+    let enf = a.agent.enforcer().unwrap().clone();
+    assert!(
+        enf.compile().egress_isolated.contains(&uid),
+        "the new agent knows the policy and the pod"
+    );
+    let before = a.log(&uid).matches("private-blocked").count();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log = a.log(&uid);
+    assert!(
+        log.matches("private-blocked").count() > before && !log.contains("private-reached"),
+        "{log}"
+    );
+    assert!(host_reaches(SocketAddr::from((ip, 8080)), "pong-secure", 50).await);
+}

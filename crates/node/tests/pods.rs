@@ -722,3 +722,73 @@ async fn agent_restart_readopts_pods() {
         pid
     );
 }
+
+/// Pulls through the agent: `Pulling`/`Pulled` events for an image from a registry, and a
+/// missing image gives `ErrImagePull`, then `ImagePullBackOff`, with `Failed` events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_report_events_and_back_off() {
+    if common::skip_unless(
+        common::Registry::binary().is_some(),
+        "docker-registry is not installed",
+    ) {
+        return;
+    }
+    let Some(a) = env(HandlerKind::Crun).await else {
+        return;
+    };
+    let reg = common::Registry::start();
+    let reference = format!("{}/test/busybox:1", reg.addr);
+    common::TestImage::busybox().push(&reference).await;
+    let mut main = c("main", "exec sleep 600");
+    main["image"] = json!(reference);
+    main["imagePullPolicy"] = json!("IfNotPresent");
+    a.create_pod(pod("pulled", json!({"containers": [main]})))
+        .await;
+    let p = a
+        .wait_pod("default", "pulled", Duration::from_secs(30), |p| {
+            phase(p) == "Running"
+        })
+        .await;
+    let cs = cstatus(&p, false, "main").unwrap();
+    assert!(cs.image_id.contains("@sha256:"), "{cs:?}");
+    let ev = wait_events(
+        &a,
+        p.metadata.uid.as_deref().unwrap(),
+        &["Pulling", "Pulled"],
+    )
+    .await;
+    assert!(
+        ev.iter()
+            .any(|(r, n)| r == "Pulled" && n.starts_with("Successfully pulled image")),
+        "{ev:?}"
+    );
+
+    let mut missing = c("main", "true");
+    missing["image"] = json!(format!("{}/test/absent:1", reg.addr));
+    missing["imagePullPolicy"] = json!("IfNotPresent");
+    a.create_pod(pod("unpullable", json!({"containers": [missing]})))
+        .await;
+    for reason in ["ErrImagePull", "ImagePullBackOff"] {
+        a.wait_pod("default", "unpullable", Duration::from_secs(30), |p| {
+            cstatus(p, false, "main")
+                .and_then(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
+                .as_deref()
+                == Some(reason)
+        })
+        .await;
+    }
+    let p = a
+        .wait_pod("default", "unpullable", Duration::from_secs(5), |_| true)
+        .await;
+    let ev = wait_events(
+        &a,
+        p.metadata.uid.as_deref().unwrap(),
+        &["Pulling", "Failed"],
+    )
+    .await;
+    assert!(
+        ev.iter()
+            .any(|(r, n)| r == "Failed" && n.contains("Failed to pull image")),
+        "{ev:?}"
+    );
+}
