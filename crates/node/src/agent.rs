@@ -847,7 +847,7 @@ impl NodeAgent {
                         {
                             let mut r = lock(rt);
                             if let Some(c) = r.containers.get_mut(name) {
-                                c.container_id = Some(runtime_id(spec, name));
+                                c.container_id = self.engine.container_runtime_id(&id, name);
                                 if !matches!(c.state, CState::Running { .. }) {
                                     c.state = CState::Running { started_at: now() };
                                 }
@@ -979,7 +979,6 @@ impl NodeAgent {
             Some(i) => i,
             None => return Step::Waiting,
         };
-        let (rid, _) = (runtime_id(spec, name), ());
         match self
             .engine
             .create_container_from(&id, name, image.clone(), true)
@@ -1005,7 +1004,7 @@ impl NodeAgent {
                     let mut r = lock(rt);
                     let c = r.containers.get_mut(name).unwrap_or_else(|| unreachable!());
                     c.state = CState::Running { started_at: now() };
-                    c.container_id = Some(rid);
+                    c.container_id = self.engine.container_runtime_id(&id, name);
                     c.image_id = format!(
                         "{}@{}",
                         image
@@ -1757,15 +1756,6 @@ impl NodeAgent {
 
 async fn sleep_until(t: Instant) {
     tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await;
-}
-
-/// The runtime container id of a container (see the engine's layout).
-fn runtime_id(spec: &SandboxSpec, name: &str) -> String {
-    if name == spec.main.name {
-        spec.id.clone()
-    } else {
-        format!("{}.{name}", spec.id)
-    }
 }
 
 /// The container `waiting.reason` kubelet would report for a failure to start.

@@ -548,17 +548,30 @@ impl SandboxEngine {
 
     /// The cgroup path of a sandbox's main container, relative to each hierarchy root.
     pub fn cgroup_path(&self, id: &str) -> String {
+        if let Ok(e) = self.entry(id) {
+            let rec = lock(&e.record);
+            if let Some(c) = rec.container(&rec.spec.main.name) {
+                return c.cgroup_path.clone();
+            }
+        }
         format!("/{}/{id}", self.config.cgroup_parent)
     }
 
+    /// Runtime id and cgroup path of a container: `<id>.<name>.`. The closing dot keeps the
+    /// ids of a node prefix-free (runsc resolves an id that is a prefix of several containers'
+    /// as ambiguous): sandbox ids and container names have no dots, so no `<id>.<name>.` starts
+    /// with another.
     fn container_ids(&self, spec: &SandboxSpec, name: &str) -> (String, String) {
-        if name == spec.main.name {
-            (spec.id.clone(), self.cgroup_path(&spec.id))
-        } else {
-            let rid = format!("{}.{name}", spec.id);
-            let cg = format!("/{}/{rid}", self.config.cgroup_parent);
-            (rid, cg)
-        }
+        let rid = format!("{}.{name}.", spec.id);
+        let cg = format!("/{}/{rid}", self.config.cgroup_parent);
+        (rid, cg)
+    }
+
+    /// The runtime's id of a container (`containerID` in the Pod status).
+    pub fn container_runtime_id(&self, id: &str, name: &str) -> Option<String> {
+        let e = self.entry(id).ok()?;
+        let rec = lock(&e.record);
+        Some(rec.container(name)?.runtime_id.clone())
     }
 
     /// The netns path of a sandbox.

@@ -146,10 +146,19 @@ pub fn remove_cgroup(rel: &str) -> Result<()> {
         let dir = e.path().join(rel);
         if dir.is_dir() {
             tracing::debug!(target: TARGET, path = %dir.display(), "remove cgroup");
-            match fs_err::remove_dir(&dir) {
-                Ok(()) => {}
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                Err(err) => return Err(err.into()),
+            // Killed tasks leave the cgroup asynchronously (a fork bomb's many children take a
+            // moment): retry EBUSY for up to a second.
+            let mut tries = 0;
+            loop {
+                match fs_err::remove_dir(&dir) {
+                    Ok(()) => break,
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(err) if err.kind() == std::io::ErrorKind::ResourceBusy && tries < 100 => {
+                        tries += 1;
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(err) => return Err(err.into()),
+                }
             }
         }
     }

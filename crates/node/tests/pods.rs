@@ -792,3 +792,76 @@ async fn pulls_report_events_and_back_off() {
         "{ev:?}"
     );
 }
+
+async fn two_containers(kind: HandlerKind) {
+    let Some(a) = env(kind).await else { return };
+    let mount = json!([{"name": "shared", "mountPath": "/shared"}]);
+    let mut web = c(
+        "web",
+        "mkdir -p /www; echo from-web > /www/index.html; exec httpd -f -p 8081 -h /www",
+    );
+    let mut client = c(
+        "client",
+        "i=0; while [ $i -lt 100 ]; do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 127.0.0.1 8081 > /shared/got; \
+         grep -q from-web /shared/got && break; i=$((i+1)); sleep 0.2; done; cat /shared/got; exec sleep 600",
+    );
+    web["volumeMounts"] = mount.clone();
+    client["volumeMounts"] = mount;
+    a.create_pod(pod(
+        "pair",
+        json!({"volumes": [{"name": "shared", "emptyDir": {}}], "containers": [web, client]}),
+    ))
+    .await;
+    let p = a
+        .wait_pod("default", "pair", Duration::from_secs(40), |p| {
+            cond(p, "Ready").as_deref() == Some("True")
+        })
+        .await;
+    assert_eq!(
+        p.status
+            .as_ref()
+            .unwrap()
+            .container_statuses
+            .as_ref()
+            .unwrap()
+            .len(),
+        2
+    );
+    let uid = p.metadata.uid.clone().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = fs_err::read_to_string(a.engine().container_log_path(&uid, "client"))
+            .unwrap_or_default();
+        if log.contains("from-web") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{kind}: client log: {log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The file written by one container is visible to the other through the emptyDir.
+    let run = |argv: &[&str]| argv.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let out = a
+        .engine()
+        .exec(
+            &uid,
+            "web",
+            &run(&["cat", "/shared/got"]),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("from-web"),
+        "{out:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_containers_share_network_and_volumes_crun() {
+    two_containers(HandlerKind::Crun).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_containers_share_network_and_volumes_runsc() {
+    two_containers(HandlerKind::Runsc).await;
+}
