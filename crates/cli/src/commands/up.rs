@@ -231,15 +231,15 @@ fn write_endpoints(args: &UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `kubectl logs`: the container log the engine keeps for each sandbox (Pod UID), with
-/// `tailLines` honoured.
+/// `kubectl logs [-c container]`: the container logs the engine keeps for each sandbox (Pod
+/// UID), with `tailLines` honoured.
 struct EngineLogs(Arc<SandboxEngine>);
 
 impl agent_sandbox_apiserver::PodLogs for EngineLogs {
     fn logs(
         &self,
         pod: &serde_json::Value,
-        _container: &str,
+        container: &str,
         query: &std::collections::HashMap<String, String>,
     ) -> futures::future::BoxFuture<'static, Result<axum::body::Body, String>> {
         let uid = pod
@@ -247,7 +247,12 @@ impl agent_sandbox_apiserver::PodLogs for EngineLogs {
             .and_then(|v| v.as_str())
             .unwrap_or_default()
             .to_owned();
-        let path = self.0.log_path(&uid);
+        // The container the request names (the API server fills in the only or first one).
+        let path = if container.is_empty() {
+            self.0.log_path(&uid)
+        } else {
+            self.0.container_log_path(&uid, container)
+        };
         let tail: Option<usize> = query.get("tailLines").and_then(|t| t.parse().ok());
         Box::pin(async move {
             let text = match fs_err::read_to_string(&path) {
