@@ -217,6 +217,17 @@ impl Router {
 
     async fn resolve(&self, t: &Target) -> Option<IpAddr> {
         if let Some(ip) = t.pod_ip {
+            // An address the cache does not know, for a sandbox it knows elsewhere, is stale
+            // (the Pod moved, e.g. after a resume): the watch-fed cache lags by milliseconds,
+            // a client's copy of the address by as long as the client lives.
+            if self
+                .cache
+                .ip_serves(ip, &t.namespace, &t.id, t.uid.as_deref())
+                .is_none()
+                && let Some(current) = self.cache.resolve(&t.namespace, &t.id, t.uid.as_deref())
+            {
+                return Some(current);
+            }
             return Some(ip);
         }
         if let Some(ip) = self.cache.resolve(&t.namespace, &t.id, t.uid.as_deref()) {

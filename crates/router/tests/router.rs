@@ -691,3 +691,47 @@ async fn cache_follows_pods_in_the_embedded_api_server() {
     }
     api_server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_stale_pod_ip_header_follows_the_cache_and_another_sandboxs_address_is_refused() {
+    let h = start(test_config()).await;
+    let backend = backend().await;
+    let port = backend.port().to_string();
+    h.cache
+        .apply(&ready_pod("default", "moved", "127.0.0.1", "uid-moved"));
+    h.cache
+        .apply(&ready_pod("default", "other", "127.0.0.3", "uid-other"));
+    // The client still has the address the sandbox had before it moved: the cache wins (the
+    // backend listens on 127.0.0.1 only, so an answer proves the cache's address was used).
+    let req = request(
+        &h,
+        "/echo",
+        &[
+            ("x-sandbox-id", "moved"),
+            ("x-sandbox-pod-ip", "127.0.0.2"),
+            ("x-sandbox-port", &port),
+        ],
+    )
+    .body(full(""))
+    .unwrap();
+    let (status, _) = json_of(h.http.send(req).await).await;
+    assert_eq!(status, StatusCode::OK);
+    // An address that belongs to another sandbox never gets the request.
+    let req = request(
+        &h,
+        "/echo",
+        &[
+            ("x-sandbox-id", "moved"),
+            ("x-sandbox-pod-ip", "127.0.0.3"),
+            ("x-sandbox-port", &port),
+        ],
+    )
+    .body(full(""))
+    .unwrap();
+    let (status, body) = json_of(h.http.send(req).await).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        body["detail"],
+        "X-Sandbox-Pod-IP is the address of another sandbox, not moved."
+    );
+}

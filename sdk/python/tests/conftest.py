@@ -50,7 +50,19 @@ def _binary() -> Path:
 
 # A bridge and subnet of the tests' own, so that they never meet another instance's network.
 BRIDGE = os.environ.get("AGENT_SANDBOX_TEST_BRIDGE", "asbxsdk")
-POD_SUBNET = os.environ.get("AGENT_SANDBOX_TEST_POD_SUBNET", "10.89.0.0/16")
+def _free_subnet() -> str:
+    """The first of 10.89-10.99/16 that no host route covers (a leftover bridge may hold one).
+    The tests' own bridge, left by an interrupted run, goes first."""
+    subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
+    routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True,
+                            check=False).stdout
+    for second in range(89, 100):
+        if f"10.{second}." not in routes:
+            return f"10.{second}.0.0/16"
+    return "10.89.0.0/16"
+
+
+POD_SUBNET = os.environ.get("AGENT_SANDBOX_TEST_POD_SUBNET") or _free_subnet()
 
 
 def _wait_pods_gone(kube: KubeApi, timeout: float) -> list[str]:
