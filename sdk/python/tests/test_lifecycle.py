@@ -96,8 +96,9 @@ def test_suspend_and_resume(client: SandboxClient) -> None:
 
 def test_stale_pod_ip_is_refreshed(client: SandboxClient) -> None:
     """Another handle suspends and resumes the sandbox: its Pod comes back with a new IP. The
-    first handle's next calls (a command too: the router could not connect, so it was never
-    delivered) find the new IP by themselves."""
+    first handle's next calls still reach it at once: the router sends a stale address to the
+    sandbox's current Pod (and were the router's cache behind, the SDK would re-read the claim
+    after the router could not connect, a command too, since it was never delivered)."""
     sb = client.create_sandbox(warmpool=POOL)
     old_ip = sb.get_pod_ip()
     with SandboxClient() as other:
@@ -109,8 +110,8 @@ def test_stale_pod_ip_is_refreshed(client: SandboxClient) -> None:
     assert new_ip != old_ip
     t = time.monotonic()
     assert sb.commands.run("echo moved").stdout == "moved\n"
-    assert sb.get_pod_ip() == new_ip
-    assert time.monotonic() - t < 20
+    assert sb.commands.run("hostname").stdout.strip() == sb.sandbox_id
+    assert time.monotonic() - t < 10
 
 
 def test_missing_namespace(client: SandboxClient) -> None:
