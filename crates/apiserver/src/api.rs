@@ -1593,6 +1593,24 @@ pub async fn handle_resource(app: Arc<App>, t: Target, req: Request) -> Response
         .unwrap_or("")
         .to_string();
     let method = parts.method.clone();
+    // Bodies are JSON (patches name their own types). A client that sends protobuf or CBOR gets
+    // 415, as kube-apiserver answers an encoding it does not serve, so it can fall back to JSON.
+    let json_body = ct.is_empty()
+        || ct.starts_with("application/json")
+        || ct
+            .split(';')
+            .next()
+            .is_some_and(|m| m.trim().ends_with("+json"));
+    if matches!(method, Method::POST | Method::PUT) && !body.is_empty() && !json_body {
+        return ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json (got {ct})"
+            ),
+        )
+        .into_response();
+    }
     let sub = t.sub.clone();
     let result: ApiResult<(StatusCode, Value)> = match (&method, t.name.is_some(), sub.as_deref()) {
         (&Method::GET, false, _) => {

@@ -124,6 +124,20 @@ async fn bad_input_gets_kubernetes_status_and_leaves_store_unchanged() {
     }
     let r = http(&sock, "POST", pods, None, j, good.to_string().as_bytes()).await;
     assert_eq!(r.code, 401);
+    // A body in an encoding the server does not speak (kubectl sends protobuf for built-ins):
+    // 415 naming what is accepted, not a JSON parse error.
+    let pb = "application/vnd.kubernetes.protobuf";
+    let r = http(&sock, "POST", pods, t, pb, b"k8s\x00\x0a\x09").await;
+    assert_eq!(r.code, 415);
+    assert_eq!(r.json()["reason"], "UnsupportedMediaType");
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("accepted media types include: application/json"),
+        "{:?}",
+        r.json()
+    );
     assert_eq!(http(&sock, "GET", "/healthz", None, j, b"").await.code, 200);
     // The token and the kubeconfig holding it are private to the user.
     use std::os::unix::fs::PermissionsExt;
