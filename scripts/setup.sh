@@ -13,10 +13,11 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 # The OCI runtimes and CNI plugins the node agent drives; busybox and Debian's python3 for the
-# example image; kubectl's absence is tolerated (the CLI covers the example).
+# example image (node for JavaScript in run_code); kubectl's absence is tolerated (the CLI covers
+# the example).
 apt-get install -y -qq --no-install-recommends gcc libc6-dev pkg-config ca-certificates curl \
   runc crun runsc containernetworking-plugins iproute2 nftables busybox-static python3 \
-  python3-venv >/dev/null
+  python3-venv nodejs >/dev/null
 
 if ! command -v cargo >/dev/null; then
   [ -f "$HOME/.cargo/env" ] || curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
@@ -30,7 +31,7 @@ data=${AGENT_SANDBOX_DATA_DIR:-/var/lib/agent-sandbox}
 export KUBECONFIG=$data/kubeconfig
 
 echo "== building the example image from Debian packages and loading it into the node"
-python3 examples/image/build.py --sandboxd "$bin" --out "$data/images/python"
+python3 examples/image/build.py --sandboxd "$bin" --out "$data/images/python" --with-node
 "$bin" image import "$data/images/python" --as localhost/agent-sandbox/python:latest --data-dir "$data"
 
 echo "== validating the example manifests offline"

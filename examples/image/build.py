@@ -9,7 +9,8 @@ directory, which `agent-sandbox image import` loads into the embedded node and
 
     python3 examples/image/build.py --sandboxd target/release/agent-sandbox --out /tmp/image
 
-Three layers, bottom first: base (busybox, /etc, empty directories), python, sandboxd; each
+Three layers, bottom first: base (busybox, /etc, empty directories), python, sandboxd (and,
+with `--with-node`, node before sandboxd); each
 is an uncompressed tar with its entries sorted, so the same inputs give the same digests and a
 rebuild after changing only sandboxd stores only a new top layer. `--sandboxd` takes either the
 standalone `sandboxd` binary or the `agent-sandbox` binary (which acts as sandboxd when started
@@ -210,7 +211,7 @@ def busybox() -> str:
     raise AssertionError
 
 
-def build(sandboxd: str, out: str, tag: str) -> str:
+def build(sandboxd: str, out: str, tag: str, with_node: bool = False) -> str:
     builder = ImageBuilder()
 
     base = builder.layer("base: busybox, /etc, directories")
@@ -250,6 +251,15 @@ def build(sandboxd: str, out: str, tag: str) -> str:
     builder.add_symlink(python, "usr/bin/python", "python3")
     if os.path.exists("/etc/ssl/certs/ca-certificates.crt"):
         builder.add_host_path(python, "/etc/ssl/certs/ca-certificates.crt")
+
+    if with_node:
+        node = shutil.which("node") or shutil.which("nodejs")
+        if not node:
+            fail("--with-node: no node on PATH; run: apt-get install -y nodejs")
+        nodejs = builder.layer("node: the JavaScript runtime and its shared libraries")
+        builder.add_with_libraries(nodejs, [os.path.realpath(node)])
+        if os.path.realpath(node) != "/usr/bin/node":
+            builder.add_symlink(nodejs, "usr/bin/node", os.path.realpath(node))
 
     runtime = builder.layer("sandboxd")
     builder.add_bytes(runtime, "usr/local/bin/sandboxd", open(sandboxd, "rb").read(), 0o755)
@@ -348,12 +358,16 @@ def main() -> None:
     )
     parser.add_argument("--out", required=True, help="OCI image layout directory to write")
     parser.add_argument("--tag", default=TAG_DEFAULT, help="tag recorded in index.json")
+    parser.add_argument(
+        "--with-node", action="store_true",
+        help="add this machine's node (JavaScript for run_code); about 100 MB more",
+    )
     args = parser.parse_args()
     if not os.path.isfile(args.sandboxd):
         fail(f"--sandboxd {args.sandboxd}: no such file; build it with `cargo build --release -p agent-sandbox`")
     if os.path.exists(args.out) and os.listdir(args.out):
         shutil.rmtree(args.out)
-    digest = build(args.sandboxd, args.out, args.tag)
+    digest = build(args.sandboxd, args.out, args.tag, args.with_node)
     print(f"wrote {args.out} (tag {args.tag}, manifest {digest})")
 
 

@@ -87,8 +87,10 @@ def up() -> Iterator[Path]:
     run.mkdir()
     log_path = work / "up.log"
     # The example image: busybox, python3 and sandboxd (this build) as the entrypoint.
+    # With node when the machine has it, so that JavaScript cells run too.
     subprocess.run([sys.executable, str(REPO / "examples" / "image" / "build.py"),
-                    "--sandboxd", str(binary), "--out", str(work / "image")],
+                    "--sandboxd", str(binary), "--out", str(work / "image")]
+                   + (["--with-node"] if shutil.which("node") else []),
                    check=True, timeout=300, stdout=subprocess.DEVNULL)
     subprocess.run([str(binary), "image", "import", str(work / "image"), "--as", IMAGE,
                     "--data-dir", str(data)], check=True, timeout=300, stdout=subprocess.DEVNULL)
