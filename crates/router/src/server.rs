@@ -156,31 +156,29 @@ impl Router {
             Ok(t) => t,
             Err(e) => return detail(StatusCode::BAD_REQUEST, e.to_string()),
         };
-        if let Some(ip) = target.pod_ip
-            && self
-                .cache
-                .ip_serves(ip, &target.namespace, &target.id, target.uid.as_deref())
-                == Some(false)
-        {
-            return detail(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "X-Sandbox-Pod-IP is the address of another sandbox, not {}.",
-                    target.id
-                ),
-            );
-        }
-        let Some(ip) = self.resolve(&target).await else {
-            self.metrics
-                .upstream_errors
-                .get_or_create(&ErrorLabels {
-                    reason: "unresolved",
-                })
-                .inc();
-            return detail(
-                StatusCode::BAD_GATEWAY,
-                format!("Could not connect to the backend sandbox: {}", target.id),
-            );
+        let ip = match self.resolve(&target).await {
+            Ok(Some(ip)) => ip,
+            Err(ForeignPodIp) => {
+                return detail(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "X-Sandbox-Pod-IP is the address of another sandbox, not {}.",
+                        target.id
+                    ),
+                );
+            }
+            Ok(None) => {
+                self.metrics
+                    .upstream_errors
+                    .get_or_create(&ErrorLabels {
+                        reason: "unresolved",
+                    })
+                    .inc();
+                return detail(
+                    StatusCode::BAD_GATEWAY,
+                    format!("Could not connect to the backend sandbox: {}", target.id),
+                );
+            }
         };
         let addr = SocketAddr::new(ip, target.port);
         let timeout = target.timeout.unwrap_or(self.config.proxy_timeout);
@@ -215,38 +213,43 @@ impl Router {
         }
     }
 
-    async fn resolve(&self, t: &Target) -> Option<IpAddr> {
+    /// The address of the sandbox `t` names: `X-Sandbox-Pod-IP` (refused when the cache knows
+    /// it as another sandbox's), else the pod cache, else DNS; `None` when nothing resolves.
+    async fn resolve(&self, t: &Target) -> Result<Option<IpAddr>, ForeignPodIp> {
+        let cached = || self.cache.resolve(&t.namespace, &t.id, t.uid.as_deref());
         if let Some(ip) = t.pod_ip {
-            // An address the cache does not know, for a sandbox it knows elsewhere, is stale
-            // (the Pod moved, e.g. after a resume): the watch-fed cache lags by milliseconds,
-            // a client's copy of the address by as long as the client lives.
-            if self
+            return match self
                 .cache
                 .ip_serves(ip, &t.namespace, &t.id, t.uid.as_deref())
-                .is_none()
-                && let Some(current) = self.cache.resolve(&t.namespace, &t.id, t.uid.as_deref())
             {
-                return Some(current);
-            }
-            return Some(ip);
+                Some(true) => Ok(Some(ip)),
+                Some(false) => Err(ForeignPodIp),
+                // An address the cache does not know, for a sandbox it knows elsewhere, is
+                // stale (the Pod moved, e.g. after a resume): the watch-fed cache lags by
+                // milliseconds, a client's copy of the address by as long as the client lives.
+                None => Ok(Some(cached().unwrap_or(ip))),
+            };
         }
-        if let Some(ip) = self.cache.resolve(&t.namespace, &t.id, t.uid.as_deref()) {
-            return Some(ip);
+        if let Some(ip) = cached() {
+            return Ok(Some(ip));
         }
         if !self.config.dns_fallback {
-            return None;
+            return Ok(None);
         }
         let host = format!(
             "{}.{}.svc.{}:{}",
             t.id, t.namespace, self.config.cluster_domain, t.port
         );
-        tokio::net::lookup_host(host)
+        Ok(tokio::net::lookup_host(host)
             .await
-            .ok()?
-            .next()
-            .map(|a| a.ip())
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .map(|a| a.ip()))
     }
 }
+
+/// `X-Sandbox-Pod-IP` names the address of another sandbox's Pod.
+struct ForeignPodIp;
 
 /// Serves `router` on `listener` until the task is dropped.
 pub async fn serve(router: Arc<Router>, listener: TcpListener) {
