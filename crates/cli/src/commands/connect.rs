@@ -172,7 +172,12 @@ pub(crate) fn ready_message(
     conditions: Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]>,
 ) -> String {
     conditions
-        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .and_then(|c| {
+            agent_sandbox_api::conditions::find_status_condition(
+                c,
+                agent_sandbox_api::constants::condition_types::READY,
+            )
+        })
         .map(|c| format!("{} ({})", c.reason, c.message))
         .unwrap_or_else(|| "no Ready condition yet".into())
 }

@@ -148,10 +148,8 @@ pub(crate) async fn exec(args: &ExecArgs) -> anyhow::Result<ExitCode> {
     if !args.env.is_empty() {
         let mut env = serde_json::Map::new();
         for pair in &args.env {
-            let (k, v) = pair
-                .split_once('=')
-                .with_context(|| format!("--env {pair:?} is not NAME=VALUE"))?;
-            env.insert(k.to_owned(), Value::String(v.to_owned()));
+            let (k, v) = super::split_pair(pair, "--env")?;
+            env.insert(k, Value::String(v));
         }
         body["env"] = Value::Object(env);
     }

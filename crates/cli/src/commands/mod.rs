@@ -41,6 +41,15 @@ pub(crate) fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `NAME=VALUE` from a repeated flag such as `--env` or `--label`.
+fn split_pair(pair: &str, flag: &str) -> anyhow::Result<(String, String)> {
+    use anyhow::Context;
+    pair.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .with_context(|| format!("{flag} {pair:?} is not NAME=VALUE"))
+}
+
 /// Runs a short-lived verb on a single-threaded runtime.
 fn block_on(
     verb: impl std::future::Future<Output = anyhow::Result<ExitCode>>,

@@ -5,6 +5,8 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use agent_sandbox_api::conditions::{find_status_condition, is_status_condition_true};
+use agent_sandbox_api::constants::condition_types;
 use agent_sandbox_api::v1beta1::{
     ClaimShutdownPolicy, EnvVar, Lifecycle, OperatingMode, Sandbox, SandboxClaim, SandboxClaimSpec,
     SandboxTemplate, SandboxWarmPool, SandboxWarmPoolRef,
@@ -25,17 +27,9 @@ use crate::args::{ApplyArgs, ClaimArgs, DeleteArgs, GetArgs, Kind, LogsArgs, Out
 /// How often waits look again (the embedded API server answers a get in well under 1 ms).
 const POLL: Duration = Duration::from_millis(20);
 
-fn is_ready(conditions: &[Condition]) -> bool {
-    conditions
-        .iter()
-        .any(|c| c.type_ == "Ready" && c.status == "True")
-}
-
-fn split_pair(pair: &str, what: &str) -> anyhow::Result<(String, String)> {
-    pair.split_once('=')
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .filter(|(k, _)| !k.is_empty())
-        .with_context(|| format!("{what} {pair:?} is not NAME=VALUE"))
+/// Whether the Ready condition is True.
+pub(super) fn is_ready(conditions: &[Condition]) -> bool {
+    is_status_condition_true(conditions, condition_types::READY)
 }
 
 pub(crate) async fn claim(args: &ClaimArgs) -> anyhow::Result<ExitCode> {
@@ -75,11 +69,11 @@ pub(crate) async fn claim(args: &ClaimArgs) -> anyhow::Result<ExitCode> {
     }
     claim.meta_mut().namespace = Some(conn.namespace.clone());
     for pair in &args.labels {
-        let (k, v) = split_pair(pair, "--label")?;
+        let (k, v) = super::split_pair(pair, "--label")?;
         claim.labels_mut().insert(k, v);
     }
     for pair in &args.env {
-        let (name, value) = split_pair(pair, "--env")?;
+        let (name, value) = super::split_pair(pair, "--env")?;
         claim.spec.env.push(EnvVar {
             name,
             value,
@@ -157,9 +151,7 @@ fn age(meta: &kube::api::ObjectMeta) -> String {
 }
 
 fn ready_column(conditions: &[Condition]) -> String {
-    conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
+    find_status_condition(conditions, condition_types::READY)
         .map(|c| format!("{} ({})", c.status, c.reason))
         .unwrap_or_else(|| "-".into())
 }

@@ -11,7 +11,6 @@ use agent_sandbox_api::v1beta1::{
 };
 use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{
     DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
@@ -21,6 +20,7 @@ use tokio::sync::Notify;
 
 use crate::args::BenchArgs;
 use crate::commands::connect::Connection;
+use crate::commands::sandboxes::is_ready;
 
 /// Name of the benchmark's template and pool.
 pub(crate) const NAME: &str = "agent-sandbox-bench";
@@ -63,12 +63,6 @@ impl ReadyTracker {
             }
         }
     }
-}
-
-fn ready(conditions: &[Condition]) -> bool {
-    conditions
-        .iter()
-        .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
 /// Feeds `tracker` from a watch of `api` (objects labelled with this run), restarting the watch
@@ -117,13 +111,13 @@ async fn watch<K>(
 fn claim_ready(c: &SandboxClaim) -> Option<(String, String)> {
     let s = c.status.as_ref()?;
     let ip = s.sandbox.pod_ips.first()?;
-    ready(&s.conditions).then(|| (s.sandbox.name.clone(), ip.clone()))
+    is_ready(&s.conditions).then(|| (s.sandbox.name.clone(), ip.clone()))
 }
 
 fn sandbox_ready(s: &Sandbox) -> Option<(String, String)> {
     let st = s.status.as_ref()?;
     let ip = st.pod_ips.first()?;
-    ready(&st.conditions).then(|| (s.name_any(), ip.clone()))
+    is_ready(&st.conditions).then(|| (s.name_any(), ip.clone()))
 }
 
 pub(crate) struct Fixture {
