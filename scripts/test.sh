@@ -17,6 +17,9 @@ if ! command -v kubectl >/dev/null; then
   echo "warning: kubectl is not on PATH; the kubectl conformance tests will fail" >&2
 fi
 
+# A clean build gains nothing from incremental state, which would double the disk it uses.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -39,6 +42,9 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
+
+echo "== Python grpcio client against sandboxd"
+SANDBOXD_BIN=$PWD/target/debug/sandboxd crates/sandboxd/tests/python/run.sh
 
 echo "== Python SDK against a live agent-sandbox up"
 AGENT_SANDBOX_BIN=$PWD/target/debug/agent-sandbox sdk/python/run-tests.sh

@@ -4,7 +4,7 @@
 //! `CLAIMS` (default 200) sets the burst size and `POOL` (default = CLAIMS) the pool size.
 #![allow(clippy::print_stdout, unreachable_pub)]
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/integration/common.rs"]
 mod common;
 
 use std::collections::HashMap;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the Python grpcio interop test against a freshly built sandboxd.
+# Runs the Python grpcio interop test against sandboxd.
 # Needs: python3 with the venv module, and PyPI access for grpcio and grpcio-tools (installed
 # into a virtualenv under ${SANDBOXD_PY_VENV:-$TMPDIR/sandboxd-grpc-venv} on the first run).
 set -euo pipefail
@@ -12,6 +12,9 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
   "$venv/bin/pip" install --quiet grpcio grpcio-tools
 fi
-(cd "$repo" && cargo build --quiet -p agent-sandbox-sandboxd --bin sandboxd)
-target="${CARGO_TARGET_DIR:-$repo/target}"
-SANDBOXD_BIN="$target/debug/sandboxd" exec "$venv/bin/python" "$here/test_grpc.py"
+# SANDBOXD_BIN names an already built binary; otherwise this builds one.
+if [ -z "${SANDBOXD_BIN:-}" ]; then
+  (cd "$repo" && cargo build --quiet -p agent-sandbox-sandboxd --bin sandboxd)
+  SANDBOXD_BIN="${CARGO_TARGET_DIR:-$repo/target}/debug/sandboxd"
+fi
+SANDBOXD_BIN="$SANDBOXD_BIN" exec "$venv/bin/python" "$here/test_grpc.py"

@@ -1,7 +1,7 @@
 //! Conformance tests ported from upstream's core e2e suite (upstream-core §16.1), run against the
 //! embedded API server with a test kubelet.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! generateName, watch resume, 410 then relist, garbage collection, finalizers, the status
 //! subresource and selectors.
 
-mod common;
+use crate::common;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;

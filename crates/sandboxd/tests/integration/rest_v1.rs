@@ -1,6 +1,6 @@
 //! Conformance of the upstream REST API under `/v1`: every endpoint, status code and error body.
 
-mod common;
+use crate::common;
 
 use common::{Daemon, expect_error, http, quote};
 

@@ -1,6 +1,6 @@
 //! `/v2` file extensions: stat, mkdir, move, tree, tar download and upload, and the watch stream.
 
-mod common;
+use crate::common;
 
 use common::{Daemon, expect_error, http};
 use futures::StreamExt;

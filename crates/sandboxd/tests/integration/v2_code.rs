@@ -1,7 +1,7 @@
 //! run_code: persistent python, javascript and bash contexts, results, errors, timeouts,
 //! interrupts and context management.
 
-mod common;
+use crate::common;
 
 use common::{Daemon, expect_error, http};
 use serde_json::{Value, json};

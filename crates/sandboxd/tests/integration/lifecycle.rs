@@ -1,7 +1,7 @@
 //! Process lifecycle: entrypoint-wrapper mode (sandboxd runs the workload and exits with its
 //! code) and orphan reaping as a subreaper.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::process::{Command, Stdio};

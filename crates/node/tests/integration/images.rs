@@ -4,7 +4,7 @@
 
 #![allow(clippy::print_stdout)]
 
-mod common;
+use crate::common;
 
 use agent_sandbox_node::{HandlerKind, NodeError, PullPolicy, SandboxSpec};
 use common::{Env, Registry, TestImage, assert_no_leaks, is_root, skip_unless};

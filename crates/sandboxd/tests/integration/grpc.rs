@@ -1,7 +1,7 @@
 //! gRPC `process.v1.ProcessService` through the generated tonic client: every RPC, its status
 //! codes, PTY, stdin, signals to the process group, cancellation and reflection.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;

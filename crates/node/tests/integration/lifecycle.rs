@@ -2,7 +2,7 @@
 //! after the engine object is dropped and re-created, removal without leftovers.
 #![allow(clippy::print_stdout)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! working). No traffic leaves the sandboxes: they have no network configured here.
 #![allow(clippy::print_stdout)]
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

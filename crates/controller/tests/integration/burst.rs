@@ -2,10 +2,10 @@
 //! double adoption), and deleting the claims leaves no claimed Sandbox behind (no leak).
 //!
 //! Takes about 30 s in a debug build, so it is ignored by default; run it with
-//! `cargo test -p agent-sandbox-controller --test burst -- --ignored`. `BURST_CLAIMS` overrides
-//! the number of claims.
+//! `cargo test -p agent-sandbox-controller --test integration -- burst:: --ignored`.
+//! `BURST_CLAIMS` overrides the number of claims.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Conformance tests ported from upstream's extensions e2e suite (upstream-core §16.2), plus the
 //! bad-input cases, run against the embedded API server with a test kubelet.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

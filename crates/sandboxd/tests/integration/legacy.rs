@@ -1,6 +1,6 @@
 //! Conformance of the legacy python-runtime API (the port upstream's router defaults to, 8888).
 
-mod common;
+use crate::common;
 
 use common::{Daemon, http, quote};
 use serde_json::Value;

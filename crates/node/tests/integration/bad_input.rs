@@ -3,7 +3,7 @@
 //! Also: many create/remove cycles leave nothing behind.
 #![allow(clippy::print_stdout)]
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! client disconnects. Each gets a clean error, leaves no partial file, and the daemon keeps
 //! serving.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! restarts it on the same data directory, and checks that every acknowledged write is there
 //! with the same resourceVersion and that a watch resumes from a version taken before the kill.
 
-mod common;
+use crate::common;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -43,7 +43,12 @@ async fn child_server() {
 fn spawn_child(dir: &Path) -> Child {
     let _ = fs_err::remove_file(dir.join("addr"));
     Command::new(std::env::current_exe().unwrap())
-        .args(["child_server", "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            "durability::child_server",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, dir)
         .stdout(std::process::Stdio::null())
         .spawn()

@@ -1,7 +1,7 @@
 //! `/v2` exec over HTTP (NDJSON, SSE, JSON), timeouts, output limits, stdin, the process list
 //! and the WebSocket PTY.
 
-mod common;
+use crate::common;
 
 use common::{Daemon, expect_error, http};
 use futures::{SinkExt, StreamExt};

@@ -6,7 +6,7 @@
 //! Traffic goes only to addresses of namespaces this test created; every loop is bounded.
 #![allow(clippy::print_stdout)]
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};

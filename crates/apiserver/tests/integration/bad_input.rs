@@ -1,7 +1,7 @@
 //! Bad input over the unix socket (raw HTTP/1.1): each answer carries the status code and
 //! `Status` body kube-apiserver gives, and the store is left unchanged.
 
-mod common;
+use crate::common;
 
 use serde_json::{Value, json};
 use std::path::Path;

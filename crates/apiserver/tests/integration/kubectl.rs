@@ -1,6 +1,6 @@
 //! The real kubectl binary against the server over HTTPS with the generated kubeconfig.
 
-mod common;
+use crate::common;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;

@@ -1,7 +1,7 @@
 //! Path confinement: `..`, absolute paths, symlinks out of the root and a symlink swapped in
 //! during a write are refused (403) or stay inside the root; nothing outside is touched.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

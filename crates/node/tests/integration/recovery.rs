@@ -4,7 +4,7 @@
 //! exit code of one that finished while no engine was running, and removes both cleanly.
 #![allow(clippy::print_stdout)]
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -62,7 +62,7 @@ async fn sandboxes_survive_kill_9_of_the_engine_process() {
     let mut env = Env::new(&[kind()], None).await;
     let dir = env.dir.path().to_path_buf();
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "recovery_child_helper", "--nocapture"])
+        .args(["--exact", "recovery::recovery_child_helper", "--nocapture"])
         .env(CHILD_ENV, &dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
