@@ -1,7 +1,9 @@
-//! Warm-claim throughput over the in-process client: a warm pool is filled, then a burst of
-//! claims is created at once; prints claims/s and claim→Ready p50/p99.
+//! Warm claims over the in-process client: a warm pool is filled, then claims are made one at a
+//! time (latency: claim→Ready p50/p99 with nothing else going on), then a burst of claims is
+//! created at once (claims/s and claim→Ready p50/p99).
 //!
-//! `CLAIMS` (default 200) sets the burst size and `POOL` (default = CLAIMS) the pool size.
+//! `CLAIMS` (default 200) sets the burst size, `SERIAL` (default 50) the number of one-at-a-time
+//! claims, and `POOL` (default = CLAIMS + SERIAL) the pool size.
 #![allow(clippy::print_stdout, unreachable_pub)]
 
 #[path = "../tests/integration/common.rs"]
@@ -35,7 +37,8 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let claims_n = env_usize("CLAIMS", 200);
-    let pool_n = env_usize("POOL", claims_n);
+    let serial_n = env_usize("SERIAL", 50);
+    let pool_n = env_usize("POOL", claims_n + serial_n);
     let env =
         common::start_with(|c| c.warm_pool_max_batch = 1000, common::KubeletMode::Ready).await;
     let tpl: SandboxTemplate = serde_json::from_value(json!({
@@ -80,16 +83,43 @@ async fn main() {
             }
         }
     });
+    let new_claim = |name: &str| -> SandboxClaim {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"warmPoolRef": {"name": "pool"}}
+        }))
+        .unwrap()
+    };
+    let mut serial = Vec::with_capacity(serial_n);
+    for i in 0..serial_n {
+        let name = format!("serial-{i}");
+        let t = Instant::now();
+        claims
+            .create(&PostParams::default(), &new_claim(&name))
+            .await
+            .unwrap();
+        let at = common::eventually("claim ready", Duration::from_secs(60), || async {
+            ready_at.lock().get(&name).copied()
+        })
+        .await;
+        serial.push(at.duration_since(t));
+    }
+    if !serial.is_empty() {
+        serial.sort();
+        println!(
+            "{serial_n} warm claims one at a time: claim->Ready p50 {:.2?} p99 {:.2?} max {:.2?}",
+            pct(&serial, 0.50),
+            pct(&serial, 0.99),
+            serial[serial.len() - 1]
+        );
+    }
+
     let start = Instant::now();
     let creates = (0..claims_n).map(|i| {
         let (claims, created) = (claims.clone(), created.clone());
         async move {
             let name = format!("bench-{i}");
-            let c: SandboxClaim = serde_json::from_value(json!({
-                "metadata": {"name": name, "namespace": NS},
-                "spec": {"warmPoolRef": {"name": "pool"}}
-            }))
-            .unwrap();
+            let c = new_claim(&name);
             let t = Instant::now();
             claims.create(&PostParams::default(), &c).await.unwrap();
             created.lock().insert(name, t);
@@ -97,7 +127,7 @@ async fn main() {
     });
     futures::future::join_all(creates).await;
     common::eventually("all claims ready", Duration::from_secs(600), || async {
-        (ready_at.lock().len() >= claims_n).then_some(())
+        (ready_at.lock().len() >= claims_n + serial_n).then_some(())
     })
     .await;
     let total = start.elapsed();

@@ -1,8 +1,7 @@
 //! A 1000-claim burst on a small warm pool: every claim becomes Ready on its own Sandbox (no
 //! double adoption), and deleting the claims leaves no claimed Sandbox behind (no leak).
 //!
-//! Takes about 30 s in a debug build, so it is ignored by default; run it with
-//! `cargo test -p agent-sandbox-controller --test integration -- burst:: --ignored`.
+//! Takes about 30 s in a debug build; `.config/nextest.toml` runs it with the machine to itself.
 //! `BURST_CLAIMS` overrides the number of claims.
 
 use crate::common;
@@ -18,7 +17,6 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "about 30 s: run with -- --ignored"]
 async fn thousand_claim_burst() {
     let n: usize = std::env::var("BURST_CLAIMS")
         .ok()

@@ -649,11 +649,17 @@ async fn claim_finished_without_ttl_is_retained() {
     .await;
 }
 
-#[ignore = "racy under load: the test must add a finalizer before a TTL-0 claim deletes its Sandbox; run with --ignored"]
+/// The Pod runs until the test has put a finalizer on the Sandbox, then the test finishes it, so
+/// the TTL-0 expiry always finds the Sandbox held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claim_ttl_zero_retain_preserves_finished_condition_during_cleanup() {
     let env = start().await;
-    template(&env.client, "tpl", busybox_exit0()).await;
+    template(
+        &env.client,
+        "tpl",
+        json!({"spec": {"podTemplate": {"spec": {"restartPolicy": "Never", "containers": [{"name": "main", "image": "busybox", "command": ["sh", "-c", "sleep 600"]}]}}}}),
+    )
+    .await;
     pool(&env.client, "pool", "tpl", Some(0), json!({})).await;
     claim(
         &env.client,
@@ -671,6 +677,23 @@ async fn claim_ttl_zero_retain_preserves_finished_condition_during_cleanup() {
         "zero",
         &PatchParams::default(),
         &Patch::Merge(json!({"metadata": {"finalizers": ["test.agents.x-k8s.io/hold"]}})),
+    )
+    .await
+    .unwrap();
+    let pods: Api<Pod> = api(&env.client);
+    eventually("pod running", T, || async {
+        let p = pods.get_opt("zero").await.unwrap()?;
+        (p.status?.phase.as_deref() == Some("Running")).then_some(())
+    })
+    .await;
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    pods.patch_status(
+        "zero",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Succeeded", "conditions": [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+            {"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now}
+        ]}})),
     )
     .await
     .unwrap();
