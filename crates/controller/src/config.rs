@@ -31,6 +31,9 @@ pub struct Config {
     pub disable_claim_events: bool,
     /// Keep the first-observed and trace annotations of claims in memory only.
     pub disable_claim_observability_annotations: bool,
+    /// Spans are exported (`--enable-tracing`): reconciles persist their trace context in the
+    /// `opentelemetry.io/trace-context` annotation of Sandboxes and claims that lack one.
+    pub tracing: bool,
     /// Label domains allowed in `additionalPodMetadata` (lowercase).
     pub allowed_label_domains: Vec<String>,
 }
@@ -51,6 +54,7 @@ impl Default for Config {
             enable_warm_pool_eviction: true,
             disable_claim_events: false,
             disable_claim_observability_annotations: false,
+            tracing: false,
             allowed_label_domains: vec![DEFAULT_ALLOWED_LABEL_DOMAIN.into()],
         }
     }

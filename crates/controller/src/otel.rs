@@ -137,6 +137,28 @@ pub fn annotation_for(cx: &Context) -> Option<String> {
     serde_json::to_string(&ordered).ok()
 }
 
+/// Starts a reconcile span as a child of the trace in `meta`'s `opentelemetry.io/trace-context`
+/// annotation (upstream-core §11.3). Returns the annotation value to persist when `persist` is set
+/// (tracing is enabled) and the object has none yet: the new span's own context. Without the
+/// OpenTelemetry layer the span has no context and nothing is returned.
+pub fn link_span(span: &tracing::Span, meta: &ObjectMeta, persist: bool) -> Option<String> {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let present = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(annotations::TRACE_CONTEXT))
+        .is_some_and(|v| !v.is_empty());
+    if present {
+        // Fails only without the layer, or for a filtered span: then there is nothing to link.
+        let _ = span.set_parent(context_from_annotation(meta));
+        return None;
+    }
+    if !persist {
+        return None;
+    }
+    annotation_for(&span.context())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

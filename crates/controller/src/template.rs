@@ -130,7 +130,7 @@ pub fn apply_secure_defaults(tpl: &SandboxTemplateSpec, spec: &mut PodSpec) {
 }
 
 /// Reconciles one SandboxTemplate.
-#[instrument(skip_all, fields(template.name = %tpl.name_any(), template.namespace = tpl.namespace().unwrap_or_default()))]
+#[instrument(name = "ReconcileSandboxTemplate", skip_all, fields(template.name = %tpl.name_any(), template.namespace = tpl.namespace().unwrap_or_default()))]
 pub async fn reconcile(tpl: Arc<SandboxTemplate>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = tpl.namespace().unwrap_or_default();
     let name = tpl.name_any();

@@ -238,6 +238,7 @@ fn cluster_config(a: &ControllerArgs, client: &kube::Client) -> anyhow::Result<C
         enable_warm_pool_eviction: a.enable_warm_pool_eviction,
         disable_claim_events: a.disable_claim_events,
         disable_claim_observability_annotations: a.disable_claim_observability_annotations,
+        tracing: a.enable_tracing,
         allowed_label_domains,
     };
     let leader_election = if a.leader_elect {

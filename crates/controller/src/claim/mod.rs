@@ -22,7 +22,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use serde_json::{Map, Value, json};
-use tracing::instrument;
+use tracing::Instrument;
 
 use crate::cache::get;
 use crate::context::{Context, FIELD_MANAGER};
@@ -140,19 +140,38 @@ fn api_err(
 }
 
 /// Reconciles one SandboxClaim.
-#[instrument(skip_all, fields(claim.name = %claim.name_any(), claim.namespace = claim.namespace().unwrap_or_default()))]
 pub async fn reconcile(claim: Arc<SandboxClaim>, ctx: Arc<Context>) -> Result<Action, Error> {
+    cleanup_legacy_network_policy(&ctx, &claim).await;
+    let span = tracing::info_span!(
+        "ReconcileSandboxClaim",
+        claim.name = %claim.name_any(),
+        claim.namespace = %claim.namespace().unwrap_or_default(),
+        "agents.x-k8s.io/created-by" = tracing::field::Empty,
+    );
+    if let Some(c) = label(&claim.metadata, labels::CREATED_BY) {
+        span.record("agents.x-k8s.io/created-by", normalize_created_by(c));
+    }
+    let trace_context = crate::otel::link_span(&span, &claim.metadata, ctx.config.tracing);
+    reconcile_claim(claim, ctx, trace_context)
+        .instrument(span)
+        .await
+}
+
+async fn reconcile_claim(
+    claim: Arc<SandboxClaim>,
+    ctx: Arc<Context>,
+    trace_context: Option<String>,
+) -> Result<Action, Error> {
     let ns = claim.namespace().unwrap_or_default();
     let name = claim.name_any();
-    cleanup_legacy_network_policy(&ctx, &claim).await;
     if claim.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
     let mut claim = (*claim).clone();
-    // The first-observed annotation is written with the reconcile's first write of the claim
-    // (the adoption update carries it), or on its own before the status; never as an extra
+    // The observability annotations are written with the reconcile's first write of the claim
+    // (the adoption update carries them), or on their own before the status; never as an extra
     // round trip in front of an adoption.
-    let annotation_pending = initialize_annotations(&ctx, &mut claim);
+    let annotation_pending = initialize_annotations(&ctx, &mut claim, trace_context.as_deref());
 
     let t = now();
     let expired = logic::expire_at(&claim).is_some_and(|at| t.0 >= at.0);
@@ -163,7 +182,7 @@ pub async fn reconcile(claim: Arc<SandboxClaim>, ctx: Arc<Context>) -> Result<Ac
         .map(|l| l.shutdown_policy())
         .unwrap_or_default();
     if annotation_pending && expired {
-        write_first_observed(&ctx, &mut claim).await?;
+        write_observability_annotations(&ctx, &mut claim).await?;
     }
     if expired && !logic::is_marked_expired(&claim) {
         let st = logic::compute_status(&claim, None, None, true, &t);
@@ -212,13 +231,13 @@ pub async fn reconcile(claim: Arc<SandboxClaim>, ctx: Arc<Context>) -> Result<Ac
     } else {
         reconcile_active(&ctx, &mut claim).await
     };
-    // Unless an update of the claim carried the annotation (the adoption's), write it now.
+    // Unless an update of the claim carried the annotations (the adoption's), write them now;
+    // an update that did not carry them all gets them stamped again.
     if annotation_pending && !expired {
-        let persisted = claim.metadata.resource_version != resource_version
-            && annotation(&claim.metadata, annotations::CONTROLLER_FIRST_OBSERVED_AT).is_some();
-        if !persisted {
-            initialize_annotations(&ctx, &mut claim);
-            write_first_observed(&ctx, &mut claim).await?;
+        let carried = claim.metadata.resource_version != resource_version
+            && !initialize_annotations(&ctx, &mut claim, trace_context.as_deref());
+        if !carried {
+            write_observability_annotations(&ctx, &mut claim).await?;
         }
     }
     let (sandbox, err) = match outcome {
@@ -308,36 +327,56 @@ async fn cleanup_legacy_network_policy(ctx: &Context, claim: &SandboxClaim) {
     }
 }
 
-/// Sets the first-observed annotation on `claim` in memory; returns whether it still has to be
-/// written.
-fn initialize_annotations(ctx: &Context, claim: &mut SandboxClaim) -> bool {
-    if annotation(&claim.metadata, annotations::CONTROLLER_FIRST_OBSERVED_AT).is_some() {
-        return false;
+/// Sets the observability annotations missing on `claim` in memory: the first-observed time, and
+/// the trace context when tracing gave one. Returns whether something is left to write.
+fn initialize_annotations(
+    ctx: &Context,
+    claim: &mut SandboxClaim,
+    trace_context: Option<&str>,
+) -> bool {
+    let mut stamped = false;
+    if annotation(&claim.metadata, annotations::CONTROLLER_FIRST_OBSERVED_AT).is_none() {
+        let key = first_seen_key(claim);
+        let seen = *ctx
+            .claim_first_seen
+            .lock()
+            .entry(key)
+            .or_insert_with(Timestamp::now);
+        claim.annotations_mut().insert(
+            annotations::CONTROLLER_FIRST_OBSERVED_AT.into(),
+            seen.to_string(),
+        );
+        stamped = true;
     }
-    let key = first_seen_key(claim);
-    let seen = *ctx
-        .claim_first_seen
-        .lock()
-        .entry(key)
-        .or_insert_with(Timestamp::now);
-    claim.annotations_mut().insert(
-        annotations::CONTROLLER_FIRST_OBSERVED_AT.into(),
-        seen.to_string(),
-    );
-    !ctx.config.disable_claim_observability_annotations
+    if let Some(tc) = trace_context
+        && annotation(&claim.metadata, annotations::TRACE_CONTEXT).is_none_or(str::is_empty)
+    {
+        claim
+            .annotations_mut()
+            .insert(annotations::TRACE_CONTEXT.into(), tc.into());
+        stamped = true;
+    }
+    stamped && !ctx.config.disable_claim_observability_annotations
 }
 
-/// Writes the first-observed annotation (set in memory by [`initialize_annotations`]).
-async fn write_first_observed(ctx: &Context, claim: &mut SandboxClaim) -> Result<(), Error> {
-    let Some(value) =
-        annotation(&claim.metadata, annotations::CONTROLLER_FIRST_OBSERVED_AT).map(str::to_owned)
-    else {
+/// Writes the observability annotations set in memory by [`initialize_annotations`].
+async fn write_observability_annotations(
+    ctx: &Context,
+    claim: &mut SandboxClaim,
+) -> Result<(), Error> {
+    let values: Map<String, Value> = [
+        annotations::CONTROLLER_FIRST_OBSERVED_AT,
+        annotations::TRACE_CONTEXT,
+    ]
+    .into_iter()
+    .filter_map(|k| Some((k.to_owned(), json!(annotation(&claim.metadata, k)?))))
+    .collect();
+    if values.is_empty() {
         return Ok(());
-    };
+    }
     let ns = claim.namespace().unwrap_or_default();
     let api: Api<SandboxClaim> = Api::namespaced(ctx.client.clone(), &ns);
-    let patch =
-        json!({"metadata": {"annotations": {annotations::CONTROLLER_FIRST_OBSERVED_AT: value}}});
+    let patch = json!({"metadata": {"annotations": values}});
     match api
         .patch(
             &claim.name_any(),

@@ -18,14 +18,14 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
-use tracing::instrument;
+use tracing::Instrument;
 
 use crate::cache::get;
 use crate::context::{Context, FIELD_MANAGER};
 use crate::error::{Error, is_already_exists, is_not_found};
 use crate::meta::{
     annotation, controller_of, controller_ref, is_controlled_by_uid, label, map_patch, merge_diff,
-    now,
+    normalize_created_by, now,
 };
 use logic::{ChildErrors, PodView, ReadyInputs};
 
@@ -48,14 +48,40 @@ fn api_err(
     }
 }
 
-/// Reconciles one Sandbox.
-#[instrument(skip_all, fields(sandbox.name = %sb.name_any(), sandbox.namespace = sb.namespace().unwrap_or_default()))]
+/// Reconciles one Sandbox in a `ReconcileSandbox` span, a child of the trace its annotation names.
 pub async fn reconcile(sb: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let span = tracing::info_span!(
+        "ReconcileSandbox",
+        sandbox.name = %sb.name_any(),
+        sandbox.namespace = %sb.namespace().unwrap_or_default(),
+        "agents.x-k8s.io/created-by" = tracing::field::Empty,
+    );
+    if let Some(c) = label(&sb.metadata, labels::CREATED_BY) {
+        span.record("agents.x-k8s.io/created-by", normalize_created_by(c));
+    }
+    let trace_context = crate::otel::link_span(&span, &sb.metadata, ctx.config.tracing);
+    reconcile_sandbox(sb, ctx, trace_context)
+        .instrument(span)
+        .await
+}
+
+async fn reconcile_sandbox(
+    sb: Arc<Sandbox>,
+    ctx: Arc<Context>,
+    trace_context: Option<String>,
+) -> Result<Action, Error> {
     if sb.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
     let ns = sb.namespace().unwrap_or_default();
     let name = sb.name_any();
+    if let Some(value) = trace_context {
+        let patch = json!({"metadata": {"annotations": {annotations::TRACE_CONTEXT: value}}});
+        Api::<Sandbox>::namespaced(ctx.client.clone(), &ns)
+            .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .map_err(|e| api_err("annotate", "Sandbox", &ns, &name, e))?;
+    }
     let generation = sb.metadata.generation;
     let old = sb.status.clone().unwrap_or_default();
     let mut new = old.clone();

@@ -78,7 +78,7 @@ fn pod_unschedulable(ctx: &Context, sb: &Sandbox) -> bool {
 }
 
 /// Reconciles one SandboxWarmPool.
-#[instrument(skip_all, fields(pool.name = %pool.name_any(), pool.namespace = pool.namespace().unwrap_or_default()))]
+#[instrument(name = "ReconcileSandboxWarmPool", skip_all, fields(pool.name = %pool.name_any(), pool.namespace = pool.namespace().unwrap_or_default()))]
 pub async fn reconcile(pool: Arc<SandboxWarmPool>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = pool.namespace().unwrap_or_default();
     let name = pool.name_any();

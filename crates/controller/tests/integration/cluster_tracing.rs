@@ -1,19 +1,18 @@
 //! `--enable-tracing`: spans of the real reconcilers reach a local OTLP/gRPC collector with
-//! resource `service.name=agent-sandbox-controller`, and a parent taken from the
-//! `opentelemetry.io/trace-context` annotation carries its trace over.
+//! resource `service.name=agent-sandbox-controller`; a reconcile's parent is taken from the
+//! `opentelemetry.io/trace-context` annotation, and an object without one gets its first
+//! reconcile's context persisted there.
 
 use std::time::{Duration, Instant};
 
-use agent_sandbox_api::v1beta1::Sandbox;
+use agent_sandbox_api::v1beta1::{Sandbox, SandboxClaim, SandboxTemplate, SandboxWarmPool};
 use agent_sandbox_apiserver::{ApiServer, Config as ServerConfig};
 use agent_sandbox_controller::Config;
-use agent_sandbox_controller::otel::{
-    Tracing, TracingConfig, annotation_for, context_from_annotation,
-};
+use agent_sandbox_controller::otel::{Tracing, TracingConfig, context_from_annotation};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
 use kube::api::PostParams;
+use opentelemetry::trace::TraceContextExt;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -24,7 +23,6 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use serde_json::json;
 use tokio::sync::mpsc;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 
 struct Collector(mpsc::UnboundedSender<ExportTraceServiceRequest>);
@@ -103,31 +101,7 @@ async fn reconcile_spans_reach_a_local_otlp_collector() {
     // The test's runtime is single-threaded: every task below runs under this subscriber.
     let _guard = ::tracing::subscriber::set_default(subscriber);
 
-    // A span whose parent comes from an object's trace-context annotation.
-    let meta = ObjectMeta {
-        annotations: Some(
-            [(
-                "opentelemetry.io/trace-context".to_owned(),
-                json!({"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"})
-                    .to_string(),
-            )]
-            .into(),
-        ),
-        ..ObjectMeta::default()
-    };
-    {
-        let span = ::tracing::info_span!("ReconcileSandbox", sandbox.name = "annotated");
-        span.set_parent(context_from_annotation(&meta)).unwrap();
-        let _e = span.enter();
-        // What would be written back onto a Sandbox the claim creates: the same trace.
-        let written = annotation_for(&span.context()).unwrap();
-        assert!(
-            written.contains("4bf92f3577b34da6a3ce929d0e0e4736"),
-            "{written}"
-        );
-    }
-
-    // The real controllers over the embedded API server: a Sandbox reconcile is a span.
+    // The real controllers over the embedded API server, with tracing on.
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = ServerConfig::new(dir.path());
     cfg.tcp_addr = None;
@@ -135,40 +109,162 @@ async fn reconcile_spans_reach_a_local_otlp_collector() {
     cfg.node_name = "test-node".into();
     let server = ApiServer::start(cfg).await.unwrap();
     let client = server.client();
-    let (_state, fut) = agent_sandbox_controller::start(client.clone(), Config::default());
+    let config = Config {
+        tracing: true,
+        ..Config::default()
+    };
+    let (_state, fut) = agent_sandbox_controller::start(client.clone(), config);
     let controllers = tokio::spawn(fut);
-    let sb: Sandbox = serde_json::from_value(json!({
-        "apiVersion": "agents.x-k8s.io/v1beta1", "kind": "Sandbox",
-        "metadata": {"name": "traced", "namespace": "default"},
-        "spec": {"podTemplate": {"spec": {"containers": [{"name": "c", "image": "busybox"}]}}}
-    }))
-    .unwrap();
-    Api::<Sandbox>::namespaced(client.clone(), "default")
-        .create(&PostParams::default(), &sb)
-        .await
-        .unwrap();
+    let sandboxes = Api::<Sandbox>::namespaced(client.clone(), "default");
+    let sandbox = |name: &str, annotations: serde_json::Value| -> Sandbox {
+        serde_json::from_value(json!({
+            "apiVersion": "agents.x-k8s.io/v1beta1", "kind": "Sandbox",
+            "metadata": {"name": name, "namespace": "default", "annotations": annotations},
+            "spec": {"podTemplate": {"spec": {"containers": [{"name": "c", "image": "busybox"}]}}}
+        }))
+        .unwrap()
+    };
+    // One Sandbox carries a trace (as a claim's Sandbox does), one starts its own.
+    let parent = json!({"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"});
+    for s in [
+        sandbox(
+            "annotated",
+            json!({"opentelemetry.io/trace-context": parent.to_string()}),
+        ),
+        sandbox("traced", json!({})),
+    ] {
+        sandboxes.create(&PostParams::default(), &s).await.unwrap();
+    }
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let start = Instant::now();
-    while pods.get_opt("traced").await.unwrap().is_none() {
-        assert!(start.elapsed() < Duration::from_secs(20), "no Pod");
+    while pods.get_opt("traced").await.unwrap().is_none()
+        || pods.get_opt("annotated").await.unwrap().is_none()
+    {
+        assert!(start.elapsed() < Duration::from_secs(20), "no Pods");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The Sandbox without a trace gets its first reconcile's context persisted.
+    let traced = sandboxes.get("traced").await.unwrap();
+    let written = traced
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("opentelemetry.io/trace-context"))
+        .cloned()
+        .expect("the trace context is persisted on the Sandbox");
+    let traceparent: serde_json::Value = serde_json::from_str(&written).unwrap();
+    let traceparent = traceparent["traceparent"].as_str().unwrap().to_owned();
+    let written_trace = traceparent.split('-').nth(1).unwrap().to_owned();
+    assert!(
+        context_from_annotation(&traced.metadata)
+            .span()
+            .span_context()
+            .is_valid(),
+        "{written}"
+    );
 
+    // A claim persists its trace beside the first-observed time, and the Sandbox it creates
+    // carries the same trace.
+    let ext = |kind: &str, name: &str, spec: serde_json::Value| {
+        json!({"apiVersion": "extensions.agents.x-k8s.io/v1beta1", "kind": kind,
+               "metadata": {"name": name, "namespace": "default"}, "spec": spec})
+    };
+    let tpl: SandboxTemplate = serde_json::from_value(ext(
+        "SandboxTemplate",
+        "tpl",
+        json!({"podTemplate": {"spec": {"containers": [{"name": "c", "image": "busybox"}]}}}),
+    ))
+    .unwrap();
+    let pool: SandboxWarmPool = serde_json::from_value(ext(
+        "SandboxWarmPool",
+        "pool",
+        json!({"replicas": 0, "sandboxTemplateRef": {"name": "tpl"}}),
+    ))
+    .unwrap();
+    let claim: SandboxClaim = serde_json::from_value(ext(
+        "SandboxClaim",
+        "claimed",
+        json!({"warmPoolRef": {"name": "pool"}}),
+    ))
+    .unwrap();
+    let pp = PostParams::default();
+    Api::<SandboxTemplate>::namespaced(client.clone(), "default")
+        .create(&pp, &tpl)
+        .await
+        .unwrap();
+    Api::<SandboxWarmPool>::namespaced(client.clone(), "default")
+        .create(&pp, &pool)
+        .await
+        .unwrap();
+    let claims = Api::<SandboxClaim>::namespaced(client.clone(), "default");
+    claims.create(&pp, &claim).await.unwrap();
+    let trace_of = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        m.annotations
+            .as_ref()?
+            .get("opentelemetry.io/trace-context")
+            .cloned()
+    };
+    let start = Instant::now();
+    let (claim_trace, sandbox_trace) = loop {
+        let c = claims.get("claimed").await.unwrap();
+        let s = sandboxes.get_opt("claimed").await.unwrap();
+        if let (Some(ct), Some(st)) = (
+            trace_of(&c.metadata),
+            s.as_ref().and_then(|s| trace_of(&s.metadata)),
+        ) {
+            assert!(
+                c.metadata
+                    .annotations
+                    .as_ref()
+                    .unwrap()
+                    .contains_key("agents.x-k8s.io/controller-first-observed-at")
+            );
+            break (ct, st);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "claim {:?}, sandbox {:?}",
+            c.metadata.annotations,
+            s.map(|s| s.metadata.annotations)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(claim_trace, sandbox_trace);
+
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     let mut spans = Vec::new();
     let start = Instant::now();
     loop {
         tracing.flush().await;
         drain(&mut rx, &mut spans);
-        let annotated = spans.iter().find(|(_, s)| s.name == "ReconcileSandbox");
-        let reconciled = spans
+        let reconcile_of = |name: &str| {
+            spans
+                .iter()
+                .find(|(_, s)| {
+                    s.name == "ReconcileSandbox" && attr(s, "sandbox.name").as_deref() == Some(name)
+                })
+                .cloned()
+        };
+        let claim_span = spans
             .iter()
-            .find(|(_, s)| attr(s, "sandbox.name").as_deref() == Some("traced"));
-        if let (Some((svc_a, a)), Some((svc_r, _))) = (annotated, reconciled) {
+            .find(|(_, s)| {
+                s.name == "ReconcileSandboxClaim"
+                    && attr(s, "claim.name").as_deref() == Some("claimed")
+            })
+            .cloned();
+        if let (Some((svc_a, a)), Some((svc_t, t)), Some((_, c))) = (
+            reconcile_of("annotated"),
+            reconcile_of("traced"),
+            claim_span,
+        ) {
+            assert!(claim_trace.contains(&hex(&c.trace_id)), "{claim_trace}");
             assert_eq!(svc_a, "agent-sandbox-controller");
-            assert_eq!(svc_r, "agent-sandbox-controller");
-            let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+            assert_eq!(svc_t, "agent-sandbox-controller");
+            // The annotation is the parent of the reconcile span.
             assert_eq!(hex(&a.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
             assert_eq!(hex(&a.parent_span_id), "00f067aa0ba902b7");
+            // The persisted annotation names the trace of the first reconcile.
+            assert_eq!(hex(&t.trace_id), written_trace);
             break;
         }
         assert!(
