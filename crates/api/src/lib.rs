@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod cel_plan;
 pub mod conditions;
 pub mod constants;
 pub mod conversion;

@@ -10,7 +10,8 @@
 //! 3. validation: types, `enum`, `required`, `minimum`/`maximum`, `minLength`/`maxLength`,
 //!    `minItems`/`maxItems`, `format: date-time`, and key uniqueness of `listType=map|set`;
 //! 4. CEL: `x-kubernetes-validations`, including transition rules against the old object, when
-//!    the object is structurally valid.
+//!    the object is structurally valid; only the fields the rules read are converted into CEL
+//!    values (see `cel_plan`).
 //!
 //! `metadata` of the root object is left to the API server (ObjectMeta has its own rules).
 
@@ -19,6 +20,8 @@ use std::fmt;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::core::cel::{CompiledSchema, Validator, compile_schema};
+
+use crate::cel_plan::CelPlan;
 use serde_json::{Map, Value};
 
 /// Kubernetes `StatusCause` types used in field errors.
@@ -76,6 +79,8 @@ struct PreparedVersion {
     name: String,
     schema: Value,
     cel: Option<CompiledSchema>,
+    /// What of an object the CEL rules read.
+    cel_plan: CelPlan,
 }
 
 /// The admission error for a version that the CRD does not serve.
@@ -104,10 +109,12 @@ impl Admission {
                 let schema = v.schema.as_ref()?.open_api_v3_schema.as_ref()?;
                 let schema = serde_json::to_value(schema).expect("schemas serialise");
                 let cel = has_cel_rules(&schema).then(|| compile_schema(&schema));
+                let cel_plan = CelPlan::new(&schema);
                 Some(PreparedVersion {
                     name: v.name.clone(),
                     schema,
                     cel,
+                    cel_plan,
                 })
             })
             .collect();
@@ -149,7 +156,8 @@ impl Admission {
             return Err(AdmitError::Invalid(walker.errors));
         }
         if let Some(cel) = &prepared.cel
-            && let Err(errs) = VALIDATOR.with(|v| v.validate_compiled(cel, obj, old))
+            && let Some((obj, old)) = prepared.cel_plan.project(obj, old)
+            && let Err(errs) = VALIDATOR.with(|v| v.validate_compiled(cel, &obj, old.as_deref()))
         {
             let errors = errs
                 .into_vec()
