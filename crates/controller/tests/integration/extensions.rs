@@ -564,6 +564,85 @@ async fn claim_ttl_after_finished() {
     .await;
 }
 
+/// `TestSandboxClaimTTLDeleteForegroundAfterFinished`: with the Pod held by a finalizer, the
+/// foreground deletion leaves the claim, the Sandbox and the Pod all deleting; releasing the Pod
+/// lets everything go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_ttl_delete_foreground_after_finished() {
+    let env = start().await;
+    template(&env.client, "tpl", busybox_exit0()).await;
+    pool(&env.client, "pool", "tpl", Some(0), json!({})).await;
+    claim(
+        &env.client,
+        "fgttl",
+        "pool",
+        json!({"spec": {"lifecycle": {"shutdownPolicy": "DeleteForeground", "ttlSecondsAfterFinished": 5}}}),
+    )
+    .await;
+    let pods: Api<Pod> = api(&env.client);
+    eventually("pod exists", T, || async {
+        pods.get_opt("fgttl").await.unwrap().map(|_| ())
+    })
+    .await;
+    let hold = |finalizers: Value| {
+        let pods = pods.clone();
+        async move {
+            pods.patch(
+                "fgttl",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"finalizers": finalizers}})),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    hold(json!(["test.agents.x-k8s.io/hold"])).await;
+    let claims: Api<SandboxClaim> = api(&env.client);
+    eventually("Finished is PodSucceeded", T, || async {
+        let c = claims.get("fgttl").await.ok()?;
+        c.status?
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Finished" && c.reason == "PodSucceeded")
+            .then_some(())
+    })
+    .await;
+    let sbs: Api<Sandbox> = api(&env.client);
+    eventually("claim, sandbox and pod deleting", T, || async {
+        let deleting = claims
+            .get("fgttl")
+            .await
+            .ok()?
+            .metadata
+            .deletion_timestamp
+            .is_some()
+            && sbs
+                .get("fgttl")
+                .await
+                .ok()?
+                .metadata
+                .deletion_timestamp
+                .is_some()
+            && pods
+                .get("fgttl")
+                .await
+                .ok()?
+                .metadata
+                .deletion_timestamp
+                .is_some();
+        deleting.then_some(())
+    })
+    .await;
+    hold(Value::Null).await;
+    eventually("everything gone", T, || async {
+        let all = gone::<Pod>(&env.client, "fgttl").await
+            && gone::<Sandbox>(&env.client, "fgttl").await
+            && gone::<SandboxClaim>(&env.client, "fgttl").await;
+        all.then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claim_expiry_uses_earlier_of_shutdown_time_and_ttl() {
     let env = start().await;
@@ -913,7 +992,7 @@ async fn warm_pool_rollout_metadata_update() {
     .await;
 }
 
-async fn parallel_claims(pool_size: i32) {
+async fn parallel_claims(pool_size: i32, claims_n: usize) {
     let env = common::start_with(
         |c| {
             c.sandbox_workers = 10;
@@ -927,7 +1006,7 @@ async fn parallel_claims(pool_size: i32) {
     pool(&env.client, "pool", "tpl", Some(pool_size), json!({})).await;
     wait_pool_ready(&env.client, "pool").await;
     let claims: Api<SandboxClaim> = api(&env.client);
-    let creates = (0..20).map(|i| {
+    let creates = (0..claims_n).map(|i| {
         let claims = claims.clone();
         async move {
             claims
@@ -942,7 +1021,7 @@ async fn parallel_claims(pool_size: i32) {
         r.unwrap();
     }
     let mut names = BTreeSet::new();
-    for i in 0..20 {
+    for i in 0..claims_n {
         let c = wait_claim_ready(&env.client, &format!("pc-{i}")).await;
         assert!(
             names.insert(c.status.unwrap().sandbox.name),
@@ -964,8 +1043,8 @@ async fn parallel_claims(pool_size: i32) {
     }
     let warm = names.iter().filter(|n| n.starts_with("pool-")).count();
     assert!(warm <= pool_size as usize);
-    if pool_size >= 20 {
-        assert_eq!(warm, 20, "a sufficient pool serves every claim warm");
+    if pool_size as usize >= claims_n {
+        assert_eq!(warm, claims_n, "a sufficient pool serves every claim warm");
     }
     // The pool hears of the adoptions and refills with ready members.
     let sbs: Api<Sandbox> = api(&env.client);
@@ -988,12 +1067,18 @@ async fn parallel_claims(pool_size: i32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_claims_with_sufficient_warm_pool() {
-    parallel_claims(25).await;
+    parallel_claims(25, 20).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_claims_with_insufficient_warm_pool() {
-    parallel_claims(5).await;
+    parallel_claims(5, 20).await;
+}
+
+/// `TestWarmPoolParallelClaim`: a ready pool of 10 serves 10 claims made at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_pool_parallel_claim() {
+    parallel_claims(10, 10).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
