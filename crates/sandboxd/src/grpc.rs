@@ -256,20 +256,31 @@ async fn read_into(
 ) {
     use tokio::io::AsyncReadExt;
     let Some(mut reader) = reader else { return };
-    let mut buf = vec![0u8; 64 * 1024];
+    // Reads go straight into the output (spare capacity, never zeroed) up to the limit; what
+    // comes after it is read into a scratch buffer and dropped.
+    let mut scratch = Vec::new();
     loop {
-        match reader.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                let room = limit.saturating_sub(out.data.len());
-                if n > room {
-                    out.truncated = true;
-                }
-                out.data.extend_from_slice(&buf[..n.min(room)]);
+        let room = limit.saturating_sub(out.data.len());
+        let read = if room > 0 {
+            out.data.reserve(room.min(READ_CHUNK));
+            let mut limited = bytes::BufMut::limit(&mut out.data, room);
+            reader.read_buf(&mut limited).await
+        } else {
+            scratch.resize(READ_CHUNK, 0);
+            let n = reader.read(&mut scratch).await;
+            if matches!(n, Ok(n) if n > 0) {
+                out.truncated = true;
             }
+            n
+        };
+        if !matches!(read, Ok(n) if n > 0) {
+            return;
         }
     }
 }
+
+/// How much output a read takes at most.
+const READ_CHUNK: usize = 64 * 1024;
 
 /// Waits for a child and collects its output (at most `limit` bytes per stream). After the exit,
 /// output is awaited for at most `drain`. The process group is killed if this is cancelled.

@@ -1,6 +1,11 @@
 //! Child processes: spawning with pipes or on a PTY, the SIGCHLD reaper (which also reaps
 //! orphans when sandboxd is PID 1 or a subreaper, so no zombie is left), and the registry of
 //! running processes that clients address by a daemon-assigned id.
+//!
+//! Spawning takes `posix_spawn` (a vfork-like clone) inside the standard library: the plain path
+//! sets no `pre_exec` hook, and the new process group comes from `process_group(0)`, which
+//! `posix_spawn` supports. Only a PTY (setsid, controlling terminal) or a descriptor to keep
+//! across exec needs the fork path.
 
 use std::collections::HashMap;
 use std::io;
@@ -402,20 +407,25 @@ impl Supervisor {
         };
         drop(cmd); // closes our copies of the PTY slave
         let pid = child.id() as i32;
-        let guard = KillOnDrop::new(pid);
-        let stdin = match child.stdin.take() {
-            Some(s) => Some(pipe::Sender::from_owned_fd(OwnedFd::from(s)).map_err(other)?),
-            None => None,
-        };
-        let stdout = match child.stdout.take() {
-            Some(s) => Some(pipe::Receiver::from_owned_fd(OwnedFd::from(s)).map_err(other)?),
-            None => None,
-        };
-        let stderr = match child.stderr.take() {
-            Some(s) => Some(pipe::Receiver::from_owned_fd(OwnedFd::from(s)).map_err(other)?),
-            None => None,
-        };
-        let mut guard = guard;
+        let mut guard = KillOnDrop::new(pid);
+        let stdin = child
+            .stdin
+            .take()
+            .map(|s| pipe::Sender::from_owned_fd_unchecked(nonblocking(s.into())?))
+            .transpose()
+            .map_err(other)?;
+        let stdout = child
+            .stdout
+            .take()
+            .map(|s| pipe::Receiver::from_owned_fd_unchecked(nonblocking(s.into())?))
+            .transpose()
+            .map_err(other)?;
+        let stderr = child
+            .stderr
+            .take()
+            .map(|s| pipe::Receiver::from_owned_fd_unchecked(nonblocking(s.into())?))
+            .transpose()
+            .map_err(other)?;
         guard.disarm();
         Ok(Child {
             pid,
@@ -502,6 +512,13 @@ impl Supervisor {
             let _ = signal_group(pid, sig);
         }
     }
+}
+
+/// Puts our end of a pipe the standard library made (blocking, close-on-exec) in non-blocking
+/// mode, as tokio's pipe types need; one `fcntl`, where the checked constructors take three.
+fn nonblocking(fd: OwnedFd) -> io::Result<OwnedFd> {
+    rustix::fs::fcntl_setfl(&fd, rustix::fs::OFlags::NONBLOCK)?;
+    Ok(fd)
 }
 
 fn convert(status: rustix::process::WaitStatus) -> Exit {
