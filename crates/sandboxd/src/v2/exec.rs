@@ -209,82 +209,183 @@ async fn exec_inner(app: Arc<App>, wire: Wire, body: Bytes) -> Result<Response, 
         });
     }
     let managed = app.sup.register(child.pid, argv, "exec", None, None);
-    let (tx, mut rx) = mpsc::channel::<Value>(32);
-    tokio::spawn(run(app.clone(), child, managed, timeout, limit, tx));
-    if wire != Wire::Json {
-        return Ok(stream_response(wire, rx));
+    let registered = Registered {
+        app: app.clone(),
+        id: managed.id,
+    };
+    if wire == Wire::Json {
+        // Run to the end right here: no task, no channel, one answer. A client that goes away
+        // drops this future, and with it the process group (KillOnDrop) and the registration.
+        let mut answer = Answer::default();
+        run(child, &managed, timeout, limit, &mut answer).await;
+        drop(registered);
+        return Ok(Json(answer.finish()).into_response());
     }
-    let (mut stdout, mut stderr) = (String::new(), String::new());
-    let mut result = json!({});
-    while let Some(ev) = rx.recv().await {
-        match ev["type"].as_str() {
-            Some("stdout") => stdout.push_str(ev["data"].as_str().unwrap_or("")),
-            Some("stderr") => stderr.push_str(ev["data"].as_str().unwrap_or("")),
-            Some("start") => result["pid"] = ev["pid"].clone(),
-            Some("exit") => {
-                for k in [
-                    "exit_code",
-                    "signal",
-                    "timed_out",
-                    "truncated",
-                    "duration_ms",
-                ] {
-                    result[k] = ev[k].clone();
-                }
-            }
-            _ => {}
-        }
-    }
-    result["stdout"] = Value::String(stdout);
-    result["stderr"] = Value::String(stderr);
-    Ok(Json(result).into_response())
+    let (mut tx, rx) = mpsc::channel::<Value>(32);
+    tokio::spawn(async move {
+        let _registered = registered;
+        run(child, &managed, timeout, limit, &mut tx).await;
+    });
+    Ok(stream_response(wire, rx))
 }
 
-/// Runs a started child to the end, sending `start`, `stdout`, `stderr` and `exit` events.
-async fn run(
+/// Removes a process from the registry when dropped, however its run ends.
+struct Registered {
     app: Arc<App>,
+    id: i32,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.app.sup.remove(self.id);
+    }
+}
+
+/// Where the events of a run go: a streaming response, or the one JSON answer.
+trait Events: Send {
+    /// Delivers one event; false once nobody listens.
+    fn send(&mut self, event: Value) -> impl Future<Output = bool> + Send;
+    /// Resolves once nobody listens.
+    fn closed(&self) -> impl Future<Output = ()> + Send;
+}
+
+impl Events for mpsc::Sender<Value> {
+    async fn send(&mut self, event: Value) -> bool {
+        mpsc::Sender::send(self, event).await.is_ok()
+    }
+    async fn closed(&self) {
+        mpsc::Sender::closed(self).await;
+    }
+}
+
+/// The single JSON document of `Accept: application/json`, folded from the events.
+#[derive(Debug, Default)]
+struct Answer {
+    pid: Value,
+    exit: Option<Value>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Answer {
+    fn finish(self) -> Value {
+        let mut result = json!({});
+        if !self.pid.is_null() {
+            result["pid"] = self.pid;
+        }
+        if let Some(exit) = self.exit {
+            for k in [
+                "exit_code",
+                "signal",
+                "timed_out",
+                "truncated",
+                "duration_ms",
+            ] {
+                result[k] = exit[k].clone();
+            }
+        }
+        result["stdout"] = Value::String(self.stdout);
+        result["stderr"] = Value::String(self.stderr);
+        result
+    }
+}
+
+impl Events for Answer {
+    async fn send(&mut self, mut event: Value) -> bool {
+        match event["type"].as_str() {
+            Some("stdout") => self.stdout.push_str(event["data"].as_str().unwrap_or("")),
+            Some("stderr") => self.stderr.push_str(event["data"].as_str().unwrap_or("")),
+            Some("start") => self.pid = event["pid"].take(),
+            Some("exit") => self.exit = Some(event),
+            _ => {}
+        }
+        true
+    }
+    async fn closed(&self) {
+        std::future::pending().await
+    }
+}
+
+/// Bytes read from a pipe in one go (the chunk size of the events).
+const OUTPUT_CHUNK: usize = 64 * 1024;
+
+/// One output stream of a run: its pipe (until the end), what was counted against the limit,
+/// and the UTF-8 decoder.
+struct Output {
+    pipe: Option<tokio::net::unix::pipe::Receiver>,
+    buf: Vec<u8>,
+    kind: &'static str,
+    taken: usize,
+    dec: Utf8Carry,
+}
+
+impl Output {
+    fn new(pipe: Option<tokio::net::unix::pipe::Receiver>, kind: &'static str) -> Self {
+        Output {
+            pipe,
+            buf: Vec::new(),
+            kind,
+            taken: 0,
+            dec: Utf8Carry::default(),
+        }
+    }
+
+    /// Reads the next chunk into `buf` (cancel-safe); 0 at the end.
+    async fn read(&mut self) -> std::io::Result<usize> {
+        use tokio::io::AsyncReadExt;
+        let Some(pipe) = self.pipe.as_mut() else {
+            return Ok(0);
+        };
+        self.buf.clear();
+        // Capacity without zeroing: a quiet command costs no 64 KiB memset per stream.
+        self.buf.reserve(OUTPUT_CHUNK);
+        pipe.read_buf(&mut self.buf).await
+    }
+
+    /// Counts the chunk in `buf` against `limit` and decodes what fits; the event to send.
+    fn event(&mut self, limit: usize, truncated: &mut bool) -> Option<Value> {
+        let room = limit.saturating_sub(self.taken);
+        if self.buf.len() > room {
+            *truncated = true;
+        }
+        let take = self.buf.len().min(room);
+        self.taken += take;
+        if take == 0 {
+            return None;
+        }
+        let text = self.dec.push(&self.buf[..take]);
+        (!text.is_empty()).then(|| json!({"type": self.kind, "data": text}))
+    }
+}
+
+/// Runs a started child to the end, sending `start`, `stdout`, `stderr` and `exit` events. The
+/// pipes are read here, in the same task as the exit and the deadline are awaited.
+async fn run(
     child: process::Child,
-    managed: Arc<process::Managed>,
+    managed: &process::Managed,
     timeout: Duration,
     limit: usize,
-    tx: mpsc::Sender<Value>,
+    events: &mut impl Events,
 ) {
     let started = Instant::now();
-    let mut guard = KillOnDrop::new(child.pid);
-    let _ = tx
-        .send(json!({"type": "start", "pid": child.pid, "process_id": managed.id}))
+    let pid = child.pid;
+    let mut guard = KillOnDrop::new(pid);
+    let _ = events
+        .send(json!({"type": "start", "pid": pid, "process_id": managed.id}))
         .await;
-    let (otx, mut orx) = mpsc::channel::<(bool, Vec<u8>)>(16);
-    let mut readers = Vec::new();
-    if let Some(out) = child.stdout {
-        readers.push(tokio::spawn(process::pump(
-            out,
-            64 * 1024,
-            otx.clone(),
-            |b| (false, b),
-        )));
-    }
-    if let Some(err) = child.stderr {
-        readers.push(tokio::spawn(process::pump(
-            err,
-            64 * 1024,
-            otx.clone(),
-            |b| (true, b),
-        )));
-    }
-    drop(otx);
-    let (mut out_dec, mut err_dec) = (Utf8Carry::default(), Utf8Carry::default());
-    let (mut out_n, mut err_n, mut truncated, mut timed_out) = (0usize, 0usize, false, false);
+    let mut out = Output::new(child.stdout, "stdout");
+    let mut err = Output::new(child.stderr, "stderr");
+    let (mut truncated, mut timed_out) = (false, false);
     let mut exit_rx = child.exit;
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
-    let mut readers_done = false;
     let mut exit: Option<Exit> = None;
     let mut drain_until: Option<tokio::time::Instant> = None;
     // Once the client is gone, `closed()` stays ready: it must be taken once, or the loop
-    // would spin and starve the tasks that report the exit.
+    // would spin and starve the reads that report the exit.
     let mut client_gone = false;
     loop {
+        let readers_done = out.pipe.is_none() && err.pipe.is_none();
         if exit.is_some() && (readers_done || client_gone) {
             break;
         }
@@ -294,57 +395,56 @@ async fn run(
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
-            chunk = orx.recv(), if !readers_done => match chunk {
-                Some((is_err, data)) => {
-                    let (n, dec) = if is_err { (&mut err_n, &mut err_dec) } else { (&mut out_n, &mut out_dec) };
-                    let room = limit.saturating_sub(*n);
-                    if data.len() > room {
-                        truncated = true;
-                    }
-                    let take = data.len().min(room);
-                    *n += take;
-                    if take > 0 {
-                        let text = dec.push(&data[..take]);
-                        let kind = if is_err { "stderr" } else { "stdout" };
-                        if !text.is_empty() && tx.send(json!({"type": kind, "data": text})).await.is_err() {
-                            let _ = process::signal_group(child.pid, Signal::KILL);
-                        }
-                    }
+        let chunk = tokio::select! {
+            r = out.read(), if out.pipe.is_some() => match r {
+                Ok(n) if n > 0 => out.event(limit, &mut truncated),
+                _ => {
+                    out.pipe = None;
+                    None
                 }
-                None => readers_done = true,
+            },
+            r = err.read(), if err.pipe.is_some() => match r {
+                Ok(n) if n > 0 => err.event(limit, &mut truncated),
+                _ => {
+                    err.pipe = None;
+                    None
+                }
             },
             e = &mut exit_rx, if exit.is_none() => {
                 exit = Some(e.unwrap_or(Exit::Code(-1)));
                 managed.done.store(true, Ordering::SeqCst);
                 drain_until = Some(tokio::time::Instant::now() + crate::grpc::PIPE_DRAIN_GRACE);
+                None
             }
             _ = &mut deadline, if exit.is_none() && !timed_out => {
                 timed_out = true;
-                let _ = process::signal_group(child.pid, Signal::KILL);
+                let _ = process::signal_group(pid, Signal::KILL);
+                None
             }
-            _ = tx.closed(), if !client_gone => {
+            _ = events.closed(), if !client_gone => {
                 client_gone = true;
-                let _ = process::signal_group(child.pid, Signal::KILL);
+                let _ = process::signal_group(pid, Signal::KILL);
+                None
             }
             _ = drain => break,
+        };
+        if let Some(event) = chunk
+            && !events.send(event).await
+        {
+            let _ = process::signal_group(pid, Signal::KILL);
         }
     }
     guard.disarm();
-    for r in readers {
-        r.abort();
-    }
-    for (kind, dec) in [("stdout", &mut out_dec), ("stderr", &mut err_dec)] {
-        let rest = dec.finish();
+    for o in [&mut out, &mut err] {
+        let rest = o.dec.finish();
         if !rest.is_empty() {
-            let _ = tx.send(json!({"type": kind, "data": rest})).await;
+            let _ = events.send(json!({"type": o.kind, "data": rest})).await;
         }
     }
     let exit = exit.unwrap_or(Exit::Code(-1));
-    let _ = tx
+    let _ = events
         .send(exit_json(exit, timed_out, truncated, started))
         .await;
-    app.sup.remove(managed.id);
 }
 
 /// Query of `GET /v2/pty`.

@@ -307,3 +307,66 @@ async fn a_client_that_goes_away_kills_the_command_and_the_daemon_keeps_serving(
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_json_client_that_goes_away_kills_the_command_and_unregisters_it() {
+    let d = Daemon::start(&[]);
+    let url = d.url("/v2/exec");
+    let request = tokio::spawn(async move {
+        http()
+            .post(url)
+            .header("accept", "application/json")
+            .json(&json!({"command": ["sleep", "30"], "timeout": 60}))
+            .send()
+            .await
+    });
+    let listed = |list: &Value| {
+        list["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["command"] == json!(["sleep", "30"]))
+            .cloned()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let pid = loop {
+        let list: Value = http()
+            .get(d.url("/v2/processes"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(p) = listed(&list) {
+            break p["pid"].as_i64().unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "the command starts");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    request.abort();
+    let _ = request.await;
+    // The command is killed and leaves the process list.
+    loop {
+        let list: Value = http()
+            .get(d.url("/v2/processes"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && !fs_err::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z ");
+        if listed(&list).is_none() && !alive {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline + std::time::Duration::from_secs(5),
+            "the abandoned command is killed and unregistered: {list}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
