@@ -1,10 +1,15 @@
 //! Performance figures of sandboxd beside same-run baselines:
-//! - gRPC `Execute` of `true` (p50/p99) vs fork+exec of `true` from Rust;
+//! - gRPC `Execute` and `POST /v2/exec` (one JSON answer) of `true` (p50/p99) vs fork+exec of
+//!   `true` from Rust, and vs a gRPC round trip that starts no process (`SendSignal` to an
+//!   unknown id, answered `NOT_FOUND`), back to back and after 1 ms of idling (an exec leaves
+//!   the client and the daemon idle for about that long, and waking them costs more than a hot
+//!   round trip);
 //! - 100 MiB file PUT and GET over the REST API vs a raw loopback TCP copy.
 //!
 //! Run with `cargo bench -p agent-sandbox-sandboxd --bench perf`. It starts the real daemon on
 //! loopback ephemeral ports; the root is a fresh temp directory (set SANDBOXD_BENCH_DIR to put
-//! it elsewhere, e.g. on a tmpfs).
+//! it elsewhere, e.g. on a tmpfs). SANDBOXD_BENCH_BIN runs another sandboxd binary instead of
+//! the one built with the bench, to compare two builds under the same client.
 #![allow(clippy::print_stdout)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -12,10 +17,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agent_sandbox_sandboxd::pb::{
-    ExecuteRequest, ProcessConfig, process_service_client::ProcessServiceClient,
+    ExecuteRequest, ProcessConfig, SendSignalRequest, process_service_client::ProcessServiceClient,
 };
 
 const EXEC_ROUNDS: usize = 1000;
+const WARM_UP: usize = 50;
 const FILE_BYTES: usize = 100 << 20;
 const FILE_ROUNDS: usize = 5;
 
@@ -66,7 +72,9 @@ fn main() {
         .join(format!("sandboxd-bench-{}", std::process::id()));
     let root = base.join("root");
     fs_err::create_dir_all(&root).unwrap();
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_sandboxd"))
+    let bin = std::env::var_os("SANDBOXD_BENCH_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_sandboxd").into());
+    let mut daemon = Command::new(bin)
         .args([
             "--listen-host",
             "127.0.0.1",
@@ -104,7 +112,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let (exec_times, put, get) = rt.block_on(async {
+    let (rpc_hot, rpc_idle, exec_times, v2_times, put, get) = rt.block_on(async {
         let mut client = ProcessServiceClient::connect(grpc).await.unwrap();
         let req = || ExecuteRequest {
             config: Some(ProcessConfig {
@@ -112,7 +120,31 @@ fn main() {
                 ..Default::default()
             }),
         };
-        for _ in 0..50 {
+        let no_such_process = || SendSignalRequest {
+            process_id: -1,
+            signal: 9,
+        };
+        let mut rpc_hot = Vec::with_capacity(EXEC_ROUNDS);
+        for i in 0..WARM_UP + EXEC_ROUNDS {
+            let t = Instant::now();
+            let r = client.send_signal(no_such_process()).await;
+            if i >= WARM_UP {
+                rpc_hot.push(t.elapsed());
+            }
+            assert_eq!(r.unwrap_err().code(), tonic::Code::NotFound);
+        }
+        rpc_hot.sort();
+        let mut rpc_idle = Vec::with_capacity(EXEC_ROUNDS);
+        for _ in 0..EXEC_ROUNDS {
+            // Blocks this thread on purpose: the client's runtime and the daemon go idle.
+            std::thread::sleep(Duration::from_millis(1));
+            let t = Instant::now();
+            let r = client.send_signal(no_such_process()).await;
+            rpc_idle.push(t.elapsed());
+            assert_eq!(r.unwrap_err().code(), tonic::Code::NotFound);
+        }
+        rpc_idle.sort();
+        for _ in 0..WARM_UP {
             client.execute(req()).await.unwrap();
         }
         let mut times = Vec::with_capacity(EXEC_ROUNDS);
@@ -125,6 +157,24 @@ fn main() {
         times.sort();
 
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let v2_exec = || {
+            http.post(format!("{rest}/v2/exec"))
+                .header("accept", "application/json")
+                .json(&serde_json::json!({"command": ["true"]}))
+                .send()
+        };
+        let mut v2 = Vec::with_capacity(EXEC_ROUNDS);
+        for i in 0..WARM_UP + EXEC_ROUNDS {
+            let t = Instant::now();
+            let r = v2_exec().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let answer: serde_json::Value = r.json().await.unwrap();
+            if i >= WARM_UP {
+                v2.push(t.elapsed());
+            }
+            assert_eq!(answer["exit_code"], 0, "{answer}");
+        }
+        v2.sort();
         let data = bytes::Bytes::from(vec![42u8; FILE_BYTES]);
         let (mut put, mut get) = (Vec::new(), Vec::new());
         for _ in 0..FILE_ROUNDS {
@@ -152,7 +202,7 @@ fn main() {
         }
         put.sort();
         get.sort();
-        (times, put, get)
+        (rpc_hot, rpc_idle, times, v2, put, get)
     });
     let mut tcp: Vec<Duration> = (0..FILE_ROUNDS).map(|_| raw_tcp_copy()).collect();
     tcp.sort();
@@ -166,9 +216,24 @@ fn main() {
         ms(pct(&base_times, 0.99))
     );
     println!(
+        "  baseline gRPC round trip, no process:  p50 {}  p99 {}",
+        ms(pct(&rpc_hot, 0.5)),
+        ms(pct(&rpc_hot, 0.99))
+    );
+    println!(
+        "    the same after 1 ms idle:            p50 {}  p99 {}",
+        ms(pct(&rpc_idle, 0.5)),
+        ms(pct(&rpc_idle, 0.99))
+    );
+    println!(
         "  gRPC Execute `true` (client to exit):  p50 {}  p99 {}   (target p50 <= 1 ms)",
         ms(pct(&exec_times, 0.5)),
         ms(pct(&exec_times, 0.99))
+    );
+    println!(
+        "  POST /v2/exec `true` (JSON answer):    p50 {}  p99 {}",
+        ms(pct(&v2_times, 0.5)),
+        ms(pct(&v2_times, 0.99))
     );
     println!(
         "  baseline raw loopback TCP copy:        {:.0} MiB/s",
