@@ -26,8 +26,9 @@
 //!
 //! # Modules
 //!
-//! - [`store`]: SQLite (WAL, `synchronous=FULL`) behind one writer thread with group commit,
-//!   the committed in-memory view, the watch cache and the ownership indexes.
+//! - [`store`]: SQLite (WAL, fsync per commit only with [`Durability::PowerLoss`]) behind one
+//!   writer thread with group commit, the committed in-memory view, the watch cache and the
+//!   ownership indexes.
 //! - [`api`]: URL routing and the verbs with kube-apiserver's metadata semantics;
 //!   [`watch`]: watch streams; [`patch`]: merge, JSON and strategic merge patch;
 //!   [`selectors`]: label and field selectors; [`table`]: `kubectl get` tables.
@@ -70,6 +71,7 @@ pub mod watch;
 
 pub use admission::{CrdSupport, NoCrds};
 pub use api::PodLogs;
+pub use store::Durability;
 
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -94,6 +96,9 @@ pub struct Config {
     pub watch_window: usize,
     /// Request body limit (kube-apiserver: 3 MiB).
     pub max_body: usize,
+    /// What an acknowledged write survives (process crash by default; power loss costs an
+    /// fsync per commit).
+    pub durability: Durability,
     /// CRD admission and conversion.
     pub crds: Arc<dyn CrdSupport>,
 }
@@ -116,6 +121,7 @@ impl Config {
             node_name: node,
             watch_window: store::StoreConfig::default().watch_window,
             max_body: api::MAX_BODY,
+            durability: Durability::default(),
             crds: default_crds(),
         }
     }
@@ -295,6 +301,7 @@ impl ApiServer {
             store::StoreConfig {
                 watch_window: cfg.watch_window,
                 tombstones: cfg.watch_window.max(1000),
+                durability: cfg.durability,
             },
         )?;
         let app = Arc::new(api::App::new(

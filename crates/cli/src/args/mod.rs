@@ -177,6 +177,10 @@ pub(crate) struct UpArgs {
         default_value = "127.0.0.1:9091"
     )]
     pub(crate) metrics_listen: std::net::SocketAddr,
+    /// Fsync every API write, so acknowledged writes survive a power loss, not only a crash of
+    /// this process (each fsync costs milliseconds on a busy disk, several per claim).
+    #[arg(long, env = "AGENT_SANDBOX_SYNC_WRITES")]
+    pub(crate) sync_writes: bool,
     /// Subnet for sandbox pod IPs (must not overlap the host's routes).
     #[arg(long, env = "AGENT_SANDBOX_POD_SUBNET", default_value = "10.88.0.0/16")]
     pub(crate) pod_subnet: String,

@@ -50,6 +50,9 @@ async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
     let mut api = ApiConfig::new(args.data_dir.join("apiserver"));
     api.tcp_addr = Some(args.api_listen);
     api.kubeconfig_path = Some(args.data_dir.join("kubeconfig"));
+    if args.sync_writes {
+        api.durability = agent_sandbox_apiserver::Durability::PowerLoss;
+    }
     let node_name = api.node_name.clone();
     let server = ApiServer::start(api)
         .await

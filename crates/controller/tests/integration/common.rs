@@ -49,8 +49,11 @@ pub async fn start() -> Env {
 }
 
 pub async fn start_with(f: impl FnOnce(&mut Config), mode: KubeletMode) -> Env {
+    // RUST_LOG=agent_sandbox_controller=info prints every reconcile span as it closes, with
+    // its busy and idle (waiting on the API server) time.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
         .with_test_writer()
         .try_init();
     let dir = tempfile::tempdir().expect("tempdir");
