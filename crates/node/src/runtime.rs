@@ -3,10 +3,10 @@
 //!
 //! Container lifecycle through a handler, in order: `create` (run by the sandbox shim, see
 //! [`crate::sys`], so that the shim becomes the parent of the container) → `start` → `state` /
-//! `pause` / `resume` / `kill` → `delete`. Host quirks live here: crun runs in a private mount
-//! namespace without the cgroup2 mount on hybrid-cgroup hosts, runsc uses the ptrace platform
-//! and the same global flags on every call
-//! (see `global_args` for why its network mode is `host` inside the sandbox's namespace).
+//! `pause` / `resume` / `kill` → `delete`. Host quirks live here: crun's `create` runs in a
+//! private mount namespace without the cgroup2 mount on hybrid-cgroup hosts, runsc uses the
+//! ptrace platform and the same global flags on every call (see `global_args` for why its
+//! network mode is `host` inside the sandbox's namespace).
 
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -160,22 +160,32 @@ impl OciRuntime {
         v
     }
 
-    /// A command for `<runtime> <global flags> <args>`, with host quirks applied.
+    /// A command for `<runtime> <global flags> <args>`, with host quirks applied: on hybrid
+    /// hosts crun's `create` and `run` run with the cgroup2 mount hidden (it refuses hybrid
+    /// mode when it sees it). Its other commands (`start`, `state`, `kill`, `exec`, `pause`,
+    /// `resume`, `delete`) work on the container's cgroups as recorded at create and run as
+    /// they are: the hiding needs a hook between fork and exec, which rules out the cheap
+    /// `posix_spawn` path (a full fork of the agent, about 10 ms on a busy host).
     pub fn command<I, S>(&self, args: I) -> tokio::process::Command
     where
         I: IntoIterator<Item = S>,
         S: Into<OsString>,
     {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
         let mut cmd = host::command(&self.binary);
         cmd.args(self.global_args());
-        cmd.args(args.into_iter().map(Into::into));
-        if self.hide_cgroup2 {
+        let creates = args
+            .first()
+            .is_some_and(|op| op.as_bytes() == b"create" || op.as_bytes() == b"run");
+        cmd.args(args);
+        if self.hide_cgroup2 && creates {
             crate::sys::hide_cgroup2_before_exec(&mut cmd);
         }
         cmd
     }
 
-    /// Whether commands must run with the cgroup2 mount hidden (crun on hybrid hosts).
+    /// Whether `create` and `run` must run with the cgroup2 mount hidden (crun on hybrid
+    /// hosts).
     pub fn hides_cgroup2(&self) -> bool {
         self.hide_cgroup2
     }
