@@ -1739,7 +1739,7 @@ async fn spawn_create(
         pid_file: cs(&paths.pid()),
         exit_tmp: cs(&paths.exit_tmp()),
         exit_file: cs(&paths.exit()),
-        hide_cgroup2: rt.hides_cgroup2().then(sys::Cgroup2Hide::new),
+        hide_cgroup2: rt.hides_cgroup2(),
     };
     tokio::task::spawn_blocking(move || sys::spawn_shim(plan))
         .await
