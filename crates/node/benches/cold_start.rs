@@ -3,7 +3,10 @@
 //! runtime's own `run` of the same bundle measured in the same process run.
 //!
 //! Needs root, busybox-static and the runtimes. `cargo bench -p agent-sandbox-node --bench
-//! cold_start`; `BENCH_N` sets the iterations (default 30).
+//! cold_start`; `BENCH_N` sets the iterations (default 30), `BENCH_HANDLERS` the handlers
+//! (comma-separated; default all usable), `BENCH_IDLE` the idle-memory sandbox counts (default
+//! 100; 0 skips). Each engine row is followed by the median begin → end of every step of the
+//! engine's timeline.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::io::Write;
@@ -11,6 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use agent_sandbox_node::cni::{self, NetworkConfig};
+use agent_sandbox_node::timeline::StepTime;
 use agent_sandbox_node::{EngineConfig, HandlerKind, SandboxEngine, SandboxSpec, host};
 use sha2::{Digest, Sha256};
 
@@ -130,8 +134,45 @@ fn spec(id: &str, kind: HandlerKind, argv: &[&str]) -> SandboxSpec {
     s
 }
 
+/// Median begin and end of each step over the timelines, in the order of the median end.
+fn print_steps(timelines: &[Vec<StepTime>]) {
+    let mut names: Vec<&'static str> = Vec::new();
+    for t in timelines {
+        for s in t {
+            if !names.contains(&s.name) {
+                names.push(s.name);
+            }
+        }
+    }
+    let mut rows: Vec<(f64, f64, &'static str, usize)> = names
+        .into_iter()
+        .map(|name| {
+            let (mut b, mut e): (Vec<Duration>, Vec<Duration>) = timelines
+                .iter()
+                .filter_map(|t| t.iter().find(|s| s.name == name))
+                .map(|s| (s.begin, s.end))
+                .unzip();
+            let k = b.len();
+            (pct(&mut b, 0.5), pct(&mut e, 0.5), name, k)
+        })
+        .collect();
+    rows.sort_by(|a, b| a.1.total_cmp(&b.1));
+    for (b, e, name, k) in rows {
+        println!(
+            "          {name:16} {b:6.1} → {e:6.1} ms ({:5.1} ms){}",
+            e - b,
+            if k < timelines.len() {
+                " (some runs)"
+            } else {
+                ""
+            }
+        );
+    }
+}
+
 async fn bench_engine(e: &SandboxEngine, kind: HandlerKind, n: usize, tag: &str) -> Vec<Duration> {
     let mut v = Vec::new();
+    let mut timelines = Vec::new();
     let (mut c, mut s) = (Vec::new(), Vec::new());
     for i in 0..n {
         let id = format!("{tag}-{}-{i}", kind.name());
@@ -144,6 +185,7 @@ async fn bench_engine(e: &SandboxEngine, kind: HandlerKind, n: usize, tag: &str)
         v.push(t.elapsed());
         c.push(created);
         s.push(t.elapsed() - created);
+        timelines.push(e.timeline(&id).unwrap());
         e.remove(&id).await.unwrap();
     }
     if n > 1 {
@@ -153,6 +195,7 @@ async fn bench_engine(e: &SandboxEngine, kind: HandlerKind, n: usize, tag: &str)
             pct(&mut c, 0.5),
             pct(&mut s, 0.5)
         );
+        print_steps(&timelines);
     }
     v
 }
@@ -202,8 +245,16 @@ async fn main() {
 
     println!();
     println!("cold start, n={n} per row (ms)               p50      p99");
+    // BENCH_HANDLERS=crun,runc limits the rows to those handlers.
+    let only: Option<Vec<String>> = std::env::var("BENCH_HANDLERS")
+        .ok()
+        .map(|v| v.split(',').map(|h| h.trim().to_string()).collect());
     for kind in HandlerKind::ALL {
-        if !plain.has_handler(kind) {
+        if !plain.has_handler(kind)
+            || only
+                .as_ref()
+                .is_some_and(|o| !o.iter().any(|h| h == kind.name()))
+        {
             continue;
         }
         // Warm the page cache once.

@@ -728,14 +728,28 @@ impl NodeAgent {
             // Kubelet stops the sidecars once the regular containers are done.
             self.stop_all(pod, &rt, spec.termination_grace).await;
         }
+        // The pod IP is known once a container started (the network is attached meanwhile).
+        if let Some(ip) = self.engine.pod_ip(&id).ok().flatten() {
+            lock(&rt).pod_ip = Some(ip.to_string());
+        }
         // The sandbox's network works once its firewall rules are in (see crate::firewall).
         if let Some(enf) = &self.enforcer
             && enf.available().is_ok()
         {
+            let t = Instant::now();
             let res = enf.wait_applied(&id).await;
+            self.engine.record_step(&id, "firewall wait", t);
             lock(&rt).network_error = res.err().map(|e| e.to_string());
         }
-        self.write_status(pod, &api, &rt).await
+        let running = lock(&rt).phase == "Running";
+        let t = Instant::now();
+        let res = self.write_status(pod, &api, &rt).await;
+        if running && res.is_ok() && self.engine.record_step(&id, "status write", t) {
+            tracing::debug!(target: "node::agent", pod = ?pod.metadata.name,
+                steps = %crate::timeline::summary(&self.engine.timeline(&id).unwrap_or_default()),
+                "sandbox running");
+        }
+        res
     }
 
     /// The handler of the Pod's `runtimeClassName`: the `RuntimeClass` object's `handler`, as

@@ -27,6 +27,7 @@ use crate::image::{Image, ImageStore, RegistryConfig};
 use crate::runtime::{ContainerStatus, HandlerKind, HandlerStatus, OciRuntime, find_binary};
 use crate::spec::{DnsSpec, SandboxSpec, VolumeSource, VolumeSpec};
 use crate::sys;
+use crate::timeline::{StepTime, Timeline};
 
 /// Called by the engine around a sandbox's network: `attached` after CNI ADD and before the
 /// runtime creates the container (an error fails the create), `detached` after CNI DEL. The
@@ -244,6 +245,23 @@ impl Record {
 struct Entry {
     record: Mutex<Record>,
     op: tokio::sync::Mutex<()>,
+    timeline: Timeline,
+    /// The network attachment running in the background (see `join_network`).
+    net: tokio::sync::Mutex<Option<tokio::task::JoinHandle<NetOutcome>>>,
+    /// The network attachment failed: the sandbox must not run.
+    net_failed: std::sync::atomic::AtomicBool,
+}
+
+impl Entry {
+    fn new(rec: Record, timeline: Timeline) -> Self {
+        Entry {
+            record: Mutex::new(rec),
+            op: tokio::sync::Mutex::new(()),
+            timeline,
+            net: tokio::sync::Mutex::new(None),
+            net_failed: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
 }
 
 /// The node's sandbox engine.
@@ -396,6 +414,68 @@ fn resolv_conf(dns: &DnsSpec) -> String {
         out.push_str(&format!("options {}\n", options.join(" ")));
     }
     out
+}
+
+/// `/etc/hosts` of a sandbox: localhost, its pod IP with its hostname once known, the Pod's
+/// host aliases.
+fn hosts_file(rec: &Record) -> String {
+    let hostname = rec
+        .spec
+        .hostname
+        .clone()
+        .unwrap_or_else(|| rec.spec.name.clone());
+    let mut hosts =
+        String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    if let Some(a) = &rec.attachment {
+        hosts.push_str(&format!("{}\t{hostname}\n", a.ip));
+    }
+    if !rec.spec.host_aliases.is_empty() {
+        hosts.push_str("\n# Entries added by HostAliases.\n");
+        for (ip, names) in &rec.spec.host_aliases {
+            hosts.push_str(&format!("{ip}\t{}\n", names.join("\t")));
+        }
+    }
+    hosts
+}
+
+/// What the background network attachment of a sandbox produced.
+struct NetOutcome {
+    /// The CNI result, when ADD succeeded (kept even if the hook failed, so that teardown
+    /// releases it).
+    attachment: Option<Attachment>,
+    /// The first error: CNI ADD or the network hook.
+    result: Result<()>,
+}
+
+/// CNI ADD of a sandbox's namespace, then the network hook (the firewall's rebuild starts).
+async fn attach(
+    cni: Cni,
+    hook: Option<Arc<dyn NetworkHook>>,
+    spec: SandboxSpec,
+    netns: PathBuf,
+    tl: Timeline,
+) -> NetOutcome {
+    let t = Instant::now();
+    let att = match cni.add(&spec.id, &netns, &spec.host_ports).await {
+        Ok(a) => a,
+        Err(e) => {
+            return NetOutcome {
+                attachment: None,
+                result: Err(e),
+            };
+        }
+    };
+    tl.record("cni add", t);
+    let mut result = Ok(());
+    if let Some(hook) = hook {
+        let t = Instant::now();
+        result = hook.attached(&spec, &att).await;
+        tl.record("network hook", t);
+    }
+    NetOutcome {
+        attachment: Some(att),
+        result,
+    }
 }
 
 impl SandboxEngine {
@@ -600,6 +680,20 @@ impl SandboxEngine {
         }
     }
 
+    /// Where the sandbox's creation and start spent their time, step by step (see
+    /// [`crate::timeline`]).
+    pub fn timeline(&self, id: &str) -> Result<Vec<StepTime>> {
+        Ok(self.entry(id)?.timeline.steps())
+    }
+
+    /// Add a step to a sandbox's timeline (the agent's own steps: firewall wait, first status
+    /// write), from `begin` to now, unless a step of that name is there already.
+    /// Returns whether it was recorded.
+    pub fn record_step(&self, id: &str, name: &'static str, begin: Instant) -> bool {
+        self.entry(id)
+            .is_ok_and(|e| e.timeline.record_once(name, begin))
+    }
+
     /// Ids of known sandboxes.
     pub fn list(&self) -> Vec<String> {
         let mut v: Vec<String> = lock(&self.sandboxes).keys().cloned().collect();
@@ -787,12 +881,15 @@ impl SandboxEngine {
                 return Err(NodeError::AlreadyExists(spec.id.clone()));
             }
         }
+        let timeline = Timeline::new();
         // Resolve the images first: a pull failure leaves nothing behind.
         let mut images = Vec::new();
         if start.is_some() {
+            let t = Instant::now();
             for c in spec.regular() {
                 images.push(self.images.ensure(&c.image, c.pull_policy).await?.image);
             }
+            timeline.record("image", t);
         }
         let rec = Record {
             handler,
@@ -810,10 +907,7 @@ impl SandboxEngine {
             spec,
         };
         // Reserve the id.
-        let entry = Arc::new(Entry {
-            record: Mutex::new(rec.clone()),
-            op: tokio::sync::Mutex::new(()),
-        });
+        let entry = Arc::new(Entry::new(rec.clone(), timeline));
         {
             let mut map = lock(&self.sandboxes);
             if map.contains_key(&rec.spec.id) {
@@ -833,6 +927,10 @@ impl SandboxEngine {
                         .create_container_steps(&entry, rec, name, image, start)
                         .await?;
                 }
+                // `create` returns with the network in place (the handle has the pod IP);
+                // `prepare` leaves it to the first container start.
+                self.join_network(&entry).await?;
+                rec = lock(&entry.record).clone();
             }
             Ok::<Record, NodeError>(rec)
         }
@@ -845,6 +943,7 @@ impl SandboxEngine {
                 image: rec.containers.first().map(|c| c.image.clone()),
             }),
             Err(e) => {
+                let _ = self.join_network(&entry).await;
                 let rec = lock(&entry.record).clone();
                 if let Err(ce) = self.teardown(&paths, &rec).await {
                     tracing::warn!(target: "node::engine", sandbox = %id, error = %ce, "cleanup after failed create");
@@ -858,8 +957,12 @@ impl SandboxEngine {
     /// The Pod-level steps. On error the caller tears down what the entry's record says.
     async fn prepare_steps(&self, paths: &Paths, mut rec: Record) -> Result<Record> {
         let entry = self.entry(&rec.spec.id)?;
+        let tl = entry.timeline.clone();
+        let t = Instant::now();
         fs_err::create_dir_all(paths.etc())?;
         self.commit(&entry, &rec)?;
+        tl.record("record", t);
+        let t = Instant::now();
 
         let mut shared: Vec<(String, PathBuf)> = Vec::new();
         for c in rec.spec.all_containers() {
@@ -882,45 +985,42 @@ impl SandboxEngine {
             }
         }
 
+        tl.record("volumes", t);
+        let t = Instant::now();
         host::create_netns(&rec.netns)?;
+        tl.record("netns", t);
         if let Some(cni) = &self.cni {
-            let att = cni
-                .add(&rec.spec.id, &rec.netns, &rec.spec.host_ports)
-                .await;
-            let att = match att {
-                Ok(a) => a,
-                Err(e) => return Err(e),
-            };
-            rec.attachment = Some(att.clone());
-            self.commit(&entry, &rec)?;
-            if let Some(hook) = self.hook() {
-                hook.attached(&rec.spec, &att).await?;
+            // CNI ADD and the network hook run in the background while the containers'
+            // rootfs and bundles are made and the runtime creates them; every container start
+            // waits for them (`join_network`). runsc's sandbox takes the namespace as it is at
+            // create, so it waits here.
+            let task = tokio::spawn(attach(
+                cni.clone(),
+                self.hook(),
+                rec.spec.clone(),
+                rec.netns.clone(),
+                tl.clone(),
+            ));
+            *entry.net.lock().await = Some(task);
+            if rec.handler == HandlerKind::Runsc {
+                self.join_network(&entry).await?;
+                rec = lock(&entry.record).clone();
             }
         }
-
+        let t = Instant::now();
+        fs_err::write(paths.etc().join("hosts"), hosts_file(&rec))?;
         let hostname = rec
             .spec
             .hostname
             .clone()
             .unwrap_or_else(|| rec.spec.name.clone());
-        let mut hosts =
-            String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
-        if let Some(a) = &rec.attachment {
-            hosts.push_str(&format!("{}\t{hostname}\n", a.ip));
-        }
-        if !rec.spec.host_aliases.is_empty() {
-            hosts.push_str("\n# Entries added by HostAliases.\n");
-            for (ip, names) in &rec.spec.host_aliases {
-                hosts.push_str(&format!("{ip}\t{}\n", names.join("\t")));
-            }
-        }
-        fs_err::write(paths.etc().join("hosts"), hosts)?;
         fs_err::write(paths.etc().join("hostname"), format!("{hostname}\n"))?;
         if let Some(dns) = &rec.spec.dns {
             fs_err::write(paths.etc().join("resolv.conf"), resolv_conf(dns))?;
         }
         rec.prepared = true;
         self.commit(&entry, &rec)?;
+        tl.record("etc files", t);
         Ok(rec)
     }
 
@@ -975,6 +1075,7 @@ impl SandboxEngine {
                     rec.containers.retain(|x| x.name != name);
                     self.commit(&entry, &rec)?;
                 }
+                self.drop_if_network_failed(&entry).await;
                 Err(e)
             }
         }
@@ -990,6 +1091,8 @@ impl SandboxEngine {
         image: Image,
         start: bool,
     ) -> Result<Record> {
+        let tl = &entry.timeline;
+        let t = Instant::now();
         let paths = self.paths(&rec.spec.id);
         let cp = paths.container(&rec.spec, name);
         let (runtime_id, cgroup_path) = self.container_ids(&rec.spec, name);
@@ -1023,6 +1126,8 @@ impl SandboxEngine {
             .cloned()
             .unwrap_or_else(|| unreachable!());
         host::mount_overlay(&cr.lowers, &cp.upper(), &cp.work(), &cp.rootfs())?;
+        tl.record("rootfs", t);
+        let t = Instant::now();
 
         let mut volumes: Vec<(VolumeSpec, PathBuf)> = Vec::new();
         for v in &c.volumes {
@@ -1059,9 +1164,24 @@ impl SandboxEngine {
             default_pids_limit: self.config.default_pids_limit,
         })?;
         bundle::write(&oci, &cp.bundle())?;
+        tl.record("bundle", t);
 
+        let t = Instant::now();
         let rt = self.runtimes[&rec.handler].clone();
-        let started = spawn_create(&rt, &runtime_id, &cp, start).await?;
+        // While the network is still being attached, create now and start once it is there;
+        // otherwise create and start in one runtime call.
+        let split = start && entry.net.lock().await.is_some();
+        let one_call = start && !split;
+        let started = spawn_create(&rt, &runtime_id, &cp, one_call).await?;
+        tl.record(
+            if one_call {
+                "runtime run"
+            } else {
+                "runtime create"
+            },
+            t,
+        );
+        let t = Instant::now();
         if let Some(x) = rec.container_mut(name) {
             x.shim_pid = Some(started.shim_pid);
         }
@@ -1070,7 +1190,7 @@ impl SandboxEngine {
             let log = fs_err::read_to_string(cp.log()).unwrap_or_default();
             return Err(NodeError::Runtime {
                 handler: rec.handler.to_string(),
-                op: if start { "run" } else { "create" }.into(),
+                op: if one_call { "run" } else { "create" }.into(),
                 id: runtime_id,
                 status: started.create_exit,
                 message: crate::runtime::clean_message(&log),
@@ -1081,10 +1201,69 @@ impl SandboxEngine {
             .and_then(|s| s.trim().parse::<i32>().ok());
         if let Some(x) = rec.container_mut(name) {
             x.container_pid = pid;
-            x.started = start;
+            x.started = one_call;
         }
         self.commit(entry, &rec)?;
+        tl.record("records", t);
+        if split {
+            self.join_network(entry).await?;
+            rec = lock(&entry.record).clone();
+            let t = Instant::now();
+            rt.start(&runtime_id).await?;
+            tl.record("runtime start", t);
+            if let Some(x) = rec.container_mut(name) {
+                x.started = true;
+            }
+            self.commit(entry, &rec)?;
+        }
         Ok(rec)
+    }
+
+    /// Wait for the sandbox's background network attachment, if one is in flight, and record
+    /// what it made (the attachment in the record, the pod IP in `/etc/hosts`: the file is
+    /// rewritten in place, so containers created meanwhile see it through their bind mount).
+    /// An error means the sandbox has no network and must not run: the caller removes it.
+    async fn join_network(&self, entry: &Entry) -> Result<()> {
+        let mut slot = entry.net.lock().await;
+        let Some(task) = slot.as_mut() else {
+            return Ok(());
+        };
+        let out = task.await.unwrap_or_else(|e| NetOutcome {
+            attachment: None,
+            result: Err(NodeError::Config(format!(
+                "the network attachment task failed: {e}"
+            ))),
+        });
+        *slot = None;
+        if out.result.is_err() {
+            entry
+                .net_failed
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        if let Some(att) = out.attachment {
+            let mut rec = lock(&entry.record).clone();
+            rec.attachment = Some(att);
+            self.commit(entry, &rec)?;
+            fs_err::write(
+                self.paths(&rec.spec.id).etc().join("hosts"),
+                hosts_file(&rec),
+            )?;
+        }
+        out.result
+    }
+
+    /// After a failed container create or start: when the sandbox's network failed, remove
+    /// the whole sandbox (it cannot run; a new one is made on the next try).
+    async fn drop_if_network_failed(&self, entry: &Entry) {
+        if !entry.net_failed.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let rec = lock(&entry.record).clone();
+        let id = rec.spec.id.clone();
+        if let Err(e) = self.teardown(&self.paths(&id), &rec).await {
+            tracing::warn!(target: "node::engine", sandbox = %id, error = %e, "removing a sandbox whose network failed");
+        }
+        lock(&self.sandboxes).remove(&id);
     }
 
     fn main_name(&self, id: &str) -> Result<String> {
@@ -1125,7 +1304,7 @@ impl SandboxEngine {
     }
 
     async fn start_locked(&self, entry: &Entry, name: &str) -> Result<()> {
-        let mut rec = lock(&entry.record).clone();
+        let rec = lock(&entry.record).clone();
         let id = rec.spec.id.clone();
         let c = rec
             .container(name)
@@ -1138,7 +1317,14 @@ impl SandboxEngine {
                 state: "already started".into(),
             });
         }
+        if let Err(e) = self.join_network(entry).await {
+            self.drop_if_network_failed(entry).await;
+            return Err(e);
+        }
+        let mut rec = lock(&entry.record).clone();
+        let t = Instant::now();
         self.runtimes[&rec.handler].start(&c.runtime_id).await?;
+        entry.timeline.record("runtime start", t);
         if let Some(x) = rec.container_mut(name) {
             x.started = true;
         }
@@ -1506,6 +1692,8 @@ impl SandboxEngine {
     pub async fn remove(&self, id: &str) -> Result<()> {
         let entry = self.entry(id)?;
         let _op = entry.op.lock().await;
+        // A network attachment still in flight finishes first, so that DEL releases it.
+        let _ = self.join_network(&entry).await;
         let rec = lock(&entry.record).clone();
         let paths = self.paths(id);
         self.teardown(&paths, &rec).await?;
@@ -1674,7 +1862,10 @@ impl SandboxEngine {
                 continue;
             };
             rec.migrate(&paths.dir);
-            let mut intact = rec.prepared && rec.netns.exists();
+            // With a pod network, a sandbox whose attachment never completed is not intact.
+            let mut intact = rec.prepared
+                && rec.netns.exists()
+                && (self.cni.is_none() || rec.attachment.is_some());
             if let Some(rt) = self.runtimes.get(&rec.handler) {
                 for c in &rec.containers {
                     let known = rt.state(&c.runtime_id).await.ok().flatten().is_some();
@@ -1688,13 +1879,8 @@ impl SandboxEngine {
                 if let Err(e) = self.save_record(&rec) {
                     tracing::warn!(target: "node::engine", sandbox = %id, error = %e, "rewriting a migrated record failed");
                 }
-                lock(&self.sandboxes).insert(
-                    id.clone(),
-                    Arc::new(Entry {
-                        record: Mutex::new(rec),
-                        op: tokio::sync::Mutex::new(()),
-                    }),
-                );
+                lock(&self.sandboxes)
+                    .insert(id.clone(), Arc::new(Entry::new(rec, Timeline::new())));
                 report.adopted.push(id);
             } else {
                 self.teardown(&paths, &rec).await?;

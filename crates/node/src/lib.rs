@@ -23,6 +23,7 @@ pub mod runtime;
 pub mod seccomp;
 pub mod spec;
 mod sys;
+pub mod timeline;
 
 pub use engine::{EngineConfig, Phase, RecoveryReport, SandboxEngine, SandboxHandle, SandboxState};
 pub use error::{NodeError, Result};

@@ -46,7 +46,7 @@ async fn networking(kind: HandlerKind, salt: u32) {
     server.main.command = Some(vec![
         "/bin/sh".into(),
         "-c".into(),
-        "mkdir -p /www && echo pong-from-srv > /www/index.html && ip -o -4 addr > /tmp/addrs; cat /tmp/addrs; exec httpd -f -p 8080 -h /www".into(),
+        "mkdir -p /www && echo pong-from-srv > /www/index.html && ip -o -4 addr > /tmp/addrs; cat /tmp/addrs; cat /etc/hosts; exec httpd -f -p 8080 -h /www".into(),
     ]);
     let h = e.create(server).await.unwrap();
     let ip = h.pod_ip.expect("a pod IP");
@@ -81,6 +81,9 @@ async fn networking(kind: HandlerKind, salt: u32) {
         addrs.iter().all(|a| a.is_loopback() || *a == ip),
         "host addresses visible: {log}"
     );
+    // The container was created while the address was being assigned; its /etc/hosts (a bind
+    // mount of the sandbox's file, rewritten in place) has it.
+    assert!(log.contains(&format!("{ip}\tsrv")), "{log}");
 
     // Another sandbox reaches it by pod IP.
     let mut client = SandboxSpec::new("cli", IMAGE);
@@ -131,6 +134,66 @@ async fn bridge_network_default_handler() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bridge_network_runsc() {
     networking(HandlerKind::Runsc, 2).await;
+}
+
+/// CNI ADD runs in the background while the runtime creates the container: when it fails,
+/// `create` fails, and a container start after `prepare` fails and removes the sandbox; both
+/// leave no namespace, mount, cgroup, directory or IPAM reservation behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_network_attachment_leaves_nothing() {
+    let kind = [HandlerKind::Crun, HandlerKind::Runc]
+        .into_iter()
+        .find(|k| agent_sandbox_node::runtime::find_binary(k.name()).is_some())
+        .unwrap_or(HandlerKind::Runc);
+    if need(Some(kind)) {
+        return;
+    }
+    if !Path::new("/usr/lib/cni/host-local").is_file() {
+        println!("SKIP: containernetworking-plugins is not installed");
+        return;
+    }
+    // A plugin directory whose `bridge` refuses ADD (after a delay, so that the runtime's
+    // create is under way meanwhile) and accepts DEL.
+    let plugins = tempfile::tempdir().unwrap();
+    let bridge = plugins.path().join("bridge");
+    fs_err::write(
+        &bridge,
+        "#!/bin/sh\ncat > /dev/null\nif [ \"$CNI_COMMAND\" = ADD ]; then sleep 0.2; \
+         echo '{\"cniVersion\":\"1.0.0\",\"code\":11,\"msg\":\"no address for you\"}'; exit 1; fi\nexit 0\n",
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs_err::set_permissions(&bridge, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::os::unix::fs::symlink("/usr/lib/cni/host-local", plugins.path().join("host-local"))
+        .unwrap();
+    let (mut net, _) = test_network(3).expect("a free /24 under 10.100.0.0/16");
+    net.plugin_dir = plugins.path().to_path_buf();
+    let env = Env::new(&[kind], Some(net)).await;
+    env.busybox(IMAGE).await;
+    let e = env.engine();
+    let spec = |id: &str| {
+        let mut s = SandboxSpec::new(id, IMAGE);
+        s.handler = Some(kind.name().into());
+        s.main.command = Some(vec!["/bin/sleep".into(), "100".into()]);
+        s
+    };
+
+    let err = e.create(spec("one")).await.unwrap_err();
+    assert!(err.to_string().contains("no address for you"), "{err}");
+    assert!(!e.contains("one"));
+    assert_no_leaks(&env);
+
+    e.prepare(spec("two")).await.unwrap();
+    let err = e.create_container("two", "main", true).await.unwrap_err();
+    assert!(err.to_string().contains("no address for you"), "{err}");
+    assert!(
+        !e.contains("two"),
+        "a sandbox without its network is removed"
+    );
+    assert!(e.network().unwrap().reserved_addresses().is_empty());
+    assert_no_leaks(&env);
 }
 
 #[test]
