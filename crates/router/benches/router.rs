@@ -1,4 +1,4 @@
-//! Router throughput and latency: requests/s and p50/p99 at 10, 50 and 200 concurrent
+//! Router throughput and latency: requests/s and p50/p99 at 1, 10, 50 and 200 concurrent
 //! connections through the router to a trivial backend, beside the same load sent to the backend
 //! directly in the same run (the baseline). Run with `cargo bench -p agent-sandbox-router`.
 //! `ROUTER_BENCH_SECONDS` sets the duration of each measurement (default 3).
@@ -129,7 +129,7 @@ fn main() {
         ];
         let mut rows = Vec::new();
         println!("{:<12} {:>6} {:>12} {:>9} {:>9}", "path", "conns", "req/s", "p50 ms", "p99 ms");
-        for concurrency in [10, 50, 200] {
+        for concurrency in [1, 10, 50, 200] {
             let d = Duration::from_secs(seconds);
             let mut direct = load(backend, Vec::new(), concurrency, d).await;
             let mut via = load(router_addr, routed.clone(), concurrency, d).await;
