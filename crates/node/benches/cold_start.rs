@@ -416,7 +416,9 @@ async fn main() {
             idle_memory(&plain, kind, k).await;
         }
     }
-    if let Some(c) = &net_cfg {
+    if let Some(c) = &net_cfg
+        && Path::new("/sys/class/net").join(&c.bridge).exists()
+    {
         let _ = std::process::Command::new("ip")
             .args(["link", "del", &c.bridge])
             .status();
@@ -433,11 +435,12 @@ fn mem_available_kib() -> u64 {
         .unwrap_or(0)
 }
 
-fn pss_kib(pid: i32) -> u64 {
+/// A field of the process's smaps_rollup in KiB (`Pss`, `Private_Dirty`...).
+fn smaps_kib(pid: i32, field: &str) -> u64 {
     fs_err::read_to_string(format!("/proc/{pid}/smaps_rollup"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("Pss:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
@@ -460,6 +463,7 @@ async fn idle_memory(e: &SandboxEngine, kind: HandlerKind, k: usize) {
     let after = mem_available_kib();
     let mut cg_bytes = 0u64;
     let mut shim_pss = 0u64;
+    let mut shim_private = 0u64;
     for id in &ids {
         let usage = format!(
             "/sys/fs/cgroup/memory{}/memory.usage_in_bytes",
@@ -480,8 +484,11 @@ async fn idle_memory(e: &SandboxEngine, kind: HandlerKind, k: usize) {
             .unwrap(),
         )
         .unwrap();
-        if let Some(p) = rec["shim_pid"].as_i64() {
-            shim_pss += pss_kib(p as i32);
+        for c in rec["containers"].as_array().into_iter().flatten() {
+            if let Some(p) = c["shim_pid"].as_i64() {
+                shim_pss += smaps_kib(p as i32, "Pss");
+                shim_private += smaps_kib(p as i32, "Private_Dirty");
+            }
         }
     }
     println!();
@@ -489,13 +496,15 @@ async fn idle_memory(e: &SandboxEngine, kind: HandlerKind, k: usize) {
     let shim = shim_pss as f64 / 1024.0 / k as f64;
     println!(
         "{} idle sandboxes ({}), created in {:.1} s: {:.2} MiB/sandbox = cgroup memory {:.2} + \
-         shim PSS {:.2} (host MemAvailable drop {:.2} MiB/sandbox, noisy on a shared machine)",
+         shim PSS {:.2} (shim private dirty {:.2}; host MemAvailable drop {:.2} MiB/sandbox, \
+         noisy on a shared machine)",
         k,
         kind.name(),
         took.as_secs_f64(),
         cg + shim,
         cg,
         shim,
+        shim_private as f64 / 1024.0 / k as f64,
         before.saturating_sub(after) as f64 / 1024.0 / k as f64,
     );
     for id in &ids {

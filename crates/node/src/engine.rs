@@ -1,14 +1,19 @@
 //! The sandbox engine: the library API the Pod loop drives (`create`, `start` or both at once
-//! with `run`, `state`, `wait`, `pause`, `resume`, `stop`, `remove`, `recover`), the per-sandbox state persisted on
-//! disk, handler selection, and cleanup.
+//! with `run`, `state`, `wait`, `pause`, `resume`, `stop`, `remove`, `recover`), the
+//! per-sandbox state persisted on disk, handler selection, and cleanup.
 //!
 //! `create`, in order: validate and refuse privileged/hostPath → pick the handler → ensure the
-//! image (pull policy) → sandbox directory and record → overlay rootfs (image layers + own
-//! upper/work) → volumes (emptyDir in the sandbox directory, PVCs in a durable per-claim
-//! directory) → network namespace + CNI ADD → `/etc/hosts` and `/etc/hostname` → `config.json`
-//! → the shim runs the runtime's `create`. Any failure undoes the steps already done, in
-//! reverse. `remove` undoes them all: kill → wait for the shim → runtime `delete` → unmount
-//! rootfs → CNI DEL → remove netns → remove leftover cgroups → delete the directory.
+//! image (pull policy) → sandbox directory and record → volumes (emptyDir in the sandbox
+//! directory, PVCs in a durable per-claim directory) → in the background: network namespace,
+//! CNI ADD, the network hook → `/etc/hostname` and `/etc/hosts` → per container: overlay rootfs
+//! (image layers + own upper/work) → `config.json` → the shim runs the runtime's `create` once
+//! the namespace exists → the start waits for the rest of the network (the pod IP goes into
+//! `/etc/hosts` in place) and runs the runtime's `start`; with the network already there (or
+//! none), create and start are one `run`. runsc attaches the network before its create. Any
+//! failure undoes the steps already done, in reverse; a sandbox whose network failed is
+//! removed. `remove` undoes them all: kill → wait for the shim → runtime `delete` → unmount
+//! rootfs → CNI DEL → remove netns → remove leftover cgroups → delete the directory. Each step's
+//! timing is kept ([`crate::timeline`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -29,9 +34,10 @@ use crate::spec::{DnsSpec, SandboxSpec, VolumeSource, VolumeSpec};
 use crate::sys;
 use crate::timeline::{StepTime, Timeline};
 
-/// Called by the engine around a sandbox's network: `attached` after CNI ADD and before the
-/// runtime creates the container (an error fails the create), `detached` after CNI DEL. The
-/// node's NetworkPolicy enforcer ([`crate::firewall::PolicyEnforcer`]) is one.
+/// Called by the engine around a sandbox's network: `attached` after CNI ADD, while the
+/// runtime may be creating the container but before any container starts (an error removes
+/// the sandbox), `detached` after CNI DEL. The node's NetworkPolicy enforcer
+/// ([`crate::firewall::PolicyEnforcer`]) is one.
 pub trait NetworkHook: Send + Sync {
     /// The sandbox got its address; nothing runs in it yet.
     fn attached<'a>(
@@ -250,6 +256,9 @@ struct Entry {
     net: tokio::sync::Mutex<Option<tokio::task::JoinHandle<NetOutcome>>>,
     /// The network attachment failed: the sandbox must not run.
     net_failed: std::sync::atomic::AtomicBool,
+    /// Whether the network namespace made in the background exists (`None` while it is being
+    /// made); absent when it was made in the foreground.
+    netns_ready: Mutex<Option<tokio::sync::watch::Receiver<Option<bool>>>>,
 }
 
 impl Entry {
@@ -260,6 +269,7 @@ impl Entry {
             timeline,
             net: tokio::sync::Mutex::new(None),
             net_failed: std::sync::atomic::AtomicBool::new(false),
+            netns_ready: Mutex::new(None),
         }
     }
 }
@@ -447,14 +457,33 @@ struct NetOutcome {
     result: Result<()>,
 }
 
-/// CNI ADD of a sandbox's namespace, then the network hook (the firewall's rebuild starts).
+/// The sandbox's network namespace (`ready` says when it exists), CNI ADD in it, then the
+/// network hook (the firewall's rebuild starts).
 async fn attach(
     cni: Cni,
     hook: Option<Arc<dyn NetworkHook>>,
     spec: SandboxSpec,
     netns: PathBuf,
     tl: Timeline,
+    ready: tokio::sync::watch::Sender<Option<bool>>,
 ) -> NetOutcome {
+    let t = Instant::now();
+    let ns = netns.clone();
+    let made = tokio::task::spawn_blocking(move || host::create_netns(&ns))
+        .await
+        .unwrap_or_else(|e| {
+            Err(NodeError::Config(format!(
+                "creating the network namespace failed: {e}"
+            )))
+        });
+    tl.record("netns", t);
+    let _ = ready.send(Some(made.is_ok()));
+    if let Err(e) = made {
+        return NetOutcome {
+            attachment: None,
+            result: Err(e),
+        };
+    }
     let t = Instant::now();
     let att = match cni.add(&spec.id, &netns, &spec.host_ports).await {
         Ok(a) => a,
@@ -822,7 +851,10 @@ impl SandboxEngine {
 
     /// Make the Pod-level part of a sandbox only (directory, network namespace and CNI, the
     /// network hook, `/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf`, volume directories);
-    /// containers are added with [`SandboxEngine::create_container`].
+    /// containers are added with [`SandboxEngine::create_container`]. With a pod network
+    /// (runc, crun) the namespace, CNI ADD and the hook are still running when this returns
+    /// (the handle has no pod IP yet): the first container's create overlaps them and its start
+    /// waits for them; if they fail, that container fails and the sandbox is removed.
     pub async fn prepare(&self, spec: SandboxSpec) -> Result<SandboxHandle> {
         self.create_inner(spec, None).await
     }
@@ -919,7 +951,6 @@ impl SandboxEngine {
         let id = rec.spec.id.clone();
         let result = async {
             let mut rec = self.prepare_steps(&paths, rec).await?;
-            self.commit(&entry, &rec)?;
             if let Some(start) = start {
                 let names: Vec<String> = rec.spec.regular().map(|c| c.name.clone()).collect();
                 for (name, image) in names.iter().zip(images) {
@@ -986,26 +1017,31 @@ impl SandboxEngine {
         }
 
         tl.record("volumes", t);
-        let t = Instant::now();
-        host::create_netns(&rec.netns)?;
-        tl.record("netns", t);
         if let Some(cni) = &self.cni {
-            // CNI ADD and the network hook run in the background while the containers'
-            // rootfs and bundles are made and the runtime creates them; every container start
-            // waits for them (`join_network`). runsc's sandbox takes the namespace as it is at
+            // The network namespace, CNI ADD and the network hook run in the background while
+            // the containers' rootfs and bundles are made and the runtime creates them: the
+            // runtime's create waits for the namespace (`wait_netns`), every container start
+            // for the rest (`join_network`). runsc's sandbox takes the namespace as it is at
             // create, so it waits here.
+            let (ready, netns_ready) = tokio::sync::watch::channel(None);
+            *lock(&entry.netns_ready) = Some(netns_ready);
             let task = tokio::spawn(attach(
                 cni.clone(),
                 self.hook(),
                 rec.spec.clone(),
                 rec.netns.clone(),
                 tl.clone(),
+                ready,
             ));
             *entry.net.lock().await = Some(task);
             if rec.handler == HandlerKind::Runsc {
                 self.join_network(&entry).await?;
                 rec = lock(&entry.record).clone();
             }
+        } else {
+            let t = Instant::now();
+            host::create_netns(&rec.netns)?;
+            tl.record("netns", t);
         }
         let t = Instant::now();
         fs_err::write(paths.etc().join("hosts"), hosts_file(&rec))?;
@@ -1172,6 +1208,7 @@ impl SandboxEngine {
         // otherwise create and start in one runtime call.
         let split = start && entry.net.lock().await.is_some();
         let one_call = start && !split;
+        self.wait_netns(entry).await?;
         let started = spawn_create(&rt, &runtime_id, &cp, one_call).await?;
         tl.record(
             if one_call {
@@ -1185,8 +1222,8 @@ impl SandboxEngine {
         if let Some(x) = rec.container_mut(name) {
             x.shim_pid = Some(started.shim_pid);
         }
-        self.commit(entry, &rec)?;
         if started.create_exit != 0 {
+            self.commit(entry, &rec)?;
             let log = fs_err::read_to_string(cp.log()).unwrap_or_default();
             return Err(NodeError::Runtime {
                 handler: rec.handler.to_string(),
@@ -1217,6 +1254,31 @@ impl SandboxEngine {
             self.commit(entry, &rec)?;
         }
         Ok(rec)
+    }
+
+    /// Wait until the sandbox's network namespace exists (the runtime joins it at create). If it
+    /// could not be made, the attachment's error.
+    async fn wait_netns(&self, entry: &Entry) -> Result<()> {
+        let rx = lock(&entry.netns_ready).clone();
+        let Some(mut rx) = rx else {
+            return Ok(());
+        };
+        let made = rx
+            .wait_for(Option::is_some)
+            .await
+            .map(|v| *v == Some(true))
+            .unwrap_or(false);
+        if made {
+            return Ok(());
+        }
+        self.join_network(entry).await?;
+        entry
+            .net_failed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        Err(NodeError::Config(format!(
+            "sandbox {}: its network namespace was not made",
+            lock(&entry.record).spec.id
+        )))
     }
 
     /// Wait for the sandbox's background network attachment, if one is in flight, and record

@@ -3,9 +3,10 @@
 //! state and applied atomically with one `nft -f` (see [`crate::netpol`] for the rules).
 //!
 //! Order of events for a new sandbox: the agent records the Pod's metadata
-//! ([`PolicyEnforcer::set_pod`]) → the engine's CNI ADD gives it an address → the engine calls
-//! the [`NetworkHook`] → the enforcer adds the address and starts a rebuild that includes it,
-//! while the runtime starts the sandbox → the agent waits for that rebuild
+//! ([`PolicyEnforcer::set_pod`]) → the engine's CNI ADD gives it an address (while the runtime
+//! creates the container) → the engine calls the [`NetworkHook`] → the enforcer adds the
+//! address and starts a rebuild that includes it, while the runtime creates and starts the
+//! sandbox → the agent waits for that rebuild
 //! ([`PolicyEnforcer::wait_applied`]) before it reports the Pod running. Until the rebuild is
 //! in place the sandbox's address and bridge port are unknown to the ruleset, and the ruleset
 //! drops every packet from or to an unknown address of the pod subnet (and every frame from an

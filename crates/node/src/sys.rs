@@ -200,6 +200,8 @@ extern "C" fn shim_entry(argc: c_int, argv: *const *const c_char, envp: *const *
         if argc < 7 {
             libc::_exit(125);
         }
+        // `ps` and `top` show the executable's name otherwise, which is `exe`.
+        libc::prctl(libc::PR_SET_NAME, c"sandbox-shim".as_ptr(), 0, 0, 0);
         let report = libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 3);
         let log = libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3);
         if report < 0 || log < 0 {

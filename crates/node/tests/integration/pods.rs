@@ -597,19 +597,60 @@ async fn cold_start_through_the_agent() {
     ] {
         let a = AgentEnv::new(&[kind], network).await;
         a.env.busybox(IMAGE).await;
-        let times = cold_starts(&a, policy, 10).await;
+        let (times, timelines) = cold_starts(&a, policy, 10).await;
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         report.push(format!(
             "{label}: p50 {:.1} ms, p90 {:.1} ms",
             ms(times[times.len() / 2]),
             ms(times[times.len() * 9 / 10])
         ));
+        println!(
+            "{label}, median step begin-end (ms): {}",
+            median_steps(&timelines)
+        );
         assert!(times[times.len() / 2] < Duration::from_secs(5), "{times:?}");
     }
     println!("create -> Running (crun): {}", report.join("; "));
 }
 
-async fn cold_starts(a: &AgentEnv, policy: bool, n: usize) -> Vec<Duration> {
+/// The median begin and end of each step over the timelines, ordered by end.
+fn median_steps(timelines: &[Vec<agent_sandbox_node::timeline::StepTime>]) -> String {
+    let mut names: Vec<&'static str> = Vec::new();
+    for s in timelines.iter().flatten() {
+        if !names.contains(&s.name) {
+            names.push(s.name);
+        }
+    }
+    let med = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64() * 1e3
+    };
+    let mut rows: Vec<(f64, f64, &str)> = names
+        .into_iter()
+        .map(|n| {
+            let (b, e): (Vec<Duration>, Vec<Duration>) = timelines
+                .iter()
+                .filter_map(|t| t.iter().find(|s| s.name == n))
+                .map(|s| (s.begin, s.end))
+                .unzip();
+            (med(b), med(e), n)
+        })
+        .collect();
+    rows.sort_by(|a, b| a.1.total_cmp(&b.1));
+    rows.iter()
+        .map(|(b, e, n)| format!("{n} {b:.1}-{e:.1}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn cold_starts(
+    a: &AgentEnv,
+    policy: bool,
+    n: usize,
+) -> (
+    Vec<Duration>,
+    Vec<Vec<agent_sandbox_node::timeline::StepTime>>,
+) {
     use futures::StreamExt;
     if policy {
         let nps: kube::Api<k8s_openapi::api::networking::v1::NetworkPolicy> =
@@ -632,6 +673,7 @@ async fn cold_starts(a: &AgentEnv, policy: bool, n: usize) -> Vec<Duration> {
     let networked = a.engine().network().is_some();
     let api: kube::Api<Pod> = kube::Api::namespaced(a.client.clone(), "default");
     let mut times = Vec::new();
+    let mut timelines = Vec::new();
     for i in 0..n {
         let name = format!("cold-{i}");
         let mut stream = kube::runtime::watcher::watcher(
@@ -648,7 +690,7 @@ async fn cold_starts(a: &AgentEnv, policy: bool, n: usize) -> Vec<Duration> {
         ))
         .await;
         let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        let uid = loop {
             let ev = tokio::time::timeout(
                 deadline.saturating_duration_since(Instant::now()),
                 stream.next(),
@@ -662,13 +704,16 @@ async fn cold_starts(a: &AgentEnv, policy: bool, n: usize) -> Vec<Duration> {
                 && phase(&p) == "Running"
                 && (!networked || p.status.as_ref().is_some_and(|s| s.pod_ip.is_some()))
             {
-                break;
+                break p.metadata.uid.unwrap_or_default();
             }
-        }
+        };
         times.push(t.elapsed());
+        // The agent records its status write once the API server answered.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        timelines.push(a.engine().timeline(&uid).unwrap_or_default());
     }
     times.sort();
-    times
+    (times, timelines)
 }
 
 /// A restart of the agent (and of the engine object) re-adopts running sandboxes: no container
