@@ -7,12 +7,14 @@
 //!    shim pid on a pipe → read the container pid file → reap every orphan, writing the
 //!    container's exit code to a file atomically when its init exits → `_exit` once no
 //!    children remain. The shim survives a restart of the agent, so exit codes are never lost.
-//!    The intermediate is a fresh copy of the agent's own executable started with
-//!    `posix_spawn` (`/proc/self/exe` with a marker argument), taken over before `main` by
-//!    [`SHIM_ENTRY`], a constructor in `.init_array`: forking the agent itself would copy its
-//!    page tables twice per sandbox (about 10 ms on a busy host) and leave every shim holding a
-//!    copy-on-write snapshot of the agent's heap, which turns into private memory as the agent
-//!    writes to it. Where that does not work (checked once), the intermediate is a plain fork;
+//!    The intermediate is forked by the launcher, a fresh copy of the agent's own executable
+//!    started once with `posix_spawn` (`/proc/self/exe` with a marker argument) and taken over
+//!    before `main` by [`SHIM_ENTRY`], a constructor in `.init_array`; the agent sends it one
+//!    request per shim over a socket (see [`launcher`]). Forking the agent itself would copy
+//!    its page tables twice per sandbox (about 10 ms on a busy host) and leave every shim
+//!    holding a copy-on-write snapshot of the agent's heap, which turns into private memory as
+//!    the agent writes to it; forks of the small, idle launcher share its pages. Where the
+//!    launcher does not work, the intermediate is a fork of the agent;
 //! 2. the pre-exec hook that hides the cgroup2 mount from crun (hybrid hosts);
 //! 3. pidfds (wait for the exit of a process that is not our child) and `setxattr`.
 //!
@@ -178,50 +180,166 @@ const SHIM_PONG: &[u8] = b"agent-sandbox-node-shim ok\n";
 #[unsafe(link_section = ".init_array")]
 static SHIM_ENTRY: extern "C" fn(c_int, *const *const c_char, *const *const c_char) = shim_entry;
 
-/// Arguments: `MARKER ping`, or `MARKER <pid file> <exit tmp> <exit file> <hide 0|1>
-/// <runtime argv...>`, with stdin `/dev/null`, stdout the container log and stderr the report
-/// pipe.
-extern "C" fn shim_entry(argc: c_int, argv: *const *const c_char, envp: *const *const c_char) {
-    if argc < 2 || argv.is_null() {
+/// Arguments: `MARKER ping` (answers on stdout), or `MARKER launcher` (stdin is the agent's
+/// end of the request socket; see [`launcher`]).
+extern "C" fn shim_entry(argc: c_int, argv: *const *const c_char, _envp: *const *const c_char) {
+    if argc != 3 || argv.is_null() {
         return;
     }
-    // SAFETY: glibc passes the process's argc/argv/envp, valid NUL-terminated arrays of C
-    // strings for the life of the process. Everything below is single-threaded (constructors
-    // run before any thread exists), only raw libc calls, and ends in `_exit`.
+    // SAFETY: glibc passes the process's argc/argv, valid NUL-terminated C strings for the life
+    // of the process. Everything below is single-threaded (constructors run before any thread
+    // exists) and ends in `_exit`.
     unsafe {
-        let arg = |i: c_int| *argv.add(i as usize);
+        let arg = |i: usize| *argv.add(i);
         if arg(1).is_null() || libc::strcmp(arg(1), SHIM_MARKER.as_ptr()) != 0 {
             return;
         }
-        if argc == 3 && libc::strcmp(arg(2), c"ping".as_ptr()) == 0 {
+        if libc::strcmp(arg(2), c"ping".as_ptr()) == 0 {
             libc::write(1, SHIM_PONG.as_ptr().cast(), SHIM_PONG.len());
             libc::_exit(0);
         }
-        if argc < 7 {
-            libc::_exit(125);
+        if libc::strcmp(arg(2), c"launcher".as_ptr()) == 0 {
+            launcher();
         }
-        // `ps` and `top` show the executable's name otherwise, which is `exe`.
-        libc::prctl(libc::PR_SET_NAME, c"sandbox-shim".as_ptr(), 0, 0, 0);
-        let report = libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 3);
-        let log = libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3);
-        if report < 0 || log < 0 {
-            libc::_exit(125);
-        }
-        libc::dup2(0, 1);
-        libc::dup2(0, 2);
-        let io = ShimIo {
-            argv: argv.add(6),
-            envp,
-            log,
-            devnull: 0,
-            report,
-            pid_file: arg(2),
-            exit_tmp: arg(3),
-            exit_file: arg(4),
-            hide_cgroup2: libc::strcmp(arg(5), c"1".as_ptr()) == 0,
-        };
-        intermediate(&io)
+        libc::_exit(125);
     }
+}
+
+/// Largest request the launcher takes (paths and the runtime's argv).
+const MAX_REQUEST: usize = 64 * 1024;
+
+/// The launcher: a fresh copy of this executable, started once per agent process, that forks
+/// every shim's intermediate. The shims are forks of this small, idle process, so they share
+/// its pages (its relocated data, about 1 MiB for the agent) instead of each holding a copy,
+/// and a fork of it is cheap. Each request on fd 0 (a `SOCK_SEQPACKET` socket) is one
+/// datagram: `argc: u32`, `envc: u32`, then NUL-terminated strings (pid file, exit tmp, exit
+/// file, hide `0`/`1`, the runtime's argv, its environment), with three fds (log, `/dev/null`,
+/// the report pipe's write end). Exits when the agent's end closes.
+///
+/// # Safety
+/// Only called from the constructor, in a fresh single-threaded process; never returns.
+unsafe fn launcher() -> ! {
+    // SAFETY: single-threaded process; raw libc calls on buffers owned here; the forked child
+    // only calls async-signal-safe functions on memory prepared before the fork.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, c"sandbox-launch".as_ptr(), 0, 0, 0);
+        let mut buf = vec![0u8; MAX_REQUEST];
+        // Room for one SCM_RIGHTS message with three descriptors, aligned for cmsghdr.
+        let mut control = [0u64; 16];
+        loop {
+            let mut iov = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            };
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = std::mem::size_of_val(&control) as _;
+            let n = libc::recvmsg(0, &mut msg, libc::MSG_CMSG_CLOEXEC);
+            if n == 0 {
+                libc::_exit(0);
+            }
+            if n < 0 {
+                if *libc::__errno_location() == libc::EINTR {
+                    continue;
+                }
+                libc::_exit(1);
+            }
+            let mut fds: [RawFd; 3] = [-1; 3];
+            let mut nfds = 0;
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                    let data = libc::CMSG_DATA(c) as *const c_int;
+                    let k = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
+                        / std::mem::size_of::<c_int>();
+                    for i in 0..k {
+                        let fd = std::ptr::read_unaligned(data.add(i));
+                        if nfds < fds.len() {
+                            fds[nfds] = fd;
+                            nfds += 1;
+                        } else {
+                            libc::close(fd);
+                        }
+                    }
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+            let whole = msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) == 0;
+            if whole
+                && nfds == 3
+                && let Some(req) = parse_request(&buf[..n as usize])
+            {
+                let io = ShimIo {
+                    argv: req.argv.as_ptr(),
+                    envp: req.envp.as_ptr(),
+                    log: fds[0],
+                    devnull: fds[1],
+                    report: fds[2],
+                    pid_file: req.pid_file,
+                    exit_tmp: req.exit_tmp,
+                    exit_file: req.exit_file,
+                    hide_cgroup2: req.hide_cgroup2,
+                };
+                let pid = libc::fork();
+                if pid == 0 {
+                    libc::close(0);
+                    intermediate(&io);
+                }
+                // The intermediate exits right after forking the shim.
+                let mut status: c_int = 0;
+                while pid > 0
+                    && libc::waitpid(pid, &mut status, 0) < 0
+                    && *libc::__errno_location() == libc::EINTR
+                {}
+            }
+            // Without a shim the report pipe closes here, and the agent reads why.
+            for &fd in &fds[..nfds] {
+                libc::close(fd);
+            }
+        }
+    }
+}
+
+/// A launcher request, as pointers into the received datagram.
+struct Request {
+    argv: Vec<*const c_char>,
+    envp: Vec<*const c_char>,
+    pid_file: *const c_char,
+    exit_tmp: *const c_char,
+    exit_file: *const c_char,
+    hide_cgroup2: bool,
+}
+
+/// Parse a request (see [`launcher`]); `None` if malformed.
+fn parse_request(data: &[u8]) -> Option<Request> {
+    let argc = u32::from_ne_bytes(data.get(0..4)?.try_into().ok()?) as usize;
+    let envc = u32::from_ne_bytes(data.get(4..8)?.try_into().ok()?) as usize;
+    let mut strings: Vec<*const c_char> = Vec::new();
+    let mut rest = data.get(8..)?;
+    while !rest.is_empty() {
+        let end = rest.iter().position(|&b| b == 0)?;
+        strings.push(rest.as_ptr().cast());
+        rest = &rest[end + 1..];
+    }
+    if argc == 0 || strings.len() != 4 + argc + envc {
+        return None;
+    }
+    // SAFETY: every pointer in `strings` starts a NUL-terminated string inside `data`.
+    let hide_cgroup2 = unsafe { libc::strcmp(strings[3], c"1".as_ptr()) == 0 };
+    let mut argv = strings[4..4 + argc].to_vec();
+    argv.push(std::ptr::null());
+    let mut envp = strings[4 + argc..].to_vec();
+    envp.push(std::ptr::null());
+    Some(Request {
+        argv,
+        envp,
+        pid_file: strings[0],
+        exit_tmp: strings[1],
+        exit_file: strings[2],
+        hide_cgroup2,
+    })
 }
 
 /// What the intermediate and the shim work with: raw pointers into memory that stays valid
@@ -314,45 +432,106 @@ fn read_report(rd: &OwnedFd) -> std::io::Result<ShimStarted> {
 /// Blocking: call it from `spawn_blocking`.
 pub(crate) fn spawn_shim(plan: ShimPlan) -> std::io::Result<ShimStarted> {
     if exec_shim_works() {
-        spawn_shim_exec(plan)
-    } else {
-        spawn_shim_fork(plan)
-    }
-}
-
-/// The intermediate as a fresh process of this executable, started with `posix_spawn`.
-fn spawn_shim_exec(plan: ShimPlan) -> std::io::Result<ShimStarted> {
-    use std::os::unix::process::CommandExt;
-    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let mut cmd = std::process::Command::new("/proc/self/exe");
-    cmd.arg0("agent-sandbox-shim")
-        .arg(OsStr::from_bytes(SHIM_MARKER.to_bytes()))
-        .arg(OsStr::from_bytes(plan.pid_file.as_bytes()))
-        .arg(OsStr::from_bytes(plan.exit_tmp.as_bytes()))
-        .arg(OsStr::from_bytes(plan.exit_file.as_bytes()))
-        .arg(if plan.hide_cgroup2 { "1" } else { "0" })
-        .args(plan.argv.iter().map(|a| OsStr::from_bytes(a.as_bytes())))
-        .env_clear();
-    for e in &plan.envp {
-        let b = e.as_bytes();
-        if let Some(i) = b.iter().position(|&c| c == b'=') {
-            cmd.env(OsStr::from_bytes(&b[..i]), OsStr::from_bytes(&b[i + 1..]));
+        let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        match launch(&plan, &wr) {
+            Ok(()) => {
+                // The launcher and the shim hold the write end now.
+                drop(wr);
+                drop(plan);
+                return read_report(&rd);
+            }
+            Err(e) => {
+                tracing::warn!(target: "node::host", error = %e, "the shim launcher failed; forking the shim");
+            }
         }
     }
-    cmd.stdin(plan.devnull).stdout(plan.log).stderr(wr);
-    let mut child = cmd.spawn()?;
-    // Our copies of the pipe's write end and the log go with the command.
-    drop(cmd);
-    let report = read_report(&rd);
-    // The intermediate exits right after forking the shim.
-    let status = child.wait()?;
-    match report {
-        Err(e) if !status.success() => Err(std::io::Error::new(
-            e.kind(),
-            format!("{e} (the shim's intermediate process ended with {status})"),
-        )),
-        r => r,
+    spawn_shim_fork(plan)
+}
+
+/// The agent's end of the launcher's socket, and the launcher.
+struct Launcher {
+    sock: OwnedFd,
+    child: std::process::Child,
+}
+
+/// The launcher of this process (started on first use, restarted if it died).
+static LAUNCHER: std::sync::Mutex<Option<Launcher>> = std::sync::Mutex::new(None);
+
+fn start_launcher() -> std::io::Result<Launcher> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+    use std::os::unix::process::CommandExt;
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    let child = std::process::Command::new("/proc/self/exe")
+        .arg0("sandbox-launcher")
+        .arg(OsStr::from_bytes(SHIM_MARKER.to_bytes()))
+        .arg("launcher")
+        .env_clear()
+        .stdin(theirs)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    Ok(Launcher { sock: ours, child })
+}
+
+/// Ask the launcher for a shim (starting or restarting the launcher as needed).
+fn launch(plan: &ShimPlan, report: &OwnedFd) -> std::io::Result<()> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let mut payload = Vec::with_capacity(1024);
+    payload.extend_from_slice(&(plan.argv.len() as u32).to_ne_bytes());
+    payload.extend_from_slice(&(plan.envp.len() as u32).to_ne_bytes());
+    let hide: &CStr = if plan.hide_cgroup2 { c"1" } else { c"0" };
+    for s in [
+        plan.pid_file.as_c_str(),
+        plan.exit_tmp.as_c_str(),
+        plan.exit_file.as_c_str(),
+        hide,
+    ]
+    .into_iter()
+    .chain(plan.argv.iter().map(CString::as_c_str))
+    .chain(plan.envp.iter().map(CString::as_c_str))
+    {
+        payload.extend_from_slice(s.to_bytes_with_nul());
     }
+    if payload.len() > MAX_REQUEST {
+        return Err(std::io::Error::other("the shim request is too large"));
+    }
+    let fds = [
+        plan.log.as_raw_fd(),
+        plan.devnull.as_raw_fd(),
+        report.as_raw_fd(),
+    ];
+    let mut guard = LAUNCHER.lock().unwrap_or_else(|e| e.into_inner());
+    let mut last = None;
+    for _ in 0..2 {
+        if guard.is_none() {
+            *guard = Some(start_launcher()?);
+        }
+        let Some(l) = guard.as_ref() else { break };
+        let sent = sendmsg::<()>(
+            l.sock.as_raw_fd(),
+            &[std::io::IoSlice::new(&payload)],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        );
+        match sent {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                // Gone (or wedged): reap it and start another.
+                if let Some(mut l) = guard.take() {
+                    let _ = l.child.kill();
+                    let _ = l.child.wait();
+                }
+                last = Some(std::io::Error::from(e));
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no shim launcher")))
 }
 
 /// The intermediate as a fork of the agent (where starting this executable again does not
@@ -418,6 +597,8 @@ unsafe fn intermediate(io: &ShimIo) -> ! {
 unsafe fn shim(io: &ShimIo) -> ! {
     // SAFETY: async-signal-safe calls only; every path ends in `_exit`.
     unsafe {
+        // What `ps` and `top` show (otherwise the launcher's or the agent's name).
+        libc::prctl(libc::PR_SET_NAME, c"sandbox-shim".as_ptr(), 0, 0, 0);
         libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
