@@ -41,6 +41,9 @@ pub(crate) struct GlobalArgs {
     /// Log output format (logs go to stderr).
     #[arg(long, global = true, env = "AGENT_SANDBOX_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,
+    /// Also log each span (a reconcile, a request) when it closes, with its busy and idle time.
+    #[arg(long, global = true, env = "AGENT_SANDBOX_LOG_SPANS", value_parser = clap::builder::FalseyValueParser::new())]
+    pub(crate) log_spans: bool,
 }
 
 /// Log output formats.

@@ -15,8 +15,10 @@ use crate::args::{BenchArgs, Scenario};
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const POOL_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// Claims `n` sandboxes one after another, each from a full pool; returns the claim → Ready
-/// latencies and how many were served cold (the pool had no Ready member).
+/// Claims `n` sandboxes one after another, each on an instance at rest: the pool full and the
+/// previous claim's sandbox torn down (the `sustained` and `burst` scenarios measure claims
+/// under load). Returns the claim → Ready latencies and how many were served cold (the pool had
+/// no Ready member).
 async fn sequential_claims(
     f: &Fixture,
     args: &BenchArgs,
@@ -38,6 +40,7 @@ async fn sequential_claims(
         }
         extra.push(after_ready(&ready.sandbox, &ready.pod_ip).await? + (ready.at - start));
         f.delete_claim(name);
+        f.wait_pod_gone(&ready.sandbox, READY_TIMEOUT).await?;
     }
     Ok((claims, extra, cold))
 }
@@ -100,17 +103,21 @@ pub(super) async fn exec(f: &Fixture, args: &BenchArgs) -> anyhow::Result<Vec<Ro
         .tracker
         .wait(&format!("claim/{name}"), READY_TIMEOUT)
         .await?;
+    // The three paths take turns, so background work (the pool refilling behind the claim)
+    // weighs on each of them alike.
     let n = args.iterations * 10;
-    let mut via_router = Vec::with_capacity(n);
+    let direct_url = format!("http://{}:8080/v2/exec", ready.pod_ip);
+    let (mut via_router, mut direct, mut host) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
     for _ in 0..n {
         let t = Instant::now();
         f.exec(&ready.sandbox, &ready.pod_ip, &["true"], false)
             .await?;
         via_router.push(t.elapsed());
-    }
-    let direct_url = format!("http://{}:8080/v2/exec", ready.pod_ip);
-    let mut direct = Vec::with_capacity(n);
-    for _ in 0..n {
+
         let t = Instant::now();
         let resp = f
             .http
@@ -122,9 +129,7 @@ pub(super) async fn exec(f: &Fixture, args: &BenchArgs) -> anyhow::Result<Vec<Ro
         anyhow::ensure!(resp.status().is_success(), "direct exec: {}", resp.status());
         resp.bytes().await?;
         direct.push(t.elapsed());
-    }
-    let mut host = Vec::with_capacity(n);
-    for _ in 0..n {
+
         let t = Instant::now();
         tokio::process::Command::new("/bin/true").status().await?;
         host.push(t.elapsed());

@@ -11,6 +11,7 @@ use agent_sandbox_api::v1beta1::{
 };
 use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{
     DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
@@ -264,6 +265,21 @@ impl Fixture {
         }
     }
 
+    /// Waits until the Pod `name` is gone: its sandbox's teardown on the node is finished.
+    pub(crate) async fn wait_pod_gone(&self, name: &str, timeout: Duration) -> anyhow::Result<()> {
+        let api: Api<Pod> = self.conn.api();
+        let deadline = Instant::now() + timeout;
+        while api.get_opt(name).await?.is_some() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "pod {}/{name} is still there {timeout:?} after its claim was deleted; see `agent-sandbox logs` and the node's log",
+                self.conn.namespace
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
     /// Creates a claim on the benchmark pool (not waiting); returns its name.
     pub(crate) async fn create_claim(&self) -> anyhow::Result<String> {
         let mut claim = SandboxClaim::new(
@@ -318,11 +334,11 @@ impl Fixture {
             req = req.bearer_auth(t);
         }
         let resp = req.send().await.context("exec through the router")?;
-        anyhow::ensure!(
-            resp.status().is_success(),
-            "exec through the router: {}",
-            resp.status()
-        );
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            anyhow::bail!("exec through the router: {status}: {}", body.trim());
+        }
         if first_output {
             let mut stream = resp.bytes_stream();
             while let Some(chunk) = stream.next().await {
