@@ -22,6 +22,10 @@ use kube::{Api, ResourceExt};
 use parking_lot::Mutex;
 use serde_json::json;
 
+// The allocator of the `agent-sandbox` binary, so that the figures are the product's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn env_usize(k: &str, d: usize) -> usize {
     std::env::var(k)
         .ok()
