@@ -14,7 +14,7 @@ use agent_sandbox_api::v1beta1::{
 };
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
@@ -23,7 +23,7 @@ use tracing::instrument;
 
 use crate::cache::get;
 use crate::context::{Context, FIELD_MANAGER};
-use crate::error::{Error, is_not_found};
+use crate::error::{Error, is_conflict, is_not_found};
 use crate::meta::{annotation, controller_of, controller_ref, label, merge_diff, now};
 use crate::queue::pool_key;
 
@@ -130,13 +130,13 @@ pub async fn reconcile(pool: Arc<SandboxWarmPool>, ctx: Arc<Context>) -> Result<
                 ctx.expectations.expect_deletion(&key, &sb_uid, t0);
             }
             match sb_api
-                .delete(&sb.name_any(), &DeleteParams::default())
+                .delete(&sb.name_any(), &member_delete_params(&sb))
                 .await
             {
                 Ok(_) => terminating += usize::from(pool_owned),
                 Err(e) => {
                     ctx.expectations.deletion_observed(&key, &sb_uid);
-                    if !is_not_found(&e) {
+                    if !member_changed(&e) {
                         errors.push(format!(
                             "failed to delete stale sandbox {:?}: {e}",
                             sb.name_any()
@@ -207,13 +207,13 @@ pub async fn reconcile(pool: Arc<SandboxWarmPool>, ctx: Arc<Context>) -> Result<
             let sb_uid = sb.uid().unwrap_or_default();
             ctx.expectations.expect_deletion(&key, &sb_uid, t0);
             match sb_api
-                .delete(&sb.name_any(), &DeleteParams::default())
+                .delete(&sb.name_any(), &member_delete_params(&sb))
                 .await
             {
                 Ok(_) => terminating += 1,
                 Err(e) => {
                     ctx.expectations.deletion_observed(&key, &sb_uid);
-                    if !is_not_found(&e) {
+                    if !member_changed(&e) {
                         errors.push(format!(
                             "failed to delete stuck sandbox {:?}: {e}",
                             sb.name_any()
@@ -291,19 +291,19 @@ pub async fn reconcile(pool: Arc<SandboxWarmPool>, ctx: Arc<Context>) -> Result<
                         Instant::now(),
                     );
                 }
-                let dp = DeleteParams::default();
-                let results = join_all(
-                    chunk
-                        .iter()
-                        .map(|sb| sb_api.delete(sb.metadata.name.as_deref().unwrap_or(""), &dp)),
-                )
-                .await;
+                let params: Vec<DeleteParams> =
+                    chunk.iter().map(|sb| member_delete_params(sb)).collect();
+                let results =
+                    join_all(chunk.iter().zip(&params).map(|(sb, dp)| {
+                        sb_api.delete(sb.metadata.name.as_deref().unwrap_or(""), dp)
+                    }))
+                    .await;
                 let mut failed = false;
                 for (sb, r) in chunk.iter().zip(results) {
                     if let Err(e) = r {
                         ctx.expectations
                             .deletion_observed(&key, sb.uid().as_deref().unwrap_or(""));
-                        if !is_not_found(&e) {
+                        if !member_changed(&e) {
                             errors.push(format!(
                                 "failed to delete excess sandbox {:?}: {e}",
                                 sb.name_any()
@@ -392,6 +392,24 @@ pub async fn reconcile(pool: Arc<SandboxWarmPool>, ctx: Arc<Context>) -> Result<
 /// A deterministic jitter in [0, 1) derived from a name, so requeues of many members spread out.
 fn jitter_fraction(name: &str) -> f64 {
     f64::from(agent_sandbox_api::hash::fnv1a32(name) % 1000) / 1000.0
+}
+
+/// Deletes a pool member only as the pool saw it: same uid and resourceVersion. A member changed
+/// since (adopted by a claim between this reconcile's read and its delete, or updated) answers
+/// 409 and is left alone; the change's own event brings the pool back with a fresh view.
+fn member_delete_params(sb: &Sandbox) -> DeleteParams {
+    DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: sb.uid(),
+            resource_version: sb.resource_version(),
+        }),
+        ..DeleteParams::default()
+    }
+}
+
+/// A member delete that found the member gone or changed: nothing to report.
+fn member_changed(e: &kube::Error) -> bool {
+    is_not_found(e) || is_conflict(e)
 }
 
 #[cfg(test)]

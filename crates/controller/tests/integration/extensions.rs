@@ -1161,3 +1161,44 @@ async fn bad_input_reasons() {
         Some(&name_hash("tpl"))
     );
 }
+
+/// A pool scaled down while a claim adopts one of its members never deletes the adopted
+/// sandbox: the pool deletes members only with the uid and resourceVersion it saw, so one
+/// adopted in between answers 409 and stays. Several rounds, to meet the race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_down_racing_a_claim_keeps_the_adopted_sandbox() {
+    let env = start().await;
+    template(&env.client, "tpl", json!({})).await;
+    let pools: Api<SandboxWarmPool> = api(&env.client);
+    let sandboxes: Api<Sandbox> = api(&env.client);
+    for round in 0..10 {
+        let pool_name = format!("race-{round}");
+        let claim_name = format!("race-claim-{round}");
+        pool(&env.client, &pool_name, "tpl", Some(4), json!({})).await;
+        wait_pool_ready(&env.client, &pool_name).await;
+        let (pp, to_zero) = (
+            PatchParams::default(),
+            Patch::Merge(json!({"spec": {"replicas": 0}})),
+        );
+        let scale_down = pools.patch(&pool_name, &pp, &to_zero);
+        let (scaled, _) = tokio::join!(
+            scale_down,
+            claim(&env.client, &claim_name, &pool_name, json!({}))
+        );
+        scaled.unwrap();
+        let claimed = wait_claim_ready(&env.client, &claim_name).await;
+        let name = claimed.status.unwrap().sandbox.name;
+        consistently(
+            &format!("round {round}: claimed sandbox {name} exists and is not terminating"),
+            Duration::from_millis(500),
+            || async {
+                sandboxes
+                    .get_opt(&name)
+                    .await
+                    .unwrap()
+                    .is_some_and(|s| s.metadata.deletion_timestamp.is_none())
+            },
+        )
+        .await;
+    }
+}

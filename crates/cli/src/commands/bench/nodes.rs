@@ -1,5 +1,6 @@
 //! The node scenarios: cold start under each runtime handler (beside the runtime's own `run` of
-//! the same bundle) and density (host memory per idle sandbox).
+//! the same bundle) and density (host memory per idle sandbox, and what deleted sandboxes leave
+//! on the host).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -218,9 +219,112 @@ fn sandbox_cgroup_memory() -> Option<u64> {
     })
 }
 
+/// What a sandbox holds on the host, counted to show that deleted sandboxes leave nothing
+/// behind: state directories, mounts (rootfs overlays, network namespaces, volumes), sandbox
+/// cgroups, network interfaces (veths), IP leases and shim processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HostFootprint {
+    state_dirs: usize,
+    mounts: usize,
+    cgroups: usize,
+    interfaces: usize,
+    ip_leases: usize,
+    shims: usize,
+}
+
+impl HostFootprint {
+    fn measure(data_dir: &Path) -> HostFootprint {
+        let count = |dir: &Path| fs_err::read_dir(dir).map_or(0, Iterator::count);
+        let node = data_dir.join("node");
+        let node_str = node.to_string_lossy().into_owned();
+        let mounts = fs_err::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(node_str.as_str()))
+            .count();
+        let cgroups = [
+            "/sys/fs/cgroup/agent-sandbox",
+            "/sys/fs/cgroup/memory/agent-sandbox",
+        ]
+        .iter()
+        .map(|p| {
+            fs_err::read_dir(p).map_or(0, |d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .count()
+            })
+        })
+        .sum();
+        let ip_leases = fs_err::read_dir(node.join("network/ipam")).map_or(0, |nets| {
+            nets.filter_map(Result::ok)
+                .map(|net| {
+                    fs_err::read_dir(net.path()).map_or(0, |d| {
+                        d.filter_map(Result::ok)
+                            .filter(|e| {
+                                e.file_name()
+                                    .to_string_lossy()
+                                    .parse::<std::net::IpAddr>()
+                                    .is_ok()
+                            })
+                            .count()
+                    })
+                })
+                .sum()
+        });
+        let shims = fs_err::read_dir("/proc").map_or(0, |d| {
+            d.filter_map(Result::ok)
+                .filter(|e| {
+                    fs_err::read_to_string(e.path().join("comm"))
+                        .is_ok_and(|c| c.trim_end() == "sandbox-shim")
+                })
+                .count()
+        });
+        HostFootprint {
+            state_dirs: count(&node.join("sandboxes")),
+            mounts,
+            cgroups,
+            interfaces: count(Path::new("/sys/class/net")),
+            ip_leases,
+            shims,
+        }
+    }
+
+    /// What `self` holds beyond `before`, or `None` when nothing.
+    fn excess_over(&self, before: &HostFootprint) -> Option<String> {
+        let pairs = [
+            ("state directories", self.state_dirs, before.state_dirs),
+            ("mounts", self.mounts, before.mounts),
+            ("cgroups", self.cgroups, before.cgroups),
+            ("network interfaces", self.interfaces, before.interfaces),
+            ("IP leases", self.ip_leases, before.ip_leases),
+            ("shim processes", self.shims, before.shims),
+        ];
+        let extra: Vec<String> = pairs
+            .iter()
+            .filter(|(_, now, was)| now > was)
+            .map(|(what, now, was)| format!("{} {what}", now - was))
+            .collect();
+        (!extra.is_empty()).then(|| extra.join(", "))
+    }
+}
+
+/// Waits (bounded) for the host footprint to come back to `before` once sandboxes are deleted;
+/// returns what is left over, if anything.
+async fn leftovers(data_dir: &Path, before: &HostFootprint) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let excess = HostFootprint::measure(data_dir).excess_over(before);
+        if excess.is_none() || Instant::now() >= deadline {
+            return excess;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 pub(super) async fn density(f: &Fixture, args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     for &count in &args.density {
+        let footprint_before = HostFootprint::measure(&f.data_dir);
         let available_before = mem_available()?;
         let cgroup_before = sandbox_cgroup_memory();
         let started = Instant::now();
@@ -247,16 +351,19 @@ pub(super) async fn density(f: &Fixture, args: &BenchArgs) -> anyhow::Result<Vec
             ),
             _ => "unreadable".into(),
         };
+        delete_sandboxes(f, &names).await?;
+        let left = leftovers(&f.data_dir, &footprint_before)
+            .await
+            .unwrap_or_else(|| "none".into());
         rows.push(
             Row::rate(Scenario::Density, &format!("{count} idle sandboxes Ready"), count, count as f64 / all_ready.as_secs_f64())
                 .target("≥ 500, ≤ 8 MiB each")
                 .note(format!(
-                    "host memory {:.1} MiB per sandbox (MemAvailable); cgroups {per_sandbox_cgroup} per sandbox; all Ready in {:.1} s",
+                    "host memory {:.1} MiB per sandbox (MemAvailable); cgroups {per_sandbox_cgroup} per sandbox; all Ready in {:.1} s; left on the host after deletion: {left}",
                     per_sandbox_host / 1048576.0,
                     all_ready.as_secs_f64()
                 )),
         );
-        delete_sandboxes(f, &names).await?;
     }
     Ok(rows)
 }
