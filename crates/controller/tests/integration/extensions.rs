@@ -1041,8 +1041,20 @@ async fn parallel_claims(pool_size: i32, claims_n: usize) {
             .count();
         assert!(claim_owners <= 1);
     }
+    // Every member Ready before the burst is adopted. Upstream counts the rest as cold (15 of
+    // 20 on a pool of 5); here the test kubelet makes replacements Ready at once, so claims
+    // reconciled later may adopt those instead: more than `pool_size` warm is legitimate.
     let warm = names.iter().filter(|n| n.starts_with("pool-")).count();
-    assert!(warm <= pool_size as usize);
+    assert!(
+        warm >= (pool_size as usize).min(claims_n),
+        "only {warm} claims were served from a ready pool of {pool_size}"
+    );
+    for n in &names {
+        assert!(
+            n.starts_with("pool-") || n.starts_with("pc-"),
+            "claim got sandbox {n}, neither a pool member nor its own"
+        );
+    }
     if pool_size as usize >= claims_n {
         assert_eq!(warm, claims_n, "a sufficient pool serves every claim warm");
     }
