@@ -16,6 +16,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::{Value, json};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
@@ -298,6 +299,24 @@ impl App {
             .iter()
             .find(|r| r.group == group && r.plural == plural && r.serves(version))
             .cloned()
+    }
+
+    /// The stored object as the request's version sees it, borrowed when that needs no change
+    /// (the storage version, which the stored object already names); for reading only.
+    fn external_view<'a>(
+        &self,
+        rd: &ResourceDef,
+        version: &str,
+        obj: &'a Value,
+    ) -> ApiResult<Cow<'a, Value>> {
+        let same = version == rd.storage_version()
+            && !(rd.special == Special::Event && rd.group.is_empty())
+            && obj["kind"].as_str() == Some(rd.kind.as_str())
+            && obj["apiVersion"].as_str() == Some(rd.api_version(version).as_str());
+        if same {
+            return Ok(Cow::Borrowed(obj));
+        }
+        self.to_external(rd, version, obj).map(Cow::Owned)
     }
 
     /// Converts a stored object to the request's version.
@@ -669,14 +688,14 @@ impl App {
         status_only: bool,
         req: &mut Req,
     ) -> ApiResult<Value> {
-        let old_ext = self.to_external(&t.rd, &t.version, &old.obj)?;
+        let old_ext = self.external_view(&t.rd, &t.version, &old.obj)?;
         let mut new = new;
         new["apiVersion"] = json!(t.api_version());
         new["kind"] = json!(t.rd.kind);
         if status_only {
             // Only status changes are taken (plus nothing else).
             let status = new.get("status").cloned();
-            let mut merged = old_ext.clone();
+            let mut merged = Value::clone(&old_ext);
             match status {
                 Some(s) => merged["status"] = s,
                 None => {
@@ -785,7 +804,7 @@ impl App {
         let mut stored = self.to_storage(&t.rd, &t.version, new)?;
         meta_mut(&mut stored).insert("resourceVersion".into(), json!(old.rv.to_string()));
         if stored == *old.obj {
-            return Ok(old_ext);
+            return Ok(old_ext.into_owned());
         }
         if req.dry_run() {
             return self.to_external(&t.rd, &t.version, &stored);
@@ -803,8 +822,6 @@ impl App {
                 })
                 .await
                 .map_err(|e| store_err(t, t.name(), e))?;
-            let mut last = (*s.obj).clone();
-            let _ = &mut last;
             return self.to_external(&t.rd, &t.version, &stored_with_rv(&stored, s.rv));
         }
         let s = self
@@ -908,7 +925,7 @@ impl App {
         let status_only = t.sub.as_deref() == Some("status");
         for _ in 0..16 {
             let old = self.current(t)?;
-            let old_ext = self.to_external(&t.rd, &t.version, &old.obj)?;
+            let old_ext = self.external_view(&t.rd, &t.version, &old.obj)?;
             let patched = patch::apply(&old_ext, kind, body)?;
             if !patched.is_object() {
                 return Err(ApiError::bad_request("the patch produced a non-object"));

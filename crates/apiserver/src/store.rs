@@ -278,6 +278,42 @@ fn key_of(obj: &Value) -> ObjKey {
     )
 }
 
+/// Serialises an object as stored on disk: everything but `metadata.resourceVersion`, which
+/// the row's own column holds. Avoids copying the object to drop one field.
+struct WithoutResourceVersion<'a>(&'a Value);
+
+impl serde::Serialize for WithoutResourceVersion<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Value::Object(top) = self.0 else {
+            return self.0.serialize(ser);
+        };
+        let mut out = ser.serialize_map(Some(top.len()))?;
+        for (k, v) in top {
+            match v {
+                Value::Object(meta) if k == "metadata" => {
+                    let fields = meta.iter().filter(|(f, _)| *f != "resourceVersion");
+                    out.serialize_entry(k, &MapOf(fields))?;
+                }
+                _ => out.serialize_entry(k, v)?,
+            }
+        }
+        out.end()
+    }
+}
+
+/// Serialises the entries of an iterator as a JSON object.
+struct MapOf<I>(I);
+
+impl<'a, I> serde::Serialize for MapOf<I>
+where
+    I: Iterator<Item = (&'a String, &'a Value)> + Clone,
+{
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        ser.collect_map(self.0.clone())
+    }
+}
+
 fn set_rv(obj: &mut Value, rv: u64) {
     if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         m.insert("resourceVersion".into(), Value::String(rv.to_string()));
@@ -359,11 +395,8 @@ impl Store {
         }
         let data = match &op {
             Op::Create { obj, .. } | Op::Update { obj, .. } => {
-                let mut o = obj.clone();
-                if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
-                    m.remove("resourceVersion");
-                }
-                serde_json::to_vec(&o).map_err(|e| StoreError::Internal(e.to_string()))?
+                serde_json::to_vec(&WithoutResourceVersion(obj))
+                    .map_err(|e| StoreError::Internal(e.to_string()))?
             }
             Op::Delete { .. } => vec![],
         };
@@ -1021,6 +1054,24 @@ mod tests {
 
     fn obj(name: &str) -> Value {
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default", "uid": name}})
+    }
+
+    #[test]
+    fn stored_form_drops_only_the_resource_version_and_keeps_key_order() {
+        let o = json!({"kind": "Pod", "apiVersion": "v1",
+            "metadata": {"name": "a", "resourceVersion": "7", "labels": {"resourceVersion": "x"}},
+            "spec": {"metadata": {"resourceVersion": "kept"}}});
+        let got =
+            String::from_utf8(serde_json::to_vec(&WithoutResourceVersion(&o)).unwrap()).unwrap();
+        assert_eq!(
+            got,
+            r#"{"kind":"Pod","apiVersion":"v1","metadata":{"name":"a","labels":{"resourceVersion":"x"}},"spec":{"metadata":{"resourceVersion":"kept"}}}"#
+        );
+        let scalar = json!("x");
+        assert_eq!(
+            serde_json::to_vec(&WithoutResourceVersion(&scalar)).unwrap(),
+            b"\"x\""
+        );
     }
 
     #[tokio::test]
