@@ -29,6 +29,20 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// Prints one latency line: p50 and p99 of sorted samples, and the target if there is one.
+fn latency_row(label: &str, sorted: &[Duration], target: &str) {
+    let target = if target.is_empty() {
+        String::new()
+    } else {
+        format!("   ({target})")
+    };
+    println!(
+        "{label}p50 {}  p99 {}{target}",
+        ms(pct(sorted, 0.5)),
+        ms(pct(sorted, 0.99))
+    );
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }
@@ -210,31 +224,15 @@ fn main() {
     println!(
         "sandboxd performance ({EXEC_ROUNDS} execs, {FILE_ROUNDS} x 100 MiB transfers, medians)"
     );
-    println!(
-        "  baseline fork+exec `true` from Rust:   p50 {}  p99 {}",
-        ms(pct(&base_times, 0.5)),
-        ms(pct(&base_times, 0.99))
+    latency_row("  baseline fork+exec `true` from Rust:   ", &base_times, "");
+    latency_row("  baseline gRPC round trip, no process:  ", &rpc_hot, "");
+    latency_row("    the same after 1 ms idle:            ", &rpc_idle, "");
+    latency_row(
+        "  gRPC Execute `true` (client to exit):  ",
+        &exec_times,
+        "target p50 <= 1 ms",
     );
-    println!(
-        "  baseline gRPC round trip, no process:  p50 {}  p99 {}",
-        ms(pct(&rpc_hot, 0.5)),
-        ms(pct(&rpc_hot, 0.99))
-    );
-    println!(
-        "    the same after 1 ms idle:            p50 {}  p99 {}",
-        ms(pct(&rpc_idle, 0.5)),
-        ms(pct(&rpc_idle, 0.99))
-    );
-    println!(
-        "  gRPC Execute `true` (client to exit):  p50 {}  p99 {}   (target p50 <= 1 ms)",
-        ms(pct(&exec_times, 0.5)),
-        ms(pct(&exec_times, 0.99))
-    );
-    println!(
-        "  POST /v2/exec `true` (JSON answer):    p50 {}  p99 {}",
-        ms(pct(&v2_times, 0.5)),
-        ms(pct(&v2_times, 0.99))
-    );
+    latency_row("  POST /v2/exec `true` (JSON answer):    ", &v2_times, "");
     println!(
         "  baseline raw loopback TCP copy:        {:.0} MiB/s",
         mib_s(FILE_BYTES, pct(&tcp, 0.5))

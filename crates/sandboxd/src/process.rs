@@ -414,18 +414,8 @@ impl Supervisor {
             .map(|s| pipe::Sender::from_owned_fd_unchecked(nonblocking(s.into())?))
             .transpose()
             .map_err(other)?;
-        let stdout = child
-            .stdout
-            .take()
-            .map(|s| pipe::Receiver::from_owned_fd_unchecked(nonblocking(s.into())?))
-            .transpose()
-            .map_err(other)?;
-        let stderr = child
-            .stderr
-            .take()
-            .map(|s| pipe::Receiver::from_owned_fd_unchecked(nonblocking(s.into())?))
-            .transpose()
-            .map_err(other)?;
+        let stdout = output_pipe(child.stdout.take()).map_err(other)?;
+        let stderr = output_pipe(child.stderr.take()).map_err(other)?;
         guard.disarm();
         Ok(Child {
             pid,
@@ -516,6 +506,12 @@ impl Supervisor {
 
 /// Puts our end of a pipe the standard library made (blocking, close-on-exec) in non-blocking
 /// mode, as tokio's pipe types need; one `fcntl`, where the checked constructors take three.
+/// The child's end of an output pipe, as a non-blocking receiver for the runtime.
+fn output_pipe(end: Option<impl Into<OwnedFd>>) -> io::Result<Option<pipe::Receiver>> {
+    end.map(|s| pipe::Receiver::from_owned_fd_unchecked(nonblocking(s.into())?))
+        .transpose()
+}
+
 fn nonblocking(fd: OwnedFd) -> io::Result<OwnedFd> {
     rustix::fs::fcntl_setfl(&fd, rustix::fs::OFlags::NONBLOCK)?;
     Ok(fd)

@@ -8,21 +8,14 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use agent_sandbox_node::spec::{VolumeSource, VolumeSpec};
-use agent_sandbox_node::{HandlerKind, NodeError, Phase, PullPolicy, SandboxSpec};
+use agent_sandbox_node::{NodeError, Phase, PullPolicy, SandboxSpec};
 use common::{Env, assert_no_leaks, need};
 
 const IMAGE: &str = "localhost/test/busybox:1";
 
-fn default_kind() -> HandlerKind {
-    [HandlerKind::Crun, HandlerKind::Runc]
-        .into_iter()
-        .find(|k| agent_sandbox_node::runtime::find_binary(k.name()).is_some())
-        .unwrap_or(HandlerKind::Runc)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_cleanly() {
-    let kind = default_kind();
+    let kind = common::default_kind();
     if need(Some(kind)) {
         return;
     }
@@ -153,7 +146,7 @@ async fn bad_input_is_refused_cleanly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_create_remove_cycles_leave_nothing() {
-    let kind = default_kind();
+    let kind = common::default_kind();
     if need(Some(kind)) {
         return;
     }

@@ -33,6 +33,15 @@ pub fn have_busybox() -> bool {
 }
 
 /// Skip unless root with the given runtime installed and busybox-static present.
+/// The handler the tests use by default: crun when installed (the node's own default here),
+/// else runc.
+pub fn default_kind() -> HandlerKind {
+    [HandlerKind::Crun, HandlerKind::Runc]
+        .into_iter()
+        .find(|k| agent_sandbox_node::runtime::find_binary(k.name()).is_some())
+        .unwrap_or(HandlerKind::Runc)
+}
+
 pub fn need(handler: Option<HandlerKind>) -> bool {
     if skip_unless(is_root(), "needs root") {
         return true;

@@ -35,13 +35,6 @@ async fn run_to_end(
     (code, log)
 }
 
-fn default_kind() -> HandlerKind {
-    [HandlerKind::Crun, HandlerKind::Runc]
-        .into_iter()
-        .find(|k| agent_sandbox_node::runtime::find_binary(k.name()).is_some())
-        .unwrap_or(HandlerKind::Runc)
-}
-
 async fn isolation(kind: HandlerKind) {
     if need(Some(kind)) {
         return;
@@ -170,7 +163,7 @@ async fn isolation(kind: HandlerKind) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolation_default_handler() {
-    isolation(default_kind()).await;
+    isolation(common::default_kind()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

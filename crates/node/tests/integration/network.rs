@@ -124,10 +124,7 @@ async fn networking(kind: HandlerKind, salt: u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bridge_network_default_handler() {
-    let kind = [HandlerKind::Crun, HandlerKind::Runc]
-        .into_iter()
-        .find(|k| agent_sandbox_node::runtime::find_binary(k.name()).is_some())
-        .unwrap_or(HandlerKind::Runc);
+    let kind = common::default_kind();
     networking(kind, 1).await;
 }
 
@@ -141,10 +138,7 @@ async fn bridge_network_runsc() {
 /// leave no namespace, mount, cgroup, directory or IPAM reservation behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_network_attachment_leaves_nothing() {
-    let kind = [HandlerKind::Crun, HandlerKind::Runc]
-        .into_iter()
-        .find(|k| agent_sandbox_node::runtime::find_binary(k.name()).is_some())
-        .unwrap_or(HandlerKind::Runc);
+    let kind = common::default_kind();
     if need(Some(kind)) {
         return;
     }

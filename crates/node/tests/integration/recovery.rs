@@ -10,18 +10,11 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agent_sandbox_node::{HandlerKind, Phase, SandboxEngine, SandboxSpec};
+use agent_sandbox_node::{Phase, SandboxEngine, SandboxSpec};
 use common::{Env, TestImage, assert_no_leaks, need};
 
 const IMAGE: &str = "localhost/test/busybox:1";
 const CHILD_ENV: &str = "NODE_RECOVERY_CHILD_DIR";
-
-fn kind() -> HandlerKind {
-    [HandlerKind::Crun, HandlerKind::Runc]
-        .into_iter()
-        .find(|k| agent_sandbox_node::runtime::find_binary(k.name()).is_some())
-        .unwrap_or(HandlerKind::Runc)
-}
 
 /// Runs only inside the child process: create two sandboxes, report, then wait to be killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,7 +24,7 @@ async fn recovery_child_helper() {
     };
     let dir = PathBuf::from(dir);
     let mut config = Env::config(&dir);
-    config.handlers = vec![kind()];
+    config.handlers = vec![common::default_kind()];
     let e = SandboxEngine::new(config).await.unwrap();
     let layout = dir.join("layout");
     TestImage::busybox().write_layout(&layout, "test");
@@ -56,10 +49,10 @@ async fn recovery_child_helper() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandboxes_survive_kill_9_of_the_engine_process() {
-    if std::env::var(CHILD_ENV).is_ok() || need(Some(kind())) {
+    if std::env::var(CHILD_ENV).is_ok() || need(Some(common::default_kind())) {
         return;
     }
-    let mut env = Env::new(&[kind()], None).await;
+    let mut env = Env::new(&[common::default_kind()], None).await;
     let dir = env.dir.path().to_path_buf();
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "recovery::recovery_child_helper", "--nocapture"])

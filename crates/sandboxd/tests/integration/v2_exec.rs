@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use common::{Daemon, expect_error, http};
+use common::{Daemon, expect_error, get_json, http};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 
@@ -284,14 +284,7 @@ async fn a_client_that_goes_away_kills_the_command_and_the_daemon_keeps_serving(
         .expect("sandboxd answers while the abandoned command is killed")
         .unwrap();
         assert_eq!(health.status(), 200);
-        let list: Value = http()
-            .get(d.url("/v2/processes"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list = get_json(&d.url("/v2/processes")).await;
         let running = list["processes"]
             .as_array()
             .unwrap()
@@ -330,14 +323,7 @@ async fn a_json_client_that_goes_away_kills_the_command_and_unregisters_it() {
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let pid = loop {
-        let list: Value = http()
-            .get(d.url("/v2/processes"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list = get_json(&d.url("/v2/processes")).await;
         if let Some(p) = listed(&list) {
             break p["pid"].as_i64().unwrap();
         }
@@ -348,14 +334,7 @@ async fn a_json_client_that_goes_away_kills_the_command_and_unregisters_it() {
     let _ = request.await;
     // The command is killed and leaves the process list.
     loop {
-        let list: Value = http()
-            .get(d.url("/v2/processes"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list = get_json(&d.url("/v2/processes")).await;
         let alive = std::path::Path::new(&format!("/proc/{pid}")).exists()
             && !fs_err::read_to_string(format!("/proc/{pid}/stat"))
                 .unwrap_or_default()

@@ -37,19 +37,13 @@ async fn create_sandbox(f: &Fixture, name: &str, handler: Option<&str>) -> anyho
 /// Deletes sandboxes and waits (bounded) until their Pods are gone.
 async fn delete_sandboxes(f: &Fixture, names: &[String]) -> anyhow::Result<()> {
     let sandboxes: Api<Sandbox> = f.conn.api();
-    let pods: Api<Pod> = f.conn.api();
     for n in names {
         let _ = sandboxes.delete(n, &DeleteParams::background()).await;
     }
     let deadline = Instant::now() + Duration::from_secs(300);
     for n in names {
-        while pods.get_opt(n).await?.is_some() {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "pod {n} is still there after 300 s"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        f.wait_pod_gone(n, deadline.saturating_duration_since(Instant::now()))
+            .await?;
     }
     Ok(())
 }
