@@ -34,6 +34,9 @@ use crate::spec::{DnsSpec, SandboxSpec, VolumeSource, VolumeSpec};
 use crate::sys;
 use crate::timeline::{StepTime, Timeline};
 
+/// How long `pause` waits for the freezer to report every process stopped.
+const PAUSE_SETTLE: Duration = Duration::from_secs(5);
+
 /// Called by the engine around a sandbox's network: `attached` after CNI ADD, while the
 /// runtime may be creating the container but before any container starts (an error removes
 /// the sandbox), `detached` after CNI DEL. The node's NetworkPolicy enforcer
@@ -1591,15 +1594,33 @@ impl SandboxEngine {
         }
         let rt = self.runtimes[&rec.handler].clone();
         let all = rec.containers.clone();
+        let mut paused = Vec::new();
         for c in &all {
             if self.state_of(&rec, c).await?.phase == Phase::Running {
                 rt.pause(&c.runtime_id).await?;
+                paused.push(c);
                 if let Some(x) = rec.container_mut(&c.name) {
                     x.paused = true;
                 }
             }
         }
-        self.commit(&entry, &rec)
+        self.commit(&entry, &rec)?;
+        // The runtime returns once the freeze is requested; a v1 freezer passes through
+        // FREEZING until every task stopped. Pausing means frozen, so wait for it.
+        let deadline = Instant::now() + PAUSE_SETTLE;
+        for c in paused {
+            while self.state_of(&rec, c).await?.phase == Phase::Running {
+                if Instant::now() >= deadline {
+                    return Err(NodeError::Timeout {
+                        sandbox: id.into(),
+                        what: "the cgroup freezer to stop every process",
+                        secs: PAUSE_SETTLE.as_secs_f64(),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        Ok(())
     }
 
     /// Thaw a paused sandbox.
