@@ -394,29 +394,41 @@ impl LeaderElector {
     }
 
     /// Gives the Lease up if this candidate holds it: empty holder, 1 s duration, so that a
-    /// standby takes over at its next attempt.
+    /// standby takes over at its next attempt. A renewal cancelled in flight may still land
+    /// between the read and the write; the resulting conflict is retried on a fresh read.
     pub async fn release(&self) -> Result<(), kube::Error> {
+        const ATTEMPTS: usize = 5;
         self.status.set(false);
-        let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
-            return Ok(());
-        };
-        let old = lease.spec.clone().unwrap_or_default();
-        if old.holder_identity.as_deref() != Some(self.config.identity.as_str()) {
-            return Ok(());
+        for attempt in 1..=ATTEMPTS {
+            let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
+                return Ok(());
+            };
+            let old = lease.spec.clone().unwrap_or_default();
+            if old.holder_identity.as_deref() != Some(self.config.identity.as_str()) {
+                return Ok(());
+            }
+            let now = MicroTime(Timestamp::now());
+            lease.spec = Some(LeaseSpec {
+                holder_identity: None,
+                lease_duration_seconds: Some(1),
+                acquire_time: Some(now.clone()),
+                renew_time: Some(now),
+                ..old
+            });
+            match self
+                .api
+                .replace(&lease.name_any(), &PostParams::default(), &lease)
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(lease = %self.lease_ref(), "released leadership");
+                    return Ok(());
+                }
+                Err(e) if crate::error::is_conflict(&e) && attempt < ATTEMPTS => {}
+                Err(e) => return Err(e),
+            }
         }
-        let now = MicroTime(Timestamp::now());
-        lease.spec = Some(LeaseSpec {
-            holder_identity: None,
-            lease_duration_seconds: Some(1),
-            acquire_time: Some(now.clone()),
-            renew_time: Some(now),
-            ..old
-        });
-        self.api
-            .replace(&lease.name_any(), &PostParams::default(), &lease)
-            .await?;
-        tracing::info!(lease = %self.lease_ref(), "released leadership");
-        Ok(())
+        unreachable!("the last attempt returns")
     }
 
     /// Waits for leadership (or `cancel`), then runs `work` while renewing. Returns
