@@ -151,12 +151,15 @@ impl Admission {
                 })
             })?;
         let mut walker = Walker::default();
-        walker.object(obj, &prepared.schema, "", true);
+        walker.object(obj, &prepared.schema, "", true, old);
         if !walker.errors.is_empty() {
             return Err(AdmitError::Invalid(walker.errors));
         }
+        // What the rules read is unchanged on this update: they held when it was written
+        // (ratcheting, as for the schema walk), so they are not evaluated again.
         if let Some(cel) = &prepared.cel
             && let Some((obj, old)) = prepared.cel_plan.project(obj, old)
+            && old.as_deref() != Some(&*obj)
             && let Err(errs) = VALIDATOR.with(|v| v.validate_compiled(cel, &obj, old.as_deref()))
         {
             let errors = errs
@@ -281,8 +284,18 @@ impl Walker {
     }
 
     /// Visits `value` against `schema`. `root` marks the top-level object, whose `apiVersion`,
-    /// `kind` and `metadata` are the API server's business.
-    fn object(&mut self, value: &mut Value, schema: &Value, path: &str, root: bool) {
+    /// `kind` and `metadata` are the API server's business. `old` is the same place in the
+    /// stored object on an update: a property equal to it there was admitted when it was
+    /// written and is not walked again (validation ratcheting, as kube-apiserver does for
+    /// unchanged fields), so a status write does not revisit the spec.
+    fn object(
+        &mut self,
+        value: &mut Value,
+        schema: &Value,
+        path: &str,
+        root: bool,
+        old: Option<&Value>,
+    ) {
         if schema
             .get("x-kubernetes-int-or-string")
             .and_then(Value::as_bool)
@@ -305,7 +318,7 @@ impl Walker {
                 let Value::Object(map) = value else {
                     return self.type_error(path, value, "object");
                 };
-                self.properties(map, schema, path, root, preserve);
+                self.properties(map, schema, path, root, preserve, old);
             }
             "array" => {
                 let Value::Array(items) = value else {
@@ -342,6 +355,7 @@ impl Walker {
         path: &str,
         root: bool,
         preserve: bool,
+        old: Option<&Value>,
     ) {
         let props = schema.get("properties").and_then(Value::as_object);
         let additional = schema.get("additionalProperties").filter(|a| a.is_object());
@@ -393,8 +407,12 @@ impl Walker {
             if root && matches!(key.as_str(), "apiVersion" | "kind" | "metadata") {
                 continue;
             }
+            let old_child = old.and_then(|o| o.get(key));
+            if old_child == Some(&*child) {
+                continue;
+            }
             if let Some(sub) = props.and_then(|p| p.get(key)).or(additional) {
-                self.object(child, sub, &child_path(path, key), false);
+                self.object(child, sub, &child_path(path, key), false, old_child);
             }
         }
     }
@@ -433,7 +451,7 @@ impl Walker {
                     );
                     continue;
                 }
-                self.object(item, item_schema, &p, false);
+                self.object(item, item_schema, &p, false, None);
             }
         }
         match schema.get("x-kubernetes-list-type").and_then(Value::as_str) {

@@ -500,6 +500,38 @@ fn unknown_fields_are_pruned_and_reported_by_admission() {
     assert_eq!(obj["metadata"]["labels"]["a"], "b");
 }
 
+#[test]
+fn updates_revalidate_only_what_changed() {
+    let admission = Admission::new(&crd::sandbox_claim());
+    // Stored before a schema change made it invalid: a number where a string belongs.
+    let old = json!({
+        "apiVersion": "extensions.agents.x-k8s.io/v1beta1", "kind": "SandboxClaim",
+        "metadata": {"name": "c"},
+        "spec": {"warmPoolRef": {"name": 7}},
+    });
+    // A status write leaves the spec alone: it is not walked again.
+    let mut status_write = old.clone();
+    status_write["status"] = json!({"conditions": []});
+    assert!(
+        admission
+            .admit("v1beta1", &mut status_write, Some(&old))
+            .is_ok()
+    );
+    // A changed field is walked: pruned, defaulted and validated.
+    let mut spec_write = old.clone();
+    spec_write["spec"]["warmPoolRef"] = json!({"name": 8, "extra": 1});
+    match admission.admit("v1beta1", &mut spec_write, Some(&old)) {
+        Err(AdmitError::Invalid(errors)) => assert!(
+            errors.iter().any(|e| e.field == "spec.warmPoolRef.name"),
+            "{errors:?}"
+        ),
+        other => panic!("expected the changed field to be refused, got {other:?}"),
+    }
+    // Without an old object (a create) everything is walked.
+    let mut create = old.clone();
+    assert!(admission.admit("v1beta1", &mut create, None).is_err());
+}
+
 // ---- CRDs ----
 
 fn walk(schema: &Value, path: &str, visit: &mut dyn FnMut(&str, &Value)) {

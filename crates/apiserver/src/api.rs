@@ -193,9 +193,61 @@ fn spec_equal(a: &Value, b: &Value) -> bool {
             .all(|k| a.contains_key(k))
 }
 
+/// Whether the stored `obj` is already what a request in `version` sees.
+fn is_external(rd: &ResourceDef, version: &str, obj: &Value) -> bool {
+    version == rd.storage_version()
+        && !(rd.special == Special::Event && rd.group.is_empty())
+        && obj["kind"].as_str() == Some(rd.kind.as_str())
+        && obj["apiVersion"].as_str() == Some(rd.api_version(version).as_str())
+}
+
+/// An object to answer with: the stored object itself when the request's version is the
+/// storage version (its JSON is serialised once and shared with the watchers), or one built for
+/// the request (converted, dry run, deleted).
+#[derive(Debug)]
+pub enum Reply {
+    /// The stored object, as stored.
+    Stored(Arc<Stored>),
+    /// An object built for this request.
+    Built(Value),
+}
+
+impl Reply {
+    /// The object.
+    pub fn value(&self) -> &Value {
+        match self {
+            Reply::Stored(s) => &s.obj,
+            Reply::Built(v) => v,
+        }
+    }
+
+    /// The object, owned (a copy of a stored one).
+    pub fn into_value(self) -> Value {
+        match self {
+            Reply::Stored(s) => Value::clone(&s.obj),
+            Reply::Built(v) => v,
+        }
+    }
+
+    fn body(&self) -> bytes::Bytes {
+        match self {
+            Reply::Stored(s) => s.json().clone(),
+            Reply::Built(v) => serde_json::to_vec(v).unwrap_or_default().into(),
+        }
+    }
+}
+
 /// JSON response with a status code.
 pub fn json_response(code: StatusCode, v: &Value, warnings: &[String]) -> Response {
-    let mut r = (code, serde_json::to_vec(v).unwrap_or_default()).into_response();
+    json_body_response(
+        code,
+        serde_json::to_vec(v).unwrap_or_default().into(),
+        warnings,
+    )
+}
+
+fn json_body_response(code: StatusCode, body: bytes::Bytes, warnings: &[String]) -> Response {
+    let mut r = (code, body).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -309,14 +361,18 @@ impl App {
         version: &str,
         obj: &'a Value,
     ) -> ApiResult<Cow<'a, Value>> {
-        let same = version == rd.storage_version()
-            && !(rd.special == Special::Event && rd.group.is_empty())
-            && obj["kind"].as_str() == Some(rd.kind.as_str())
-            && obj["apiVersion"].as_str() == Some(rd.api_version(version).as_str());
-        if same {
+        if is_external(rd, version, obj) {
             return Ok(Cow::Borrowed(obj));
         }
         self.to_external(rd, version, obj).map(Cow::Owned)
+    }
+
+    /// `s` as the answer to a request in `version`: itself when no conversion is needed.
+    fn reply(&self, rd: &ResourceDef, version: &str, s: &Arc<Stored>) -> ApiResult<Reply> {
+        if is_external(rd, version, &s.obj) {
+            return Ok(Reply::Stored(s.clone()));
+        }
+        self.to_external(rd, version, &s.obj).map(Reply::Built)
     }
 
     /// Converts a stored object to the request's version.
@@ -543,7 +599,7 @@ impl App {
         t: &Target,
         body: &[u8],
         req: &mut Req,
-    ) -> ApiResult<(StatusCode, Value)> {
+    ) -> ApiResult<(StatusCode, Reply)> {
         if t.rd.read_only {
             return Err(ApiError::method_not_allowed(format!(
                 "{} are read-only on this server",
@@ -621,7 +677,7 @@ impl App {
         if req.dry_run() {
             return Ok((
                 StatusCode::CREATED,
-                self.to_external(&t.rd, &t.version, &stored)?,
+                Reply::Built(self.to_external(&t.rd, &t.version, &stored)?),
             ));
         }
         let mut attempt = stored;
@@ -634,12 +690,7 @@ impl App {
                 })
                 .await
             {
-                Ok(s) => {
-                    return Ok((
-                        StatusCode::CREATED,
-                        self.to_external(&t.rd, &t.version, &s.obj)?,
-                    ));
-                }
+                Ok(s) => return Ok((StatusCode::CREATED, self.reply(&t.rd, &t.version, &s)?)),
                 Err(StoreError::AlreadyExists) if generated => {
                     let g = meta(&attempt)["generateName"]
                         .as_str()
@@ -663,12 +714,9 @@ impl App {
     }
 
     /// GET one object (also the status subresource).
-    pub fn get(&self, t: &Target) -> ApiResult<Value> {
-        let s = self
-            .store
-            .get(&t.rd.key(), t.ns(), t.name())
-            .ok_or_else(|| t.not_found())?;
-        self.to_external(&t.rd, &t.version, &s.obj)
+    pub fn get(&self, t: &Target) -> ApiResult<Reply> {
+        let s = self.current(t)?;
+        self.reply(&t.rd, &t.version, &s)
     }
 
     fn current(&self, t: &Target) -> ApiResult<Arc<Stored>> {
@@ -687,24 +735,16 @@ impl App {
         new: Value,
         status_only: bool,
         req: &mut Req,
-    ) -> ApiResult<Value> {
+    ) -> ApiResult<Reply> {
         let old_ext = self.external_view(&t.rd, &t.version, &old.obj)?;
         let mut new = new;
         new["apiVersion"] = json!(t.api_version());
         new["kind"] = json!(t.rd.kind);
         if status_only {
-            // Only status changes are taken (plus nothing else).
-            let status = new.get("status").cloned();
-            let mut merged = Value::clone(&old_ext);
-            match status {
-                Some(s) => merged["status"] = s,
-                None => {
-                    if let Some(m) = merged.as_object_mut() {
-                        m.remove("status");
-                    }
-                }
-            }
-            new = merged;
+            // Only status changes are taken: everything else is the old object's. The request
+            // (a patched copy of the old object, or a client's PUT) usually carries the rest
+            // unchanged, so only what differs is copied back.
+            keep_all_but_status(&mut new, &old_ext);
         } else if t.rd.has_status {
             match old_ext.get("status") {
                 Some(s) => new["status"] = s.clone(),
@@ -716,7 +756,7 @@ impl App {
             }
         }
         {
-            let om = meta(&old_ext).clone();
+            let om = meta(&old_ext);
             let m = meta_mut(&mut new);
             for k in [
                 "uid",
@@ -804,10 +844,12 @@ impl App {
         let mut stored = self.to_storage(&t.rd, &t.version, new)?;
         meta_mut(&mut stored).insert("resourceVersion".into(), json!(old.rv.to_string()));
         if stored == *old.obj {
-            return Ok(old_ext.into_owned());
+            return self.reply(&t.rd, &t.version, old);
         }
         if req.dry_run() {
-            return self.to_external(&t.rd, &t.version, &stored);
+            return self
+                .to_external(&t.rd, &t.version, &stored)
+                .map(Reply::Built);
         }
         let deleting = meta(&stored).get("deletionTimestamp").is_some();
         if deleting && finalizers(&stored).is_empty() && self.grace_expired(&stored) {
@@ -822,7 +864,9 @@ impl App {
                 })
                 .await
                 .map_err(|e| store_err(t, t.name(), e))?;
-            return self.to_external(&t.rd, &t.version, &stored_with_rv(&stored, s.rv));
+            return self
+                .to_external(&t.rd, &t.version, &stored_with_rv(&stored, s.rv))
+                .map(Reply::Built);
         }
         let s = self
             .store
@@ -833,7 +877,7 @@ impl App {
             })
             .await
             .map_err(|e| store_err(t, t.name(), e))?;
-        self.to_external(&t.rd, &t.version, &s.obj)
+        self.reply(&t.rd, &t.version, &s)
     }
 
     fn grace_expired(&self, obj: &Value) -> bool {
@@ -850,7 +894,7 @@ impl App {
     }
 
     /// PUT: update (main resource or status).
-    pub async fn update(&self, t: &Target, body: &[u8], req: &mut Req) -> ApiResult<Value> {
+    pub async fn update(&self, t: &Target, body: &[u8], req: &mut Req) -> ApiResult<Reply> {
         if t.rd.read_only && t.rd.special != Special::Crd {
             return Err(ApiError::method_not_allowed(format!(
                 "{} are read-only on this server",
@@ -902,7 +946,7 @@ impl App {
         body: &[u8],
         ct: &str,
         req: &mut Req,
-    ) -> ApiResult<Value> {
+    ) -> ApiResult<Reply> {
         if t.rd.read_only && t.rd.special != Special::Crd {
             return Err(ApiError::method_not_allowed(format!(
                 "{} are read-only on this server",
@@ -956,7 +1000,7 @@ impl App {
             t.rd.scale_for(&t.version)
                 .ok_or_else(|| t.not_found())?
                 .clone();
-        let obj = self.get(t)?;
+        let obj = self.get(t)?.into_value();
         let ptr = |p: &str| p.replace('.', "/");
         let spec = obj
             .pointer(&ptr(&paths.spec_replicas))
@@ -1583,6 +1627,21 @@ fn wants_table(headers: &HeaderMap) -> bool {
         })
 }
 
+/// Makes `new` the old object with `new`'s status: every other top-level field is restored from
+/// `old` where it differs (compared first, so the common unchanged case copies nothing).
+fn keep_all_but_status(new: &mut Value, old: &Value) {
+    let (Some(n), Some(o)) = (new.as_object_mut(), old.as_object()) else {
+        *new = old.clone();
+        return;
+    };
+    n.retain(|k, _| k == "status" || o.contains_key(k));
+    for (k, v) in o {
+        if k != "status" && n.get(k) != Some(v) {
+            n.insert(k.clone(), v.clone());
+        }
+    }
+}
+
 /// Dispatches one resource request.
 pub async fn handle_resource(app: Arc<App>, t: Target, req: Request) -> Response {
     let (parts, body) = req.into_parts();
@@ -1629,18 +1688,16 @@ pub async fn handle_resource(app: Arc<App>, t: Target, req: Request) -> Response
         .into_response();
     }
     let sub = t.sub.clone();
-    let result: ApiResult<(StatusCode, Value)> = match (&method, t.name.is_some(), sub.as_deref()) {
+    let built = |v| (StatusCode::OK, Reply::Built(v));
+    let result: ApiResult<(StatusCode, Reply)> = match (&method, t.name.is_some(), sub.as_deref()) {
         (&Method::GET, false, _) => {
             if r.q("watch").is_some_and(|w| w == "true" || w == "1") {
                 return watch::serve(app, t, r).await;
             }
-            app.list(&t, &r).map(|v| (StatusCode::OK, v))
+            app.list(&t, &r).map(built)
         }
         (&Method::POST, false, _) => app.create(&t, &body, &mut r).await,
-        (&Method::DELETE, false, _) => app
-            .delete_collection(&t, &body, &mut r)
-            .await
-            .map(|v| (StatusCode::OK, v)),
+        (&Method::DELETE, false, _) => app.delete_collection(&t, &body, &mut r).await.map(built),
         (&Method::GET, true, None) => {
             if r.q("watch").is_some_and(|w| w == "true" || w == "1") {
                 return watch::serve(app, t, r).await;
@@ -1650,7 +1707,7 @@ pub async fn handle_resource(app: Arc<App>, t: Target, req: Request) -> Response
         (&Method::GET, true, Some("status")) if t.rd.has_status => {
             app.get(&t).map(|v| (StatusCode::OK, v))
         }
-        (&Method::GET, true, Some("scale")) => app.get_scale(&t).map(|v| (StatusCode::OK, v)),
+        (&Method::GET, true, Some("scale")) => app.get_scale(&t).map(built),
         (&Method::GET, true, Some("log")) if t.rd.special == Special::Pod => {
             return pod_logs(&app, &t, &r).await;
         }
@@ -1662,10 +1719,9 @@ pub async fn handle_resource(app: Arc<App>, t: Target, req: Request) -> Response
             .update(&t, &body, &mut r)
             .await
             .map(|v| (StatusCode::OK, v)),
-        (&Method::PUT, true, Some("scale")) => app
-            .write_scale(&t, &body, None, &mut r)
-            .await
-            .map(|v| (StatusCode::OK, v)),
+        (&Method::PUT, true, Some("scale")) => {
+            app.write_scale(&t, &body, None, &mut r).await.map(built)
+        }
         (&Method::PATCH, true, None) => app
             .patch(&t, &body, &ct, &mut r)
             .await
@@ -1677,8 +1733,11 @@ pub async fn handle_resource(app: Arc<App>, t: Target, req: Request) -> Response
         (&Method::PATCH, true, Some("scale")) => app
             .write_scale(&t, &body, Some(&ct), &mut r)
             .await
-            .map(|v| (StatusCode::OK, v)),
-        (&Method::DELETE, true, None) => app.delete(&t, &body, &mut r).await,
+            .map(built),
+        (&Method::DELETE, true, None) => app
+            .delete(&t, &body, &mut r)
+            .await
+            .map(|(code, v)| (code, Reply::Built(v))),
         (_, true, Some(_)) => Err(ApiError::new(
             404,
             "NotFound",
@@ -1690,12 +1749,11 @@ pub async fn handle_resource(app: Arc<App>, t: Target, req: Request) -> Response
     };
     match result {
         Ok((code, v)) => {
-            let v = if wants_table(&r.headers) && method == Method::GET && sub.is_none() {
-                table::to_table(&app, &t, &v, r.q("includeObject"))
-            } else {
-                v
-            };
-            json_response(code, &v, &r.warnings)
+            if wants_table(&r.headers) && method == Method::GET && sub.is_none() {
+                let table = table::to_table(&app, &t, v.value(), r.q("includeObject"));
+                return json_response(code, &table, &r.warnings);
+            }
+            json_body_response(code, v.body(), &r.warnings)
         }
         Err(e) => {
             let mut resp = e.into_response();
@@ -1720,6 +1778,7 @@ async fn pod_logs(app: &App, t: &Target, r: &Req) -> Response {
         Some(c) => c.to_string(),
         None => {
             let cs = pod
+                .value()
                 .pointer("/spec/containers")
                 .and_then(Value::as_array)
                 .cloned()
@@ -1744,7 +1803,7 @@ async fn pod_logs(app: &App, t: &Target, r: &Req) -> Response {
         ))
         .into_response();
     };
-    match provider.logs(&pod, &container, &r.query).await {
+    match provider.logs(pod.value(), &container, &r.query).await {
         Ok(body) => {
             let mut resp = Response::new(body);
             resp.headers_mut()
@@ -1794,6 +1853,33 @@ pub fn form_pairs(q: &str) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_write_keeps_everything_but_the_status() {
+        let old = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "a", "labels": {"x": "1"}},
+            "spec": {"n": 1},
+            "status": {"phase": "Pending"},
+        });
+        // Status changed, spec and a label changed too, a field added and one dropped.
+        let mut new = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "a", "labels": {"x": "2"}},
+            "status": {"phase": "Running"},
+            "extra": true,
+        });
+        keep_all_but_status(&mut new, &old);
+        let mut want = old.clone();
+        want["status"] = json!({"phase": "Running"});
+        assert_eq!(new, want);
+        // No status in the request: the status goes, nothing else does.
+        let mut new = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a"}});
+        keep_all_but_status(&mut new, &old);
+        let mut want = old.clone();
+        want.as_object_mut().unwrap().remove("status");
+        assert_eq!(new, want);
+    }
 
     #[test]
     fn suffix_alphabet() {

@@ -91,6 +91,27 @@ pub struct Stored {
     pub created_rv: u64,
     /// The object, with `metadata.resourceVersion` set.
     pub obj: Arc<Value>,
+    /// The object serialised once, shared by the write's response, reads and every watcher
+    /// that needs the stored form.
+    json: std::sync::OnceLock<bytes::Bytes>,
+}
+
+impl Stored {
+    /// The object `obj` at `rv`, created at `created_rv`.
+    pub fn new(rv: u64, created_rv: u64, obj: Arc<Value>) -> Self {
+        Stored {
+            rv,
+            created_rv,
+            obj,
+            json: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The object as JSON (serialised on first use).
+    pub fn json(&self) -> &bytes::Bytes {
+        self.json
+            .get_or_init(|| bytes::Bytes::from(serde_json::to_vec(&*self.obj).unwrap_or_default()))
+    }
 }
 
 /// The kind of a watch-cache event.
@@ -122,25 +143,24 @@ pub struct Event {
     pub obj: Arc<Value>,
     /// The object before the change (updates only).
     pub prev: Option<Arc<Value>>,
-    /// The object serialised once, shared by every watcher that needs the stored form.
-    json: std::sync::OnceLock<bytes::Bytes>,
+    /// The object after the change as stored, for its serialised form.
+    stored: Arc<Stored>,
 }
 
 impl Event {
-    fn new(rv: u64, kind: EventKind, obj: Arc<Value>, prev: Option<Arc<Value>>) -> Self {
+    fn new(kind: EventKind, stored: Arc<Stored>, prev: Option<Arc<Value>>) -> Self {
         Event {
-            rv,
+            rv: stored.rv,
             kind,
-            obj,
+            obj: stored.obj.clone(),
             prev,
-            json: std::sync::OnceLock::new(),
+            stored,
         }
     }
 
-    /// The object as JSON (serialised on first use).
+    /// The object as JSON (serialised on first use, shared with the write's response).
     pub fn json(&self) -> &bytes::Bytes {
-        self.json
-            .get_or_init(|| bytes::Bytes::from(serde_json::to_vec(&*self.obj).unwrap_or_default()))
+        self.stored.json()
     }
 }
 
@@ -658,14 +678,8 @@ fn load(conn: &Connection, path: &Path, cfg: &StoreConfig) -> Result<State, Open
                 .push((rv, created_rv, false, obj.clone()));
             index_add(&mut st, &res, &(ns.clone(), name.clone()), &obj);
             let rs = st.res.entry(res).or_insert_with(|| ResState::new(0));
-            rs.objects.insert(
-                (ns, name),
-                Arc::new(Stored {
-                    rv,
-                    created_rv,
-                    obj,
-                }),
-            );
+            rs.objects
+                .insert((ns, name), Arc::new(Stored::new(rv, created_rv, obj)));
         }
         let mut q = conn
             .prepare("SELECT res, ns, name, rv, created_rv, data FROM tombstones")
@@ -700,12 +714,11 @@ fn load(conn: &Connection, path: &Path, cfg: &StoreConfig) -> Result<State, Open
         };
         for (rv, created_rv, deleted, obj) in h.into_iter().skip(skip) {
             rs.events.push_back(Arc::new(Event::new(
-                rv,
                 EventKind::Compacted {
                     created_rv,
                     deleted,
                 },
-                obj,
+                Arc::new(Stored::new(rv, created_rv, obj)),
                 None,
             )));
         }
@@ -806,14 +819,7 @@ fn writer(
                             rv += 1;
                             let mut o = std::mem::take(obj);
                             set_rv(&mut o, rv);
-                            Ok((
-                                EventKind::Added,
-                                Stored {
-                                    rv,
-                                    created_rv: rv,
-                                    obj: Arc::new(o),
-                                },
-                            ))
+                            Ok((EventKind::Added, Stored::new(rv, rv, Arc::new(o))))
                         }
                     }
                     Op::Update { obj, expect_rv, .. } => match &current {
@@ -827,11 +833,7 @@ fn writer(
                             set_rv(&mut o, rv);
                             Ok((
                                 EventKind::Modified,
-                                Stored {
-                                    rv,
-                                    created_rv: c.created_rv,
-                                    obj: Arc::new(o),
-                                },
+                                Stored::new(rv, c.created_rv, Arc::new(o)),
                             ))
                         }
                     },
@@ -860,11 +862,7 @@ fn writer(
                             set_rv(&mut o, rv);
                             Ok((
                                 EventKind::Deleted,
-                                Stored {
-                                    rv,
-                                    created_rv: c.created_rv,
-                                    obj: Arc::new(o),
-                                },
+                                Stored::new(rv, c.created_rv, Arc::new(o)),
                             ))
                         }
                     },
@@ -1006,9 +1004,8 @@ fn writer(
                     rs.objects.insert(p.key.clone(), p.stored.clone());
                 }
                 rs.events.push_back(Arc::new(Event::new(
-                    p.stored.rv,
                     p.kind,
-                    p.stored.obj.clone(),
+                    p.stored.clone(),
                     p.prev.as_ref().map(|s| s.obj.clone()),
                 )));
                 while rs.events.len() > cfg.watch_window {

@@ -6,6 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use agent_sandbox_api::v1beta1::SandboxWarmPool;
+use agent_sandbox_sandboxd::pb::{
+    ExecuteRequest, ProcessConfig, process_service_client::ProcessServiceClient,
+};
+use anyhow::Context as _;
 use kube::Api;
 
 use super::Row;
@@ -103,11 +107,22 @@ pub(super) async fn exec(f: &Fixture, args: &BenchArgs) -> anyhow::Result<Vec<Ro
         .tracker
         .wait(&format!("claim/{name}"), READY_TIMEOUT)
         .await?;
-    // The three paths take turns, so background work (the pool refilling behind the claim)
-    // weighs on each of them alike.
+    // The paths take turns, so background work (the pool refilling behind the claim) weighs
+    // on each of them alike.
     let n = args.iterations * 10;
     let direct_url = format!("http://{}:8080/v2/exec", ready.pod_ip);
-    let (mut via_router, mut direct, mut host) = (
+    let grpc_url = format!("http://{}:9090", ready.pod_ip);
+    let mut grpc = ProcessServiceClient::connect(grpc_url.clone())
+        .await
+        .with_context(|| format!("connect to sandboxd's gRPC port at {grpc_url}"))?;
+    let execute_true = || ExecuteRequest {
+        config: Some(ProcessConfig {
+            command: vec!["true".into()],
+            ..Default::default()
+        }),
+    };
+    let (mut via_router, mut direct, mut direct_grpc, mut host) = (
+        Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -131,6 +146,19 @@ pub(super) async fn exec(f: &Fixture, args: &BenchArgs) -> anyhow::Result<Vec<Ro
         direct.push(t.elapsed());
 
         let t = Instant::now();
+        let out = grpc
+            .execute(execute_true())
+            .await
+            .context("gRPC Execute direct to sandboxd")?
+            .into_inner();
+        anyhow::ensure!(
+            out.exit_code == 0,
+            "gRPC Execute of `true`: exit {}",
+            out.exit_code
+        );
+        direct_grpc.push(t.elapsed());
+
+        let t = Instant::now();
         tokio::process::Command::new("/bin/true").status().await?;
         host.push(t.elapsed());
     }
@@ -143,6 +171,12 @@ pub(super) async fn exec(f: &Fixture, args: &BenchArgs) -> anyhow::Result<Vec<Ro
         )
         .target("p50 ≤ 3"),
         Row::latencies(Scenario::Exec, "exec `true` direct to sandboxd", &direct),
+        Row::latencies(
+            Scenario::Exec,
+            "gRPC Execute `true` direct to sandboxd",
+            &direct_grpc,
+        )
+        .target("p50 ≤ 1"),
         Row::latencies(
             Scenario::Exec,
             "baseline: fork+exec `true` on the host",
