@@ -139,33 +139,13 @@ pub enum EventKind {
 /// One watch-cache event.
 #[derive(Debug)]
 pub struct Event {
-    /// The resourceVersion of the change.
-    pub rv: u64,
     /// What happened.
     pub kind: EventKind,
-    /// The object after the change (for deletes, the last state).
-    pub obj: Arc<Value>,
+    /// The object after the change at the change's resourceVersion (for deletes, the last
+    /// state); its JSON is shared with the write's response.
+    pub stored: Arc<Stored>,
     /// The object before the change (updates only).
     pub prev: Option<Arc<Value>>,
-    /// The object after the change as stored, for its serialised form.
-    stored: Arc<Stored>,
-}
-
-impl Event {
-    fn new(kind: EventKind, stored: Arc<Stored>, prev: Option<Arc<Value>>) -> Self {
-        Event {
-            rv: stored.rv,
-            kind,
-            obj: stored.obj.clone(),
-            prev,
-            stored,
-        }
-    }
-
-    /// The object as JSON (serialised on first use, shared with the write's response).
-    pub fn json(&self) -> &bytes::Bytes {
-        self.stored.json()
-    }
 }
 
 /// A change published to the garbage collector.
@@ -607,7 +587,7 @@ impl Store {
         if rv < rs.window_start {
             return Err(rs.window_start);
         }
-        let idx = rs.events.partition_point(|e| e.rv <= rv);
+        let idx = rs.events.partition_point(|e| e.stored.rv <= rv);
         Ok((rs.events.range(idx..).cloned().collect(), st.rv.max(rv)))
     }
 
@@ -720,14 +700,14 @@ fn load(conn: &Connection, path: &Path, cfg: &StoreConfig) -> Result<State, Open
             compacted
         };
         for (rv, created_rv, deleted, obj) in h.into_iter().skip(skip) {
-            rs.events.push_back(Arc::new(Event::new(
-                EventKind::Compacted {
+            rs.events.push_back(Arc::new(Event {
+                kind: EventKind::Compacted {
                     created_rv,
                     deleted,
                 },
-                Arc::new(Stored::new(rv, created_rv, obj)),
-                None,
-            )));
+                stored: Arc::new(Stored::new(rv, created_rv, obj)),
+                prev: None,
+            }));
         }
     }
     for rs in st.res.values_mut() {
@@ -1010,14 +990,14 @@ fn writer(
                 } else {
                     rs.objects.insert(p.key.clone(), p.stored.clone());
                 }
-                rs.events.push_back(Arc::new(Event::new(
-                    p.kind,
-                    p.stored.clone(),
-                    p.prev.as_ref().map(|s| s.obj.clone()),
-                )));
+                rs.events.push_back(Arc::new(Event {
+                    kind: p.kind,
+                    stored: p.stored.clone(),
+                    prev: p.prev.as_ref().map(|s| s.obj.clone()),
+                }));
                 while rs.events.len() > cfg.watch_window {
                     if let Some(old) = rs.events.pop_front() {
-                        rs.window_start = old.rv;
+                        rs.window_start = old.stored.rv;
                     }
                 }
                 if !touched.contains(&p.res) {
@@ -1078,16 +1058,19 @@ mod tests {
         );
     }
 
+    fn test_config(watch_window: usize, durability: Durability) -> StoreConfig {
+        StoreConfig {
+            watch_window,
+            tombstones: 10,
+            durability,
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_write_ahead_log_stays_bounded_under_a_steady_stream_of_writes() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("db.sqlite");
-        let cfg = StoreConfig {
-            watch_window: 16,
-            tombstones: 10,
-            durability: Durability::ProcessCrash,
-        };
-        let (s, _c) = Store::open(&db, cfg).unwrap();
+        let (s, _c) = Store::open(&db, test_config(16, Durability::ProcessCrash)).unwrap();
         let s = Arc::new(s);
         let payload = "x".repeat(4096);
         // Eight writers, each updating its own object 500 times (about 16 MB of rows).
@@ -1130,11 +1113,7 @@ mod tests {
     async fn crud_and_restart() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("db.sqlite");
-        let cfg = StoreConfig {
-            watch_window: 3,
-            tombstones: 10,
-            durability: Durability::PowerLoss,
-        };
+        let cfg = test_config(3, Durability::PowerLoss);
         let (s, _c) = Store::open(&db, cfg.clone()).unwrap();
         let a = s
             .write(Op::Create {
@@ -1187,7 +1166,10 @@ mod tests {
         .await
         .unwrap();
         let (ev, _) = s.events_since("pods", 1).unwrap();
-        assert_eq!(ev.iter().map(|e| e.rv).collect::<Vec<_>>(), vec![2, 3, 4]);
+        assert_eq!(
+            ev.iter().map(|e| e.stored.rv).collect::<Vec<_>>(),
+            vec![2, 3, 4]
+        );
         assert_eq!(s.events_since("pods", 0).unwrap_err(), 1);
         drop(s);
         std::thread::sleep(std::time::Duration::from_millis(50));

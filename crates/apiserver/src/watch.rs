@@ -146,9 +146,9 @@ async fn start(app: Arc<App>, t: Target, r: Req) -> Result<Response, ApiError> {
                             continue;
                         };
                         let out = if fast {
-                            raw_line(typ, e.json())
+                            raw_line(typ, e.stored.json())
                         } else {
-                            match render(&app, &e.obj) {
+                            match render(&app, &e.stored.obj) {
                                 Some(o) => line(typ, o),
                                 None => continue,
                             }
@@ -191,7 +191,7 @@ async fn start(app: Arc<App>, t: Target, r: Req) -> Result<Response, ApiError> {
 
 /// Maps a cache event to a watch event for one watcher (`from` = the watch's start version).
 fn classify(e: &Event, from: u64, matches: &dyn Fn(&Value) -> bool) -> Option<&'static str> {
-    let now = matches(&e.obj);
+    let now = matches(&e.stored.obj);
     match e.kind {
         EventKind::Added => now.then_some("ADDED"),
         EventKind::Deleted => now.then_some("DELETED"),

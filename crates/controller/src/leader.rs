@@ -399,7 +399,8 @@ impl LeaderElector {
     pub async fn release(&self) -> Result<(), kube::Error> {
         const ATTEMPTS: usize = 5;
         self.status.set(false);
-        for attempt in 1..=ATTEMPTS {
+        let mut attempt = 1;
+        loop {
             let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
                 return Ok(());
             };
@@ -424,11 +425,10 @@ impl LeaderElector {
                     tracing::info!(lease = %self.lease_ref(), "released leadership");
                     return Ok(());
                 }
-                Err(e) if crate::error::is_conflict(&e) && attempt < ATTEMPTS => {}
+                Err(e) if crate::error::is_conflict(&e) && attempt < ATTEMPTS => attempt += 1,
                 Err(e) => return Err(e),
             }
         }
-        unreachable!("the last attempt returns")
     }
 
     /// Waits for leadership (or `cancel`), then runs `work` while renewing. Returns
