@@ -80,12 +80,14 @@ async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
                 .and_then(|h| h.to_str().ok())
                 .unwrap_or("");
             if accept.contains("protobuf") {
-                // An empty protobuf message is a valid, empty OpenAPI v2 document.
+                // An empty protobuf message is a valid, empty OpenAPI v2 document. The reply
+                // names the type as kube-apiserver does, without the `@` of the Accept form,
+                // which Go's media-type parser rejects (kubectl then fails validation).
                 let mut r = (StatusCode::OK, Vec::<u8>::new()).into_response();
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static(
-                        "application/com.github.proto-openapi.spec.v2@v1.0+protobuf",
+                        "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
                     ),
                 );
                 r

@@ -422,6 +422,21 @@ async fn discovery_api_resources_and_explain() {
         ns.contains("namespace/default") && ns.contains("namespace/kube-system"),
         "{ns}"
     );
+    // A kind this server does not serve: kubectl's validation reads the (empty) OpenAPI v2
+    // document and then says plainly that the kind is unknown.
+    let o = kubectl(
+        &kc,
+        &["create", "-f", "-"],
+        Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n"),
+    )
+    .await;
+    assert!(!o.ok);
+    assert!(
+        o.stderr
+            .contains(r#"no matches for kind "ConfigMap" in version "v1""#),
+        "{}",
+        o.stderr
+    );
 }
 
 const SANDBOXES: &str = r#"
