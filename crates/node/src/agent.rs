@@ -67,6 +67,12 @@ pub struct AgentConfig {
     pub backoff_base: Duration,
     /// Longest back-off.
     pub backoff_max: Duration,
+    /// Sandboxes and containers being set up at once (network, bundle, runtime `create` and
+    /// `start`); further starts wait their turn. Each start is a handful of short-lived
+    /// helper processes (CNI plugins, the firewall, the OCI runtime): started all at once,
+    /// hundreds of them share the cores with the API server and the controllers, and every
+    /// one of them (and every claim being adopted meanwhile) finishes late.
+    pub max_parallel_starts: usize,
 }
 
 impl Default for AgentConfig {
@@ -74,8 +80,15 @@ impl Default for AgentConfig {
         AgentConfig {
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(20),
+            max_parallel_starts: default_parallel_starts(),
         }
     }
+}
+
+/// Twice the CPUs this process may use: enough to keep them busy while some starts wait on
+/// I/O, few enough that the control plane still gets its share.
+pub fn default_parallel_starts() -> usize {
+    2 * std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 type Shared<T> = Arc<Mutex<T>>;
@@ -97,6 +110,52 @@ pub struct NodeAgent {
     stopped: std::sync::atomic::AtomicBool,
     /// Background operations running (syncs, removals, firewall updates).
     inflight: Arc<std::sync::atomic::AtomicUsize>,
+    /// Turns for sandbox and container starts (`AgentConfig::max_parallel_starts`).
+    starts: StartTurns,
+}
+
+/// A semaphore for starts that also remembers the most starts that ever ran at once.
+struct StartTurns {
+    permits: tokio::sync::Semaphore,
+    running: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+}
+
+/// One start's turn; the next waiting start goes when it is dropped.
+struct StartTurn<'a> {
+    turns: &'a StartTurns,
+    _permit: Option<tokio::sync::SemaphorePermit<'a>>,
+}
+
+impl StartTurns {
+    fn new(n: usize) -> Self {
+        StartTurns {
+            permits: tokio::sync::Semaphore::new(n.max(1)),
+            running: Default::default(),
+            peak: Default::default(),
+        }
+    }
+
+    /// Waits for a turn. The semaphore is never closed, so only a bug leaves the permit out
+    /// (and then the start goes ahead unlimited rather than never).
+    async fn take(&self) -> StartTurn<'_> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let permit = self.permits.acquire().await.ok();
+        let now = self.running.fetch_add(1, SeqCst) + 1;
+        self.peak.fetch_max(now, SeqCst);
+        StartTurn {
+            turns: self,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for StartTurn<'_> {
+    fn drop(&mut self) {
+        self.turns
+            .running
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Counts one background operation while alive.
@@ -204,6 +263,7 @@ impl NodeAgent {
             client,
             engine,
             node_name,
+            starts: StartTurns::new(config.max_parallel_starts),
             config,
             busy: Default::default(),
             store: Default::default(),
@@ -528,6 +588,11 @@ impl NodeAgent {
         });
     }
 
+    /// The most sandbox or container starts that ran at once since the agent began.
+    pub fn peak_parallel_starts(&self) -> usize {
+        self.starts.peak.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Sync `id` after `delay`.
     fn trigger_after(self: &Arc<Self>, id: &str, delay: Duration) {
         let this = Arc::clone(self);
@@ -588,7 +653,11 @@ impl NodeAgent {
                 Ok(h) => spec.handler = h,
                 Err(e) => return self.report_failure(pod, &api, &rt, e).await,
             }
-            if let Err(e) = self.engine.prepare(spec).await {
+            let prepared = {
+                let _turn = self.starts.take().await;
+                self.engine.prepare(spec).await
+            };
+            if let Err(e) = prepared {
                 return self.report_failure(pod, &api, &rt, e).await;
             }
             let mut r = lock(&rt);
@@ -993,11 +1062,13 @@ impl NodeAgent {
             Some(i) => i,
             None => return Step::Waiting,
         };
-        match self
-            .engine
-            .create_container_from(&id, name, image.clone(), true)
-            .await
-        {
+        let created = {
+            let _turn = self.starts.take().await;
+            self.engine
+                .create_container_from(&id, name, image.clone(), true)
+                .await
+        };
+        match created {
             Ok(()) => {
                 self.event(
                     pod,

@@ -194,6 +194,10 @@ pub(crate) struct UpArgs {
     /// Run no node agent (API server, controllers and router only).
     #[arg(long)]
     pub(crate) no_node: bool,
+    /// Sandboxes the node sets up at once; more wait their turn (default: twice the CPUs).
+    /// Starting hundreds at once starves the API server and the controllers of CPU.
+    #[arg(long, env = "AGENT_SANDBOX_MAX_PARALLEL_STARTS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub(crate) max_parallel_starts: Option<u16>,
 }
 
 #[derive(Debug, Args)]

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use agent_sandbox_apiserver::{ApiServer, Config as ApiConfig};
-use agent_sandbox_node::agent::NodeAgent;
+use agent_sandbox_node::agent::{AgentConfig, NodeAgent};
 use agent_sandbox_node::cni::NetworkConfig;
 use agent_sandbox_node::{EngineConfig, SandboxEngine};
 use agent_sandbox_router::cache::PodCache;
@@ -101,7 +101,11 @@ async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
             ),
         }
         server.set_pod_logs(Arc::new(EngineLogs(Arc::clone(&engine))));
-        let agent = NodeAgent::new(client.clone(), engine, node_name.clone());
+        let mut agent_config = AgentConfig::default();
+        if let Some(n) = args.max_parallel_starts {
+            agent_config.max_parallel_starts = n.into();
+        }
+        let agent = NodeAgent::with_config(client.clone(), engine, node_name.clone(), agent_config);
         agent.register().await.context("registering the node")?;
         agent
             .recover()

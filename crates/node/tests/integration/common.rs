@@ -629,6 +629,7 @@ pub struct AgentEnv {
     pub server: agent_sandbox_apiserver::RunningApiServer,
     pub client: kube::Client,
     pub agent: Arc<agent_sandbox_node::agent::NodeAgent>,
+    config: agent_sandbox_node::agent::AgentConfig,
     task: tokio::task::JoinHandle<()>,
     _api_dir: tempfile::TempDir,
 }
@@ -637,6 +638,14 @@ pub const NODE: &str = "test-node";
 
 impl AgentEnv {
     pub async fn new(handlers: &[HandlerKind], network: Option<NetworkConfig>) -> AgentEnv {
+        Self::with_config(handlers, network, Default::default()).await
+    }
+
+    pub async fn with_config(
+        handlers: &[HandlerKind],
+        network: Option<NetworkConfig>,
+        config: agent_sandbox_node::agent::AgentConfig,
+    ) -> AgentEnv {
         let env = Env::new(handlers, network).await;
         let api_dir = tempfile::Builder::new()
             .prefix("asbx-api-")
@@ -649,10 +658,11 @@ impl AgentEnv {
             .await
             .unwrap();
         let client = server.client();
-        let agent = agent_sandbox_node::agent::NodeAgent::new(
+        let agent = agent_sandbox_node::agent::NodeAgent::with_config(
             client.clone(),
             Arc::clone(env.engine.as_ref().unwrap()),
             NODE,
+            config.clone(),
         );
         agent.register().await.unwrap();
         agent.recover().await.unwrap();
@@ -662,6 +672,7 @@ impl AgentEnv {
             server,
             client,
             agent,
+            config,
             task,
             _api_dir: api_dir,
         }
@@ -678,10 +689,11 @@ impl AgentEnv {
         self.task.abort();
         assert!(self.agent.wait_idle_blocking(Duration::from_secs(60)));
         self.env.reopen().await;
-        self.agent = agent_sandbox_node::agent::NodeAgent::new(
+        self.agent = agent_sandbox_node::agent::NodeAgent::with_config(
             self.client.clone(),
             Arc::clone(self.env.engine.as_ref().unwrap()),
             NODE,
+            self.config.clone(),
         );
         self.agent.register().await.unwrap();
         self.agent.recover().await.unwrap();

@@ -266,6 +266,37 @@ async fn init_containers_run_in_order() {
     }
 }
 
+/// With one start at a time, pods created together (each an init container and a main
+/// container, so a pod takes several turns) all run, and no two starts ever overlapped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_take_turns_and_every_pod_runs() {
+    if need(Some(HandlerKind::Crun)) {
+        return;
+    }
+    let config = agent_sandbox_node::agent::AgentConfig {
+        max_parallel_starts: 1,
+        ..Default::default()
+    };
+    let a = AgentEnv::with_config(&[HandlerKind::Crun], None, config).await;
+    a.env.busybox(IMAGE).await;
+    let names: Vec<String> = (0..4).map(|i| format!("turns-{i}")).collect();
+    futures::future::join_all(names.iter().map(|n| {
+        a.create_pod(pod(
+            n,
+            json!({"initContainers": [c("init", "true")],
+                   "containers": [c("main", "exec sleep 600")]}),
+        ))
+    }))
+    .await;
+    for n in &names {
+        a.wait_pod("default", n, Duration::from_secs(60), |p| {
+            cond(p, "Ready").as_deref() == Some("True")
+        })
+        .await;
+    }
+    assert_eq!(a.agent.peak_parallel_starts(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_failures_follow_restart_policy() {
     let Some(a) = env(HandlerKind::Crun).await else {
