@@ -32,7 +32,27 @@ fn not_found() -> Response {
     .into_response()
 }
 
+/// Serves one request, logged at debug level under the `apiserver::request` target with its
+/// latency to the response head (a watch's head comes at once; its events follow).
 async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
+    if !tracing::enabled!(target: "apiserver::request", tracing::Level::DEBUG) {
+        return route(app, req).await;
+    }
+    let started = std::time::Instant::now();
+    let (method, uri) = (req.method().clone(), req.uri().clone());
+    let response = route(app, req).await;
+    tracing::debug!(
+        target: "apiserver::request",
+        %method,
+        %uri,
+        status = response.status().as_u16(),
+        micros = started.elapsed().as_micros() as u64,
+        "request"
+    );
+    response
+}
+
+async fn route(app: Arc<App>, req: Request) -> Response {
     let path = req.uri().path().trim_end_matches('/').to_string();
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     if req.method() != Method::GET && segs.first().is_some_and(|s| *s != "api" && *s != "apis") {
