@@ -393,7 +393,6 @@ impl Store {
             .name("apiserver-store-writer".into())
             .spawn(move || writer(conn, rx, weak, cfg))
             .map_err(OpenError::Thread)?;
-
         Ok((Store { inner }, crx))
     }
 

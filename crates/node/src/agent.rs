@@ -87,7 +87,7 @@ impl Default for AgentConfig {
 
 /// Twice the CPUs this process may use: enough to keep them busy while some starts wait on
 /// I/O, few enough that the control plane still gets its share.
-pub fn default_parallel_starts() -> usize {
+fn default_parallel_starts() -> usize {
     2 * std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
@@ -117,44 +117,29 @@ pub struct NodeAgent {
 /// A semaphore for starts that also remembers the most starts that ever ran at once.
 struct StartTurns {
     permits: tokio::sync::Semaphore,
-    running: std::sync::atomic::AtomicUsize,
+    limit: usize,
     peak: std::sync::atomic::AtomicUsize,
-}
-
-/// One start's turn; the next waiting start goes when it is dropped.
-struct StartTurn<'a> {
-    turns: &'a StartTurns,
-    _permit: Option<tokio::sync::SemaphorePermit<'a>>,
 }
 
 impl StartTurns {
     fn new(n: usize) -> Self {
+        let limit = n.max(1);
         StartTurns {
-            permits: tokio::sync::Semaphore::new(n.max(1)),
-            running: Default::default(),
+            permits: tokio::sync::Semaphore::new(limit),
+            limit,
             peak: Default::default(),
         }
     }
 
-    /// Waits for a turn. The semaphore is never closed, so only a bug leaves the permit out
-    /// (and then the start goes ahead unlimited rather than never).
-    async fn take(&self) -> StartTurn<'_> {
-        use std::sync::atomic::Ordering::SeqCst;
+    /// Waits for a turn, which lasts until the permit is dropped. The semaphore is never
+    /// closed, so only a bug leaves the permit out (and then the start goes ahead unlimited
+    /// rather than never).
+    async fn take(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
         let permit = self.permits.acquire().await.ok();
-        let now = self.running.fetch_add(1, SeqCst) + 1;
-        self.peak.fetch_max(now, SeqCst);
-        StartTurn {
-            turns: self,
-            _permit: permit,
-        }
-    }
-}
-
-impl Drop for StartTurn<'_> {
-    fn drop(&mut self) {
-        self.turns
-            .running
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        let running = self.limit - self.permits.available_permits();
+        self.peak
+            .fetch_max(running, std::sync::atomic::Ordering::SeqCst);
+        permit
     }
 }
 
