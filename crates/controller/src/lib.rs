@@ -7,6 +7,7 @@
 //! - [`sandbox`], [`template`], [`warmpool`], [`claim`]: the reconcilers; each has a `logic`
 //!   module (or section) of pure decisions with its decision-table tests.
 //! - [`cache`]: one watch per kind, reflector stores, indexes, change hooks.
+//! - [`runner`]: the work queue each reconciler runs on.
 //! - [`queue`] and [`expectations`]: the warm queue and the pool read-after-write guard.
 //! - [`metrics`]: upstream's metrics, in the Prometheus text format.
 //! - [`cluster`]: cluster mode (`agent-sandbox controller`): [`leader`] election on a Lease, the
@@ -27,6 +28,7 @@ pub mod meta;
 pub mod metrics;
 pub mod otel;
 pub mod queue;
+pub mod runner;
 pub mod sandbox;
 pub mod template;
 pub mod warmpool;
@@ -36,20 +38,18 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use agent_sandbox_api::conditions::find_status_condition;
 use agent_sandbox_api::constants::{CORE_GROUP, EXTENSIONS_GROUP, condition_types, labels};
 use agent_sandbox_api::v1beta1::{Sandbox, SandboxClaim, SandboxTemplate, SandboxWarmPool};
+use futures::FutureExt;
 use futures::channel::mpsc::{UnboundedSender, unbounded};
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::jiff::Timestamp;
-use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 
 use cache::{Cached, Change, Informer};
@@ -58,6 +58,7 @@ use context::{Backoff, Context, Indexes, Recorders, Stores, recorder};
 pub use error::{Error, Result};
 use meta::{controller_of, ref_is};
 use metrics::{Metrics, ReconcileResult};
+use runner::Action;
 
 /// A cloneable handle on the running controllers for the admin endpoints.
 #[derive(Clone)]
@@ -124,27 +125,29 @@ fn claim_relevant_change(old: &Sandbox, new: &Sandbox) -> bool {
         || cond(old, condition_types::FINISHED) != cond(new, condition_types::FINISHED)
 }
 
+/// Runs one reconcile with its metrics, and turns its result into when to come back: what it
+/// asked for, or the object's next backoff step after an error.
 async fn timed(
     ctx: Arc<Context>,
     controller: &'static str,
     key: String,
     fut: impl Future<Output = Result<Action>>,
-) -> Result<Action> {
+) -> Option<Duration> {
     let t = Instant::now();
     let r = fut.await;
-    let result = match &r {
-        Ok(a) if *a == Action::await_change() => ReconcileResult::Success,
-        Ok(_) => ReconcileResult::Requeue,
+    let (result, requeue) = match &r {
+        Ok(a) if *a == Action::await_change() => (ReconcileResult::Success, None),
+        Ok(a) => (ReconcileResult::Requeue, a.requeue_after()),
         Err(e) => {
             tracing::warn!(controller, key, error = %e, kind = e.metric_label(), "reconcile failed");
-            ReconcileResult::Error
+            (ReconcileResult::Error, Some(ctx.backoff.next(&key)))
         }
     };
     if r.is_ok() {
         ctx.backoff.reset(&key);
     }
     ctx.metrics.reconciled(controller, t.elapsed(), result);
-    r
+    requeue
 }
 
 fn key_of<K: Resource>(obj: &K) -> String {
@@ -153,10 +156,6 @@ fn key_of<K: Resource>(obj: &K) -> String {
         obj.meta().namespace.as_deref().unwrap_or(""),
         obj.meta().name.as_deref().unwrap_or("")
     )
-}
-
-fn error_policy<K: Resource>(obj: Arc<K>, _e: &Error, ctx: Arc<Context>) -> Action {
-    Action::requeue(ctx.backoff.next(&key_of(obj.as_ref())))
 }
 
 fn controller_future<K, F, Fut>(
@@ -172,19 +171,11 @@ where
     F: Fn(Arc<K>, Arc<Context>) -> Fut + Send + Sync + Copy + 'static,
     Fut: Future<Output = Result<Action>> + Send + 'static,
 {
-    Controller::for_stream(futures::stream::empty::<Result<K, watcher::Error>>(), store)
-        .reconcile_on(rx)
-        .with_config(kube::runtime::controller::Config::default().concurrency(workers.max(1)))
-        .run(
-            move |obj: Arc<K>, ctx: Arc<Context>| {
-                let key = key_of(obj.as_ref());
-                timed(ctx.clone(), name, key, reconcile(obj, ctx))
-            },
-            error_policy,
-            ctx,
-        )
-        .for_each(|_| futures::future::ready(()))
-        .boxed()
+    runner::run(store, rx, usize::from(workers), move |obj: Arc<K>| {
+        let key = key_of(obj.as_ref());
+        timed(ctx.clone(), name, key, reconcile(obj, ctx.clone()))
+    })
+    .boxed()
 }
 
 /// Builds the context, the informers and the four controllers. Returns the admin handle and the

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::runner::Action;
 use agent_sandbox_api::constants::labels;
 use agent_sandbox_api::name_hash;
 use agent_sandbox_api::v1beta1::{NetworkPolicyManagement, SandboxTemplate, SandboxTemplateSpec};
@@ -15,7 +16,6 @@ use k8s_openapi::api::networking::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use tracing::instrument;

@@ -7,6 +7,7 @@ pub mod logic;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::runner::Action;
 use agent_sandbox_api::conditions::is_status_condition_true;
 use agent_sandbox_api::constants::{
     EXTENSIONS_GROUP, annotations, condition_types as ct, labels, launch_type,
@@ -18,7 +19,6 @@ use agent_sandbox_api::v1beta1::{
 };
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
-use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use serde_json::{Map, Value, json};

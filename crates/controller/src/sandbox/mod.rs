@@ -8,13 +8,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::runner::Action;
 use agent_sandbox_api::constants::{annotations, condition_types, labels, reasons};
 use agent_sandbox_api::name_hash;
 use agent_sandbox_api::v1beta1::{OperatingMode, Sandbox, SandboxStatus, ShutdownPolicy};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};

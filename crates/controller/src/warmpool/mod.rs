@@ -7,6 +7,7 @@ pub mod logic;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::runner::Action;
 use agent_sandbox_api::constants::{annotations, labels, launch_type};
 use agent_sandbox_api::name_hash;
 use agent_sandbox_api::v1beta1::{
@@ -15,7 +16,6 @@ use agent_sandbox_api::v1beta1::{
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
