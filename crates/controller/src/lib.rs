@@ -125,6 +125,15 @@ fn claim_relevant_change(old: &Sandbox, new: &Sandbox) -> bool {
         || cond(old, condition_types::FINISHED) != cond(new, condition_types::FINISHED)
 }
 
+/// Whether a change of a pool member can change what its pool's reconcile decides: the member's
+/// spec, labels, owners or deletion (staleness, adoption, replacement), or its readiness (the
+/// status counts and the readiness grace). Its other status writes (pod IPs, service name, the
+/// Pod's progress) cannot, and a pool of hundreds would otherwise be walked for each of them.
+fn pool_relevant_change(old: &Sandbox, new: &Sandbox) -> bool {
+    meta::spec_or_metadata_changed(&old.metadata, &new.metadata)
+        || warmpool::logic::is_ready(old) != warmpool::logic::is_ready(new)
+}
+
 /// Runs one reconcile with its metrics, and turns its result into when to come back: what it
 /// asked for, or the object's next backoff step after an error.
 async fn timed(
@@ -291,7 +300,9 @@ pub fn start(client: Client, config: Config) -> (State, impl Future<Output = ()>
                             }
                             _ => {}
                         }
-                        send(&pool_tx, &ns, p);
+                        if old.zip(new).is_none_or(|(o, n)| pool_relevant_change(o, n)) {
+                            send(&pool_tx, &ns, p);
+                        }
                     }
                 })
                 .boxed(),
@@ -386,7 +397,12 @@ pub fn start(client: Client, config: Config) -> (State, impl Future<Output = ()>
                         &pname,
                         new.as_ref().map(|n| n.spec.template_ref.name.as_str()),
                     );
-                    send(&pool_tx2, &pns, &pname);
+                    // The pool's own status writes change nothing its reconcile reads.
+                    if old.as_ref().zip(new.as_ref()).is_none_or(|(o, n)| {
+                        meta::spec_or_metadata_changed(&o.metadata, &n.metadata)
+                    }) {
+                        send(&pool_tx2, &pns, &pname);
+                    }
                     if new.is_none() {
                         queue.remove_queue(&queue::pool_key(&pns, &pname));
                     }
@@ -519,4 +535,58 @@ pub fn start(client: Client, config: Config) -> (State, impl Future<Output = ()>
     drop((sb_tx, claim_tx, pool_tx, tpl_tx));
     let state = State { ctx };
     (state, futures::future::join_all(tasks).map(|_| ()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent_sandbox_api::v1beta1::SandboxStatus;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+    fn member(ready: bool) -> Sandbox {
+        let mut sb: Sandbox = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "pool-abcde", "namespace": "ns", "generation": 1,
+                         "labels": {"agents.x-k8s.io/launch-type": "warm"}},
+            "spec": {"podTemplate": {"spec": {"containers": [{"name": "c", "image": "i"}]}}}
+        }))
+        .unwrap();
+        sb.status = Some(SandboxStatus {
+            conditions: vec![Condition {
+                type_: condition_types::READY.into(),
+                status: if ready { "True" } else { "False" }.into(),
+                reason: "R".into(),
+                message: String::new(),
+                last_transition_time: Time(Timestamp::UNIX_EPOCH),
+                observed_generation: Some(1),
+            }],
+            ..Default::default()
+        });
+        sb
+    }
+
+    #[test]
+    fn a_pool_hears_of_the_member_changes_it_decides_on() {
+        let old = member(false);
+        // Status writes that leave readiness alone: not relevant.
+        let mut new = old.clone();
+        let st = new.status.as_mut().unwrap();
+        st.pod_ips = vec!["10.0.0.2".into()];
+        st.service_fqdn = "pool-abcde.ns.svc.cluster.local".into();
+        new.metadata.resource_version = Some("42".into());
+        assert!(!pool_relevant_change(&old, &new));
+        // Readiness, spec (generation), labels, owners and deletion: relevant.
+        assert!(pool_relevant_change(&old, &member(true)));
+        let mut new = old.clone();
+        new.metadata.generation = Some(2);
+        assert!(pool_relevant_change(&old, &new));
+        let mut new = old.clone();
+        new.labels_mut().remove("agents.x-k8s.io/launch-type");
+        assert!(pool_relevant_change(&old, &new));
+        let mut new = old.clone();
+        new.metadata.owner_references = Some(vec![Default::default()]);
+        assert!(pool_relevant_change(&old, &new));
+        let mut new = old.clone();
+        new.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+        assert!(pool_relevant_change(&old, &new));
+    }
 }

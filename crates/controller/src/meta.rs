@@ -24,6 +24,18 @@ pub fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
         .find(|r| r.controller == Some(true))
 }
 
+/// Whether an update changed more than the status: the spec (seen as a new generation), or the
+/// labels, annotations, owners, finalizers or deletion mark. Writes of status alone (a
+/// controller's own among them) answer `false`.
+pub fn spec_or_metadata_changed(old: &ObjectMeta, new: &ObjectMeta) -> bool {
+    old.generation != new.generation
+        || old.deletion_timestamp != new.deletion_timestamp
+        || old.labels != new.labels
+        || old.annotations != new.annotations
+        || old.owner_references != new.owner_references
+        || old.finalizers != new.finalizers
+}
+
 /// The API group of an `apiVersion` string (`""` for the core group).
 pub fn group_of(api_version: &str) -> &str {
     api_version.rsplit_once('/').map_or("", |(g, _)| g)
