@@ -180,10 +180,17 @@ where
     F: Fn(Arc<K>, Arc<Context>) -> Fut + Send + Sync + Copy + 'static,
     Fut: Future<Output = Result<Action>> + Send + 'static,
 {
-    runner::run(store, rx, usize::from(workers), move |obj: Arc<K>| {
-        let key = key_of(obj.as_ref());
-        timed(ctx.clone(), name, key, reconcile(obj, ctx.clone()))
-    })
+    let metrics = ctx.metrics.work_queue(name);
+    runner::run(
+        store,
+        rx,
+        usize::from(workers),
+        metrics,
+        move |obj: Arc<K>| {
+            let key = key_of(obj.as_ref());
+            timed(ctx.clone(), name, key, reconcile(obj, ctx.clone()))
+        },
+    )
     .boxed()
 }
 

@@ -1,5 +1,6 @@
 //! Prometheus metrics with upstream's names, labels and buckets (upstream-core §11.1), plus
-//! controller-runtime-style reconcile metrics, rendered in the text exposition format.
+//! controller-runtime-style reconcile and work-queue metrics, rendered in the text exposition
+//! format.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,10 @@ pub const CLAIM_STARTUP_BUCKETS_MS: [f64; 15] = [
 pub const CREATION_BUCKETS_MS: [f64; 14] = [
     50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 120000.0,
     240000.0, 300000.0, 600000.0,
+];
+/// client-go's work-queue latency buckets: 10 ns to 1000 s, ×10 apart.
+const WORKQUEUE_BUCKETS_S: [f64; 12] = [
+    1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0,
 ];
 const RECONCILE_BUCKETS_S: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
@@ -93,6 +98,13 @@ struct ControllerLabels {
     controller: String,
 }
 
+/// client-go's work-queue labels: both are the controller's name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    name: String,
+    controller: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     controller: String,
@@ -118,6 +130,34 @@ fn creation_histogram() -> Histogram {
 fn reconcile_histogram() -> Histogram {
     Histogram::new(RECONCILE_BUCKETS_S)
 }
+fn workqueue_histogram() -> Histogram {
+    Histogram::new(WORKQUEUE_BUCKETS_S)
+}
+
+/// One controller's `workqueue_*` metrics, as its work queue reports them (see
+/// [`crate::runner`]). The default is a set registered nowhere, for tests.
+#[derive(Clone, Debug)]
+pub struct QueueMetrics {
+    /// `workqueue_depth`.
+    pub depth: Gauge,
+    /// `workqueue_adds_total`.
+    pub adds: Counter,
+    /// `workqueue_queue_duration_seconds`.
+    pub queue_duration: Histogram,
+    /// `workqueue_work_duration_seconds`.
+    pub work_duration: Histogram,
+}
+
+impl Default for QueueMetrics {
+    fn default() -> Self {
+        Self {
+            depth: Gauge::default(),
+            adds: Counter::default(),
+            queue_duration: workqueue_histogram(),
+            work_duration: workqueue_histogram(),
+        }
+    }
+}
 
 /// The controller's metrics.
 pub struct Metrics {
@@ -136,6 +176,11 @@ pub struct Metrics {
     reconcile_total: Family<ResultLabels, Counter>,
     reconcile_errors: Family<ControllerLabels, Counter>,
     reconcile_time: Family<ControllerLabels, Histogram, fn() -> Histogram>,
+    workqueue_depth: Family<QueueLabels, Gauge>,
+    workqueue_adds: Family<QueueLabels, Counter>,
+    workqueue_queue_duration: Family<QueueLabels, Histogram, fn() -> Histogram>,
+    workqueue_work_duration: Family<QueueLabels, Histogram, fn() -> Histogram>,
+    workqueue_retries: Family<QueueLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -166,6 +211,13 @@ impl Metrics {
         let reconcile_total = Family::default();
         let reconcile_errors = Family::default();
         let reconcile_time = Family::new_with_constructor(reconcile_histogram as fn() -> Histogram);
+        let workqueue_depth = Family::default();
+        let workqueue_adds = Family::default();
+        let workqueue_queue_duration =
+            Family::new_with_constructor(workqueue_histogram as fn() -> Histogram);
+        let workqueue_work_duration =
+            Family::new_with_constructor(workqueue_histogram as fn() -> Histogram);
+        let workqueue_retries = Family::default();
         registry.register(
             "agent_sandbox_claim_startup_latency_ms",
             "Claim start-up latency from the webhook first-observed annotation to first Ready",
@@ -207,6 +259,31 @@ impl Metrics {
             "Reconciliation duration per controller",
             reconcile_time.clone(),
         );
+        registry.register(
+            "workqueue_depth",
+            "Current depth of workqueue",
+            workqueue_depth.clone(),
+        );
+        registry.register(
+            "workqueue_adds",
+            "Total number of adds handled by workqueue",
+            workqueue_adds.clone(),
+        );
+        registry.register(
+            "workqueue_queue_duration_seconds",
+            "How long in seconds an item stays in workqueue before being requested",
+            workqueue_queue_duration.clone(),
+        );
+        registry.register(
+            "workqueue_work_duration_seconds",
+            "How long in seconds processing an item from workqueue takes",
+            workqueue_work_duration.clone(),
+        );
+        registry.register(
+            "workqueue_retries",
+            "Total number of retries handled by workqueue",
+            workqueue_retries.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -234,6 +311,29 @@ impl Metrics {
             reconcile_total,
             reconcile_errors,
             reconcile_time,
+            workqueue_depth,
+            workqueue_adds,
+            workqueue_queue_duration,
+            workqueue_work_duration,
+            workqueue_retries,
+        }
+    }
+
+    fn queue_labels(controller: &str) -> QueueLabels {
+        QueueLabels {
+            name: controller.into(),
+            controller: controller.into(),
+        }
+    }
+
+    /// The `workqueue_*` metrics of `controller`'s work queue.
+    pub fn work_queue(&self, controller: &str) -> QueueMetrics {
+        let l = Self::queue_labels(controller);
+        QueueMetrics {
+            depth: self.workqueue_depth.get_or_create(&l).clone(),
+            adds: self.workqueue_adds.get_or_create(&l).clone(),
+            queue_duration: self.workqueue_queue_duration.get_or_create(&l).clone(),
+            work_duration: self.workqueue_work_duration.get_or_create(&l).clone(),
         }
     }
 
@@ -250,6 +350,10 @@ impl Metrics {
             ReconcileResult::Requeue => "requeue_after",
             ReconcileResult::Error => {
                 self.reconcile_errors.get_or_create(&c).inc();
+                // As controller-runtime, a failed reconcile goes back rate-limited: a retry.
+                self.workqueue_retries
+                    .get_or_create(&Self::queue_labels(controller))
+                    .inc();
                 "error"
             }
         };

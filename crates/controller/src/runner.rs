@@ -13,6 +13,11 @@
 //! - a request now replaces a pending timer; of two timers, the earlier one stays;
 //! - an object that is no longer in the cache when its turn comes is dropped (its deletion
 //!   already was, or will be, seen by the watch).
+//!
+//! It reports client-go's `workqueue_*` metrics through [`QueueMetrics`], with client-go's
+//! meaning: an add is a request for an object not already waiting, the depth counts the objects
+//! waiting (including a running object asked for again), the queue duration runs from the add
+//! to a worker taking the object, the work duration from there to the end of its reconcile.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::hash_map::Entry;
@@ -26,6 +31,8 @@ use futures::{FutureExt, Stream, StreamExt};
 use kube::Resource;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::time::Instant;
+
+use crate::metrics::QueueMetrics;
 
 /// What a reconcile asks for next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +102,10 @@ struct Queue<K: Resource<DynamicType = ()>> {
     /// The current deadline per object; the heap may hold stale entries, skipped when popped.
     deadlines: HashMap<ObjectRef<K>, Instant>,
     timers: BinaryHeap<Reverse<Timer<K>>>,
+    /// When each waiting object was added, and when each running one was taken.
+    added: HashMap<ObjectRef<K>, Instant>,
+    taken: HashMap<ObjectRef<K>, Instant>,
+    metrics: QueueMetrics,
 }
 
 impl<K: Resource<DynamicType = ()>> Default for Queue<K> {
@@ -106,19 +117,45 @@ impl<K: Resource<DynamicType = ()>> Default for Queue<K> {
             dirty: HashSet::new(),
             deadlines: HashMap::new(),
             timers: BinaryHeap::new(),
+            added: HashMap::new(),
+            taken: HashMap::new(),
+            metrics: QueueMetrics::default(),
         }
     }
 }
 
 impl<K: Resource<DynamicType = ()>> Queue<K> {
-    /// A request to reconcile `key` now.
-    fn request(&mut self, key: ObjectRef<K>) {
-        self.deadlines.remove(&key);
-        if self.running.contains(&key) {
-            self.dirty.insert(key);
-        } else if self.queued.insert(key.clone()) {
-            self.ready.push_back(key);
+    /// A queue that reports to `metrics`.
+    fn with_metrics(metrics: QueueMetrics) -> Self {
+        Self {
+            metrics,
+            ..Self::default()
         }
+    }
+
+    /// A request to reconcile `key` now.
+    fn request(&mut self, key: ObjectRef<K>, now: Instant) {
+        self.deadlines.remove(&key);
+        let added = if self.running.contains(&key) {
+            self.dirty.insert(key.clone())
+        } else if self.queued.insert(key.clone()) {
+            self.ready.push_back(key.clone());
+            true
+        } else {
+            false
+        };
+        if added {
+            self.added.insert(key, now);
+            self.metrics.adds.inc();
+            self.report_depth();
+        }
+    }
+
+    fn report_depth(&self) {
+        let depth = self.queued.len() + self.dirty.len();
+        self.metrics
+            .depth
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
     }
 
     /// A request to reconcile `key` at `at` (the earlier of two deadlines wins; a waiting or
@@ -159,23 +196,37 @@ impl<K: Resource<DynamicType = ()>> Queue<K> {
             let Some(Reverse(t)) = self.timers.pop() else {
                 break;
             };
-            self.request(t.key);
+            self.request(t.key, now);
         }
     }
 
     /// The next object a worker may take, if any.
-    fn take(&mut self) -> Option<ObjectRef<K>> {
+    fn take(&mut self, now: Instant) -> Option<ObjectRef<K>> {
         let key = self.ready.pop_front()?;
         self.queued.remove(&key);
+        if let Some(at) = self.added.remove(&key) {
+            self.metrics
+                .queue_duration
+                .observe(now.saturating_duration_since(at).as_secs_f64());
+        }
+        self.report_depth();
         self.running.insert(key.clone());
+        self.taken.insert(key.clone(), now);
         Some(key)
     }
 
     /// A reconcile of `key` ended; `requeue` is what it asked for.
     fn done(&mut self, key: ObjectRef<K>, requeue: Option<Duration>, now: Instant) {
         self.running.remove(&key);
+        if let Some(at) = self.taken.remove(&key) {
+            self.metrics
+                .work_duration
+                .observe(now.saturating_duration_since(at).as_secs_f64());
+        }
         if self.dirty.remove(&key) {
-            self.request(key);
+            // Asked for while running: it waits again, counted (and timed) from that request.
+            self.queued.insert(key.clone());
+            self.ready.push_back(key);
         } else if let Some(d) = requeue {
             self.schedule(key, now + d);
         }
@@ -185,8 +236,13 @@ impl<K: Resource<DynamicType = ()>> Queue<K> {
 /// Runs `reconcile` over the objects `requests` names until the stream ends (then waits for the
 /// reconciles in flight). `reconcile` gets the cached object and answers when to come back;
 /// at most `workers` reconciles run at once, each on its own task.
-pub async fn run<K, R, F, Fut>(store: Store<K>, requests: R, workers: usize, reconcile: F)
-where
+pub async fn run<K, R, F, Fut>(
+    store: Store<K>,
+    requests: R,
+    workers: usize,
+    metrics: QueueMetrics,
+    reconcile: F,
+) where
     K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
     R: Stream<Item = ObjectRef<K>> + Send,
     F: Fn(Arc<K>) -> Fut,
@@ -195,11 +251,13 @@ where
     let workers = workers.max(1);
     let mut requests = std::pin::pin!(requests.fuse());
     let mut open = true;
-    let mut queue = Queue::<K>::default();
+    let mut queue = Queue::<K>::with_metrics(metrics);
     let mut in_flight = FuturesUnordered::new();
     loop {
         while in_flight.len() < workers {
-            let Some(key) = queue.take() else { break };
+            let Some(key) = queue.take(Instant::now()) else {
+                break;
+            };
             let Some(obj) = store.get(&key) else {
                 queue.done(key, None, Instant::now());
                 continue;
@@ -221,7 +279,7 @@ where
                 queue.done(key, requeue, Instant::now());
             }
             request = requests.next(), if open => match request {
-                Some(key) => queue.request(key),
+                Some(key) => queue.request(key, Instant::now()),
                 None => open = false,
             },
             () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
@@ -241,28 +299,32 @@ mod tests {
     }
 
     fn drain(q: &mut Queue<ConfigMap>) -> Vec<String> {
-        std::iter::from_fn(|| q.take()).map(|k| k.name).collect()
+        let now = Instant::now();
+        std::iter::from_fn(|| q.take(now)).map(|k| k.name).collect()
     }
 
     #[test]
     fn requests_for_a_waiting_object_merge() {
         let mut q = Queue::default();
-        q.request(key("a"));
-        q.request(key("b"));
-        q.request(key("a"));
+        q.request(key("a"), Instant::now());
+        q.request(key("b"), Instant::now());
+        q.request(key("a"), Instant::now());
         assert_eq!(drain(&mut q), ["a", "b"]);
-        assert!(q.take().is_none());
+        assert!(q.take(Instant::now()).is_none());
     }
 
     #[test]
     fn a_request_during_a_reconcile_runs_once_after_it() {
         let mut q = Queue::default();
         let now = Instant::now();
-        q.request(key("a"));
-        let a = q.take().unwrap();
-        q.request(key("a"));
-        q.request(key("a"));
-        assert!(q.take().is_none(), "one reconcile of an object at a time");
+        q.request(key("a"), Instant::now());
+        let a = q.take(Instant::now()).unwrap();
+        q.request(key("a"), Instant::now());
+        q.request(key("a"), Instant::now());
+        assert!(
+            q.take(Instant::now()).is_none(),
+            "one reconcile of an object at a time"
+        );
         // The run asked for a requeue in an hour; the dirty mark wins and runs it now.
         q.done(a, Some(Duration::from_secs(3600)), now);
         assert_eq!(drain(&mut q), ["a"]);
@@ -278,14 +340,14 @@ mod tests {
         q.schedule(key("a"), now + Duration::from_secs(20));
         assert_eq!(q.next_deadline(), Some(now + Duration::from_secs(5)));
         q.fire_due(now + Duration::from_secs(4));
-        assert!(q.take().is_none());
+        assert!(q.take(Instant::now()).is_none());
         q.fire_due(now + Duration::from_secs(5));
         assert_eq!(drain(&mut q), ["a"]);
         assert_eq!(q.next_deadline(), None, "the later, stale timers are gone");
 
         q.done(key("a"), Some(Duration::from_secs(30)), now);
         assert_eq!(q.next_deadline(), Some(now + Duration::from_secs(30)));
-        q.request(key("a"));
+        q.request(key("a"), Instant::now());
         assert_eq!(q.next_deadline(), None);
         assert_eq!(drain(&mut q), ["a"]);
     }
@@ -294,7 +356,7 @@ mod tests {
     fn a_timer_does_not_delay_a_waiting_object() {
         let mut q = Queue::default();
         let now = Instant::now();
-        q.request(key("a"));
+        q.request(key("a"), Instant::now());
         q.schedule(key("a"), now + Duration::from_secs(1));
         assert_eq!(q.next_deadline(), None);
         assert_eq!(drain(&mut q), ["a"]);
@@ -311,6 +373,29 @@ mod tests {
         assert_eq!(drain(&mut q), ["early", "middle"]);
         q.fire_due(now + Duration::from_millis(30));
         assert_eq!(drain(&mut q), ["late"]);
+    }
+
+    #[test]
+    fn metrics_count_adds_depth_and_durations_as_client_go() {
+        let metrics = crate::metrics::Metrics::new();
+        let mut q = Queue::with_metrics(metrics.work_queue("sandbox"));
+        let t0 = Instant::now();
+        q.request(key("a"), t0);
+        q.request(key("a"), t0); // merged: not an add
+        q.request(key("b"), t0);
+        let a = q.take(t0 + Duration::from_millis(3)).unwrap();
+        q.request(key("a"), t0); // asked for while running: an add, waiting again
+        q.done(a, None, t0 + Duration::from_millis(10));
+        let text = metrics.render(&[]);
+        let has = |line: &str| assert!(text.contains(line), "{line} missing from:\n{text}");
+        has(r#"workqueue_adds_total{name="sandbox",controller="sandbox"} 3"#);
+        has(r#"workqueue_depth{name="sandbox",controller="sandbox"} 2"#);
+        has(r#"workqueue_queue_duration_seconds_count{name="sandbox",controller="sandbox"} 1"#);
+        has(r#"workqueue_work_duration_seconds_count{name="sandbox",controller="sandbox"} 1"#);
+        has(r#"workqueue_work_duration_seconds_sum{name="sandbox",controller="sandbox"} 0.007"#);
+        assert_eq!(drain(&mut q), ["b", "a"]);
+        let text = metrics.render(&[]);
+        assert!(text.contains(r#"workqueue_depth{name="sandbox",controller="sandbox"} 0"#));
     }
 
     fn store_with(names: &[&str]) -> Store<ConfigMap> {
@@ -355,7 +440,7 @@ mod tests {
                 (name == "c" && *n < 4).then_some(Duration::from_millis(10))
             }
         };
-        let task = tokio::spawn(run(store, rx, 2, reconcile));
+        let task = tokio::spawn(run(store, rx, 2, QueueMetrics::default(), reconcile));
         for _ in 0..5 {
             for n in ["a", "b", "c", "gone"] {
                 tx.unbounded_send(key(n)).unwrap();
