@@ -9,8 +9,19 @@ use tracing_subscriber::fmt::format::FmtSpan;
 
 use crate::args::{GlobalArgs, LogFormat};
 
+/// kube's client logs each failed request at error level from its HTTP layer
+/// (`kube_client::client::builder`: "failed with error client error (Connect)"). Every caller
+/// here reports the failure itself, naming the object and what to do, so that line is only noise
+/// in front of the real message; it stays off unless the filter names `kube_client`.
+const QUIET_KUBE_CLIENT: &str = "kube_client::client::builder=off";
+
 pub(crate) fn init(args: &GlobalArgs) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(&args.log_level).with_context(|| {
+    let directives = if args.log_level.contains("kube_client") {
+        args.log_level.clone()
+    } else {
+        format!("{},{QUIET_KUBE_CLIENT}", args.log_level)
+    };
+    let filter = EnvFilter::try_new(&directives).with_context(|| {
         format!("invalid --log-level {:?}: use error, warn, info, debug, trace or a directive list like \"info,agent_sandbox_apiserver=debug\"", args.log_level)
     })?;
     let builder = tracing_subscriber::fmt()

@@ -490,3 +490,36 @@ fn volumes_survive_suspend_and_runsc_runs_sandboxd() {
     let err = up.fails(&["get", "sandboxes", "my-sandbox"]);
     assert!(err.contains("nothing named my-sandbox"), "{err}");
 }
+
+/// With no API server behind the kubeconfig, a verb says so once, in its own words, within
+/// moments, and names the kubeconfig; kube's own per-request error line does not precede it.
+#[test]
+fn a_verb_without_a_server_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let port = free_port();
+    fs_err::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:{port}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user: {{}}\n"
+        ),
+    )
+    .unwrap();
+    let start = Instant::now();
+    let out = Command::new(BIN)
+        .args(["get", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .env_remove("AGENT_SANDBOX_LOG_LEVEL")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(start.elapsed() < Duration::from_secs(10));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("does not answer"), "{err}");
+    assert!(err.contains(&kubeconfig.display().to_string()), "{err}");
+    assert!(err.contains("agent-sandbox up"), "{err}");
+    assert!(
+        !err.contains("kube_client"),
+        "kube's own error line is noise here:\n{err}"
+    );
+}
