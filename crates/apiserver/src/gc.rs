@@ -411,11 +411,12 @@ async fn sweep(app: &Arc<App>) {
     }
 }
 
-/// Runs the collector until shutdown.
+/// Runs the collector until shutdown; Events older than `event_ttl` are deleted.
 pub async fn run(
     app: Arc<App>,
     mut changes: mpsc::UnboundedReceiver<Change>,
     mut shutdown: watch::Receiver<bool>,
+    event_ttl: Duration,
 ) {
     let sem = Arc::new(Semaphore::new(32));
     for (res, s) in app.store.gc_candidates() {
@@ -447,7 +448,7 @@ pub async fn run(
                 sweep(&app).await;
                 ticks += 1;
                 if ticks % 60 == 1 {
-                    expire_events(&app, EVENT_TTL).await;
+                    expire_events(&app, event_ttl).await;
                 }
             }
             _ = shutdown.changed() => return,

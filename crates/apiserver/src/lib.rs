@@ -92,7 +92,8 @@ pub struct Config {
     pub node_name: String,
     /// Where to write the kubeconfig; defaults to `<data_dir>/kubeconfig`.
     pub kubeconfig_path: Option<PathBuf>,
-    /// Watch-cache events retained per resource (older resourceVersions get 410 Gone).
+    /// Most watch-cache events retained per resource (older resourceVersions get 410 Gone);
+    /// events also leave after 2.5 minutes (see [`store`]).
     pub watch_window: usize,
     /// Request body limit (kube-apiserver: 3 MiB).
     pub max_body: usize,
@@ -101,6 +102,8 @@ pub struct Config {
     pub durability: Durability,
     /// CRD admission and conversion.
     pub crds: Arc<dyn CrdSupport>,
+    /// How long an Event lives after its last activity (kube-apiserver's `--event-ttl`).
+    pub event_ttl: std::time::Duration,
 }
 
 impl Config {
@@ -123,6 +126,7 @@ impl Config {
             max_body: api::MAX_BODY,
             durability: Durability::default(),
             crds: default_crds(),
+            event_ttl: gc::EVENT_TTL,
         }
     }
 }
@@ -301,6 +305,7 @@ impl ApiServer {
             store::StoreConfig {
                 watch_window: cfg.watch_window,
                 tombstones: cfg.watch_window.max(1000),
+                watch_window_time: store::StoreConfig::default().watch_window_time,
                 durability: cfg.durability,
             },
         )?;
@@ -313,7 +318,12 @@ impl ApiServer {
         bootstrap(&app).await?;
         let creds = access::load_or_create(&pki)?;
         let (shutdown, sd_rx) = twatch::channel(false);
-        let mut tasks = vec![tokio::spawn(gc::run(app.clone(), changes, sd_rx.clone()))];
+        let mut tasks = vec![tokio::spawn(gc::run(
+            app.clone(),
+            changes,
+            sd_rx.clone(),
+            cfg.event_ttl,
+        ))];
         let authed = server::authed_router(app.clone(), creds.token.clone());
         let mut tcp_addr = None;
         if let Some(addr) = cfg.tcp_addr {

@@ -14,6 +14,14 @@
 //! another thread never catches the WAL's end under a steady stream of commits, so the WAL would
 //! never restart and would grow without bound, slowing every later read and commit.
 //!
+//! The watch cache keeps, per resource, the changes of the last [`StoreConfig::watch_window_time`]
+//! (2.5 minutes; at least [`WATCH_WINDOW_MIN`] changes, at most [`StoreConfig::watch_window`]).
+//! Each change holds a full version of its object, so a count alone made memory grow with the
+//! write rate: an hour of churning sandboxes kept 20 000 versions of each kind. A watch resumes
+//! from a recent resourceVersion (clients reconnect within seconds, or every few minutes when the
+//! server ends a watch); an older one gets 410 Gone and relists, as kube-apiserver answers once
+//! its watch cache (about 75 s) has moved on.
+//!
 //! Deleted objects leave a tombstone row so that after a restart a watch can resume from a
 //! resourceVersion taken before the restart. History is kept compacted: after a restart each
 //! object is replayed once, at its latest version (etcd after a compaction behaves the same way
@@ -136,11 +144,16 @@ pub enum EventKind {
     },
 }
 
+/// Changes kept in each resource's watch cache however old they are.
+pub const WATCH_WINDOW_MIN: usize = 100;
+
 /// One watch-cache event.
 #[derive(Debug)]
 pub struct Event {
     /// What happened.
     pub kind: EventKind,
+    /// When it entered the watch cache.
+    pub at: std::time::Instant,
     /// The object after the change at the change's resourceVersion (for deletes, the last
     /// state); its JSON is shared with the write's response.
     pub stored: Arc<Stored>,
@@ -231,8 +244,10 @@ struct WriteReq {
 /// Store tuning.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// Events retained per resource in the watch cache (older versions get 410 Gone).
+    /// Most events retained per resource in the watch cache (older versions get 410 Gone).
     pub watch_window: usize,
+    /// Events older than this leave the watch cache (beyond the newest [`WATCH_WINDOW_MIN`]).
+    pub watch_window_time: std::time::Duration,
     /// Tombstones retained on disk.
     pub tombstones: usize,
     /// What an acknowledged write survives.
@@ -254,6 +269,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             watch_window: 20_000,
+            watch_window_time: std::time::Duration::from_secs(150),
             tombstones: 20_000,
             durability: Durability::default(),
         }
@@ -702,6 +718,7 @@ fn load(conn: &Connection, path: &Path, cfg: &StoreConfig) -> Result<State, Open
         };
         for (rv, created_rv, deleted, obj) in h.into_iter().skip(skip) {
             rs.events.push_back(Arc::new(Event {
+                at: std::time::Instant::now(),
                 kind: EventKind::Compacted {
                     created_rv,
                     deleted,
@@ -973,6 +990,7 @@ fn writer(
                 st.compacted = c;
             }
             let mut touched: Vec<String> = vec![];
+            let now = std::time::Instant::now();
             for p in &planned {
                 st.rv = st.rv.max(p.stored.rv);
                 if let Some(prev) = &p.prev {
@@ -992,11 +1010,17 @@ fn writer(
                     rs.objects.insert(p.key.clone(), p.stored.clone());
                 }
                 rs.events.push_back(Arc::new(Event {
+                    at: now,
                     kind: p.kind,
                     stored: p.stored.clone(),
                     prev: p.prev.as_ref().map(|s| s.obj.clone()),
                 }));
-                while rs.events.len() > cfg.watch_window {
+                while rs.events.len() > cfg.watch_window
+                    || (rs.events.len() > WATCH_WINDOW_MIN
+                        && rs.events.front().is_some_and(|e| {
+                            now.saturating_duration_since(e.at) > cfg.watch_window_time
+                        }))
+                {
                     if let Some(old) = rs.events.pop_front() {
                         rs.window_start = old.stored.rv;
                     }
@@ -1062,6 +1086,7 @@ mod tests {
     fn test_config(watch_window: usize, durability: Durability) -> StoreConfig {
         StoreConfig {
             watch_window,
+            watch_window_time: std::time::Duration::from_secs(3600),
             tombstones: 10,
             durability,
         }
@@ -1184,5 +1209,37 @@ mod tests {
             ev[1].kind,
             EventKind::Compacted { deleted: true, .. }
         ));
+    }
+
+    /// Changes older than the window's time leave the watch cache, down to the newest
+    /// `WATCH_WINDOW_MIN`; a watch from before them gets 410, one from after them resumes.
+    #[tokio::test]
+    async fn the_watch_cache_keeps_recent_changes_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            watch_window_time: std::time::Duration::from_millis(200),
+            ..test_config(10_000, Durability::ProcessCrash)
+        };
+        let (s, _c) = Store::open(&dir.path().join("db.sqlite"), cfg).unwrap();
+        let create = |name: String| {
+            s.write(Op::Create {
+                res: "pods".into(),
+                obj: obj(&name),
+            })
+        };
+        for i in 0..150 {
+            create(format!("old-{i}")).await.unwrap();
+        }
+        // Within the time, every change stays.
+        assert_eq!(s.events_since("pods", 0).unwrap().0.len(), 150);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        create("new".into()).await.unwrap();
+        // The 51 oldest went; the newest WATCH_WINDOW_MIN stay, old as they are.
+        assert_eq!(s.events_since("pods", 0).unwrap_err(), 51);
+        let (kept, _) = s.events_since("pods", 51).unwrap();
+        assert_eq!(kept.len(), WATCH_WINDOW_MIN);
+        assert_eq!(kept.last().unwrap().stored.rv, 151);
+        // The objects themselves are all there.
+        assert_eq!(s.list("pods", None, None, None, &|_| true).0.len(), 151);
     }
 }

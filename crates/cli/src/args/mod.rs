@@ -191,6 +191,11 @@ pub(crate) struct UpArgs {
     /// its own bridge and subnet.
     #[arg(long, env = "AGENT_SANDBOX_BRIDGE", default_value = "asbx0")]
     pub(crate) bridge: String,
+    /// How long an Event lives after its last activity, as kube-apiserver's `--event-ttl`
+    /// (Go duration: 90s, 30m, 1h30m). Events are most of an instance's memory when it churns
+    /// sandboxes: about 14 per sandbox's life.
+    #[arg(long, env = "AGENT_SANDBOX_EVENT_TTL", default_value = "1h", value_parser = agent_sandbox_controller::cluster::parse_go_duration)]
+    pub(crate) event_ttl: std::time::Duration,
     /// Run no node agent (API server, controllers and router only).
     #[arg(long)]
     pub(crate) no_node: bool,
@@ -237,5 +242,22 @@ mod tests {
     fn the_command_line_definition_is_consistent() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn event_ttl_takes_a_go_duration() {
+        use clap::Parser;
+        let up = |ttl: &str| {
+            super::Cli::try_parse_from(["agent-sandbox", "up", "--event-ttl", ttl]).map(|c| match c
+                .command
+            {
+                super::Command::Up(a) => a.event_ttl,
+                _ => unreachable!(),
+            })
+        };
+        assert_eq!(up("90s").unwrap(), std::time::Duration::from_secs(90));
+        assert_eq!(up("1h30m").unwrap(), std::time::Duration::from_secs(5400));
+        let err = up("ten").unwrap_err().to_string();
+        assert!(err.contains("--event-ttl"), "{err}");
     }
 }

@@ -50,6 +50,7 @@ async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
     let mut api = ApiConfig::new(args.data_dir.join("apiserver"));
     api.tcp_addr = Some(args.api_listen);
     api.kubeconfig_path = Some(args.data_dir.join("kubeconfig"));
+    api.event_ttl = args.event_ttl;
     if args.sync_writes {
         api.durability = agent_sandbox_apiserver::Durability::PowerLoss;
     }
