@@ -306,23 +306,24 @@ mod tests {
     #[test]
     fn requests_for_a_waiting_object_merge() {
         let mut q = Queue::default();
-        q.request(key("a"), Instant::now());
-        q.request(key("b"), Instant::now());
-        q.request(key("a"), Instant::now());
+        let now = Instant::now();
+        q.request(key("a"), now);
+        q.request(key("b"), now);
+        q.request(key("a"), now);
         assert_eq!(drain(&mut q), ["a", "b"]);
-        assert!(q.take(Instant::now()).is_none());
+        assert!(q.take(now).is_none());
     }
 
     #[test]
     fn a_request_during_a_reconcile_runs_once_after_it() {
         let mut q = Queue::default();
         let now = Instant::now();
-        q.request(key("a"), Instant::now());
-        let a = q.take(Instant::now()).unwrap();
-        q.request(key("a"), Instant::now());
-        q.request(key("a"), Instant::now());
+        q.request(key("a"), now);
+        let a = q.take(now).unwrap();
+        q.request(key("a"), now);
+        q.request(key("a"), now);
         assert!(
-            q.take(Instant::now()).is_none(),
+            q.take(now).is_none(),
             "one reconcile of an object at a time"
         );
         // The run asked for a requeue in an hour; the dirty mark wins and runs it now.
@@ -340,14 +341,14 @@ mod tests {
         q.schedule(key("a"), now + Duration::from_secs(20));
         assert_eq!(q.next_deadline(), Some(now + Duration::from_secs(5)));
         q.fire_due(now + Duration::from_secs(4));
-        assert!(q.take(Instant::now()).is_none());
+        assert!(q.take(now).is_none());
         q.fire_due(now + Duration::from_secs(5));
         assert_eq!(drain(&mut q), ["a"]);
         assert_eq!(q.next_deadline(), None, "the later, stale timers are gone");
 
         q.done(key("a"), Some(Duration::from_secs(30)), now);
         assert_eq!(q.next_deadline(), Some(now + Duration::from_secs(30)));
-        q.request(key("a"), Instant::now());
+        q.request(key("a"), now);
         assert_eq!(q.next_deadline(), None);
         assert_eq!(drain(&mut q), ["a"]);
     }
@@ -356,7 +357,7 @@ mod tests {
     fn a_timer_does_not_delay_a_waiting_object() {
         let mut q = Queue::default();
         let now = Instant::now();
-        q.request(key("a"), Instant::now());
+        q.request(key("a"), now);
         q.schedule(key("a"), now + Duration::from_secs(1));
         assert_eq!(q.next_deadline(), None);
         assert_eq!(drain(&mut q), ["a"]);

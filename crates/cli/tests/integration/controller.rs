@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::{free_port, unreachable_kubeconfig};
+
 use agent_sandbox_api::v1beta1::Sandbox;
 use agent_sandbox_apiserver::{ApiServer, Config as ServerConfig, RunningApiServer};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -116,14 +118,6 @@ impl Drop for Replica {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A minimal HTTP/1.1 GET; `None` while nothing listens.
@@ -331,13 +325,7 @@ fn missing_kubeconfig_says_what_to_do() {
 #[test]
 fn unreachable_server_says_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
-    let kc = dir.path().join("kubeconfig");
-    let port = free_port();
-    fs_err::write(
-        &kc,
-        format!("apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:{port}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\nusers:\n- name: u\n  user: {{}}\ncurrent-context: c\n"),
-    )
-    .unwrap();
+    let (kc, port) = unreachable_kubeconfig(dir.path());
     let out = Command::new(BIN)
         .arg("controller")
         .arg("--kubeconfig")

@@ -8,19 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::{free_port, unreachable_kubeconfig};
+
 const BIN: &str = env!("CARGO_BIN_EXE_agent-sandbox");
 const IMAGE: &str = "localhost/agent-sandbox/python:latest";
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A running `agent-sandbox up` on its own data directory, ports, bridge and subnet.
@@ -496,15 +490,7 @@ fn volumes_survive_suspend_and_runsc_runs_sandboxd() {
 #[test]
 fn a_verb_without_a_server_says_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    let port = free_port();
-    fs_err::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:{port}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user: {{}}\n"
-        ),
-    )
-    .unwrap();
+    let (kubeconfig, _) = unreachable_kubeconfig(dir.path());
     let start = Instant::now();
     let out = Command::new(BIN)
         .args(["get", "--kubeconfig"])
