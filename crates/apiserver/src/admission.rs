@@ -290,6 +290,8 @@ pub fn core_roundtrip(
         ("", "Namespace") => roundtrip::<api::core::v1::Namespace>(obj),
         ("", "PersistentVolumeClaim") => roundtrip::<api::core::v1::PersistentVolumeClaim>(obj),
         ("", "Node") => roundtrip::<api::core::v1::Node>(obj),
+        ("", "ConfigMap") => roundtrip::<api::core::v1::ConfigMap>(obj),
+        ("", "Secret") => roundtrip::<api::core::v1::Secret>(obj),
         ("", "Event") => roundtrip::<api::core::v1::Event>(obj),
         ("events.k8s.io", "Event") => roundtrip::<api::events::v1::Event>(obj),
         ("networking.k8s.io", "NetworkPolicy") => {

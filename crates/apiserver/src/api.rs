@@ -4,12 +4,13 @@
 //! graceful deletion, propagation policies) and version conversion.
 
 use crate::admission::{self, CrdSupport, NameRule};
+use crate::config_data;
 use crate::error::{ApiError, ApiResult, Cause};
 use crate::patch::{self, PatchType};
 use crate::resources::{ResourceDef, Special};
 use crate::selectors::{FieldSelector, LabelSelector, Selector};
 use crate::store::{ObjKey, Op, Store, StoreError, Stored};
-use crate::{table, watch};
+use crate::{protobuf, table, watch};
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -498,6 +499,23 @@ impl App {
         }
     }
 
+    /// ConfigMap and Secret rules on create (`old` None), update and patch: `stringData` folded
+    /// into `data`, defaults, keys, base64, sizes, and the update rules against `old` (the stored
+    /// object in the request version). Runs before the typed decoding.
+    fn admit_config_data(&self, t: &Target, obj: &mut Value, old: Option<&Value>) -> ApiResult<()> {
+        let kind = match t.rd.special {
+            Special::ConfigMap => config_data::Kind::ConfigMap,
+            Special::Secret => config_data::Kind::Secret,
+            _ => return Ok(()),
+        };
+        let causes = config_data::admit(kind, obj, old);
+        if causes.is_empty() {
+            return Ok(());
+        }
+        let name = meta(obj)["name"].as_str().unwrap_or("").to_string();
+        Err(ApiError::invalid(&t.rd.group, &t.rd.kind, &name, causes))
+    }
+
     fn check_namespace(&self, t: &Target) -> ApiResult<()> {
         if !t.rd.namespaced {
             return Ok(());
@@ -670,6 +688,7 @@ impl App {
             return Err(ApiError::invalid(&t.rd.group, &t.rd.kind, &name, causes));
         }
         self.check_namespace(t)?;
+        self.admit_config_data(t, &mut obj, None)?;
         self.decode_core(t, &mut obj, req)?;
         self.prepare_create(t, &mut obj);
         self.admit_custom(t, &mut obj, None, req)?;
@@ -785,6 +804,7 @@ impl App {
                 om.get("generation").cloned().unwrap_or(json!(1)),
             );
         }
+        self.admit_config_data(t, &mut new, Some(&old_ext))?;
         self.decode_core(t, &mut new, req)?;
         if t.rd.special == Special::Crd {
             // The served CRDs are built in: only metadata (labels, annotations) may change.
@@ -1658,7 +1678,7 @@ pub async fn handle_resource(app: Arc<App>, t: Target, req: Request) -> Response
     if let Some((_, w)) = t.rd.deprecated.iter().find(|(v, _)| *v == t.version) {
         r.warnings.push(w.clone());
     }
-    let body = match axum::body::to_bytes(body, app.max_body).await {
+    let mut body = match axum::body::to_bytes(body, app.max_body).await {
         Ok(b) => b,
         Err(_) => return ApiError::too_large(app.max_body).into_response(),
     };
@@ -1670,14 +1690,32 @@ pub async fn handle_resource(app: Arc<App>, t: Target, req: Request) -> Response
         .to_string();
     let method = parts.method.clone();
     // Bodies are JSON (patches name their own types). A client that sends protobuf or CBOR gets
-    // 415, as kube-apiserver answers an encoding it does not serve, so it can fall back to JSON.
+    // 415, as kube-apiserver answers an encoding it does not serve, so it can fall back to JSON;
+    // kubectl's typed commands do not fall back, so the protobuf of the kinds they write
+    // (`kubectl create configmap|secret`) is decoded to JSON here.
     let json_body = ct.is_empty()
         || ct.starts_with("application/json")
         || ct
             .split(';')
             .next()
             .is_some_and(|m| m.trim().ends_with("+json"));
-    if matches!(method, Method::POST | Method::PUT) && !body.is_empty() && !json_body {
+    let writes = matches!(method, Method::POST | Method::PUT) && !body.is_empty();
+    if writes
+        && !json_body
+        && protobuf::is_protobuf(&ct)
+        && protobuf::decodes(&t.rd.group, &t.rd.kind)
+    {
+        match protobuf::decode(&t.rd.kind, &body) {
+            Ok(v) => body = serde_json::to_vec(&v).unwrap_or_default().into(),
+            Err(e) => {
+                return ApiError::bad_request(format!(
+                    "the protobuf body of the request could not be decoded as a {}: {e}; send it as application/json instead",
+                    t.rd.kind
+                ))
+                .into_response();
+            }
+        }
+    } else if writes && !json_body {
         return ApiError::new(
             415,
             "UnsupportedMediaType",

@@ -122,6 +122,8 @@ fn schema_for_core(kind: &str, group: &str) -> Option<(String, Map<String, Value
             generator.root_schema_for::<api::core::v1::PersistentVolumeClaim>()
         }
         ("", "Node") => generator.root_schema_for::<api::core::v1::Node>(),
+        ("", "ConfigMap") => generator.root_schema_for::<api::core::v1::ConfigMap>(),
+        ("", "Secret") => generator.root_schema_for::<api::core::v1::Secret>(),
         ("", "Event") => generator.root_schema_for::<api::core::v1::Event>(),
         ("events.k8s.io", "Event") => generator.root_schema_for::<api::events::v1::Event>(),
         ("networking.k8s.io", "NetworkPolicy") => {

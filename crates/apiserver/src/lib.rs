@@ -32,9 +32,11 @@
 //! - [`api`]: URL routing and the verbs with kube-apiserver's metadata semantics;
 //!   [`watch`]: watch streams; [`patch`]: merge, JSON and strategic merge patch;
 //!   [`selectors`]: label and field selectors; [`table`]: `kubectl get` tables.
-//! - [`admission`]: names, labels, core defaults and the [`CrdSupport`] seam; [`crds`]: the
+//! - [`admission`]: names, labels, core defaults and the [`CrdSupport`] seam; [`config_data`]:
+//!   ConfigMap and Secret rules (`stringData`, keys, base64, sizes, `immutable`); [`crds`]: the
 //!   agent-sandbox CRDs through the `api` crate (schemas, CEL, v1alpha1 ⇄ v1beta1).
 //! - [`gc`]: ownerReference garbage collection, namespace finalization, the pod reaper.
+//! - [`protobuf`]: the protobuf bodies of `kubectl create configmap|secret`.
 //! - [`discovery`]: discovery, `/version` and OpenAPI; [`server`]: router, auth, listeners;
 //!   [`access`]: CA, serving certificate, token and kubeconfig.
 //!
@@ -57,11 +59,13 @@
 pub mod access;
 pub mod admission;
 pub mod api;
+pub mod config_data;
 pub mod crds;
 pub mod discovery;
 pub mod error;
 pub mod gc;
 pub mod patch;
+pub mod protobuf;
 pub mod resources;
 pub mod selectors;
 pub mod server;

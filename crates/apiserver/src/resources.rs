@@ -40,6 +40,10 @@ pub enum Special {
     Namespace,
     /// core/v1 Service.
     Service,
+    /// core/v1 ConfigMap.
+    ConfigMap,
+    /// core/v1 Secret.
+    Secret,
     /// Event (stored as events.k8s.io/v1, served as core/v1 too).
     Event,
     /// apiextensions CustomResourceDefinition (read-only).
@@ -236,6 +240,26 @@ pub fn builtin() -> Vec<ResourceDef> {
             true,
             true,
             Special::None,
+        ),
+        core(
+            "",
+            &["v1"],
+            "ConfigMap",
+            "configmaps",
+            &["cm"],
+            true,
+            false,
+            Special::ConfigMap,
+        ),
+        core(
+            "",
+            &["v1"],
+            "Secret",
+            "secrets",
+            &[],
+            true,
+            false,
+            Special::Secret,
         ),
         core(
             "",

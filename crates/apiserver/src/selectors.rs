@@ -238,6 +238,10 @@ fn field_pointer(special: Special, field: &str) -> Option<String> {
                 "status.phase" => "/status/phase".into(),
                 _ => return None,
             },
+            Special::Secret => match field {
+                "type" => "/type".into(),
+                _ => return None,
+            },
             Special::Event => {
                 if let Some(rest) = field.strip_prefix("involvedObject.") {
                     format!("/regarding/{rest}")

@@ -213,6 +213,38 @@ fn columns(t: &Target) -> (Vec<Value>, Vec<PrinterColumn>) {
             ],
             vec![],
         ),
+        Special::ConfigMap => (
+            vec![
+                name,
+                col(
+                    "Data",
+                    "string",
+                    0,
+                    "Data contains the configuration data. Each key must consist of alphanumeric characters, '-', '_' or '.'. Values with non-UTF-8 byte sequences must use the BinaryData field. The keys stored in Data must not overlap with the keys in the BinaryData field, this is enforced during validation process.",
+                ),
+                age,
+            ],
+            vec![],
+        ),
+        Special::Secret => (
+            vec![
+                name,
+                col(
+                    "Type",
+                    "string",
+                    0,
+                    "Used to facilitate programmatic handling of secret data. More info: https://kubernetes.io/docs/concepts/configuration/secret/#secret-types",
+                ),
+                col(
+                    "Data",
+                    "string",
+                    0,
+                    "Data contains the secret data. Each key must consist of alphanumeric characters, '-', '_' or '.'. The serialized form of the secret data is a base64 encoded string, representing the arbitrary (possibly non-string) data value here. Described in https://tools.ietf.org/html/rfc4648#section-4",
+                ),
+                age,
+            ],
+            vec![],
+        ),
         Special::Event => (
             vec![
                 col("Last Seen", "string", 0, "Time since the last occurrence."),
@@ -341,6 +373,13 @@ fn pod_cells(o: &Value) -> Vec<Value> {
     ]
 }
 
+/// The number of keys in the map `field` (the DATA column of ConfigMaps and Secrets).
+fn keys(o: &Value, field: &str) -> usize {
+    o.get(field)
+        .and_then(Value::as_object)
+        .map_or(0, |m| m.len())
+}
+
 fn cells(t: &Target, o: &Value, pcs: &[PrinterColumn]) -> Vec<Value> {
     let name = json!(o["metadata"]["name"]);
     let created = age(&o["metadata"]["creationTimestamp"]);
@@ -400,6 +439,17 @@ fn cells(t: &Target, o: &Value, pcs: &[PrinterColumn]) -> Vec<Value> {
                 json!(sel),
             ]
         }
+        Special::ConfigMap => vec![
+            name,
+            json!(keys(o, "data") + keys(o, "binaryData")),
+            json!(created),
+        ],
+        Special::Secret => vec![
+            name,
+            json!(o["type"].as_str().unwrap_or("")),
+            json!(keys(o, "data")),
+            json!(created),
+        ],
         Special::Event => {
             let last = o
                 .get("lastTimestamp")

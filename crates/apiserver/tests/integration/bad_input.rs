@@ -355,7 +355,7 @@ async fn bad_input_gets_kubernetes_status_and_leaves_store_unchanged() {
     .await;
     assert_eq!(r.code, 400);
     // Unknown resource: 404.
-    let r = http(&sock, "GET", "/api/v1/configmaps", t, j, b"").await;
+    let r = http(&sock, "GET", "/api/v1/serviceaccounts", t, j, b"").await;
     assert_eq!(r.code, 404);
     // Delete of a missing object: 404.
     let r = http(&sock, "DELETE", &format!("{pods}/missing"), t, j, b"").await;

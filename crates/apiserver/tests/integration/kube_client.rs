@@ -1,12 +1,12 @@
 //! kube-rs against the real server (HTTPS on loopback, SQLite in a temp dir): conflicts,
 //! generateName, watch resume, 410 then relist, garbage collection, finalizers, the status
-//! subresource and selectors.
+//! subresource, selectors, and ConfigMaps and Secrets.
 
 use crate::common;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
@@ -783,4 +783,378 @@ async fn events_both_versions_and_ttl() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     agent_sandbox_apiserver::gc::expire_events(&ts.server.app(), Duration::from_millis(10)).await;
     assert!(api.get_opt("e1").await.unwrap().is_none());
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// The 422 message of a refused write.
+fn invalid_message<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> String {
+    match r {
+        Err(kube::Error::Api(s)) if s.code == 422 && s.reason == "Invalid" => s.message,
+        other => panic!("expected 422 Invalid, got {other:?}"),
+    }
+}
+
+/// The next watch event (bounded), as (type, name, object).
+async fn next_event<K>(
+    s: &mut (impl futures::Stream<Item = kube::Result<WatchEvent<K>>> + Unpin),
+) -> (&'static str, K)
+where
+    K: kube::Resource + Clone + std::fmt::Debug,
+{
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(10), s.try_next())
+            .await
+            .expect("a watch event within 10 s")
+            .unwrap()
+            .expect("the watch ended early");
+        match ev {
+            WatchEvent::Added(o) => return ("ADDED", o),
+            WatchEvent::Modified(o) => return ("MODIFIED", o),
+            WatchEvent::Deleted(o) => return ("DELETED", o),
+            WatchEvent::Bookmark(_) => {}
+            WatchEvent::Error(e) => panic!("watch error {e:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_maps_create_get_list_watch_update_patch_delete() {
+    let ts = common::start().await;
+    let client = ts.https_client().await;
+    let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    let rv = cms
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let mut w = cms
+        .watch(&WatchParams::default().timeout(20), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "settings", "labels": {"app": "x"}},
+        "data": {"mode": "fast"},
+        "binaryData": {"blob": "AAEC"}
+    }))
+    .unwrap();
+    let created = cms.create(&PostParams::default(), &cm).await.unwrap();
+    let data = created.data.clone().unwrap();
+    assert_eq!(data["mode"], "fast");
+    assert_eq!(
+        created.binary_data.clone().unwrap()["blob"].0,
+        vec![0, 1, 2]
+    );
+    let got = cms.get("settings").await.unwrap();
+    assert_eq!(got.data, created.data);
+    let l = cms
+        .list(&ListParams::default().labels("app=x"))
+        .await
+        .unwrap();
+    assert_eq!(
+        l.items.iter().map(|c| c.name_any()).collect::<Vec<_>>(),
+        vec!["settings"]
+    );
+    // Update (PUT), then merge, strategic and JSON patches.
+    let mut c = got.clone();
+    c.data.as_mut().unwrap().insert("level".into(), "3".into());
+    let c = cms
+        .replace("settings", &PostParams::default(), &c)
+        .await
+        .unwrap();
+    assert_eq!(c.data.as_ref().unwrap()["level"], "3");
+    let p = json!({"data": {"mode": "slow"}});
+    cms.patch("settings", &PatchParams::default(), &Patch::Merge(&p))
+        .await
+        .unwrap();
+    let p = json!({"data": {"extra": "e"}});
+    cms.patch("settings", &PatchParams::default(), &Patch::Strategic(&p))
+        .await
+        .unwrap();
+    let jp = serde_json::from_value(json!([{"op": "remove", "path": "/data/level"}])).unwrap();
+    let c = cms
+        .patch("settings", &PatchParams::default(), &Patch::<()>::Json(jp))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.data.clone().unwrap().into_iter().collect::<Vec<_>>(),
+        vec![
+            ("extra".to_string(), "e".to_string()),
+            ("mode".to_string(), "slow".to_string())
+        ]
+    );
+    // The watch saw each write in order.
+    let (t, o) = next_event(&mut w).await;
+    assert_eq!((t, o.name_any()), ("ADDED", "settings".to_string()));
+    for _ in 0..4 {
+        assert_eq!(next_event(&mut w).await.0, "MODIFIED");
+    }
+    // Bad keys, a key in both maps, bad base64: 422 naming the key.
+    let bad: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "bad"}, "data": {"a b": "1"}})).unwrap();
+    let m = invalid_message(cms.create(&PostParams::default(), &bad).await);
+    assert!(
+        m.starts_with(r#"ConfigMap "bad" is invalid: data[a b]: Invalid value: "a b": a valid config key must consist of alphanumeric characters, '-', '_' or '.'"#),
+        "{m}"
+    );
+    let p = json!({"binaryData": {"mode": "AA=="}});
+    let m = invalid_message(
+        cms.patch("settings", &PatchParams::default(), &Patch::Merge(&p))
+            .await,
+    );
+    assert!(
+        m.contains(r#"data[mode]: Invalid value: "mode": duplicate of key present in binaryData"#),
+        "{m}"
+    );
+    let p = json!({"binaryData": {"raw": "not base64"}});
+    let m = invalid_message(
+        cms.patch("settings", &PatchParams::default(), &Patch::Merge(&p))
+            .await,
+    );
+    assert!(
+        m.contains("binaryData[raw]: Invalid value") && m.contains("base64"),
+        "{m}"
+    );
+    // Too big.
+    let p = json!({"data": {"big": "x".repeat(1024 * 1024)}});
+    let m = invalid_message(
+        cms.patch("settings", &PatchParams::default(), &Patch::Merge(&p))
+            .await,
+    );
+    assert!(
+        m.ends_with("[]: Too long: must have at most 1048576 bytes"),
+        "{m}"
+    );
+    // immutable: data may not change and immutable may not be unset; metadata may change.
+    let p = json!({"immutable": true});
+    cms.patch("settings", &PatchParams::default(), &Patch::Merge(&p))
+        .await
+        .unwrap();
+    let p = json!({"data": {"mode": "other"}});
+    let m = invalid_message(
+        cms.patch("settings", &PatchParams::default(), &Patch::Merge(&p))
+            .await,
+    );
+    assert_eq!(
+        m,
+        "ConfigMap \"settings\" is invalid: data: Forbidden: field is immutable when `immutable` is set"
+    );
+    let p = json!({"immutable": false});
+    let m = invalid_message(
+        cms.patch("settings", &PatchParams::default(), &Patch::Merge(&p))
+            .await,
+    );
+    assert!(m.contains("immutable: Forbidden"), "{m}");
+    let p = json!({"metadata": {"labels": {"app": "y"}}});
+    cms.patch("settings", &PatchParams::default(), &Patch::Merge(&p))
+        .await
+        .unwrap();
+    // Delete.
+    cms.delete("settings", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(cms.get_opt("settings").await.unwrap().is_none());
+    loop {
+        let (t, o) = next_event(&mut w).await;
+        if t == "DELETED" {
+            assert_eq!(o.name_any(), "settings");
+            break;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_string_data_base64_type_and_immutable() {
+    use kube::api::{ApiResource, DynamicObject};
+    let ts = common::start().await;
+    let client = ts.https_client().await;
+    let secrets: Api<Secret> = Api::default_namespaced(client.clone());
+    let rv = secrets
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let mut w = secrets
+        .watch(&WatchParams::default().timeout(20), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    // stringData is merged into data (winning over data) and never returned or stored.
+    let s: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "creds"},
+        "data": {"user": b64("admin"), "password": b64("old")},
+        "stringData": {"password": "hunter2"}
+    }))
+    .unwrap();
+    let created = secrets.create(&PostParams::default(), &s).await.unwrap();
+    assert_eq!(created.type_.as_deref(), Some("Opaque"));
+    assert!(created.string_data.is_none());
+    let data = created.data.clone().unwrap();
+    assert_eq!(data["user"].0, b"admin");
+    assert_eq!(data["password"].0, b"hunter2");
+    let stored = ts
+        .server
+        .store()
+        .get("secrets", "default", "creds")
+        .unwrap();
+    assert!(stored.obj.get("stringData").is_none(), "{}", stored.obj);
+    assert_eq!(stored.obj["data"]["password"], json!(b64("hunter2")));
+    let got = secrets.get("creds").await.unwrap();
+    assert!(got.string_data.is_none());
+    assert_eq!(
+        secrets
+            .list(&ListParams::default().fields("type=Opaque"))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    // A merge patch with stringData.
+    let p = json!({"stringData": {"user": "root"}});
+    let s = secrets
+        .patch("creds", &PatchParams::default(), &Patch::Merge(&p))
+        .await
+        .unwrap();
+    assert_eq!(s.data.as_ref().unwrap()["user"].0, b"root");
+    assert!(s.string_data.is_none());
+    // A strategic patch with stringData and a JSON patch adding to data.
+    let p = json!({"stringData": {"token": "t0"}});
+    secrets
+        .patch("creds", &PatchParams::default(), &Patch::Strategic(&p))
+        .await
+        .unwrap();
+    let jp = serde_json::from_value(
+        json!([{"op": "add", "path": "/stringData", "value": {"extra": "x"}}]),
+    )
+    .unwrap();
+    let s = secrets
+        .patch("creds", &PatchParams::default(), &Patch::<()>::Json(jp))
+        .await
+        .unwrap();
+    let data = s.data.clone().unwrap();
+    assert_eq!(
+        data.keys().collect::<Vec<_>>(),
+        vec!["extra", "password", "token", "user"]
+    );
+    assert!(s.string_data.is_none());
+    // Update (PUT) with stringData.
+    let mut s = s;
+    s.string_data = Some([("password".to_string(), "new".to_string())].into());
+    let s = secrets
+        .replace("creds", &PostParams::default(), &s)
+        .await
+        .unwrap();
+    assert_eq!(s.data.as_ref().unwrap()["password"].0, b"new");
+    // The watch sees each write, never with stringData.
+    let (t, o) = next_event(&mut w).await;
+    assert_eq!((t, o.name_any()), ("ADDED", "creds".to_string()));
+    for _ in 0..4 {
+        let (t, o) = next_event(&mut w).await;
+        assert_eq!(t, "MODIFIED");
+        assert!(o.string_data.is_none());
+    }
+    // Bad base64 in data: 422 naming the key, on create and on patch.
+    let dynamic: Api<DynamicObject> =
+        Api::default_namespaced_with(client.clone(), &ApiResource::erase::<Secret>(&()));
+    let bad: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "bad"},
+        "data": {"api-key": "plain text!"}
+    }))
+    .unwrap();
+    let m = invalid_message(dynamic.create(&PostParams::default(), &bad).await);
+    assert!(
+        m.starts_with(r#"Secret "bad" is invalid: data[api-key]: Invalid value: "<secret contents redacted>": illegal base64 data at input byte 5"#)
+            && m.contains("stringData"),
+        "{m}"
+    );
+    let p = json!({"data": {"token": "%%%"}});
+    let m = invalid_message(
+        secrets
+            .patch("creds", &PatchParams::default(), &Patch::Merge(&p))
+            .await,
+    );
+    assert!(m.contains("data[token]: Invalid value"), "{m}");
+    // Bad key.
+    let p = json!({"stringData": {"no/slash": "v"}});
+    let m = invalid_message(
+        secrets
+            .patch("creds", &PatchParams::default(), &Patch::Merge(&p))
+            .await,
+    );
+    assert!(
+        m.contains(r#"data[no/slash]: Invalid value: "no/slash": a valid config key must consist of alphanumeric characters"#),
+        "{m}"
+    );
+    // type is immutable; typed secrets need their keys.
+    let p = json!({"type": "kubernetes.io/tls"});
+    let m = invalid_message(
+        secrets
+            .patch("creds", &PatchParams::default(), &Patch::Merge(&p))
+            .await,
+    );
+    assert!(
+        m.contains(r#"type: Invalid value: "kubernetes.io/tls": field is immutable"#),
+        "{m}"
+    );
+    let tls: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "tls"}, "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": "c"}
+    }))
+    .unwrap();
+    let m = invalid_message(secrets.create(&PostParams::default(), &tls).await);
+    assert_eq!(
+        m,
+        "Secret \"tls\" is invalid: data[tls.key]: Required value"
+    );
+    // immutable: data may not change (also through stringData), nor immutable be unset.
+    let p = json!({"immutable": true});
+    secrets
+        .patch("creds", &PatchParams::default(), &Patch::Merge(&p))
+        .await
+        .unwrap();
+    let p = json!({"stringData": {"user": "other"}});
+    let m = invalid_message(
+        secrets
+            .patch("creds", &PatchParams::default(), &Patch::Merge(&p))
+            .await,
+    );
+    assert_eq!(
+        m,
+        "Secret \"creds\" is invalid: data: Forbidden: field is immutable when `immutable` is set"
+    );
+    let p = json!({"immutable": null});
+    let m = invalid_message(
+        secrets
+            .patch("creds", &PatchParams::default(), &Patch::Merge(&p))
+            .await,
+    );
+    assert!(m.contains("immutable: Forbidden"), "{m}");
+    let p = json!({"metadata": {"annotations": {"note": "ok"}}});
+    secrets
+        .patch("creds", &PatchParams::default(), &Patch::Merge(&p))
+        .await
+        .unwrap();
+    // Delete.
+    secrets
+        .delete("creds", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(secrets.get_opt("creds").await.unwrap().is_none());
+    loop {
+        let (t, o) = next_event(&mut w).await;
+        if t == "DELETED" {
+            assert_eq!(o.name_any(), "creds");
+            assert!(o.string_data.is_none());
+            break;
+        }
+    }
 }

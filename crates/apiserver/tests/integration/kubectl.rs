@@ -396,6 +396,7 @@ async fn discovery_api_resources_and_explain() {
         ("networkpolicies", "netpol"),
         ("services", "svc"),
         ("pods", "po"),
+        ("configmaps", "cm"),
     ] {
         let line = out
             .lines()
@@ -409,6 +410,7 @@ async fn discovery_api_resources_and_explain() {
         "CustomResourceDefinition",
         "Node",
         "Event",
+        "Secret",
     ] {
         assert!(out.contains(kind), "{kind} missing from api-resources");
     }
@@ -417,6 +419,8 @@ async fn discovery_api_resources_and_explain() {
     assert_eq!(v["serverVersion"]["minor"], json!("33"));
     let e = ok(&kc, &["explain", "pods.spec.containers"]).await;
     assert!(e.contains("KIND:") && e.contains("Pod"), "{e}");
+    let e = ok(&kc, &["explain", "secrets.stringData"]).await;
+    assert!(e.contains("KIND:") && e.contains("Secret"), "{e}");
     let ns = ok(&kc, &["get", "ns", "-o", "name"]).await;
     assert!(
         ns.contains("namespace/default") && ns.contains("namespace/kube-system"),
@@ -427,16 +431,249 @@ async fn discovery_api_resources_and_explain() {
     let o = kubectl(
         &kc,
         &["create", "-f", "-"],
-        Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n"),
+        Some("apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: c}\n"),
     )
     .await;
     assert!(!o.ok);
     assert!(
         o.stderr
-            .contains(r#"no matches for kind "ConfigMap" in version "v1""#),
+            .contains(r#"no matches for kind "ServiceAccount" in version "v1""#),
         "{}",
         o.stderr
     );
+}
+
+const CONFIG: &str = r#"
+apiVersion: v1
+kind: Secret
+metadata:
+  name: app
+stringData:
+  password: hunter2
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: app
+data:
+  mode: fast
+"#;
+
+/// The header and the row of `name` in a `kubectl get` table (whitespace-split).
+fn table_row(table: &str, name: &str) -> (Vec<String>, Vec<String>) {
+    let split = |l: &str| l.split_whitespace().map(String::from).collect::<Vec<_>>();
+    let mut header = vec![];
+    for line in table.lines() {
+        let cells = split(line);
+        if cells.first().is_some_and(|c| c == "NAME") {
+            header = cells;
+        } else if cells.first().is_some_and(|c| c == name) {
+            return (header, cells);
+        }
+    }
+    panic!("no row {name} in {table}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_maps_and_secrets() {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let ts = common::start().await;
+    let kc = ts.server.kubeconfig_path().to_path_buf();
+    let out = ok(&kc, &["create", "configmap", "x", "--from-literal=a=1"]).await;
+    assert_eq!(out.trim(), "configmap/x created");
+    let out = ok(
+        &kc,
+        &["create", "secret", "generic", "s", "--from-literal=k=v"],
+    )
+    .await;
+    assert_eq!(out.trim(), "secret/s created");
+    let out = ok(&kc, &["get", "secret", "s", "-o", "jsonpath={.data.k}"]).await;
+    assert_eq!(out, b64("v"));
+    // Tables with kube-apiserver's columns.
+    let t = ok(&kc, &["get", "cm,secrets"]).await;
+    let (head, row) = table_row(&t, "configmap/x");
+    assert_eq!(head, ["NAME", "DATA", "AGE"], "{t}");
+    assert_eq!(row[1], "1", "{t}");
+    let (head, row) = table_row(&t, "secret/s");
+    assert_eq!(head, ["NAME", "TYPE", "DATA", "AGE"], "{t}");
+    assert_eq!(&row[1..3], ["Opaque", "1"], "{t}");
+    // apply with stringData: merged into data, not returned; re-apply is unchanged.
+    let o = kubectl(&kc, &["apply", "-f", "-"], Some(CONFIG)).await;
+    assert!(o.ok, "{}{}", o.stdout, o.stderr);
+    assert!(
+        o.stdout.contains("secret/app created") && o.stdout.contains("configmap/app created"),
+        "{}",
+        o.stdout
+    );
+    let j: Value =
+        serde_json::from_str(&ok(&kc, &["get", "secret", "app", "-o", "json"]).await).unwrap();
+    assert_eq!(j["data"]["password"], json!(b64("hunter2")));
+    assert_eq!(j["type"], json!("Opaque"));
+    assert!(j.get("stringData").is_none(), "{j}");
+    let o = kubectl(&kc, &["apply", "-f", "-"], Some(CONFIG)).await;
+    assert!(o.ok, "{}{}", o.stdout, o.stderr);
+    let changed = CONFIG.replace("hunter2", "swordfish");
+    let o = kubectl(&kc, &["apply", "-f", "-"], Some(&changed)).await;
+    assert!(
+        o.stdout.contains("secret/app configured"),
+        "{}{}",
+        o.stdout,
+        o.stderr
+    );
+    let out = ok(
+        &kc,
+        &["get", "secret", "app", "-o", "jsonpath={.data.password}"],
+    )
+    .await;
+    assert_eq!(out, b64("swordfish"));
+    // patch: merge with stringData, strategic, JSON.
+    ok(
+        &kc,
+        &[
+            "patch",
+            "secret",
+            "s",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"stringData":{"k":"w"}}"#,
+        ],
+    )
+    .await;
+    ok(&kc, &["patch", "cm", "x", "-p", r#"{"data":{"b":"2"}}"#]).await;
+    ok(
+        &kc,
+        &[
+            "patch",
+            "cm",
+            "x",
+            "--type",
+            "json",
+            "-p",
+            r#"[{"op":"add","path":"/data/c","value":"3"}]"#,
+        ],
+    )
+    .await;
+    let out = ok(&kc, &["get", "secret", "s", "-o", "jsonpath={.data.k}"]).await;
+    assert_eq!(out, b64("w"));
+    let out = ok(&kc, &["get", "cm", "x", "--no-headers"]).await;
+    assert_eq!(out.split_whitespace().nth(1), Some("3"), "{out}");
+    let out = ok(
+        &kc,
+        &[
+            "get",
+            "secrets",
+            "--field-selector",
+            "type=Opaque",
+            "-o",
+            "name",
+        ],
+    )
+    .await;
+    assert_eq!(out, "secret/app\nsecret/s\n");
+    // Bad base64, a bad key, immutable: refused with kube-apiserver's messages.
+    let o = kubectl(
+        &kc,
+        &[
+            "patch",
+            "secret",
+            "s",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"data":{"k":"not base64"}}"#,
+        ],
+        None,
+    )
+    .await;
+    assert!(
+        !o.ok && o.stderr.contains(r#"The Secret "s" is invalid: data[k]: Invalid value: "<secret contents redacted>": illegal base64 data"#),
+        "{}",
+        o.stderr
+    );
+    let bad = CONFIG.replace("mode: fast", "bad key: fast");
+    let o = kubectl(&kc, &["apply", "-f", "-"], Some(&bad)).await;
+    assert!(
+        !o.ok && o.stderr.contains(r#"data[bad key]: Invalid value: "bad key": a valid config key must consist of alphanumeric characters"#),
+        "{}{}",
+        o.stdout,
+        o.stderr
+    );
+    ok(
+        &kc,
+        &[
+            "patch",
+            "cm",
+            "x",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"immutable":true}"#,
+        ],
+    )
+    .await;
+    let o = kubectl(
+        &kc,
+        &[
+            "patch",
+            "cm",
+            "x",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"data":{"a":"2"}}"#,
+        ],
+        None,
+    )
+    .await;
+    assert!(
+        !o.ok && o.stderr.contains(r#"The ConfigMap "x" is invalid: data: Forbidden: field is immutable when `immutable` is set"#),
+        "{}",
+        o.stderr
+    );
+    ok(&kc, &["label", "cm", "x", "team=a"]).await;
+    // get -w streams changes.
+    let mut child = Command::new(kubectl_bin())
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .args(["get", "secrets", "-w", "--output-watch-events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let header: Vec<String> = rx
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap()
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    assert_eq!(header, ["EVENT", "NAME", "TYPE", "DATA", "AGE"]);
+    for _ in 0..2 {
+        let line = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(line.contains("ADDED"), "{line}");
+    }
+    // delete
+    let out = ok(&kc, &["delete", "cm/x", "secret/s"]).await;
+    assert!(
+        out.contains(r#"configmap "x" deleted"#) && out.contains(r#"secret "s" deleted"#),
+        "{out}"
+    );
+    let next = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(next.contains("DELETED") && next.contains(" s "), "{next}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let out = ok(&kc, &["get", "cm,secrets", "-o", "name"]).await;
+    assert_eq!(out, "configmap/app\nsecret/app\n");
 }
 
 const SANDBOXES: &str = r#"
