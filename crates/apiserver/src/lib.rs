@@ -293,6 +293,12 @@ impl ApiServer {
             source,
         };
         fs_err::create_dir_all(&cfg.data_dir).map_err(dd)?;
+        // The database holds Secrets and the directory the server's private keys: root only.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs_err::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(dd)?;
+        }
         let lock = fs_err::OpenOptions::new()
             .create(true)
             .truncate(false)

@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::WatchStreamExt;
@@ -50,11 +50,13 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 
 use crate::engine::SandboxEngine;
+use crate::env::Process;
 use crate::error::NodeError;
 use crate::events::{EventSink, pod_ref};
 use crate::firewall::{PodMeta, PolicyEnforcer};
 use crate::pod::{CState, PodRt, Role, now};
 use crate::probe::{self, ContainerChecks, ProbeSpec, Target};
+use crate::refs::{DataKind, NodeFacts, Sources};
 use crate::spec::{PullPolicy, SandboxSpec};
 
 /// How often every Pod is re-examined even without a change (retries, missed wake-ups).
@@ -112,6 +114,8 @@ pub struct NodeAgent {
     inflight: Arc<std::sync::atomic::AtomicUsize>,
     /// Turns for sandbox and container starts (`AgentConfig::max_parallel_starts`).
     starts: StartTurns,
+    /// The node's capacity, for the downward API.
+    node_facts: NodeFacts,
 }
 
 /// A semaphore for starts that also remembers the most starts that ever ran at once.
@@ -244,6 +248,7 @@ impl NodeAgent {
         let events = tokio::runtime::Handle::try_current()
             .ok()
             .map(|_| EventSink::start(client.clone(), &node_name));
+        let node_facts = NodeFacts::of_host(&engine.config().root);
         Arc::new(Self {
             client,
             engine,
@@ -257,6 +262,7 @@ impl NodeAgent {
             events,
             stopped: Default::default(),
             inflight: Default::default(),
+            node_facts,
         })
     }
 
@@ -665,6 +671,24 @@ impl NodeAgent {
         }
         let spec = self.engine.spec(&id).unwrap_or(checks.0.clone());
 
+        // configMap, secret, downwardAPI and projected volumes: written before the first
+        // container starts, kept current on every sync.
+        if let Err(message) = self.refresh_volumes(pod, &spec).await {
+            self.event(pod, None, true, "FailedMount", message);
+            let first_time =
+                !lock(&rt).volumes_ready && self.engine.containers(&id).is_ok_and(|c| c.is_empty());
+            if first_time {
+                for c in lock(&rt).containers.values_mut() {
+                    c.state = CState::Waiting {
+                        reason: "ContainerCreating".into(),
+                        message: None,
+                    };
+                }
+                return self.write_status(pod, &api, &rt).await;
+            }
+        }
+        lock(&rt).volumes_ready = true;
+
         // activeDeadlineSeconds.
         let deadline = pod
             .spec
@@ -1047,11 +1071,14 @@ impl NodeAgent {
             Some(i) => i,
             None => return Step::Waiting,
         };
-        let created = {
-            let _turn = self.starts.take().await;
-            self.engine
-                .create_container_from(&id, name, image.clone(), true)
-                .await
+        let created = match self.process_of(pod, &id, name).await {
+            Ok(process) => {
+                let _turn = self.starts.take().await;
+                self.engine
+                    .create_container_from(&id, name, Some(process), image.clone(), true)
+                    .await
+            }
+            Err(e) => Err(e),
         };
         match created {
             Ok(()) => {
@@ -1143,6 +1170,131 @@ impl NodeAgent {
                 Step::Waiting
             }
         }
+    }
+
+    /// Write the files of the sandbox's `configMap`, `secret`, `downwardAPI` and `projected`
+    /// volumes from their current sources (nothing is written when they are unchanged). Every
+    /// volume that can be written is; the error is kubelet's `FailedMount` message of the
+    /// first that cannot.
+    async fn refresh_volumes(&self, pod: &Pod, spec: &SandboxSpec) -> Result<(), String> {
+        let mounted: HashSet<&str> = spec
+            .all_containers()
+            .flat_map(|c| c.volumes.iter())
+            .filter(|v| v.source == crate::spec::VolumeSource::Projected)
+            .map(|v| v.name.as_str())
+            .collect();
+        if mounted.is_empty() {
+            return Ok(());
+        }
+        let volumes: Vec<k8s_openapi::api::core::v1::Volume> = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.volumes.iter().flatten())
+            .filter(|v| mounted.contains(v.name.as_str()))
+            .cloned()
+            .collect();
+        let sources = self.fetch(pod, crate::refs::volume_refs(&volumes)).await?;
+        let mut first_error = None;
+        for v in &volumes {
+            let written =
+                crate::projected::files(pod, v, &sources, &self.node_facts).and_then(|files| {
+                    crate::projected::write(&self.engine.projected_dir(&spec.id, &v.name), &files)
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(m) = written {
+                first_error.get_or_insert(format!(
+                    "MountVolume.SetUp failed for volume {:?} : {m}",
+                    v.name
+                ));
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Container `name`'s environment and command line, resolved from the Pod and the
+    /// ConfigMaps and Secrets it names (read now, so a restart sees their current values).
+    async fn process_of(&self, pod: &Pod, id: &str, name: &str) -> Result<Process, NodeError> {
+        let ps = pod.spec.clone().unwrap_or_default();
+        let Some(c) = ps
+            .containers
+            .iter()
+            .chain(ps.init_containers.iter().flatten())
+            .find(|c| c.name == name)
+        else {
+            return Ok(Process::default());
+        };
+        let who = format!(
+            "{}/{}",
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+            pod.metadata.name.as_deref().unwrap_or_default()
+        );
+        let sources = self
+            .fetch(pod, crate::refs::container_refs(c))
+            .await
+            .map_err(|message| NodeError::Reference {
+                sandbox: who.clone(),
+                message,
+            })?;
+        // A variable with the pod IP waits for the network (it is attached meanwhile).
+        let ip = if crate::refs::needs_pod_ip(c) {
+            self.engine.wait_pod_ip(id).await?
+        } else {
+            self.engine.pod_ip(id)?
+        };
+        let ips: Vec<String> = ip.iter().map(|ip| ip.to_string()).collect();
+        let process =
+            crate::env::resolve(pod, c, &sources, &ips, &self.node_facts).map_err(|message| {
+                NodeError::Reference {
+                    sandbox: who.clone(),
+                    message,
+                }
+            })?;
+        for (source, keys) in &process.skipped {
+            self.event(
+                pod,
+                Some(field_path(
+                    if ps.containers.iter().any(|x| x.name == name) {
+                        Role::Regular
+                    } else {
+                        Role::Init
+                    },
+                    name,
+                )),
+                true,
+                "InvalidEnvironmentVariableNames",
+                format!(
+                    "Keys [{}] from the EnvFrom {source} were skipped since they are considered invalid environment variable names.",
+                    keys.join(", ")
+                ),
+            );
+        }
+        Ok(process)
+    }
+
+    /// The ConfigMaps and Secrets named in `refs`, read from the Pod's namespace (absent ones
+    /// recorded as absent); the error says which read failed.
+    async fn fetch(
+        &self,
+        pod: &Pod,
+        refs: std::collections::BTreeSet<(DataKind, String)>,
+    ) -> Result<Sources, String> {
+        let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let mut sources = Sources::new(ns);
+        for (kind, name) in refs {
+            let data = match kind {
+                DataKind::ConfigMap => Api::<ConfigMap>::namespaced(self.client.clone(), ns)
+                    .get_opt(&name)
+                    .await
+                    .map(|o| o.as_ref().map(crate::refs::config_map_data)),
+                DataKind::Secret => Api::<Secret>::namespaced(self.client.clone(), ns)
+                    .get_opt(&name)
+                    .await
+                    .map(|o| o.as_ref().map(crate::refs::secret_data)),
+            }
+            .map_err(|e| format!("reading {} {ns}/{name}: {e}", kind.word()))?;
+            sources.insert(kind, name, data);
+        }
+        Ok(sources)
     }
 
     fn image_back_off(
@@ -1840,7 +1992,8 @@ fn waiting_reason(err: &NodeError) -> &'static str {
         NodeError::Unsupported { .. }
         | NodeError::InvalidSpec { .. }
         | NodeError::UnknownHandler { .. }
-        | NodeError::HandlerUnavailable { .. } => "CreateContainerConfigError",
+        | NodeError::HandlerUnavailable { .. }
+        | NodeError::Reference { .. } => "CreateContainerConfigError",
         _ => "CreateContainerError",
     }
 }

@@ -522,6 +522,12 @@ impl SandboxEngine {
         ] {
             fs_err::create_dir_all(d)?;
         }
+        // Sandboxes' files (their Secret volumes among them) and PVC data: root only. Inside a
+        // sandbox the mounts do not need the host path to be traversable.
+        for d in ["sandboxes", "volumes"] {
+            use std::os::unix::fs::PermissionsExt;
+            fs_err::set_permissions(config.root.join(d), std::fs::Permissions::from_mode(0o700))?;
+        }
         let images = ImageStore::open(config.root.join("images"), config.registry.clone())?;
         let cni = match &config.network {
             Some(n) => Some(Cni::new(n.clone(), &config.root.join("network"))?),
@@ -686,6 +692,21 @@ impl SandboxEngine {
         Some(rec.container(name)?.runtime_id.clone())
     }
 
+    /// Where a volume of a sandbox lives on the host.
+    fn host_dir(&self, paths: &Paths, spec: &SandboxSpec, v: &VolumeSpec) -> PathBuf {
+        match &v.source {
+            VolumeSource::EmptyDir | VolumeSource::Projected => paths.volume(&v.name),
+            VolumeSource::Pvc { claim } => self.pvc_dir(&spec.namespace, claim),
+            VolumeSource::HostPath { path } => PathBuf::from(path),
+        }
+    }
+
+    /// The host directory of a sandbox's `configMap`, `secret`, `downwardAPI` or `projected`
+    /// volume, whose files the node agent writes ([`crate::projected::write`]).
+    pub fn projected_dir(&self, id: &str, volume: &str) -> PathBuf {
+        self.paths(id).volume(volume)
+    }
+
     /// The netns path of a sandbox.
     pub fn netns_path(&self, id: &str) -> PathBuf {
         self.config.run_dir.join("netns").join(id)
@@ -758,6 +779,18 @@ impl SandboxEngine {
             .attachment
             .as_ref()
             .map(|a| a.ip))
+    }
+
+    /// The pod IP of a sandbox once its network is attached (waits for an attachment in
+    /// flight). If the attachment failed, the sandbox is removed and the error returned.
+    pub async fn wait_pod_ip(&self, id: &str) -> Result<Option<Ipv4Addr>> {
+        let entry = self.entry(id)?;
+        let _op = entry.op.lock().await;
+        if let Err(e) = self.join_network(&entry).await {
+            self.drop_if_network_failed(&entry).await;
+            return Err(e);
+        }
+        Ok(lock(&entry.record).attachment.as_ref().map(|a| a.ip))
     }
 
     fn resolve_handler(&self, spec: &SandboxSpec) -> Result<HandlerKind> {
@@ -1001,11 +1034,7 @@ impl SandboxEngine {
         let mut shared: Vec<(String, PathBuf)> = Vec::new();
         for c in rec.spec.all_containers() {
             for v in &c.volumes {
-                let host_dir = match &v.source {
-                    VolumeSource::EmptyDir => paths.volume(&v.name),
-                    VolumeSource::Pvc { claim } => self.pvc_dir(&rec.spec.namespace, claim),
-                    VolumeSource::HostPath { path } => PathBuf::from(path),
-                };
+                let host_dir = self.host_dir(paths, &rec.spec, v);
                 if !matches!(v.source, VolumeSource::HostPath { .. }) {
                     fs_err::create_dir_all(&host_dir)?;
                 } else if !host_dir.exists() {
@@ -1074,21 +1103,32 @@ impl SandboxEngine {
             reason: format!("no container named {name:?}"),
         })?;
         let image = self.images.ensure(&c.image, c.pull_policy).await?.image;
-        self.create_container_from(id, name, image, start).await
+        self.create_container_from(id, name, None, image, start)
+            .await
     }
 
     /// [`SandboxEngine::create_container`] with the image already resolved (the caller pulled
-    /// it, e.g. to report progress).
+    /// it, e.g. to report progress) and, when given, the container's resolved environment,
+    /// command and args in place of the spec's (the node agent resolves them from the Pod at
+    /// every create: [`crate::env`]); the record keeps what the container was made with.
     pub async fn create_container_from(
         &self,
         id: &str,
         name: &str,
+        process: Option<crate::env::Process>,
         image: Image,
         start: bool,
     ) -> Result<()> {
         let entry = self.entry(id)?;
         let _op = entry.op.lock().await;
-        let rec = lock(&entry.record).clone();
+        let mut rec = lock(&entry.record).clone();
+        if let Some(p) = process
+            && let Some(c) = rec.spec.container_mut(name)
+        {
+            c.env = p.env;
+            c.command = p.command;
+            c.args = p.args;
+        }
         if rec.container(name).is_some() {
             return Err(NodeError::AlreadyExists(format!("{id}/{name}")));
         }
@@ -1170,11 +1210,7 @@ impl SandboxEngine {
 
         let mut volumes: Vec<(VolumeSpec, PathBuf)> = Vec::new();
         for v in &c.volumes {
-            let host_dir = match &v.source {
-                VolumeSource::EmptyDir => paths.volume(&v.name),
-                VolumeSource::Pvc { claim } => self.pvc_dir(&rec.spec.namespace, claim),
-                VolumeSource::HostPath { path } => PathBuf::from(path),
-            };
+            let host_dir = self.host_dir(&paths, &rec.spec, v);
             volumes.push((v.clone(), host_dir));
         }
         let termination_log = cp.termination_log();

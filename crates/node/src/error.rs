@@ -55,6 +55,17 @@ pub enum NodeError {
         reason: String,
     },
 
+    /// A ConfigMap, Secret, key or field that a container's environment or a volume names
+    /// cannot be resolved (kubelet's `CreateContainerConfigError`); the message is kubelet's
+    /// and names the object, e.g. `configmap "settings" not found`.
+    #[error("{message}")]
+    Reference {
+        /// Sandbox (namespace/name).
+        sandbox: String,
+        /// What is missing or wrong.
+        message: String,
+    },
+
     /// A `RuntimeClass` handler name that this node does not know.
     #[error(
         "sandbox {sandbox}: unknown runtime handler {handler:?}; known handlers: {known}. Use one of them in the RuntimeClass or omit runtimeClassName"

@@ -200,6 +200,9 @@ pub struct PodRt {
     pub last_error: Option<String>,
     /// Why the sandbox's network is not usable yet (its firewall rules failed to apply).
     pub network_error: Option<String>,
+    /// The configMap, secret, downwardAPI and projected volumes were written once (later
+    /// failures to refresh them do not hold the containers back).
+    pub volumes_ready: bool,
     conditions: BTreeMap<String, Cond>,
     /// The last status written.
     pub last_written: Option<Value>,
@@ -282,6 +285,7 @@ impl PodRt {
             ignored: Vec::new(),
             last_error: None,
             network_error: None,
+            volumes_ready: false,
             conditions: BTreeMap::new(),
             last_written: None,
         }

@@ -60,6 +60,9 @@ pub enum VolumeSource {
         /// Host path.
         path: String,
     },
+    /// A `configMap`, `secret`, `downwardAPI` or `projected` volume: a directory in the
+    /// sandbox whose files the node agent writes (see [`crate::projected`]); always read-only.
+    Projected,
 }
 
 /// A volume mounted into the sandbox.
@@ -292,6 +295,14 @@ impl SandboxSpec {
     /// The container named `name`.
     pub fn container(&self, name: &str) -> Option<&ContainerSpec> {
         self.all_containers().find(|c| c.name == name)
+    }
+
+    /// The container named `name`, to change.
+    pub fn container_mut(&mut self, name: &str) -> Option<&mut ContainerSpec> {
+        std::iter::once(&mut self.main)
+            .chain(self.containers.iter_mut())
+            .chain(self.init_containers.iter_mut())
+            .find(|c| c.name == name)
     }
 
     /// Check the id, the container names and the paths.
@@ -594,22 +605,9 @@ fn container_from(
         .ok_or_else(|| unsupported(&cf("image"), "an image is required"))?;
     let pull_policy = PullPolicy::for_image(&image, c.image_pull_policy.as_deref());
 
-    let mut env = Vec::new();
-    for (i, e) in c.env.iter().flatten().enumerate() {
-        if e.value_from.is_some() {
-            return Err(unsupported(
-                &cf(&format!("env[{i}].valueFrom")),
-                "valueFrom (ConfigMap, Secret, field refs) is not supported; use value",
-            ));
-        }
-        env.push((e.name.clone(), e.value.clone().unwrap_or_default()));
-    }
-    if c.env_from.as_ref().is_some_and(|v| !v.is_empty()) {
-        return Err(unsupported(
-            &cf("envFrom"),
-            "ConfigMap and Secret sources are not supported; list env values",
-        ));
-    }
+    // The literal entries; `valueFrom`, `envFrom` and `$(VAR)` in command and args are
+    // resolved by the node agent each time it creates the container (crate::env).
+    let env = crate::env::literal(c);
 
     let psc = spec.security_context.as_ref();
     let sc = c.security_context.as_ref();
@@ -757,10 +755,18 @@ fn container_from(
             VolumeSource::HostPath {
                 path: h.path.clone(),
             }
+        } else if crate::projected::is_projected(v) {
+            if let Some(field) = unsupported_projection(v) {
+                return Err(unsupported(
+                    &format!("spec.volumes[{}].projected.{field}", m.name),
+                    "the embedded node issues no service account tokens or certificates; use configMap, secret and downwardAPI sources",
+                ));
+            }
+            VolumeSource::Projected
         } else {
             return Err(unsupported(
                 &format!("spec.volumes[{}]", m.name),
-                "only emptyDir, persistentVolumeClaim and hostPath volumes are supported",
+                "only emptyDir, persistentVolumeClaim, hostPath, configMap, secret, downwardAPI and projected volumes are supported",
             ));
         };
         volumes.push(VolumeSpec {
@@ -768,6 +774,7 @@ fn container_from(
             source,
             mount_path: m.mount_path.clone(),
             read_only: m.read_only == Some(true)
+                || crate::projected::is_projected(v)
                 || v.persistent_volume_claim
                     .as_ref()
                     .is_some_and(|p| p.read_only == Some(true)),
@@ -794,6 +801,24 @@ fn container_from(
                 .unwrap_or_else(|| "/dev/termination-log".into()),
         ),
     })
+}
+
+/// The first source of a projected volume the node cannot provide.
+fn unsupported_projection(v: &k8s_openapi::api::core::v1::Volume) -> Option<&'static str> {
+    v.projected
+        .iter()
+        .flat_map(|p| p.sources.iter().flatten())
+        .find_map(|s| {
+            if s.service_account_token.is_some() {
+                Some("sources[].serviceAccountToken")
+            } else if s.cluster_trust_bundle.is_some() {
+                Some("sources[].clusterTrustBundle")
+            } else if s.config_map.is_none() && s.secret.is_none() && s.downward_api.is_none() {
+                Some("sources[]")
+            } else {
+                None
+            }
+        })
 }
 
 /// Make a string usable as a sandbox id.

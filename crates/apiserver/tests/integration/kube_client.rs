@@ -973,6 +973,15 @@ async fn config_maps_create_get_list_watch_update_patch_delete() {
 async fn secrets_string_data_base64_type_and_immutable() {
     use kube::api::{ApiResource, DynamicObject};
     let ts = common::start().await;
+    // The database holds the Secrets: its directory is the owner's only.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs_err::metadata(ts.dir.path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
     let client = ts.https_client().await;
     let secrets: Api<Secret> = Api::default_namespaced(client.clone());
     let rv = secrets

@@ -1,6 +1,6 @@
 //! The webhook certificate bootstrap's Secret protocol (upstream-core §12.5) against a small fake
-//! of the Secrets and CRD endpoints (the embedded API server serves neither Secrets nor writable
-//! CRD specs): create when absent, reuse when present, take the winner's pair after losing the
+//! of the Secrets and CRD endpoints (the embedded API server does not take writes of CRD specs,
+//! which the bootstrap patches): create when absent, reuse when present, take the winner's pair after losing the
 //! creation race, refuse a broken Secret, and patch only the CRDs that exist and use webhook
 //! conversion.
 

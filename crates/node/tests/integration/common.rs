@@ -752,6 +752,20 @@ impl AgentEnv {
         (p.metadata.uid.unwrap(), ip)
     }
 
+    /// Reasons (with notes) of the events about the Pod `uid` in namespace `default`.
+    pub async fn events_of(&self, uid: &str) -> Vec<(String, String)> {
+        let api: kube::Api<k8s_openapi::api::events::v1::Event> =
+            kube::Api::namespaced(self.client.clone(), "default");
+        api.list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == Some(uid))
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect()
+    }
+
     /// The container log of a Pod's sandbox.
     pub fn log(&self, uid: &str) -> String {
         fs_err::read_to_string(self.engine().log_path(uid)).unwrap_or_default()

@@ -1,9 +1,11 @@
-//! Integration tests of the node agent: images, isolation, lifecycle, networking, pods, recovery.
+//! Integration tests of the node agent: images, isolation, lifecycle, networking, pods, a Pod's
+//! configuration (ConfigMaps, Secrets, downward API), recovery.
 //!
 //! One test binary per crate (each file below is a module) keeps link time and disk use low.
 
 mod bad_input;
 mod common;
+mod config;
 mod images;
 mod isolation;
 mod lifecycle;

@@ -60,18 +60,8 @@ fn phase(p: &Pod) -> String {
         .unwrap_or_default()
 }
 
-/// Reasons (with notes) of the events about a pod.
 async fn events(a: &AgentEnv, uid: &str) -> Vec<(String, String)> {
-    let api: kube::Api<k8s_openapi::api::events::v1::Event> =
-        kube::Api::namespaced(a.client.clone(), "default");
-    api.list(&Default::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == Some(uid))
-        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
-        .collect()
+    a.events_of(uid).await
 }
 
 async fn wait_events(a: &AgentEnv, uid: &str, want: &[&str]) -> Vec<(String, String)> {
