@@ -340,6 +340,10 @@ impl CPaths {
     fn log(&self) -> PathBuf {
         self.dir.join("container.log")
     }
+    /// The log of the instance before the current one (rotated at create).
+    fn previous_log(&self) -> PathBuf {
+        self.dir.join("container.log.previous")
+    }
     fn pid(&self) -> PathBuf {
         self.dir.join("container.pid")
     }
@@ -717,7 +721,14 @@ impl SandboxEngine {
         self.paths(id).dir.join("container.log")
     }
 
-    /// A container's log (stdout and stderr; restarts append to it).
+    /// The log of a container's previous instance (the current one's is rotated here when the
+    /// container is created again).
+    pub fn previous_log_path(&self, id: &str, name: &str) -> PathBuf {
+        self.container_log_path(id, name)
+            .with_file_name("container.log.previous")
+    }
+
+    /// A container's log: stdout and stderr of its current instance.
     pub fn container_log_path(&self, id: &str, name: &str) -> PathBuf {
         match self.entry(id) {
             Ok(e) => {
@@ -1193,6 +1204,13 @@ impl SandboxEngine {
         }
         for f in [cp.exit(), cp.exit_tmp(), cp.pid()] {
             let _ = fs_err::remove_file(f);
+        }
+        // A container made again (a restart) starts a new log; the last one stays as the
+        // previous instance's (`kubectl logs --previous`).
+        match fs_err::rename(cp.log(), cp.previous_log()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
         }
         self.commit(entry, &rec)?;
         let c = rec
@@ -1793,7 +1811,8 @@ impl SandboxEngine {
     }
 
     /// Remove one container (killing it if needed): runtime delete, rootfs unmount, its
-    /// writable layer and bundle; its log stays (a new container of the same name appends).
+    /// writable layer and bundle; its log stays (a new container of the same name keeps it as
+    /// the previous instance's).
     pub async fn remove_container(&self, id: &str, name: &str) -> Result<()> {
         let entry = self.entry(id)?;
         let _op = entry.op.lock().await;
@@ -1850,6 +1869,7 @@ impl SandboxEngine {
         }
         if all {
             let _ = fs_err::remove_file(cp.log());
+            let _ = fs_err::remove_file(cp.previous_log());
         }
         Ok(())
     }

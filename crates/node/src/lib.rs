@@ -17,6 +17,7 @@ pub mod events;
 pub mod firewall;
 pub mod host;
 pub mod image;
+pub mod logs;
 pub mod netpol;
 pub mod pod;
 pub mod probe;

@@ -148,6 +148,15 @@ pub(crate) struct LogsArgs {
     /// Only the last N lines.
     #[arg(long)]
     pub(crate) tail: Option<i64>,
+    /// Keep printing new output until the container stops.
+    #[arg(long, short = 'f')]
+    pub(crate) follow: bool,
+    /// The log of the container's previous instance (before its last restart).
+    #[arg(long, short = 'p')]
+    pub(crate) previous: bool,
+    /// The container (default: the Pod's only or first one).
+    #[arg(long, short = 'c')]
+    pub(crate) container: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -518,16 +518,30 @@ pub(crate) async fn logs(args: &LogsArgs) -> anyhow::Result<ExitCode> {
             "sandbox {name} has no Pod (suspended, or not started yet); `agent-sandbox get sandboxes {name}` shows why"
         );
     }
-    let text = pods
-        .logs(
-            &name,
-            &LogParams {
-                tail_lines: args.tail,
-                ..LogParams::default()
-            },
-        )
+    let params = LogParams {
+        tail_lines: args.tail,
+        follow: args.follow,
+        previous: args.previous,
+        container: args.container.clone(),
+        ..LogParams::default()
+    };
+    let mut stream = pods
+        .log_stream(&name, &params)
         .await
         .with_context(|| format!("reading the log of sandbox {name}"))?;
-    std::io::stdout().lock().write_all(text.as_bytes())?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        use futures::AsyncReadExt;
+        let n = stream
+            .read(&mut buf)
+            .await
+            .with_context(|| format!("reading the log of sandbox {name}"))?;
+        if n == 0 {
+            break;
+        }
+        let mut out = std::io::stdout().lock();
+        out.write_all(&buf[..n])?;
+        out.flush()?;
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -239,8 +239,9 @@ fn write_endpoints(args: &UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `kubectl logs [-c container]`: the container logs the engine keeps for each sandbox (Pod
-/// UID), with `tailLines` honoured.
+/// `kubectl logs`: the container logs the engine keeps for each sandbox (Pod UID), as
+/// [`agent_sandbox_node::logs`] serves them (current or previous instance, tail, limit,
+/// follow).
 struct EngineLogs(Arc<SandboxEngine>);
 
 impl agent_sandbox_apiserver::PodLogs for EngineLogs {
@@ -250,36 +251,15 @@ impl agent_sandbox_apiserver::PodLogs for EngineLogs {
         container: &str,
         query: &std::collections::HashMap<String, String>,
     ) -> futures::future::BoxFuture<'static, Result<axum::body::Body, String>> {
-        let uid = pod
-            .pointer("/metadata/uid")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_owned();
-        // The container the request names (the API server fills in the only or first one).
-        let path = if container.is_empty() {
-            self.0.log_path(&uid)
-        } else {
-            self.0.container_log_path(&uid, container)
-        };
-        let tail: Option<usize> = query.get("tailLines").and_then(|t| t.parse().ok());
-        Box::pin(async move {
-            let text = match fs_err::read_to_string(&path) {
-                Ok(t) => t,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-                Err(e) => return Err(e.to_string()),
-            };
-            let text = match tail {
-                Some(n) => {
-                    let lines: Vec<&str> = text.lines().collect();
-                    let mut out = lines[lines.len().saturating_sub(n)..].join("\n");
-                    if !out.is_empty() {
-                        out.push('\n');
-                    }
-                    out
-                }
-                None => text,
-            };
-            Ok(axum::body::Body::from(text))
-        })
+        use agent_sandbox_node::logs;
+        let opened = (|| {
+            let opts = logs::LogOptions::from_query(query)?;
+            let pod: k8s_openapi::api::core::v1::Pod =
+                serde_json::from_value(pod.clone()).map_err(|e| e.to_string())?;
+            logs::check_status(&pod, container, opts.previous)?;
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            logs::stream(Arc::clone(&self.0), &uid, container, &opts).map_err(|e| e.to_string())
+        })();
+        Box::pin(async move { opened.map(axum::body::Body::from_stream) })
     }
 }

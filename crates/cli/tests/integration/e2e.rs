@@ -374,6 +374,9 @@ fn quickstart_through_cli_router_and_sandboxd() {
     );
 
     assert!(up.ok(&["logs", &claim]).contains("sandboxd listening"));
+    assert_eq!(up.ok(&["logs", &claim, "--tail", "1"]).lines().count(), 1);
+    let err = up.fails(&["logs", &claim, "--previous"]);
+    assert!(err.contains("previous terminated container"), "{err}");
     let (status, metrics) = http(&up.metrics, "GET", "/metrics", &[], "");
     assert_eq!(status, 200);
     for family in [

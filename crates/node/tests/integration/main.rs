@@ -1,5 +1,5 @@
-//! Integration tests of the node agent: images, isolation, lifecycle, networking, pods, a Pod's
-//! configuration (ConfigMaps, Secrets, downward API), recovery.
+//! Integration tests of the node agent: images, isolation, lifecycle, networking, pods, logs, a
+//! Pod's configuration (ConfigMaps, Secrets, downward API), recovery.
 //!
 //! One test binary per crate (each file below is a module) keeps link time and disk use low.
 
@@ -9,6 +9,7 @@ mod config;
 mod images;
 mod isolation;
 mod lifecycle;
+mod logs;
 mod netpol;
 mod network;
 mod pods;
