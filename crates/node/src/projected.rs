@@ -252,7 +252,14 @@ pub fn write(dir: &Path, files: &Files) -> std::io::Result<bool> {
     if current(dir).as_ref() == Some(files) {
         return Ok(false);
     }
-    fs_err::create_dir_all(dir)?;
+    // The engine makes the directory with the sandbox; writing into a missing one would
+    // leave files behind for a sandbox being removed.
+    if !dir.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("volume directory {} does not exist", dir.display()),
+        ));
+    }
     let old = fs_err::read_link(dir.join("..data")).ok();
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -312,6 +319,8 @@ mod tests {
     fn atomic_layout_and_updates() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("vol");
+        assert!(write(&dir, &Files::new()).is_err());
+        fs_err::create_dir(&dir).unwrap();
         let one = files_of(&[("a", "1", 0o644), ("sub/b", "2", 0o400)]);
         assert!(write(&dir, &one).unwrap());
         assert_eq!(fs_err::read_to_string(dir.join("a")).unwrap(), "1");
