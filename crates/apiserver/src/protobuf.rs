@@ -1,7 +1,8 @@
 //! The Kubernetes protobuf encoding of the objects kubectl's typed commands write: `kubectl create
 //! configmap` and `kubectl create secret` post `application/vnd.kubernetes.protobuf` (the `k8s\0`
-//! envelope around a `runtime.Unknown`), and get no JSON fallback on a 415. Decodes ConfigMap and
-//! Secret bodies, with their ObjectMeta, into the JSON objects the verbs work on.
+//! envelope around a `runtime.Unknown`), and get no JSON fallback on a 415; so does `kubectl
+//! create namespace`. Decodes ConfigMap, Secret and Namespace bodies, with their ObjectMeta, into
+//! the JSON objects the verbs work on.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -22,7 +23,7 @@ pub fn is_protobuf(content_type: &str) -> bool {
 
 /// Whether request bodies of this core/v1 kind are decoded from protobuf.
 pub fn decodes(group: &str, kind: &str) -> bool {
-    group.is_empty() && matches!(kind, "ConfigMap" | "Secret")
+    group.is_empty() && matches!(kind, "ConfigMap" | "Secret" | "Namespace")
 }
 
 /// Decodes a protobuf request body of a core/v1 `kind` (one [`decodes`] accepts) into its JSON
@@ -57,6 +58,7 @@ pub fn decode(kind: &str, body: &[u8]) -> Result<Value, String> {
     let mut obj = match kind {
         "ConfigMap" => config_map(raw)?,
         "Secret" => secret(raw)?,
+        "Namespace" => namespace(raw)?,
         other => return Err(format!("{other} is not decoded from protobuf; send JSON")),
     };
     if !type_meta.0.is_empty() {
@@ -95,6 +97,31 @@ fn config_map(buf: &[u8]) -> Result<Value, String> {
     }
     if !binary.is_empty() {
         obj.insert("binaryData".into(), Value::Object(binary));
+    }
+    Ok(Value::Object(obj))
+}
+
+/// `kubectl create namespace`: metadata and `spec.finalizers` (the status is the server's).
+fn namespace(buf: &[u8]) -> Result<Value, String> {
+    let mut obj = Map::new();
+    for (n, f) in fields(buf)? {
+        match n {
+            1 => {
+                obj.insert("metadata".into(), object_meta(f.bytes()?)?);
+            }
+            2 => {
+                let mut finalizers = vec![];
+                for (n, f) in fields(f.bytes()?)? {
+                    if n == 1 {
+                        finalizers.push(json!(f.string()?));
+                    }
+                }
+                if !finalizers.is_empty() {
+                    obj.insert("spec".into(), json!({"finalizers": finalizers}));
+                }
+            }
+            _ => {}
+        }
     }
     Ok(Value::Object(obj))
 }
@@ -363,6 +390,13 @@ mod tests {
             decode("Secret", SECRET).unwrap(),
             json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
                 "data": {"k": "dg=="}, "type": "Opaque"})
+        );
+        // TypeMeta {v1, Namespace}, raw Namespace {metadata {name: team-a}, spec {finalizers: [kubernetes]}}.
+        let ns = b"k8s\0\x0a\x0f\x0a\x02v1\x12\x09Namespace\x12\x18\x0a\x08\x0a\x06team-a\x12\x0c\x0a\x0akubernetes";
+        assert_eq!(
+            decode("Namespace", ns).unwrap(),
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-a"},
+                "spec": {"finalizers": ["kubernetes"]}})
         );
         assert!(is_protobuf(
             "application/vnd.kubernetes.protobuf; charset=x"

@@ -488,6 +488,9 @@ async fn config_maps_and_secrets() {
     )
     .await;
     assert_eq!(out.trim(), "secret/s created");
+    // `kubectl create namespace` posts protobuf too.
+    let out = ok(&kc, &["create", "namespace", "team-a"]).await;
+    assert_eq!(out.trim(), "namespace/team-a created");
     let out = ok(&kc, &["get", "secret", "s", "-o", "jsonpath={.data.k}"]).await;
     assert_eq!(out, b64("v"));
     // Tables with kube-apiserver's columns.
