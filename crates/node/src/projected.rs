@@ -11,7 +11,7 @@ use std::path::{Component, Path};
 
 use k8s_openapi::api::core::v1::{DownwardAPIVolumeFile, KeyToPath, Pod, Volume};
 
-use crate::refs::{Data, DataKind, NodeFacts, Sources, Use, container_resource, pod_field};
+use crate::refs::{DataKind, NodeFacts, Sources, Use, container_resource, pod_field};
 
 /// Kubernetes' default file mode of these volumes (0644).
 pub const DEFAULT_MODE: u32 = 0o644;
@@ -53,18 +53,27 @@ fn mode_of(m: Option<i32>, default: u32, what: &str) -> Result<u32, String> {
     }
 }
 
+/// What a volume takes from one ConfigMap or Secret.
+struct DataRef<'a> {
+    kind: DataKind,
+    name: &'a str,
+    items: Option<&'a Vec<KeyToPath>>,
+    optional: Option<bool>,
+}
+
 /// The files of a ConfigMap or Secret: every key, or only `items` (a missing key is an error
-/// unless the source is optional).
+/// unless the source is optional). An absent optional source adds nothing.
 fn data_files(
     out: &mut Files,
-    kind: DataKind,
-    name: &str,
-    data: &Data,
-    items: Option<&Vec<KeyToPath>>,
-    optional: bool,
+    sources: &Sources,
+    r: DataRef<'_>,
     default_mode: u32,
 ) -> Result<(), String> {
-    let Some(items) = items.filter(|i| !i.is_empty()) else {
+    let optional = r.optional == Some(true);
+    let Some(data) = sources.get(r.kind, r.name, optional)? else {
+        return Ok(());
+    };
+    let Some(items) = r.items.filter(|i| !i.is_empty()) else {
         for (k, v) in data {
             check_path(k)?;
             out.insert(k.clone(), (v.clone(), default_mode));
@@ -76,17 +85,15 @@ fn data_files(
             if optional {
                 continue;
             }
-            return Err(match kind {
+            return Err(match r.kind {
                 DataKind::ConfigMap => format!(
-                    "configmap {name:?} references non-existent config key: {}",
-                    item.key
+                    "configmap {:?} references non-existent config key: {}",
+                    r.name, item.key
                 ),
-                DataKind::Secret => {
-                    format!(
-                        "secret {name:?} references non-existent secret key: {}",
-                        item.key
-                    )
-                }
+                DataKind::Secret => format!(
+                    "secret {:?} references non-existent secret key: {}",
+                    r.name, item.key
+                ),
             });
         };
         check_path(&item.path)?;
@@ -132,81 +139,47 @@ fn downward_files(
 /// The files of volume `v` of `pod`, or kubelet's message for why it cannot be set up.
 pub fn files(pod: &Pod, v: &Volume, sources: &Sources, node: &NodeFacts) -> Result<Files, String> {
     let mut out = Files::new();
+    let config_map = |name, items, optional| DataRef {
+        kind: DataKind::ConfigMap,
+        name,
+        items,
+        optional,
+    };
+    let secret = |name, items, optional| DataRef {
+        kind: DataKind::Secret,
+        name,
+        items,
+        optional,
+    };
     if let Some(cm) = &v.config_map {
-        let optional = cm.optional == Some(true);
         let mode = mode_of(cm.default_mode, DEFAULT_MODE, "defaultMode")?;
-        if let Some(data) = sources.get(DataKind::ConfigMap, &cm.name, optional)? {
-            data_files(
-                &mut out,
-                DataKind::ConfigMap,
-                &cm.name,
-                data,
-                cm.items.as_ref(),
-                optional,
-                mode,
-            )?;
-        }
+        let r = config_map(&cm.name, cm.items.as_ref(), cm.optional);
+        data_files(&mut out, sources, r, mode)?;
     } else if let Some(s) = &v.secret {
-        let optional = s.optional == Some(true);
         let mode = mode_of(s.default_mode, DEFAULT_MODE, "defaultMode")?;
-        let name = s.secret_name.clone().unwrap_or_default();
-        if let Some(data) = sources.get(DataKind::Secret, &name, optional)? {
-            data_files(
-                &mut out,
-                DataKind::Secret,
-                &name,
-                data,
-                s.items.as_ref(),
-                optional,
-                mode,
-            )?;
-        }
-    } else if let Some(d) = &v.downward_api {
-        let mode = mode_of(d.default_mode, DEFAULT_MODE, "defaultMode")?;
-        downward_files(
+        let name = s.secret_name.as_deref().unwrap_or_default();
+        data_files(
             &mut out,
-            pod,
-            d.items.as_deref().unwrap_or_default(),
-            node,
+            sources,
+            secret(name, s.items.as_ref(), s.optional),
             mode,
         )?;
+    } else if let Some(d) = &v.downward_api {
+        let mode = mode_of(d.default_mode, DEFAULT_MODE, "defaultMode")?;
+        let items = d.items.as_deref().unwrap_or_default();
+        downward_files(&mut out, pod, items, node, mode)?;
     } else if let Some(p) = &v.projected {
         let mode = mode_of(p.default_mode, DEFAULT_MODE, "defaultMode")?;
         for (i, src) in p.sources.iter().flatten().enumerate() {
             if let Some(cm) = &src.config_map {
-                let optional = cm.optional == Some(true);
-                if let Some(data) = sources.get(DataKind::ConfigMap, &cm.name, optional)? {
-                    data_files(
-                        &mut out,
-                        DataKind::ConfigMap,
-                        &cm.name,
-                        data,
-                        cm.items.as_ref(),
-                        optional,
-                        mode,
-                    )?;
-                }
+                let r = config_map(&cm.name, cm.items.as_ref(), cm.optional);
+                data_files(&mut out, sources, r, mode)?;
             } else if let Some(s) = &src.secret {
-                let optional = s.optional == Some(true);
-                if let Some(data) = sources.get(DataKind::Secret, &s.name, optional)? {
-                    data_files(
-                        &mut out,
-                        DataKind::Secret,
-                        &s.name,
-                        data,
-                        s.items.as_ref(),
-                        optional,
-                        mode,
-                    )?;
-                }
+                let r = secret(&s.name, s.items.as_ref(), s.optional);
+                data_files(&mut out, sources, r, mode)?;
             } else if let Some(d) = &src.downward_api {
-                downward_files(
-                    &mut out,
-                    pod,
-                    d.items.as_deref().unwrap_or_default(),
-                    node,
-                    mode,
-                )?;
+                let items = d.items.as_deref().unwrap_or_default();
+                downward_files(&mut out, pod, items, node, mode)?;
             } else {
                 return Err(format!(
                     "projected source {i}: only configMap, secret and downwardAPI sources are supported on the embedded node (it issues no service account tokens or certificates)"
