@@ -1462,7 +1462,12 @@ impl NodeAgent {
                         }
                     })
                 };
-                let res = self.engine.images().ensure(image, policy).await;
+                let secrets = self.pull_secrets(pod, fp.clone()).await;
+                let res = self
+                    .engine
+                    .images()
+                    .ensure_with(image, policy, &secrets)
+                    .await;
                 progress.abort();
                 match res {
                     Ok(report) => {
@@ -1500,6 +1505,43 @@ impl NodeAgent {
                 }
             }
         }
+    }
+
+    /// The registry credentials of the Pod's `imagePullSecrets` (Secrets of type
+    /// `kubernetes.io/dockerconfigjson` or `kubernetes.io/dockercfg`), in order. Like kubelet,
+    /// a Secret that cannot be read or used is reported and the pull goes on without it.
+    async fn pull_secrets(&self, pod: &Pod, fp: Option<String>) -> crate::image::PullSecrets {
+        let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let names: Vec<String> = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.image_pull_secrets.iter().flatten())
+            .map(|r| r.name.clone())
+            .filter(|n| !n.is_empty())
+            .collect();
+        let mut out = crate::image::PullSecrets::default();
+        let mut unusable = Vec::new();
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        for name in names {
+            let secret = api.get_opt(&name).await.ok().flatten();
+            match secret.as_ref().and_then(crate::refs::docker_auths) {
+                Some(auths) => out.0.push((format!("secret {ns}/{name}"), auths)),
+                None => unusable.push(name),
+            }
+        }
+        if !unusable.is_empty() {
+            self.event(
+                pod,
+                fp,
+                true,
+                "FailedToRetrieveImagePullSecret",
+                format!(
+                    "Unable to retrieve some image pull secrets ({}); attempting to pull the image may not succeed.",
+                    unusable.join(", ")
+                ),
+            );
+        }
+        out
     }
 
     fn target(&self, spec: &SandboxSpec, name: &str) -> Target<'_> {

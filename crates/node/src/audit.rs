@@ -214,16 +214,6 @@ pub fn ignored_fields(spec: &PodSpec) -> Vec<(String, String)> {
             "service account tokens are not mounted into sandboxes",
         );
     }
-    if spec
-        .image_pull_secrets
-        .as_ref()
-        .is_some_and(|v| !v.is_empty())
-    {
-        note(
-            "spec.imagePullSecrets".into(),
-            "pull secrets are not read; the node uses its own registry credentials",
-        );
-    }
     if spec.set_hostname_as_fqdn == Some(true) {
         note(
             "spec.setHostnameAsFQDN".into(),

@@ -379,6 +379,17 @@ impl ImageStore {
 
     /// Make sure `image` is available according to `policy`.
     pub async fn ensure(&self, image: &str, policy: PullPolicy) -> Result<PullReport> {
+        self.ensure_with(image, policy, &PullSecrets::default())
+            .await
+    }
+
+    /// [`ImageStore::ensure`] with a Pod's registry credentials, tried before the node's own.
+    pub async fn ensure_with(
+        &self,
+        image: &str,
+        policy: PullPolicy,
+        secrets: &PullSecrets,
+    ) -> Result<PullReport> {
         match policy {
             PullPolicy::Never => match self.get(image)? {
                 Some(image) => Ok(PullReport {
@@ -396,13 +407,20 @@ impl ImageStore {
                     downloaded: 0,
                     unpacked: 0,
                 }),
-                None => self.pull(image).await,
+                None => self.pull_with(image, secrets).await,
             },
-            PullPolicy::Always => self.pull(image).await,
+            PullPolicy::Always => self.pull_with(image, secrets).await,
         }
     }
 
-    fn auth_for(&self, registry: &str) -> Result<RegistryAuth> {
+    /// The credentials for `registry`: the Pod's secrets in order, then the node's docker
+    /// config file, else anonymous.
+    fn auth_for(&self, registry: &str, secrets: &PullSecrets) -> Result<RegistryAuth> {
+        for (source, auths) in &secrets.0 {
+            if let Some(auth) = auth_in(auths, registry, source)? {
+                return Ok(auth);
+            }
+        }
         let Some(path) = &self.registry.docker_config else {
             return Ok(RegistryAuth::Anonymous);
         };
@@ -412,48 +430,8 @@ impl ImageStore {
         let Some(auths) = v.get("auths").and_then(|a| a.as_object()) else {
             return Ok(RegistryAuth::Anonymous);
         };
-        let candidates = [
-            registry.to_string(),
-            format!("https://{registry}"),
-            format!("http://{registry}"),
-            if registry == "docker.io" || registry == "index.docker.io" {
-                "https://index.docker.io/v1/".to_string()
-            } else {
-                String::new()
-            },
-        ];
-        for c in candidates.iter().filter(|c| !c.is_empty()) {
-            let Some(entry) = auths.get(c) else { continue };
-            if let Some(tok) = entry.get("registrytoken").and_then(|t| t.as_str()) {
-                return Ok(RegistryAuth::Bearer(tok.to_string()));
-            }
-            if let (Some(u), Some(p)) = (
-                entry.get("username").and_then(|t| t.as_str()),
-                entry.get("password").and_then(|t| t.as_str()),
-            ) {
-                return Ok(RegistryAuth::Basic(u.into(), p.into()));
-            }
-            if let Some(a) = entry.get("auth").and_then(|t| t.as_str()) {
-                use base64::Engine as _;
-                let raw = base64::engine::general_purpose::STANDARD
-                    .decode(a.trim())
-                    .map_err(|e| {
-                        NodeError::Config(format!(
-                            "{}: auths.{c}.auth is not base64: {e}",
-                            path.display()
-                        ))
-                    })?;
-                let s = String::from_utf8_lossy(&raw);
-                let (u, p) = s.split_once(':').ok_or_else(|| {
-                    NodeError::Config(format!(
-                        "{}: auths.{c}.auth is not user:password",
-                        path.display()
-                    ))
-                })?;
-                return Ok(RegistryAuth::Basic(u.into(), p.into()));
-            }
-        }
-        Ok(RegistryAuth::Anonymous)
+        Ok(auth_in(auths, registry, &path.display().to_string())?
+            .unwrap_or(RegistryAuth::Anonymous))
     }
 
     fn client_for(&self, registry: &str) -> oci_client::Client {
@@ -513,12 +491,17 @@ impl ImageStore {
 
     /// Pull `image` from its registry (blobs already in the store are not downloaded again).
     pub async fn pull(&self, image: &str) -> Result<PullReport> {
+        self.pull_with(image, &PullSecrets::default()).await
+    }
+
+    /// [`ImageStore::pull`] with a Pod's registry credentials, tried before the node's own.
+    pub async fn pull_with(&self, image: &str, secrets: &PullSecrets) -> Result<PullReport> {
         let reference = parse_reference(image)?;
         let canonical = reference.whole();
         let lock = self.lock_for(&canonical);
         let _guard = lock.lock().await;
         let registry = reference.resolve_registry().to_string();
-        let auth = self.auth_for(&registry)?;
+        let auth = self.auth_for(&registry, secrets)?;
         let client = self.client_for(&registry);
         let (manifest, manifest_digest) = client
             .pull_image_manifest(&reference, &auth)
@@ -933,6 +916,56 @@ fn unpack_layer(image: &str, blob: &Path, media_type: &str, dst: &Path) -> Resul
         }
     }
     Ok(())
+}
+
+/// Registry credentials a Pod brings (the docker configs of its `imagePullSecrets`), each with
+/// where it came from (for messages), tried in order before the node's own.
+#[derive(Debug, Clone, Default)]
+pub struct PullSecrets(pub Vec<(String, serde_json::Map<String, serde_json::Value>)>);
+
+/// A docker config's `auths` entry for `registry` (by host, with or without scheme; Docker Hub's
+/// legacy key too), from `source` (named in errors).
+fn auth_in(
+    auths: &serde_json::Map<String, serde_json::Value>,
+    registry: &str,
+    source: &str,
+) -> Result<Option<RegistryAuth>> {
+    let candidates = [
+        registry.to_string(),
+        format!("https://{registry}"),
+        format!("http://{registry}"),
+        if registry == "docker.io" || registry == "index.docker.io" {
+            "https://index.docker.io/v1/".to_string()
+        } else {
+            String::new()
+        },
+    ];
+    for c in candidates.iter().filter(|c| !c.is_empty()) {
+        let Some(entry) = auths.get(c) else { continue };
+        if let Some(tok) = entry.get("registrytoken").and_then(|t| t.as_str()) {
+            return Ok(Some(RegistryAuth::Bearer(tok.to_string())));
+        }
+        if let (Some(u), Some(p)) = (
+            entry.get("username").and_then(|t| t.as_str()),
+            entry.get("password").and_then(|t| t.as_str()),
+        ) {
+            return Ok(Some(RegistryAuth::Basic(u.into(), p.into())));
+        }
+        if let Some(a) = entry.get("auth").and_then(|t| t.as_str()) {
+            use base64::Engine as _;
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(a.trim())
+                .map_err(|e| {
+                    NodeError::Config(format!("{source}: auths.{c}.auth is not base64: {e}"))
+                })?;
+            let s = String::from_utf8_lossy(&raw);
+            let (u, p) = s.split_once(':').ok_or_else(|| {
+                NodeError::Config(format!("{source}: auths.{c}.auth is not user:password"))
+            })?;
+            return Ok(Some(RegistryAuth::Basic(u.into(), p.into())));
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

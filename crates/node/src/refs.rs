@@ -65,6 +65,21 @@ pub fn secret_data(s: &Secret) -> Data {
     out
 }
 
+/// The `auths` of an image pull Secret: `.dockerconfigjson` of a
+/// `kubernetes.io/dockerconfigjson` Secret, or `.dockercfg` (the map itself) of a
+/// `kubernetes.io/dockercfg` one; `None` for any other Secret or unreadable data.
+pub fn docker_auths(s: &Secret) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let data = secret_data(s);
+    let (key, nested) = match s.type_.as_deref() {
+        Some("kubernetes.io/dockerconfigjson") => (".dockerconfigjson", true),
+        Some("kubernetes.io/dockercfg") => (".dockercfg", false),
+        _ => return None,
+    };
+    let v: serde_json::Value = serde_json::from_slice(data.get(key)?).ok()?;
+    let map = if nested { v.get("auths")? } else { &v };
+    map.as_object().cloned()
+}
+
 /// The ConfigMaps and Secrets of the Pod's namespace that a resolution may read, as fetched:
 /// `None` for an object that does not exist.
 #[derive(Debug, Clone, Default)]

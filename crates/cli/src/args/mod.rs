@@ -196,6 +196,14 @@ pub(crate) struct UpArgs {
     /// sandboxes: about 14 per sandbox's life.
     #[arg(long, env = "AGENT_SANDBOX_EVENT_TTL", default_value = "1h", value_parser = agent_sandbox_controller::cluster::parse_go_duration)]
     pub(crate) event_ttl: std::time::Duration,
+    /// Registry credentials of the node: a docker `config.json` with `auths` (Pods add their
+    /// own with imagePullSecrets, tried first).
+    #[arg(long, env = "AGENT_SANDBOX_REGISTRY_CONFIG", value_name = "FILE")]
+    pub(crate) registry_config: Option<PathBuf>,
+    /// A registry (`host:port`) the node may reach over plain HTTP; loopback registries always
+    /// may. Repeat for more.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) insecure_registry: Vec<String>,
     /// Run no node agent (API server, controllers and router only).
     #[arg(long)]
     pub(crate) no_node: bool,

@@ -75,6 +75,15 @@ async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
     let mut node_task = None;
     if !args.no_node {
         let mut engine_config = EngineConfig::new(args.data_dir.join("node"), &args.run_dir);
+        if let Some(path) = &args.registry_config {
+            anyhow::ensure!(
+                path.is_file(),
+                "--registry-config {}: no such file; give a docker config.json with \"auths\"",
+                path.display()
+            );
+        }
+        engine_config.registry.docker_config = args.registry_config.clone();
+        engine_config.registry.insecure = args.insecure_registry.clone();
         let defaults = NetworkConfig::default();
         engine_config.network = Some(NetworkConfig {
             // The CNI network name keys IP address leases: one per bridge.

@@ -240,6 +240,16 @@ impl TestImage {
 
     /// Push to a registry with oci-client (plain HTTP, loopback).
     pub async fn push(&self, reference: &str) -> String {
+        self.push_as(reference, &oci_client::secrets::RegistryAuth::Anonymous)
+            .await
+    }
+
+    /// [`Self::push`] with credentials.
+    pub async fn push_as(
+        &self,
+        reference: &str,
+        auth: &oci_client::secrets::RegistryAuth,
+    ) -> String {
         use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
         let r: oci_client::Reference = reference.parse().unwrap();
         let client = oci_client::Client::new(ClientConfig {
@@ -255,20 +265,11 @@ impl TestImage {
         let manifest: oci_client::manifest::OciImageManifest =
             serde_json::from_slice(&self.manifest()).unwrap();
         client
-            .push(
-                &r,
-                &layers,
-                config,
-                &oci_client::secrets::RegistryAuth::Anonymous,
-                Some(manifest),
-            )
+            .push(&r, &layers, config, auth, Some(manifest))
             .await
             .unwrap();
         // The client re-serialises the manifest: ask the registry for the digest it stored.
-        client
-            .fetch_manifest_digest(&r, &oci_client::secrets::RegistryAuth::Anonymous)
-            .await
-            .unwrap()
+        client.fetch_manifest_digest(&r, auth).await.unwrap()
     }
 }
 
@@ -293,14 +294,35 @@ impl Registry {
     }
 
     pub fn start() -> Registry {
+        Self::start_with(None)
+    }
+
+    /// A registry that wants HTTP basic auth of `user:password` (`htpasswd` with the bcrypt
+    /// hash of the password).
+    pub fn start_with_auth(user: &str, bcrypt_hash: &str) -> Registry {
+        Self::start_with(Some(format!("{user}:{bcrypt_hash}\n")))
+    }
+
+    fn start_with(htpasswd: Option<String>) -> Registry {
         let storage = tempfile::tempdir().unwrap();
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let cfg = storage.path().join("config.yml");
+        let auth = match htpasswd {
+            Some(lines) => {
+                let path = storage.path().join("htpasswd");
+                fs_err::write(&path, lines).unwrap();
+                format!(
+                    "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                    path.display()
+                )
+            }
+            None => String::new(),
+        };
         fs_err::write(
             &cfg,
             format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{auth}",
                 storage.path().join("data").display()
             ),
         )

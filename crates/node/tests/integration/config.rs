@@ -222,3 +222,98 @@ async fn env_and_volumes_from_configmaps_secrets_and_the_downward_api() {
     a.wait_log(&uid, &["mounted-now"], Duration::from_secs(20))
         .await;
 }
+
+/// The bcrypt hash (cost 4) of `pull-me`, for the registry's htpasswd file.
+const PULL_PASSWORD_HASH: &str = "$2b$04$c6FTeSyVWS0H.4HNsxCUWOlQxsyAAIkubyq8llJskOmm4al73bjPa";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_pull_secrets_authenticate_to_a_private_registry() {
+    use base64::Engine;
+    if need(Some(HandlerKind::Crun))
+        || common::skip_unless(
+            common::Registry::binary().is_some(),
+            "docker-registry is not installed",
+        )
+    {
+        return;
+    }
+    let reg = common::Registry::start_with_auth("puller", PULL_PASSWORD_HASH);
+    let auth = oci_client::secrets::RegistryAuth::Basic("puller".into(), "pull-me".into());
+    let a = AgentEnv::new(&[HandlerKind::Crun], None).await;
+    let pods: Api<Pod> = Api::namespaced(a.client.clone(), "default");
+    let pod = |name: &str, tag: &str, secrets: serde_json::Value| -> Pod {
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"terminationGracePeriodSeconds": 1, "imagePullSecrets": secrets,
+                "containers": [{"name": "main", "image": format!("{}/private/busybox:{tag}", reg.addr),
+                    "imagePullPolicy": "IfNotPresent", "command": ["/bin/sh", "-c", "exec sleep 600"]}]}
+        }))
+        .unwrap()
+    };
+    for tag in ["1", "2"] {
+        common::TestImage::busybox()
+            .push_as(&format!("{}/private/busybox:{tag}", reg.addr), &auth)
+            .await;
+    }
+
+    // Without credentials the registry refuses the pull; a named Secret that does not exist is
+    // reported and the pull goes on without it.
+    pods.create(
+        &PostParams::default(),
+        &pod("anonymous", "1", json!([{"name": "not-there"}])),
+    )
+    .await
+    .unwrap();
+    let p = a
+        .wait_pod("default", "anonymous", Duration::from_secs(30), |p| {
+            waiting(p).is_some_and(|(r, _)| r == "ImagePullBackOff" || r == "ErrImagePull")
+        })
+        .await;
+    let uid = p.metadata.uid.clone().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let ev = a.events_of(&uid).await;
+        let refused = ev.iter().any(|(r, n)| {
+            r == "Failed" && n.contains("Failed to pull image") && n.contains("Not authorized")
+        });
+        let reported = ev
+            .iter()
+            .any(|(r, n)| r == "FailedToRetrieveImagePullSecret" && n.contains("(not-there)"));
+        if refused && reported {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{ev:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // With a kubernetes.io/dockerconfigjson Secret the pull authenticates.
+    let config = json!({"auths": {reg.addr.clone(): {
+        "auth": base64::engine::general_purpose::STANDARD.encode("puller:pull-me")}}});
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "regcred"}, "type": "kubernetes.io/dockerconfigjson",
+        "stringData": {".dockerconfigjson": config.to_string()}}))
+    .unwrap();
+    Api::<Secret>::namespaced(a.client.clone(), "default")
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    pods.create(
+        &PostParams::default(),
+        &pod("authenticated", "2", json!([{"name": "regcred"}])),
+    )
+    .await
+    .unwrap();
+    let p = a
+        .wait_pod("default", "authenticated", Duration::from_secs(60), |p| {
+            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        })
+        .await;
+    let ignored = p
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == agent_sandbox_node::audit::IGNORED_FIELDS_CONDITION);
+    assert!(ignored.is_none_or(|c| !c.message.unwrap_or_default().contains("imagePullSecrets")));
+}

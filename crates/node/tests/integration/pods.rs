@@ -451,7 +451,7 @@ async fn refused_and_ignored_fields_dns_hosts_and_messages() {
         .expect("ignored-fields condition");
     let msg = ignored.message.unwrap_or_default();
     assert!(
-        msg.contains("spec.imagePullSecrets") && msg.contains("stdin"),
+        !msg.contains("spec.imagePullSecrets") && msg.contains("stdin"),
         "{msg}"
     );
     let t = cstatus(&p, false, "main")
