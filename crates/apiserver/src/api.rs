@@ -53,6 +53,8 @@ pub struct App {
     pub max_body: usize,
     /// Log provider.
     pub logs: RwLock<Option<Arc<dyn PodLogs>>>,
+    /// Exec provider.
+    pub exec: RwLock<Option<Arc<dyn crate::exec::PodExec>>>,
     next_service_ip: AtomicU32,
 }
 
@@ -342,6 +344,7 @@ impl App {
             node_name,
             max_body,
             logs: RwLock::new(None),
+            exec: RwLock::new(None),
             next_service_ip: AtomicU32::new(0),
         }
     }
@@ -1664,6 +1667,13 @@ fn keep_all_but_status(new: &mut Value, old: &Value) {
 
 /// Dispatches one resource request.
 pub async fn handle_resource(app: Arc<App>, t: Target, req: Request) -> Response {
+    if t.rd.special == Special::Pod
+        && t.name.is_some()
+        && t.sub.as_deref() == Some("exec")
+        && matches!(*req.method(), Method::GET | Method::POST)
+    {
+        return crate::exec::serve(app, t, req).await;
+    }
     let (parts, body) = req.into_parts();
     let query: HashMap<String, String> = parts
         .uri

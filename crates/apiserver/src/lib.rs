@@ -37,6 +37,8 @@
 //!   agent-sandbox CRDs through the `api` crate (schemas, CEL, v1alpha1 ⇄ v1beta1).
 //! - [`gc`]: ownerReference garbage collection, namespace finalization, the pod reaper.
 //! - [`protobuf`]: the protobuf bodies of `kubectl create configmap|secret`.
+//! - [`exec`]: `pods/exec` over WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`) to the
+//!   [`PodExec`] provider the node agent registers.
 //! - [`discovery`]: discovery, `/version` and OpenAPI; [`server`]: router, auth, listeners;
 //!   [`access`]: CA, serving certificate, token and kubeconfig.
 //!
@@ -63,6 +65,7 @@ pub mod config_data;
 pub mod crds;
 pub mod discovery;
 pub mod error;
+pub mod exec;
 pub mod gc;
 pub mod patch;
 pub mod protobuf;
@@ -75,6 +78,7 @@ pub mod watch;
 
 pub use admission::{CrdSupport, NoCrds};
 pub use api::PodLogs;
+pub use exec::{ExecRequest, ExecStreams, PodExec};
 pub use store::Durability;
 
 use serde_json::{Value, json};
@@ -450,6 +454,13 @@ impl RunningApiServer {
     /// Registers the provider of `pods/log` (the node agent).
     pub fn set_pod_logs(&self, provider: Arc<dyn PodLogs>) {
         if let Ok(mut g) = self.app.logs.write() {
+            *g = Some(provider);
+        }
+    }
+
+    /// Registers the provider of `pods/exec` (the node agent).
+    pub fn set_pod_exec(&self, provider: Arc<dyn PodExec>) {
+        if let Ok(mut g) = self.app.exec.write() {
             *g = Some(provider);
         }
     }

@@ -696,6 +696,24 @@ impl SandboxEngine {
         Some(rec.container(name)?.runtime_id.clone())
     }
 
+    /// The runtime handler and the runtime's id of a container whose process runs now, for
+    /// [`crate::exec`]; `None` when it does not run (unknown, never started, exited or paused).
+    pub fn running_container(&self, id: &str, name: &str) -> Option<(OciRuntime, String)> {
+        let entry = self.entry(id).ok()?;
+        let (handler, rid) = {
+            let rec = lock(&entry.record);
+            let c = rec.container(name)?;
+            if !c.started || c.paused {
+                return None;
+            }
+            (rec.handler, c.runtime_id.clone())
+        };
+        if !matches!(self.container_exit(id, name), Ok(None)) {
+            return None;
+        }
+        Some((self.runtimes.get(&handler)?.clone(), rid))
+    }
+
     /// Where a volume of a sandbox lives on the host.
     fn host_dir(&self, paths: &Paths, spec: &SandboxSpec, v: &VolumeSpec) -> PathBuf {
         match &v.source {

@@ -14,6 +14,7 @@ pub mod engine;
 pub mod env;
 pub mod error;
 pub mod events;
+pub mod exec;
 pub mod firewall;
 pub mod host;
 pub mod image;

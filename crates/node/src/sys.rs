@@ -1,6 +1,6 @@
 //! The only module with `unsafe`: raw system calls that nix does not wrap safely.
 //!
-//! It owns three things:
+//! It owns four things:
 //! 1. the per-sandbox shim (like conmon), whose steps are: (intermediate) setsid, fork, `_exit`
 //!    → (shim) become child subreaper, reset signals, close inherited fds, fork+exec the
 //!    runtime's `create` with the log file as stdout/stderr → report the create status and the
@@ -16,7 +16,9 @@
 //!    the agent writes to it; forks of the small, idle launcher share its pages. Where the
 //!    launcher does not work, the intermediate is a fork of the agent;
 //! 2. the pre-exec hook that hides the cgroup2 mount from crun (hybrid hosts);
-//! 3. pidfds (wait for the exit of a process that is not our child) and `setxattr`.
+//! 3. pidfds (wait for the exit of a process that is not our child) and `setxattr`;
+//! 4. for [`crate::exec`]: owning a PTY master received over a console socket, registering it
+//!    with tokio, and its window size (`TIOCSWINSZ`).
 //!
 //! Code that runs between `fork` and `exec`/`_exit`, and the shim, only call async-signal-safe
 //! libc functions on memory prepared before the fork (or, in the constructor, on the process's
@@ -729,6 +731,43 @@ pub(crate) async fn wait_pidfd(fd: OwnedFd, timeout: std::time::Duration) -> std
         Ok(Err(e)) => Err(e),
         Err(_) => Ok(false),
     }
+}
+
+/// Take ownership of a descriptor that `recvmsg` just installed in this process from an
+/// `SCM_RIGHTS` message (the PTY master an OCI runtime hands over on its console socket).
+pub(crate) fn own_received_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: the kernel installed `fd` in our table while receiving the message and returned
+    // it to this caller only; nothing else owns or closes it, so the OwnedFd is its one owner.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Register a non-blocking descriptor (a PTY master) with tokio's reactor.
+pub(crate) fn async_fd(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: the AsyncFd takes ownership of the OwnedFd, so the descriptor stays open and
+    // refers to the same file until the AsyncFd is dropped, which deregisters it first.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
+}
+
+/// Set the window size of a terminal (`TIOCSWINSZ` on a PTY master), which the kernel reports
+/// to the foreground process group with `SIGWINCH`.
+pub(crate) fn set_window_size(
+    fd: std::os::fd::BorrowedFd<'_>,
+    cols: u16,
+    rows: u16,
+) -> std::io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: a valid open descriptor (borrowed for the call) and a pointer to an initialised
+    // `winsize` that outlives the call; the kernel only reads it.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Bring the loopback interface of the calling thread's network namespace up

@@ -111,6 +111,7 @@ async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
             ),
         }
         server.set_pod_logs(Arc::new(EngineLogs(Arc::clone(&engine))));
+        server.set_pod_exec(Arc::new(EngineExec(Arc::clone(&engine))));
         let mut agent_config = AgentConfig::default();
         if let Some(n) = args.max_parallel_starts {
             agent_config.max_parallel_starts = n.into();
@@ -270,5 +271,58 @@ impl agent_sandbox_apiserver::PodLogs for EngineLogs {
             logs::stream(Arc::clone(&self.0), &uid, container, &opts).map_err(|e| e.to_string())
         })();
         Box::pin(async move { opened.map(axum::body::Body::from_stream) })
+    }
+}
+
+/// `kubectl exec` and `kubectl cp`: commands in the sandboxes' running containers, as
+/// [`agent_sandbox_node::exec`] runs them (pipes or a terminal, resizes, the exit code; killed
+/// when the client goes away).
+struct EngineExec(Arc<SandboxEngine>);
+
+impl agent_sandbox_apiserver::PodExec for EngineExec {
+    fn check(&self, pod: &serde_json::Value, container: &str) -> Result<(), String> {
+        let pod: k8s_openapi::api::core::v1::Pod =
+            serde_json::from_value(pod.clone()).map_err(|e| e.to_string())?;
+        agent_sandbox_node::exec::check(&self.0, &pod, container)
+    }
+
+    fn exec(
+        &self,
+        pod: &serde_json::Value,
+        container: &str,
+        request: &agent_sandbox_apiserver::ExecRequest,
+    ) -> futures::future::BoxFuture<'static, Result<agent_sandbox_apiserver::ExecStreams, String>>
+    {
+        use agent_sandbox_node::exec;
+        let engine = Arc::clone(&self.0);
+        let uid = pod["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let container = container.to_string();
+        let opts = exec::ExecOptions {
+            command: request.command.clone(),
+            stdin: request.stdin,
+            stdout: request.stdout,
+            stderr: request.stderr,
+            tty: request.tty,
+        };
+        Box::pin(async move {
+            let s = exec::start(&engine, &uid, &container, &opts)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut process = s.process;
+            Ok(agent_sandbox_apiserver::ExecStreams {
+                stdin: s.stdin,
+                stdout: s.stdout,
+                stderr: s.stderr,
+                resize: s.terminal.map(|t| {
+                    Box::new(move |cols, rows| {
+                        let _ = t.resize(cols, rows);
+                    }) as Box<dyn Fn(u16, u16) + Send + Sync>
+                }),
+                exit: Box::pin(async move { process.wait().await.map_err(|e| e.to_string()) }),
+            })
+        })
     }
 }
