@@ -3,7 +3,8 @@
 
 The image holds busybox (a shell and the usual tools, from `busybox-static`), Debian's Python
 (`python3`: the interpreter, its standard library with compiled bytecode, and the shared
-libraries they load), bash, and sandboxd as the entrypoint. It is written as an OCI image layout
+libraries they load), bash, and sandboxd as the entrypoint (`--minimal`: the static busybox
+only, with nothing of agent-sandbox in it). It is written as an OCI image layout
 directory, which `agent-sandbox image import` loads into the embedded node and
 `agent-sandbox image push` sends to a registry.
 
@@ -211,7 +212,10 @@ def busybox() -> str:
     raise AssertionError
 
 
-def build(sandboxd: str, out: str, tag: str, with_node: bool = False) -> str:
+def build(sandboxd: str | None, out: str, tag: str, with_node: bool = False) -> str:
+    """Write the image layout; without `sandboxd`, only the base layer (a static busybox, no
+    libc), whose command is a shell that stays up: an image with nothing of agent-sandbox in
+    it, for the node's sandboxd kit (the `agent-sandbox/sandboxd` annotation)."""
     builder = ImageBuilder()
 
     base = builder.layer("base: busybox, /etc, directories")
@@ -235,6 +239,13 @@ def build(sandboxd: str, out: str, tag: str, with_node: bool = False) -> str:
     builder.add_dir(base, "var/tmp", 0o1777)
     for d in ("root", "workspace", "proc", "sys", "dev", "run", "etc/ssl/certs"):
         builder.add_dir(base, d, 0o700 if d == "root" else 0o755)
+
+    if sandboxd is None:
+        return write_layout(builder, out, tag, {
+            "Cmd": ["/bin/sh", "-c", "echo workload started; exec sleep 2147483647"],
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root"],
+            "WorkingDir": "/workspace",
+        })
 
     python = builder.layer("interpreters: python3 with its standard library, bash; shared libraries")
     binary, version = debian_python()
@@ -301,6 +312,20 @@ def build(sandboxd: str, out: str, tag: str, with_node: bool = False) -> str:
         python, "etc/ld.so.conf.d/image.conf", "".join(f"/{d}\n" for d in multiarch).encode()
     )
 
+    return write_layout(builder, out, tag, {
+        "Entrypoint": ["/usr/local/bin/sandboxd", "--root-dir", "/", "--work-dir", "/workspace"],
+        "Env": [
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME=/root",
+            "LANG=C.UTF-8",
+            "PYTHONUNBUFFERED=1",
+        ],
+        "WorkingDir": "/workspace",
+        "ExposedPorts": {"8888/tcp": {}, "8080/tcp": {}, "9090/tcp": {}},
+    })
+
+
+def write_layout(builder: "ImageBuilder", out: str, tag: str, image_config: dict) -> str:
     blobs = os.path.join(out, "blobs", "sha256")
     os.makedirs(blobs, exist_ok=True)
 
@@ -318,17 +343,7 @@ def build(sandboxd: str, out: str, tag: str, with_node: bool = False) -> str:
     config = {
         "architecture": "amd64",
         "os": "linux",
-        "config": {
-            "Entrypoint": ["/usr/local/bin/sandboxd", "--root-dir", "/", "--work-dir", "/workspace"],
-            "Env": [
-                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                "HOME=/root",
-                "LANG=C.UTF-8",
-                "PYTHONUNBUFFERED=1",
-            ],
-            "WorkingDir": "/workspace",
-            "ExposedPorts": {"8888/tcp": {}, "8080/tcp": {}, "9090/tcp": {}},
-        },
+        "config": image_config,
         "rootfs": {"type": "layers", "diff_ids": [d["digest"] for d in layer_descs]},
         "history": [{"created_by": f"examples/image/build.py ({layer.name})"} for layer in builder.layers],
     }
@@ -353,8 +368,12 @@ def build(sandboxd: str, out: str, tag: str, with_node: bool = False) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--sandboxd", required=True,
+        "--sandboxd",
         help="the sandboxd binary, or the agent-sandbox binary (it serves as sandboxd)",
+    )
+    parser.add_argument(
+        "--minimal", action="store_true",
+        help="only a static busybox and a shell that stays up: no libc, no Python, no sandboxd",
     )
     parser.add_argument("--out", required=True, help="OCI image layout directory to write")
     parser.add_argument("--tag", default=TAG_DEFAULT, help="tag recorded in index.json")
@@ -363,7 +382,11 @@ def main() -> None:
         help="add this machine's node (JavaScript for run_code); about 100 MB more",
     )
     args = parser.parse_args()
-    if not os.path.isfile(args.sandboxd):
+    if args.minimal:
+        args.sandboxd = None
+    elif not args.sandboxd or not os.path.isfile(args.sandboxd):
+        if not args.sandboxd:
+            fail("--sandboxd is required (the agent-sandbox binary), or pass --minimal")
         fail(f"--sandboxd {args.sandboxd}: no such file; build it with `cargo build --release -p agent-sandbox`")
     if os.path.exists(args.out) and os.listdir(args.out):
         shutil.rmtree(args.out)

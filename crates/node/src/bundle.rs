@@ -93,6 +93,8 @@ pub struct BundleInputs<'a> {
     pub termination_log: Option<&'a Path>,
     /// pids limit when the spec has none.
     pub default_pids_limit: i64,
+    /// The node's sandboxd kit, for containers that ask for sandboxd ([`crate::sandboxd_kit`]).
+    pub sandboxd_kit: Option<&'a Path>,
 }
 
 /// Resolve `path` inside `root` like the kernel would after `chroot(root)`: symlinks (absolute
@@ -379,9 +381,16 @@ pub fn build(inp: &BundleInputs<'_>) -> Result<Spec> {
     let spec = inp.spec;
     let c = inp.container;
     let hostname = spec.hostname.clone().unwrap_or_else(|| spec.name.clone());
-    let argv = resolve_argv(spec, c, inp.image)?;
     let env = resolve_env(c, inp.image, &hostname);
-    check_command(spec, c, inp.image, inp.rootfs, &argv[0], &env)?;
+    let workload = match resolve_argv(spec, c, inp.image) {
+        Ok(argv) => {
+            check_command(spec, c, inp.image, inp.rootfs, &argv[0], &env)?;
+            Some(argv)
+        }
+        // Under sandboxd a container needs no command of its own.
+        Err(_) if c.sandboxd.is_some() => None,
+        Err(e) => return Err(e),
+    };
     let (uid, gid) = resolve_user(spec, c, inp.image, inp.rootfs)?;
     let caps = capabilities(spec, c)?;
     let cwd = c
@@ -424,6 +433,30 @@ pub fn build(inp: &BundleInputs<'_>) -> Result<Spec> {
         mounts.push(json!({"destination": path, "type": "bind", "source": host,
                "options": ["rbind", "rprivate", "nosuid", "nodev", "noexec", "rw"]}));
     }
+    let argv = match (&c.sandboxd, inp.sandboxd_kit) {
+        (None, _) => workload.unwrap_or_default(),
+        (Some(extra), Some(kit)) => {
+            mounts.push(
+                json!({"destination": crate::sandboxd_kit::MOUNT, "type": "bind",
+                "source": kit, "options": ["rbind", "rprivate", "nosuid", "nodev", "ro"]}),
+            );
+            let mut flags = vec![
+                "--root-dir".to_string(),
+                "/".into(),
+                "--work-dir".into(),
+                cwd.clone(),
+            ];
+            flags.extend(extra.iter().cloned());
+            crate::sandboxd_kit::wrap(kit, &flags, workload.as_deref())
+        }
+        (Some(_), None) => {
+            return Err(NodeError::Unsupported {
+                sandbox: spec.display_name(),
+                field: format!("metadata.annotations[{}]", crate::sandboxd_kit::ANNOTATION),
+                reason: "this node has no sandboxd kit to run the container under; use an image with sandboxd in it".into(),
+            });
+        }
+    };
     for (v, host) in inp.volumes {
         let mut opts = vec!["rbind", "rprivate", "nosuid", "nodev"];
         opts.push(if v.read_only { "ro" } else { "rw" });

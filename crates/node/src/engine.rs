@@ -76,6 +76,9 @@ pub struct EngineConfig {
     pub cgroup_parent: String,
     /// pids limit for sandboxes whose spec has none.
     pub default_pids_limit: i64,
+    /// The sandboxd kit mounted into containers whose Pod asks for sandboxd (see
+    /// [`crate::sandboxd_kit::prepare`]); `None`: such Pods are refused.
+    pub sandboxd_kit: Option<PathBuf>,
 }
 
 impl EngineConfig {
@@ -92,6 +95,7 @@ impl EngineConfig {
             handler_aliases: BTreeMap::new(),
             cgroup_parent: "agent-sandbox".into(),
             default_pids_limit: 4096,
+            sandboxd_kit: None,
         }
     }
 }
@@ -1273,6 +1277,7 @@ impl SandboxEngine {
                 .is_some()
                 .then_some(termination_log.as_path()),
             default_pids_limit: self.config.default_pids_limit,
+            sandboxd_kit: self.config.sandboxd_kit.as_deref(),
         })?;
         bundle::write(&oci, &cp.bundle())?;
         tl.record("bundle", t);

@@ -25,6 +25,7 @@ pub mod probe;
 pub mod projected;
 pub mod refs;
 pub mod runtime;
+pub mod sandboxd_kit;
 pub mod seccomp;
 pub mod spec;
 mod sys;

@@ -179,6 +179,10 @@ pub struct ContainerSpec {
     /// `None` for sandboxes not made from a Pod.
     #[serde(default)]
     pub termination_message_path: Option<String>,
+    /// Run the process under sandboxd from the node's kit, with these extra sandboxd flags
+    /// (see [`crate::sandboxd_kit`]); `None`: as it is.
+    #[serde(default)]
+    pub sandboxd: Option<Vec<String>>,
 }
 
 impl ContainerSpec {
@@ -198,6 +202,7 @@ impl ContainerSpec {
             volumes: Vec::new(),
             sidecar: false,
             termination_message_path: None,
+            sandboxd: None,
         }
     }
 
@@ -457,6 +462,32 @@ impl SandboxSpec {
             };
             init_containers.push(convert(c, field, sidecar)?);
         }
+        if let Some(wanted) = annotation(pod, crate::sandboxd_kit::ANNOTATION) {
+            let target = if wanted == "true" {
+                containers.first_mut()
+            } else {
+                containers
+                    .iter_mut()
+                    .chain(init_containers.iter_mut().filter(|c| c.sidecar))
+                    .find(|c| c.name == wanted)
+            };
+            let Some(target) = target else {
+                return Err(NodeError::InvalidSpec {
+                    sandbox: who.clone(),
+                    field: format!("metadata.annotations[{}]", crate::sandboxd_kit::ANNOTATION),
+                    reason: format!(
+                        "{wanted:?} is neither \"true\" (the first container) nor the name of a container or sidecar"
+                    ),
+                });
+            };
+            target.sandboxd = Some(
+                annotation(pod, crate::sandboxd_kit::ARGS_ANNOTATION)
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .map(String::from)
+                    .collect(),
+            );
+        }
         let main = containers.remove(0);
 
         let dns = dns_from(spec, &who)?;
@@ -510,6 +541,15 @@ impl SandboxSpec {
         s.validate()?;
         Ok(s)
     }
+}
+
+/// The value of the Pod's annotation `key`.
+fn annotation(pod: &Pod, key: &str) -> Option<String> {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .cloned()
 }
 
 /// `/etc/resolv.conf` settings from `dnsPolicy` and `dnsConfig`. There is no cluster DNS on
@@ -800,6 +840,7 @@ fn container_from(
                 .filter(|p| p.starts_with('/') && !p.split('/').any(|x| x == ".."))
                 .unwrap_or_else(|| "/dev/termination-log".into()),
         ),
+        sandboxd: None,
     })
 }
 
@@ -916,6 +957,35 @@ mod tests {
         let err = SandboxSpec::from_pod(&pod).unwrap_err().to_string();
         assert!(err.contains("securityContext.privileged"), "{err}");
         assert!(err.contains("ns/p"), "{err}");
+    }
+
+    #[test]
+    fn the_sandboxd_annotation_picks_a_container() {
+        let pod = |value: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p", "namespace": "ns", "annotations": {
+                    crate::sandboxd_kit::ANNOTATION: value,
+                    crate::sandboxd_kit::ARGS_ANNOTATION: "--no-legacy  --rest-port 8081"}},
+                "spec": {"containers": [{"name": "a", "image": "i"}, {"name": "b", "image": "i"}]}
+            }))
+            .unwrap()
+        };
+        let s = SandboxSpec::from_pod(&pod("true")).unwrap();
+        assert_eq!(
+            s.main.sandboxd.as_deref(),
+            Some(
+                &[
+                    "--no-legacy".to_string(),
+                    "--rest-port".into(),
+                    "8081".into()
+                ][..]
+            )
+        );
+        assert!(s.containers[0].sandboxd.is_none());
+        let s = SandboxSpec::from_pod(&pod("b")).unwrap();
+        assert!(s.main.sandboxd.is_none() && s.containers[0].sandboxd.is_some());
+        let err = SandboxSpec::from_pod(&pod("c")).unwrap_err().to_string();
+        assert!(err.contains(crate::sandboxd_kit::ANNOTATION), "{err}");
     }
 
     #[test]

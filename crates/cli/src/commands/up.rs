@@ -82,6 +82,12 @@ async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
                 path.display()
             );
         }
+        // sandboxd for Pods that ask for it, whatever their image: this executable and its
+        // libraries, mounted read-only.
+        engine_config.sandboxd_kit = Some(
+            agent_sandbox_node::sandboxd_kit::prepare(&args.data_dir.join("node/sandboxd-kit"))
+                .context("preparing the sandboxd kit (this executable and its libraries)")?,
+        );
         engine_config.registry.docker_config = args.registry_config.clone();
         engine_config.registry.insecure = args.insecure_registry.clone();
         let defaults = NetworkConfig::default();

@@ -426,7 +426,7 @@ fn claim_sandbox(up: &Up, claim: &str) -> String {
 }
 
 #[test]
-fn volumes_survive_suspend_and_runsc_runs_sandboxd() {
+fn volumes_survive_suspend_runsc_runs_sandboxd_and_any_image_gets_it() {
     let up = Up::start("asbxe2e2", "10.92.0.0/16");
     let sandbox = repo().join("examples/manifests/sandbox.yaml");
     up.ok(&["apply", "-f", sandbox.to_str().unwrap()]);
@@ -484,6 +484,52 @@ fn volumes_survive_suspend_and_runsc_runs_sandboxd() {
     let host_kernel = fs_err::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     assert_ne!(up.ok(&["exec", "gvisor", "--", "uname", "-r"]), host_kernel);
     up.ok(&["delete", "gvisor"]);
+
+    // sandboxd in an image that has none (a static busybox, no libc): the node's kit, under
+    // the default handler and runsc.
+    let layout = up.data.path().join("minimal");
+    let built = Command::new("python3")
+        .arg(repo().join("examples/image/build.py"))
+        .args(["--minimal", "--out"])
+        .arg(&layout)
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "build.py --minimal: {built:?}");
+    up.ok(&[
+        "image",
+        "import",
+        layout.to_str().unwrap(),
+        "--as",
+        "localhost/minimal:1",
+    ]);
+    for (name, class) in [("bare", "crun"), ("bare-gvisor", "runsc")] {
+        let manifest = tempfile::NamedTempFile::new().unwrap();
+        fs_err::write(
+            manifest.path(),
+            format!(
+                "apiVersion: agents.x-k8s.io/v1beta1\nkind: Sandbox\nmetadata: {{name: {name}}}\nspec:\n  podTemplate:\n    metadata:\n      annotations: {{agent-sandbox/sandboxd: \"true\", agent-sandbox/sandboxd-args: \"--no-legacy\"}}\n    spec:\n      runtimeClassName: {class}\n      containers:\n      - name: main\n        image: localhost/minimal:1\n        imagePullPolicy: IfNotPresent\n        readinessProbe: {{httpGet: {{path: /v1/health, port: 8080}}, periodSeconds: 1}}\n"
+            ),
+        )
+        .unwrap();
+        up.ok(&["apply", "-f", manifest.path().to_str().unwrap()]);
+        wait_until(
+            &format!("the {class} sandbox of an image without sandboxd is Ready"),
+            Duration::from_secs(90),
+            || up.ok(&["get", "sandboxes", name]).contains("True"),
+        );
+        assert_eq!(
+            up.ok(&[
+                "exec",
+                name,
+                "-c",
+                "echo $((6 * 7)); test -e /lib/libc.so.6 || echo no-libc"
+            ]),
+            "42\nno-libc\n"
+        );
+        let log = up.ok(&["logs", name]);
+        assert!(log.contains("workload started"), "{log}");
+        up.ok(&["delete", name]);
+    }
     let err = up.fails(&["get", "sandboxes", "my-sandbox"]);
     assert!(err.contains("nothing named my-sandbox"), "{err}");
 }
