@@ -21,3 +21,16 @@ def test_template_and_pool_crud(client: SandboxClient) -> None:
     assert client.delete_warm_pool("crud-pool")
     assert client.delete_template("crud-tpl")
     assert not client.delete_template("crud-tpl")
+
+
+def test_template_with_the_nodes_sandboxd(client: SandboxClient) -> None:
+    # The command replaces the image's entrypoint (sandboxd): only the node's sandboxd serves.
+    client.create_template("inj-tpl", IMAGE, command=["/bin/sh", "-c", "exec sleep 3600"],
+                           sandboxd=True)
+    client.create_warm_pool("inj-pool", "inj-tpl", replicas=1, wait=True, timeout=60)
+    sb = client.create_sandbox(warmpool="inj-pool")
+    init = sb.commands.run("tr '\\0' ' ' < /proc/1/cmdline").stdout
+    assert "/.agent-sandbox/sandboxd" in init and "sleep 3600" in init, init
+    sb.terminate()
+    assert client.delete_warm_pool("inj-pool")
+    assert client.delete_template("inj-tpl")

@@ -442,10 +442,14 @@ class SandboxClient(Generic[T]):
                         runtime_class_name: Optional[str] = None,
                         labels: Optional[Mapping[str, str]] = None,
                         env_injection: str = "Disallowed",
+                        sandboxd: bool = False,
                         spec: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
         """Creates a SandboxTemplate. Either ``spec`` (the whole SandboxTemplate spec) or an
         ``image`` whose entrypoint is sandboxd (as the example image): one container named
-        ``sandbox``, ready when ``GET /v1/health`` answers on port 8080."""
+        ``sandbox``, ready when ``GET /v1/health`` answers on port 8080. With
+        ``sandboxd=True`` the image need not contain sandboxd: the embedded node runs the
+        container (its ``command``, or the image's entrypoint) under its own sandboxd (the
+        ``agent-sandbox/sandboxd`` annotation; a cluster's kubelet ignores it)."""
         _check_name(name, "template")
         if spec is None:
             if not image:
@@ -466,7 +470,10 @@ class SandboxClient(Generic[T]):
             pod_spec: dict[str, Any] = {"containers": [container]}
             if runtime_class_name:
                 pod_spec["runtimeClassName"] = runtime_class_name
-            spec = {"podTemplate": {"spec": pod_spec}, "envVarsInjectionPolicy": env_injection}
+            pod_template: dict[str, Any] = {"spec": pod_spec}
+            if sandboxd:
+                pod_template["metadata"] = {"annotations": {"agent-sandbox/sandboxd": "true"}}
+            spec = {"podTemplate": pod_template, "envVarsInjectionPolicy": env_injection}
         body = {"apiVersion": "extensions.agents.x-k8s.io/v1beta1", "kind": "SandboxTemplate",
                 "metadata": {"name": name, "namespace": namespace,
                              "labels": _validate_labels(labels, "labels")},
