@@ -32,6 +32,9 @@ pub const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
 /// that holds the output open.
 const DRAIN: Duration = Duration::from_secs(2);
 
+/// How long a terminal's first size is waited for before the command starts without one.
+const FIRST_RESIZE: Duration = Duration::from_secs(1);
+
 const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
 const STDERR: u8 = 2;
@@ -52,6 +55,8 @@ pub struct ExecRequest {
     pub stderr: bool,
     /// Run under a terminal.
     pub tty: bool,
+    /// With `tty`: the terminal's size (columns, rows) from the client's first resize.
+    pub size: Option<(u16, u16)>,
 }
 
 /// A command the provider started: the streams asked for, resizes, and the exit.
@@ -106,6 +111,7 @@ impl ExecRequest {
             stdout: flag("stdout"),
             stderr: flag("stderr") && !tty,
             tty,
+            size: None,
         }
     }
 }
@@ -238,9 +244,15 @@ async fn prepare(app: &App, t: &Target, req: Request) -> Result<Response, Respon
     Ok(upgrade
         .on_failed_upgrade(|e| tracing::debug!(target: "apiserver::exec", "upgrade failed: {e}"))
         .on_upgrade(move |socket| async move {
-            let started = provider.exec(&pod, &container, &request).await;
-            session(socket, v5, started, &request).await;
+            session(socket, v5, provider, pod, container, request).await;
         }))
+}
+
+/// A resize message's size (`{"Width":80,"Height":24}`): (columns, rows).
+fn terminal_size(json: &[u8]) -> Option<(u16, u16)> {
+    let v: Value = serde_json::from_slice(json).ok()?;
+    let dim = |k: &str| v[k].as_u64().and_then(|n| u16::try_from(n).ok());
+    Some((dim("Width")?, dim("Height")?))
 }
 
 /// One binary message: the channel byte, then the data.
@@ -311,10 +323,12 @@ async fn feed(mut w: Box<dyn AsyncWrite + Send + Unpin>, mut rx: mpsc::Receiver<
 async fn session(
     socket: WebSocket,
     v5: bool,
-    started: Result<ExecStreams, String>,
-    request: &ExecRequest,
+    provider: Arc<dyn PodExec>,
+    pod: Value,
+    container: String,
+    mut request: ExecRequest,
 ) {
-    let (mut sink, mut incoming) = socket.split();
+    let (mut sink, incoming) = socket.split();
     // kubelet's first message: an empty one on the lowest channel the client reads, which
     // tells it the streams are set up.
     let first = if request.stdout {
@@ -327,12 +341,38 @@ async fn session(
     if sink.send(frame(first, &[])).await.is_err() {
         return;
     }
+    // With a terminal, kubectl sends its size first: the command starts with that size (a
+    // command that asks at once, like `stty size`, would see 0x0 otherwise). What comes
+    // before it is kept and handled once the command runs.
+    let mut early = Vec::new();
+    let mut incoming = incoming;
+    if request.tty {
+        let wait = tokio::time::sleep(FIRST_RESIZE);
+        tokio::pin!(wait);
+        while request.size.is_none() {
+            tokio::select! {
+                m = incoming.next() => match m {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                    Some(Ok(m)) => {
+                        if let Message::Binary(b) = &m
+                            && b.first() == Some(&RESIZE)
+                        {
+                            request.size = Some(terminal_size(&b[1..]).unwrap_or((0, 0)));
+                        }
+                        early.push(Ok(m));
+                    }
+                },
+                _ = &mut wait => break,
+            }
+        }
+    }
+    let mut incoming = futures::stream::iter(early).chain(incoming);
+    let started = provider.exec(&pod, &container, &request).await;
+    let request = &request;
     let streams = match started {
         Ok(s) => s,
         Err(e) => {
-            let status = internal_status(&e);
-            let _ = sink.send(frame(ERROR, status.to_string().as_bytes())).await;
-            let _ = sink.send(Message::Close(None)).await;
+            finish(&mut sink, &mut incoming, &internal_status(&e)).await;
             return;
         }
     };
@@ -403,11 +443,8 @@ async fn session(
                         }
                     }
                     Some(&RESIZE) => {
-                        if let (Some(f), Ok(v)) = (&resize, serde_json::from_slice::<Value>(&b[1..])) {
-                            let dim = |k: &str| v[k].as_u64().and_then(|n| u16::try_from(n).ok());
-                            if let (Some(w), Some(h)) = (dim("Width"), dim("Height")) {
-                                f(w, h);
-                            }
+                        if let (Some(f), Some((w, h))) = (&resize, terminal_size(&b[1..])) {
+                            f(w, h);
                         }
                     }
                     Some(&CLOSE) if v5 && b.get(1) == Some(&STDIN) => stdin_tx = None,
@@ -422,6 +459,17 @@ async fn session(
         Some(Err(e)) => internal_status(&e),
         None => return,
     };
+    finish(&mut sink, &mut incoming, &status).await;
+    drop(tasks);
+}
+
+/// The status on the error channel, then a normal close, which the client answers after
+/// reading the status (waited for a second, so the connection does not drop before).
+async fn finish<S, R>(sink: &mut S, incoming: &mut R, status: &Value)
+where
+    S: futures::Sink<Message> + Unpin,
+    R: futures::Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
     if sink
         .send(frame(ERROR, status.to_string().as_bytes()))
         .await
@@ -435,7 +483,6 @@ async fn session(
             reason: "".into(),
         })))
         .await;
-    // Let the client read the status and answer the close before the connection drops.
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         while let Some(Ok(m)) = incoming.next().await {
             if matches!(m, Message::Close(_)) {
@@ -444,7 +491,6 @@ async fn session(
         }
     })
     .await;
-    drop(tasks);
 }
 
 #[cfg(test)]

@@ -171,6 +171,17 @@ pub struct ContainerState {
     pub pid: Option<i32>,
 }
 
+/// A running container, as [`SandboxEngine::running_container`] finds it.
+#[derive(Debug, Clone)]
+pub struct RunningContainer {
+    /// Its runtime handler.
+    pub runtime: OciRuntime,
+    /// The runtime's id of the container.
+    pub runtime_id: String,
+    /// Its OCI bundle (with the `config.json` it was created from).
+    pub bundle: PathBuf,
+}
+
 /// Output of a command run in a container with [`SandboxEngine::exec`].
 #[derive(Debug, Clone)]
 pub struct ExecOutput {
@@ -700,22 +711,26 @@ impl SandboxEngine {
         Some(rec.container(name)?.runtime_id.clone())
     }
 
-    /// The runtime handler and the runtime's id of a container whose process runs now, for
-    /// [`crate::exec`]; `None` when it does not run (unknown, never started, exited or paused).
-    pub fn running_container(&self, id: &str, name: &str) -> Option<(OciRuntime, String)> {
+    /// A container whose process runs now, for [`crate::exec`]; `None` when it does not run
+    /// (unknown, never started, exited or paused).
+    pub fn running_container(&self, id: &str, name: &str) -> Option<RunningContainer> {
         let entry = self.entry(id).ok()?;
-        let (handler, rid) = {
+        let (handler, runtime_id, dir) = {
             let rec = lock(&entry.record);
             let c = rec.container(name)?;
             if !c.started || c.paused {
                 return None;
             }
-            (rec.handler, c.runtime_id.clone())
+            (rec.handler, c.runtime_id.clone(), c.dir.clone())
         };
         if !matches!(self.container_exit(id, name), Ok(None)) {
             return None;
         }
-        Some((self.runtimes.get(&handler)?.clone(), rid))
+        Some(RunningContainer {
+            runtime: self.runtimes.get(&handler)?.clone(),
+            runtime_id,
+            bundle: CPaths { dir }.bundle(),
+        })
     }
 
     /// Where a volume of a sandbox lives on the host.

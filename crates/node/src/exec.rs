@@ -1,13 +1,14 @@
 //! `kubectl exec` on the embedded node: a command started in a running container through the
 //! OCI runtime's `exec` (the container's user, environment and working directory), streaming
-//! its stdin, stdout and stderr through pipes, or through a terminal whose master the runtime
-//! hands over a console socket (`SCM_RIGHTS`) and whose window size follows the client; its
-//! exit code; and, when the client goes away first, the command killed with every process it
-//! started, so nothing is left running in the sandbox.
+//! its stdin, stdout and stderr through pipes, or through a terminal whose window size follows
+//! the client (crun hands the terminal's master over a console socket with `SCM_RIGHTS`; runc
+//! relays the container's terminal to one of ours; runsc has none to give); its exit code;
+//! and, when the client goes away first, the command killed with every process it started, so
+//! nothing is left running in the sandbox.
 //!
 //! Which process to kill comes from the runtime's pid file: a host pid for runc and crun (the
 //! process tree is found in `/proc`, stopped, then killed), a pid inside the sandbox for runsc
-//! (found and killed with `runsc ps` and `runsc kill --pid`).
+//! (found with `runsc ps` and killed with `runsc kill --pid`).
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -29,7 +30,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, Interest, ReadBuf};
 use tokio::process::Child;
 
-use crate::engine::SandboxEngine;
+use crate::engine::{RunningContainer, SandboxEngine};
 use crate::error::{NodeError, Result};
 use crate::host;
 use crate::runtime::{HandlerKind, OciRuntime, clean_message};
@@ -53,6 +54,8 @@ pub struct ExecOptions {
     pub stderr: bool,
     /// Run under a terminal.
     pub tty: bool,
+    /// With `tty`: the terminal's size (columns, rows) when the command starts.
+    pub size: Option<(u16, u16)>,
 }
 
 /// A readable stream of an exec.
@@ -74,14 +77,22 @@ pub struct ExecSession {
     pub process: ExecProcess,
 }
 
-/// The terminal of a TTY exec (its PTY master).
+/// The terminal of a TTY exec (the master side of a pseudo-terminal).
 #[derive(Clone)]
-pub struct Terminal(Arc<AsyncFd<OwnedFd>>);
+pub struct Terminal {
+    master: Arc<AsyncFd<OwnedFd>>,
+    /// The runtime process that relays a resize (runc, runsc), told with `SIGWINCH`.
+    notify: Option<i32>,
+}
 
 impl Terminal {
     /// Set the window size (the command sees `SIGWINCH` and the new size).
     pub fn resize(&self, cols: u16, rows: u16) -> std::io::Result<()> {
-        sys::set_window_size(self.0.get_ref().as_fd(), cols, rows)
+        sys::set_window_size(self.master.get_ref().as_fd(), cols, rows)?;
+        if let Some(pid) = self.notify {
+            kill(Pid::from_raw(pid), Signal::SIGWINCH).map_err(std::io::Error::from)?;
+        }
+        Ok(())
     }
 }
 
@@ -113,7 +124,18 @@ pub async fn start(
             reason: "it is empty; give at least the program to run".into(),
         });
     }
-    let (runtime, rid) =
+    if opts.tty
+        && engine
+            .running_container(id, container)
+            .is_some_and(|c| c.runtime.kind() == HandlerKind::Runsc)
+    {
+        return Err(NodeError::Unsupported {
+            sandbox: id.to_string(),
+            field: "exec with a terminal (tty)".into(),
+            reason: "runsc (gVisor) lets a sandbox use terminals only when its container starts with one, which Pods here do not; run the command without a terminal (kubectl exec -i, without -t)".into(),
+        });
+    }
+    let target =
         engine
             .running_container(id, container)
             .ok_or_else(|| NodeError::InvalidState {
@@ -129,21 +151,34 @@ pub async fn start(
     ));
     fs_err::create_dir_all(&dir)?;
     fs_err::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-    let started = spawn(&runtime, &rid, &dir, opts).await;
+    let started = spawn(&target, &dir, opts).await;
     if started.is_err() {
         let _ = fs_err::remove_dir_all(&dir);
     }
     started
 }
 
-async fn spawn(
-    runtime: &OciRuntime,
-    rid: &str,
-    dir: &Path,
-    opts: &ExecOptions,
-) -> Result<ExecSession> {
+/// How a TTY exec gets its terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TerminalMode {
+    /// crun: `exec` with a terminal and `--console-socket` hands the terminal's master over
+    /// the socket and still waits for the command (its exit code is the command's).
+    ConsoleSocket,
+    /// runc: `exec` with a terminal, on a terminal of ours (in raw mode) whose input and output
+    /// it relays to the container's; it resizes that one to ours on `SIGWINCH`. (runc accepts a
+    /// console socket only with `--detach`, which loses the exit code.) runsc gives commands
+    /// in a sandbox that started without a terminal none at all, so it is refused there.
+    Relayed,
+}
+
+async fn spawn(target: &RunningContainer, dir: &Path, opts: &ExecOptions) -> Result<ExecSession> {
+    let (runtime, rid) = (&target.runtime, target.runtime_id.as_str());
     let pid_file = dir.join("pid");
     let runsc = runtime.kind() == HandlerKind::Runsc;
+    let mode = opts.tty.then_some(match runtime.kind() {
+        HandlerKind::Crun => TerminalMode::ConsoleSocket,
+        _ => TerminalMode::Relayed,
+    });
     let mut args: Vec<OsString> = vec!["exec".into()];
     // runsc's pid file would hold its own pid: the command's pid is inside the sandbox.
     args.push(
@@ -155,35 +190,69 @@ async fn spawn(
         .into(),
     );
     args.push(pid_file.clone().into());
-    let console = if opts.tty {
-        let sock = dir.join("console.sock");
-        let listener = tokio::net::UnixListener::bind(&sock)?;
-        if !runsc {
-            // runsc allocates the terminal when it is given a console socket.
-            args.push("--tty".into());
-        }
-        args.push("--console-socket".into());
-        args.push(sock.into());
-        Some(listener)
-    } else {
-        None
+    // The container's terminal gets its size when it is made: a command that asks at once
+    // (`stty size`) must not see 0x0, and the runtimes apply a later resize only after the
+    // command started (runc) or race it (crun).
+    let process = match (mode, opts.size) {
+        (Some(_), Some((cols, rows))) => process_spec(&target.bundle, &opts.command, cols, rows),
+        _ => None,
     };
+    if let Some(process) = &process {
+        let path = dir.join("process.json");
+        fs_err::write(&path, process.to_string())?;
+        args.extend(["--process".into(), path.into()]);
+    } else if mode.is_some() {
+        args.push("--tty".into());
+    }
+    let mut listener = None;
+    let mut ours = None;
+    match mode {
+        Some(TerminalMode::ConsoleSocket) => {
+            let sock = dir.join("console.sock");
+            listener = Some(tokio::net::UnixListener::bind(&sock)?);
+            args.extend(["--console-socket".into(), sock.into()]);
+        }
+        Some(TerminalMode::Relayed) => {
+            let (master, replica) = open_terminal()?;
+            // runc copies the size of our terminal to the container's on SIGWINCH.
+            if let Some((cols, rows)) = opts.size {
+                sys::set_window_size(master.as_fd(), cols, rows)?;
+            }
+            ours = Some((master, replica));
+        }
+        None => {}
+    }
     args.push(rid.into());
-    args.extend(opts.command.iter().map(OsString::from));
+    if process.is_none() {
+        args.extend(opts.command.iter().map(OsString::from));
+    }
     let mut cmd = runtime.command(args);
     let pipe = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
-    if opts.tty {
+    match (&mode, &ours) {
+        (Some(_), Some((_, replica))) => {
+            cmd.stdin(Stdio::from(replica.try_clone()?))
+                .stdout(Stdio::from(replica.try_clone()?))
+                .stderr(Stdio::from(replica.try_clone()?));
+        }
         // The runtime's own messages (why it failed) on stderr; the command uses the terminal.
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-    } else {
-        cmd.stdin(pipe(opts.stdin))
-            .stdout(pipe(opts.stdout))
-            .stderr(pipe(opts.stderr));
+        (Some(_), None) => {
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+        }
+        (None, _) => {
+            cmd.stdin(pipe(opts.stdin))
+                .stdout(pipe(opts.stdout))
+                .stderr(pipe(opts.stderr));
+        }
     }
-    tracing::debug!(target: "node::exec", container = rid, command = ?opts.command, tty = opts.tty, "exec");
-    let mut child = cmd.spawn().map_err(|e| {
+    tracing::debug!(target: "node::exec", container = rid, command = ?opts.command, ?mode, "exec");
+    let spawned = cmd.spawn();
+    // Our copies of the terminal's replica side go now: the output ends (EIO) once the runtime
+    // and the command closed theirs.
+    drop(cmd);
+    let master = ours.map(|(master, _replica)| master);
+    let mut child = spawned.map_err(|e| {
         std::io::Error::new(
             e.kind(),
             format!("starting {} exec: {e}", runtime.binary().display()),
@@ -197,7 +266,7 @@ async fn spawn(
         dir: dir.to_path_buf(),
         exited: false,
     };
-    let Some(listener) = console else {
+    if mode.is_none() {
         let (stdin, stdout, stderr) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take());
         process.child = Some(child);
@@ -208,50 +277,44 @@ async fn spawn(
             terminal: None,
             process,
         });
-    };
-    let mut runtime_err = child.stderr.take();
-    let received = tokio::select! {
-        r = tokio::time::timeout(CONSOLE_TIMEOUT, receive_terminal(&listener)) => Some(r),
-        _ = child.wait() => None,
-    };
-    let master = match received {
-        Some(Ok(Ok(fd))) => fd,
-        failed => {
-            let mut msg = String::new();
-            if let Some(e) = runtime_err.as_mut() {
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(2), e.read_to_string(&mut msg)).await;
-            }
-            let reason = match failed {
-                Some(Ok(Err(e))) => format!("receiving the terminal: {e}"),
-                Some(Err(_)) => format!(
-                    "no terminal on the console socket within {}s",
-                    CONSOLE_TIMEOUT.as_secs()
-                ),
-                _ => clean_message(&msg),
-            };
-            process.child = Some(child);
-            drop(process);
-            return Err(NodeError::Runtime {
-                handler: runtime.kind().to_string(),
-                op: "exec --tty".into(),
-                id: rid.to_string(),
-                status: -1,
-                message: reason,
-            });
-        }
-    };
-    if let Some(mut e) = runtime_err {
-        // Later messages of the runtime (warnings) only go to the log.
-        let rid = rid.to_string();
-        tokio::spawn(async move {
-            let mut msg = String::new();
-            let _ = e.read_to_string(&mut msg).await;
-            if !msg.trim().is_empty() {
-                tracing::debug!(target: "node::exec", container = rid, "runtime: {}", msg.trim());
-            }
-        });
     }
+    let (master, notify) = match (listener, master) {
+        (Some(listener), _) => {
+            let master = match receive_console(&listener, &mut child).await {
+                Ok(m) => {
+                    if let Some((cols, rows)) = opts.size {
+                        sys::set_window_size(m.as_fd(), cols, rows)?;
+                    }
+                    m
+                }
+                Err(message) => {
+                    process.child = Some(child);
+                    drop(process);
+                    return Err(NodeError::Runtime {
+                        handler: runtime.kind().to_string(),
+                        op: "exec --tty".into(),
+                        id: rid.to_string(),
+                        status: -1,
+                        message,
+                    });
+                }
+            };
+            (master, None)
+        }
+        (None, Some(master)) => {
+            // The runtime handles SIGWINCH once the command runs, which is when it writes the
+            // pid file; a resize before that would be lost.
+            let deadline = Instant::now() + CONSOLE_TIMEOUT;
+            while read_pid(&process.pid_file).is_none()
+                && matches!(child.try_wait(), Ok(None))
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (master, child.id())
+        }
+        (None, None) => unreachable!("a terminal mode without a terminal"),
+    };
     let flags =
         nix::fcntl::fcntl(&master, nix::fcntl::FcntlArg::F_GETFL).map_err(std::io::Error::from)?;
     let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
@@ -265,8 +328,98 @@ async fn spawn(
             .then(|| Box::new(PtyWriter(Arc::clone(&master))) as ExecWriter),
         stdout: Some(Box::new(PtyReader(Arc::clone(&master))) as ExecReader),
         stderr: None,
-        terminal: Some(Terminal(master)),
+        terminal: Some(Terminal {
+            master,
+            notify: notify.and_then(|p| i32::try_from(p).ok()),
+        }),
         process,
+    })
+}
+
+/// The container's process (from the `config.json` it was created with: user, environment,
+/// directory, capabilities, limits) running `command` on a terminal of the given size; `None`
+/// if the bundle cannot be read.
+fn process_spec(
+    bundle: &Path,
+    command: &[String],
+    cols: u16,
+    rows: u16,
+) -> Option<serde_json::Value> {
+    let config: serde_json::Value =
+        serde_json::from_slice(&fs_err::read(bundle.join("config.json")).ok()?).ok()?;
+    let mut process = config.get("process")?.clone();
+    let p = process.as_object_mut()?;
+    p.insert("args".into(), serde_json::json!(command));
+    p.insert("terminal".into(), serde_json::Value::Bool(true));
+    p.insert(
+        "consoleSize".into(),
+        serde_json::json!({"height": rows, "width": cols}),
+    );
+    Some(process)
+}
+
+/// A new terminal of ours (master, replica), both close-on-exec, the replica in raw mode: the
+/// runtime relays it to the container's own terminal, which does the echo and line editing.
+fn open_terminal() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use nix::fcntl::OFlag;
+    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
+    grantpt(&master)?;
+    unlockpt(&master)?;
+    let path = ptsname_r(&master)?;
+    let replica = nix::fcntl::open(
+        path.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
+    let mut t = tcgetattr(&replica)?;
+    cfmakeraw(&mut t);
+    tcsetattr(&replica, SetArg::TCSANOW, &t)?;
+    Ok((master.into(), replica))
+}
+
+/// crun: the terminal's master from the console socket, or why there is none (the runtime's
+/// message when it exited first).
+async fn receive_console(
+    listener: &tokio::net::UnixListener,
+    child: &mut Child,
+) -> std::result::Result<OwnedFd, String> {
+    let received = tokio::select! {
+        r = tokio::time::timeout(CONSOLE_TIMEOUT, receive_terminal(listener)) => Some(r),
+        _ = child.wait() => None,
+    };
+    let mut runtime_err = child.stderr.take();
+    let failed = match received {
+        Some(Ok(Ok(fd))) => {
+            if let Some(mut e) = runtime_err {
+                // Later messages of the runtime (warnings) only go to the log.
+                tokio::spawn(async move {
+                    let mut msg = String::new();
+                    let _ = e.read_to_string(&mut msg).await;
+                    if !msg.trim().is_empty() {
+                        tracing::debug!(target: "node::exec", "runtime: {}", msg.trim());
+                    }
+                });
+            }
+            return Ok(fd);
+        }
+        failed => failed,
+    };
+    let mut msg = String::new();
+    if let Some(e) = runtime_err.as_mut() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), e.read_to_string(&mut msg)).await;
+    }
+    Err(match failed {
+        Some(Ok(Err(e))) => format!("receiving the terminal: {e}"),
+        Some(Err(_)) => format!(
+            "no terminal on the console socket within {}s",
+            CONSOLE_TIMEOUT.as_secs()
+        ),
+        _ => match clean_message(&msg) {
+            m if m.is_empty() => "the runtime exited before it handed over the terminal".into(),
+            m => m,
+        },
     })
 }
 
@@ -558,21 +711,11 @@ async fn kill_runsc_tree(runtime: &OciRuntime, rid: &str, root: i32) {
     let mut tree: HashSet<i32> = HashSet::from([root]);
     signal(root, "STOP").await;
     for _ in 0..10 {
-        let Ok(out) = host::run(
-            runtime.command(["ps", "--format", "json", rid]),
-            None,
-            Duration::from_secs(10),
-        )
-        .await
+        let Ok(out) = host::run(runtime.command(["ps", rid]), None, Duration::from_secs(10)).await
         else {
             break;
         };
-        let parents: HashMap<i32, i32> =
-            serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout)
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|p| Some((p["PID"].as_i64()? as i32, p["PPID"].as_i64()? as i32)))
-                .collect();
+        let parents = runsc_parents(&String::from_utf8_lossy(&out.stdout));
         let more = new_descendants(&parents, &tree);
         if more.is_empty() {
             break;
@@ -587,6 +730,25 @@ async fn kill_runsc_tree(runtime: &OciRuntime, rid: &str, root: i32) {
     }
 }
 
+/// Parents from `runsc ps`'s table (`UID PID PPID C TTY STIME TIME CMD`; its JSON format is
+/// only a list of pids in some versions).
+fn runsc_parents(table: &str) -> HashMap<i32, i32> {
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+    let (Some(pid), Some(ppid)) = (
+        header.iter().position(|c| *c == "PID"),
+        header.iter().position(|c| *c == "PPID"),
+    ) else {
+        return HashMap::new();
+    };
+    lines
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            Some((cols.get(pid)?.parse().ok()?, cols.get(ppid)?.parse().ok()?))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -598,6 +760,19 @@ mod tests {
         d.sort();
         assert_eq!(d, vec![3, 4, 7]);
         assert!(new_descendants(&parents, &HashSet::from([2, 3, 4, 7])).is_empty());
+    }
+
+    #[test]
+    fn runsc_ps_tables_give_the_parents() {
+        let table = "UID       PID       PPID      C         TTY       STIME     TIME      CMD\n\
+                     0         1         0         0         ?         12:28     0s        sleep\n\
+                     0         4         0         35        ?         12:28     0s        sh\n\
+                     0         6         4         43        ?         12:28     20ms      sleep 1\n";
+        assert_eq!(
+            runsc_parents(table),
+            HashMap::from([(1, 0), (4, 0), (6, 4)])
+        );
+        assert!(runsc_parents("[1,4,6]").is_empty());
     }
 
     #[test]

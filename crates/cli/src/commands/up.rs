@@ -312,6 +312,7 @@ impl agent_sandbox_apiserver::PodExec for EngineExec {
             stdout: request.stdout,
             stderr: request.stderr,
             tty: request.tty,
+            size: request.size,
         };
         Box::pin(async move {
             let s = exec::start(&engine, &uid, &container, &opts)

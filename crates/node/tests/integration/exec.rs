@@ -1,4 +1,4 @@
-//! `kubectl exec` on the embedded node with real sandboxes (busybox, crun by default): the node's
+//! `kubectl exec` on the embedded node with real sandboxes (busybox; crun, runc and runsc): the node's
 //! exec (stdin through `cat`, stdout and stderr apart, exit codes, a terminal that is a
 //! `/dev/pts` device and follows resizes, the command killed with what it started when the
 //! client goes away), then the real kubectl over HTTPS against an API server whose `pods/exec`
@@ -14,8 +14,8 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent_sandbox_node::SandboxEngine;
 use agent_sandbox_node::exec::{self, ExecOptions, ExecSession};
+use agent_sandbox_node::{HandlerKind, SandboxEngine};
 use common::{AgentEnv, Env, NODE};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -46,6 +46,7 @@ fn opts(command: &[&str], stdin: bool) -> ExecOptions {
         stdout: true,
         stderr: true,
         tty: false,
+        size: None,
     }
 }
 
@@ -108,8 +109,22 @@ async fn wait_ps(engine: &SandboxEngine, uid: &str, what: &str, pred: impl Fn(&s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pipes_exit_codes_a_terminal_and_no_leftovers() {
-    let kind = common::default_kind();
+async fn exec_crun() {
+    exec_in(HandlerKind::Crun).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_runc() {
+    exec_in(HandlerKind::Runc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_runsc() {
+    exec_in(HandlerKind::Runsc).await;
+}
+
+/// Pipes, exit codes, a terminal and no leftovers with one runtime.
+async fn exec_in(kind: HandlerKind) {
     if common::need(Some(kind)) {
         return;
     }
@@ -150,56 +165,21 @@ async fn pipes_exit_codes_a_terminal_and_no_leftovers() {
     let (_, err, code) = run(engine, &uid, &["/no/such/program"], None).await;
     assert_ne!(code, 0, "{err}");
 
-    // A terminal: a /dev/pts device, resized while the shell runs.
-    let s = exec::start(
-        engine,
-        &uid,
-        "main",
-        &ExecOptions {
-            command: vec!["sh".into()],
-            stdin: true,
-            stdout: true,
-            stderr: false,
-            tty: true,
-        },
-    )
-    .await
-    .unwrap();
-    let terminal = s.terminal.clone().expect("a terminal");
-    assert!(s.stderr.is_none());
-    terminal.resize(80, 24).unwrap();
-    let mut input = s.stdin.unwrap();
-    let mut output = s.stdout.unwrap();
-    let mut process = s.process;
-    let session = async {
-        input.write_all(b"tty; stty size\n").await.unwrap();
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !String::from_utf8_lossy(&seen).contains("24 80") {
-            let n = output.read(&mut buf).await.unwrap();
-            assert!(n > 0, "{}", String::from_utf8_lossy(&seen));
-            seen.extend_from_slice(&buf[..n]);
-        }
-        terminal.resize(132, 43).unwrap();
-        input.write_all(b"stty size; exit 7\n").await.unwrap();
-        loop {
-            let n = output.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            seen.extend_from_slice(&buf[..n]);
-        }
-        (
-            String::from_utf8_lossy(&seen).into_owned(),
-            process.wait().await.unwrap(),
-        )
+    let tty = ExecOptions {
+        command: vec!["sh".into()],
+        stdin: true,
+        stdout: true,
+        stderr: false,
+        tty: true,
+        size: Some((80, 24)),
     };
-    let (screen, code) = tokio::time::timeout(Duration::from_secs(30), session)
-        .await
-        .expect("the terminal session ended within 30 s");
-    assert!(screen.contains("/dev/pts/"), "{screen}");
-    assert!(screen.contains("43 132"), "{screen}");
-    assert_eq!(code, 7, "{screen}");
+    if kind == HandlerKind::Runsc {
+        // gVisor gives no terminal to a command in a sandbox that started without one.
+        let e = exec::start(engine, &uid, "main", &tty).await.err().unwrap();
+        assert!(e.to_string().contains("without -t"), "{e}");
+    } else {
+        terminal_session(engine, &uid, &tty).await;
+    }
 
     // The client goes away: the command and what it started in the background are killed.
     let s = exec::start(
@@ -222,6 +202,44 @@ async fn pipes_exit_codes_a_terminal_and_no_leftovers() {
     // The container itself is untouched.
     a.wait_pod("default", "shell", Duration::from_secs(5), running)
         .await;
+}
+
+/// A shell on a terminal: a /dev/pts device of the size it started with, resized while the
+/// shell runs, its exit code.
+async fn terminal_session(engine: &SandboxEngine, uid: &str, tty: &ExecOptions) {
+    let s = exec::start(engine, uid, "main", tty).await.unwrap();
+    let terminal = s.terminal.clone().expect("a terminal");
+    assert!(s.stderr.is_none());
+    let mut input = s.stdin.unwrap();
+    let mut output = s.stdout.unwrap();
+    let mut process = s.process;
+    let mut seen = Vec::new();
+    let session = async {
+        input.write_all(b"tty; stty size\n").await.unwrap();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains("24 80") {
+            let n = output.read(&mut buf).await.unwrap();
+            assert!(n > 0, "{}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+        terminal.resize(132, 43).unwrap();
+        input.write_all(b"stty size; exit 7\n").await.unwrap();
+        loop {
+            let n = output.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+        process.wait().await.unwrap()
+    };
+    let code = tokio::time::timeout(Duration::from_secs(30), session).await;
+    let screen = String::from_utf8_lossy(&seen).into_owned();
+    let code =
+        code.unwrap_or_else(|_| panic!("the terminal session did not end within 30 s: {screen:?}"));
+    assert!(screen.contains("/dev/pts/"), "{screen}");
+    assert!(screen.contains("43 132"), "{screen}");
+    assert_eq!(code, 7, "{screen}");
 }
 
 /// The same as `up` registers (crates/cli/src/commands/up.rs `EngineExec`).
@@ -253,6 +271,7 @@ impl agent_sandbox_apiserver::PodExec for EngineExec {
             stdout: request.stdout,
             stderr: request.stderr,
             tty: request.tty,
+            size: request.size,
         };
         Box::pin(async move {
             let s = exec::start(&engine, &uid, &container, &opts)
@@ -381,8 +400,22 @@ async fn kubectl(kc: &Path, args: &[&str], input: Option<&[u8]>) -> Out {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_exec_and_cp() {
-    let kind = common::default_kind();
+async fn kubectl_exec_and_cp_crun() {
+    kubectl_exec_and_cp(HandlerKind::Crun).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_exec_and_cp_runc() {
+    kubectl_exec_and_cp(HandlerKind::Runc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_exec_and_cp_runsc() {
+    kubectl_exec_and_cp(HandlerKind::Runsc).await;
+}
+
+/// The real kubectl against sandboxes of one runtime.
+async fn kubectl_exec_and_cp(kind: HandlerKind) {
     if common::need(Some(kind))
         || common::skip_unless(kubectl_bin().is_some(), "kubectl is not installed")
     {
@@ -489,9 +522,15 @@ async fn kubectl_exec_and_cp() {
         .expect("kubectl exec -it ended within 60 s")
         .unwrap();
         let screen = String::from_utf8_lossy(&out.stdout);
-        assert!(screen.contains("/dev/pts/"), "{screen}");
-        assert!(screen.contains("30 100"), "{screen}");
-        assert_eq!(out.status.code(), Some(5), "{screen}");
+        if kind == HandlerKind::Runsc {
+            // No terminal in gVisor sandboxes: kubectl says why and what to do.
+            assert!(screen.contains("without -t"), "{screen}");
+            assert_eq!(out.status.code(), Some(1), "{screen}");
+        } else {
+            assert!(screen.contains("/dev/pts/"), "{screen}");
+            assert!(screen.contains("30 100"), "{screen}");
+            assert_eq!(out.status.code(), Some(5), "{screen}");
+        }
     } else {
         println!("SKIP part: `script` (util-linux) is not installed, kubectl exec -it not run");
     }
