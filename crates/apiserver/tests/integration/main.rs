@@ -1,9 +1,11 @@
-//! Integration tests of the embedded API server: kube-rs and kubectl against it, bad input, durability.
+//! Integration tests of the embedded API server: kube-rs and kubectl against it, bad input, durability,
+//! exec.
 //!
 //! One test binary per crate (each file below is a module) keeps link time and disk use low.
 
 mod bad_input;
 mod common;
 mod durability;
+mod exec;
 mod kube_client;
 mod kubectl;
