@@ -1071,7 +1071,7 @@ impl NodeAgent {
             Some(i) => i,
             None => return Step::Waiting,
         };
-        let created = match self.process_of(pod, &id, name).await {
+        let created = match self.process_of(pod, &id, name, fp.clone()).await {
             Ok(process) => {
                 let _turn = self.starts.take().await;
                 self.engine
@@ -1213,7 +1213,14 @@ impl NodeAgent {
 
     /// Container `name`'s environment and command line, resolved from the Pod and the
     /// ConfigMaps and Secrets it names (read now, so a restart sees their current values).
-    async fn process_of(&self, pod: &Pod, id: &str, name: &str) -> Result<Process, NodeError> {
+    /// `fp` is the container's field path, for events.
+    async fn process_of(
+        &self,
+        pod: &Pod,
+        id: &str,
+        name: &str,
+        fp: Option<String>,
+    ) -> Result<Process, NodeError> {
         let ps = pod.spec.clone().unwrap_or_default();
         let Some(c) = ps
             .containers
@@ -1223,18 +1230,18 @@ impl NodeAgent {
         else {
             return Ok(Process::default());
         };
-        let who = format!(
-            "{}/{}",
-            pod.metadata.namespace.as_deref().unwrap_or("default"),
-            pod.metadata.name.as_deref().unwrap_or_default()
-        );
+        let refused = |message| NodeError::Reference {
+            sandbox: format!(
+                "{}/{}",
+                pod.metadata.namespace.as_deref().unwrap_or("default"),
+                pod.metadata.name.as_deref().unwrap_or_default()
+            ),
+            message,
+        };
         let sources = self
             .fetch(pod, crate::refs::container_refs(c))
             .await
-            .map_err(|message| NodeError::Reference {
-                sandbox: who.clone(),
-                message,
-            })?;
+            .map_err(refused)?;
         // A variable with the pod IP waits for the network (it is attached meanwhile).
         let ip = if crate::refs::needs_pod_ip(c) {
             self.engine.wait_pod_ip(id).await?
@@ -1243,23 +1250,11 @@ impl NodeAgent {
         };
         let ips: Vec<String> = ip.iter().map(|ip| ip.to_string()).collect();
         let process =
-            crate::env::resolve(pod, c, &sources, &ips, &self.node_facts).map_err(|message| {
-                NodeError::Reference {
-                    sandbox: who.clone(),
-                    message,
-                }
-            })?;
+            crate::env::resolve(pod, c, &sources, &ips, &self.node_facts).map_err(refused)?;
         for (source, keys) in &process.skipped {
             self.event(
                 pod,
-                Some(field_path(
-                    if ps.containers.iter().any(|x| x.name == name) {
-                        Role::Regular
-                    } else {
-                        Role::Init
-                    },
-                    name,
-                )),
+                fp.clone(),
                 true,
                 "InvalidEnvironmentVariableNames",
                 format!(
