@@ -473,22 +473,9 @@ async fn idle_memory(e: &SandboxEngine, kind: HandlerKind, k: usize) {
             .ok()
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or(0);
-        let rec: serde_json::Value = serde_json::from_slice(
-            &fs_err::read(
-                e.config()
-                    .root
-                    .join("sandboxes")
-                    .join(id)
-                    .join("record.json"),
-            )
-            .unwrap(),
-        )
-        .unwrap();
-        for c in rec["containers"].as_array().into_iter().flatten() {
-            if let Some(p) = c["shim_pid"].as_i64() {
-                shim_pss += smaps_kib(p as i32, "Pss");
-                shim_private += smaps_kib(p as i32, "Private_Dirty");
-            }
+        for p in e.shim_pids(id) {
+            shim_pss += smaps_kib(p, "Pss");
+            shim_private += smaps_kib(p, "Private_Dirty");
         }
     }
     println!();

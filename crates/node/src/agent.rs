@@ -936,23 +936,26 @@ impl NodeAgent {
                         .get(name)
                         .is_some_and(|c| c.tasks.is_empty());
                     if need_tasks {
+                        let k = checks.get(name).cloned().unwrap_or_default();
                         {
                             let mut r = lock(rt);
                             if let Some(c) = r.containers.get_mut(name) {
                                 c.container_id = self.engine.container_runtime_id(&id, name);
+                                if let Some(image) = self.engine.container_image(&id, name) {
+                                    c.image_id = image_id(&image);
+                                }
                                 if !matches!(c.state, CState::Running { .. }) {
                                     c.state = CState::Running { started_at: now() };
                                 }
                                 c.running_since.get_or_insert_with(Instant::now);
+                                // As at create: without a startup (readiness) probe the
+                                // container counts as started (ready); with one, its probe
+                                // decides again, as after a kubelet restart.
+                                c.started = c.started || k.startup.is_none();
+                                c.ready = c.started && k.readiness.is_none();
                             }
                         }
-                        self.start_tasks(
-                            pod,
-                            spec,
-                            rt,
-                            name,
-                            checks.get(name).cloned().unwrap_or_default(),
-                        );
+                        self.start_tasks(pod, spec, rt, name, k);
                     }
                     let r = lock(rt);
                     let c = &r.containers[name];
@@ -1102,15 +1105,7 @@ impl NodeAgent {
                     let c = r.containers.get_mut(name).unwrap_or_else(|| unreachable!());
                     c.state = CState::Running { started_at: now() };
                     c.container_id = self.engine.container_runtime_id(&id, name);
-                    c.image_id = format!(
-                        "{}@{}",
-                        image
-                            .reference
-                            .split(['@'])
-                            .next()
-                            .unwrap_or(&image.reference),
-                        image.manifest_digest
-                    );
+                    c.image_id = image_id(&image);
                     c.started = k.startup.is_none();
                     c.ready = c.started && k.readiness.is_none();
                     c.backoff_until = None;
@@ -2018,6 +2013,19 @@ async fn sleep_until(t: Instant) {
 }
 
 /// The container `waiting.reason` kubelet would report for a failure to start.
+/// A container status's `imageID`: the reference without a digest, `@`, the manifest digest.
+fn image_id(image: &crate::image::Image) -> String {
+    format!(
+        "{}@{}",
+        image
+            .reference
+            .split('@')
+            .next()
+            .unwrap_or(&image.reference),
+        image.manifest_digest
+    )
+}
+
 fn waiting_reason(err: &NodeError) -> &'static str {
     match err {
         NodeError::ImageNotPresent { .. } => "ErrImageNeverPull",

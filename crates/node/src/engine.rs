@@ -277,11 +277,15 @@ struct Entry {
     /// Whether the network namespace made in the background exists (`None` while it is being
     /// made); absent when it was made in the foreground.
     netns_ready: Mutex<Option<tokio::sync::watch::Receiver<Option<bool>>>>,
+    /// The generation of the record last written to disk ([`crate::record_file`]).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Entry {
-    fn new(rec: Record, timeline: Timeline) -> Self {
+    /// An entry whose record on disk has `generation` (0: none written yet).
+    fn new(rec: Record, timeline: Timeline, generation: u64) -> Self {
         Entry {
+            generation: std::sync::atomic::AtomicU64::new(generation),
             record: Mutex::new(rec),
             op: tokio::sync::Mutex::new(()),
             timeline,
@@ -310,9 +314,6 @@ struct Paths {
 }
 
 impl Paths {
-    fn record(&self) -> PathBuf {
-        self.dir.join("record.json")
-    }
     fn etc(&self) -> PathBuf {
         self.dir.join("etc")
     }
@@ -711,6 +712,13 @@ impl SandboxEngine {
         Some(rec.container(name)?.runtime_id.clone())
     }
 
+    /// The image a container of a sandbox was made from.
+    pub fn container_image(&self, id: &str, name: &str) -> Option<Image> {
+        let e = self.entry(id).ok()?;
+        let rec = lock(&e.record);
+        Some(rec.container(name)?.image.clone())
+    }
+
     /// A container whose process runs now, for [`crate::exec`]; `None` when it does not run
     /// (unknown, never started, exited or paused).
     pub fn running_container(&self, id: &str, name: &str) -> Option<RunningContainer> {
@@ -821,6 +829,19 @@ impl SandboxEngine {
             .collect())
     }
 
+    /// The pids of a sandbox's shims (one per container that has one), for measurements.
+    pub fn shim_pids(&self, id: &str) -> Vec<i32> {
+        self.entry(id)
+            .map(|e| {
+                lock(&e.record)
+                    .containers
+                    .iter()
+                    .filter_map(|c| c.shim_pid)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The pod IP of a sandbox, if networked.
     pub fn pod_ip(&self, id: &str) -> Result<Option<Ipv4Addr>> {
         Ok(lock(&self.entry(id)?.record)
@@ -898,22 +919,28 @@ impl SandboxEngine {
             .ok_or_else(|| NodeError::NotFound(id.to_string()))
     }
 
-    fn save_record(&self, rec: &Record) -> Result<()> {
-        let p = self.paths(&rec.spec.id);
-        let path = p.record();
-        let tmp = p.dir.join("record.json.tmp");
-        fs_err::write(
-            &tmp,
-            serde_json::to_vec_pretty(rec).map_err(|e| NodeError::json(&path, e))?,
-        )?;
-        fs_err::rename(&tmp, &path)?;
-        Ok(())
+    fn save_record(&self, rec: &Record, generation: u64) -> Result<()> {
+        let dir = self.paths(&rec.spec.id).dir;
+        crate::record_file::write(&dir, generation, rec).map_err(|e| {
+            NodeError::Io(std::io::Error::new(
+                e.kind(),
+                format!(
+                    "writing the record of sandbox {} in {}: {e}",
+                    rec.spec.id,
+                    dir.display()
+                ),
+            ))
+        })
     }
 
     /// Save `rec` and make it the entry's record.
     fn commit(&self, entry: &Entry, rec: &Record) -> Result<()> {
         *lock(&entry.record) = rec.clone();
-        self.save_record(rec)
+        let generation = entry
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        self.save_record(rec, generation)
     }
 
     /// Create a sandbox for a Pod (see [`SandboxSpec::from_pod`] for the fields honoured).
@@ -1023,7 +1050,7 @@ impl SandboxEngine {
             spec,
         };
         // Reserve the id.
-        let entry = Arc::new(Entry::new(rec.clone(), timeline));
+        let entry = Arc::new(Entry::new(rec.clone(), timeline, 0));
         {
             let mut map = lock(&self.sandboxes);
             if map.contains_key(&rec.spec.id) {
@@ -2020,10 +2047,7 @@ impl SandboxEngine {
                 continue;
             }
             let paths = self.paths(&id);
-            let rec: Option<Record> = fs_err::read(paths.record())
-                .ok()
-                .and_then(|d| serde_json::from_slice(&d).ok());
-            let Some(mut rec) = rec else {
+            let Some((generation, mut rec)) = crate::record_file::read::<Record>(&paths.dir) else {
                 // No record: a create that never got far. Remove what can be removed.
                 for m in host::mounts_under(&paths.dir).iter().rev() {
                     host::unmount(m)?;
@@ -2050,11 +2074,16 @@ impl SandboxEngine {
                 intact = false;
             }
             if intact {
-                if let Err(e) = self.save_record(&rec) {
-                    tracing::warn!(target: "node::engine", sandbox = %id, error = %e, "rewriting a migrated record failed");
+                match self.save_record(&rec, generation + 1) {
+                    Ok(()) => crate::record_file::remove_legacy(&paths.dir),
+                    Err(e) => {
+                        tracing::warn!(target: "node::engine", sandbox = %id, error = %e, "rewriting a migrated record failed");
+                    }
                 }
-                lock(&self.sandboxes)
-                    .insert(id.clone(), Arc::new(Entry::new(rec, Timeline::new())));
+                lock(&self.sandboxes).insert(
+                    id.clone(),
+                    Arc::new(Entry::new(rec, Timeline::new(), generation + 1)),
+                );
                 report.adopted.push(id);
             } else {
                 self.teardown(&paths, &rec).await?;

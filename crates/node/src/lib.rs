@@ -23,6 +23,7 @@ pub mod netpol;
 pub mod pod;
 pub mod probe;
 pub mod projected;
+mod record_file;
 pub mod refs;
 pub mod runtime;
 pub mod sandboxd_kit;

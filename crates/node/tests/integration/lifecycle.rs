@@ -142,13 +142,32 @@ async fn lifecycle(kind: HandlerKind) {
     e.resume("pause").await.unwrap();
     assert_eq!(e.state("pause").await.unwrap().phase, Phase::Running);
 
-    // Recovery: drop the engine, open a new one, find the sandbox still running.
+    // Recovery: drop the engine, open a new one, find the sandbox still running. Its record
+    // is turned into the single `record.json` of earlier versions first: read, then replaced.
     let pid_before = e.state("pause").await.unwrap().pid;
+    let dir = env.config.root.join("sandboxes/pause");
+    let newest = ["record.0.json", "record.1.json"]
+        .iter()
+        .filter_map(|n| fs_err::read_to_string(dir.join(n)).ok())
+        .max_by_key(|t| {
+            let header = t.lines().next().unwrap_or_default();
+            header
+                .rsplit(' ')
+                .next()
+                .and_then(|g| g.parse::<u64>().ok())
+        })
+        .unwrap();
+    let (_, json) = newest.split_once('\n').unwrap();
+    fs_err::write(dir.join("record.json"), json).unwrap();
+    for n in ["record.0.json", "record.1.json"] {
+        fs_err::remove_file(dir.join(n)).unwrap();
+    }
     env.reopen().await;
     let e = env.engine();
     assert!(e.list().is_empty());
     let report = e.recover().await.unwrap();
     assert_eq!(report.adopted, vec!["pause".to_string()], "{report:?}");
+    assert!(!dir.join("record.json").exists());
     let st = e.state("pause").await.unwrap();
     assert_eq!(st.phase, Phase::Running);
     assert_eq!(st.pid, pid_before, "re-adopted, not restarted");

@@ -751,8 +751,19 @@ async fn agent_restart_readopts_pods() {
         json!({"initContainers": [c("init", "true")], "containers": [main]}),
     ))
     .await;
+    // A Pod without probes is Ready as soon as its container runs, before and after.
+    a.create_pod(pod(
+        "unprobed",
+        json!({"containers": [c("main", "exec sleep 600")]}),
+    ))
+    .await;
     let p = a
         .wait_pod("default", "survivor", Duration::from_secs(30), |p| {
+            cond(p, "Ready").as_deref() == Some("True")
+        })
+        .await;
+    let before = a
+        .wait_pod("default", "unprobed", Duration::from_secs(30), |p| {
             cond(p, "Ready").as_deref() == Some("True")
         })
         .await;
@@ -763,6 +774,21 @@ async fn agent_restart_readopts_pods() {
         a.engine().container_state(&uid, "main").await.unwrap().pid,
         pid
     );
+    // The new agent's view of the re-adopted Pod, after a few of its syncs (every 2 s): still
+    // Ready, same image, no restart.
+    let image_id = |p: &Pod| cstatus(p, false, "main").map(|c| c.image_id.clone());
+    tokio::time::sleep(3 * agent_sandbox_node::agent::RESYNC / 2).await;
+    let after = a
+        .wait_pod("default", "unprobed", Duration::from_secs(1), |_| true)
+        .await;
+    assert_eq!(
+        cond(&after, "Ready").as_deref(),
+        Some("True"),
+        "{:?}",
+        after.status
+    );
+    assert_eq!(image_id(&after), image_id(&before));
+    assert_eq!(cstatus(&after, false, "main").unwrap().restart_count, 0);
     // Probes run again: breaking readiness is noticed by the new agent.
     let run = |argv: &[&str]| argv.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     a.engine()
