@@ -52,6 +52,11 @@ pub trait NetworkHook: Send + Sync {
     fn detached<'a>(&'a self, id: &'a str) -> futures::future::BoxFuture<'a, ()>;
 }
 
+/// The size limit of the memory-backed filesystem of one `configMap`, `secret`, `downwardAPI`
+/// or `projected` volume: room for a few objects at the API's 1 MiB limit, twice over while an
+/// update is written beside the previous files.
+const PROJECTED_VOLUME_BYTES: u64 = 16 << 20;
+
 /// Engine settings.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -1112,6 +1117,12 @@ impl SandboxEngine {
                 let host_dir = self.host_dir(paths, &rec.spec, v);
                 if !matches!(v.source, VolumeSource::HostPath { .. }) {
                     fs_err::create_dir_all(&host_dir)?;
+                    // ConfigMap, Secret and downward API files live in memory only, as kubelet
+                    // keeps secret and projected volumes (each container mounting the volume
+                    // shares the one filesystem).
+                    if v.source == VolumeSource::Projected && !host::is_mounted(&host_dir) {
+                        host::mount_tmpfs(&host_dir, PROJECTED_VOLUME_BYTES)?;
+                    }
                 } else if !host_dir.exists() {
                     return Err(NodeError::InvalidSpec {
                         sandbox: rec.spec.display_name(),
@@ -1970,6 +1981,10 @@ impl SandboxEngine {
             }
         }
         note(host::remove_netns(&rec.netns));
+        // The memory-backed volumes (see `prepare_steps`).
+        for m in host::mounts_under(&paths.dir.join("volumes")).iter().rev() {
+            note(host::unmount(m));
+        }
         if let Some(e) = first_err {
             return Err(e);
         }

@@ -46,6 +46,21 @@ pub fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Pat
     .map_err(|e| NodeError::sys("mount overlay", target, e))
 }
 
+/// Mount a memory-backed filesystem of at most `size` bytes on `target` (mode 0755, no
+/// devices, no set-uid, nothing executable).
+pub fn mount_tmpfs(target: &Path, size: u64) -> Result<()> {
+    tracing::debug!(target: TARGET, target_dir = %target.display(), size, "mount tmpfs");
+    let opts = format!("mode=0755,size={size}");
+    nix::mount::mount(
+        Some("tmpfs"),
+        target,
+        Some("tmpfs"),
+        MsFlags::MS_NODEV | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some(opts.as_str()),
+    )
+    .map_err(|e| NodeError::sys("mount tmpfs", target, e))
+}
+
 /// Unmount `target` if it is mounted (lazily if busy). Missing or unmounted paths are fine.
 pub fn unmount(target: &Path) -> Result<()> {
     tracing::debug!(target: TARGET, path = %target.display(), "unmount");

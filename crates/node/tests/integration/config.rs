@@ -151,7 +151,14 @@ async fn env_and_volumes_from_configmaps_secrets_and_the_downward_api() {
         "{log}"
     );
     assert!(log.contains("mode 400"), "{log}");
-    // On the host, the Secret's files sit under directories only root can enter.
+    // On the host, the volume's files are in memory (a tmpfs per volume) ...
+    let sec = a.engine().projected_dir(&uid, "sec");
+    assert!(
+        agent_sandbox_node::host::is_mounted(&sec),
+        "{}",
+        sec.display()
+    );
+    // ... under directories only root can enter.
     for d in ["sandboxes", "volumes"] {
         use std::os::unix::fs::PermissionsExt;
         let path = a.engine().config().root.join(d);
@@ -170,6 +177,18 @@ async fn env_and_volumes_from_configmaps_secrets_and_the_downward_api() {
     .unwrap();
     a.wait_log(&uid, &["updated v2"], Duration::from_secs(20))
         .await;
+    // Deleting the Pod removes the sandbox and unmounts its volumes.
+    pods.delete("configured", &Default::default())
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while a.engine().contains(&uid) || agent_sandbox_node::host::is_mounted(&sec) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sandbox of the deleted Pod is still there"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // A volume whose ConfigMap is missing holds the Pod in ContainerCreating with kubelet's
     // FailedMount event, until the ConfigMap exists.
