@@ -45,6 +45,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use serde_json::{Value, json};
@@ -116,6 +117,71 @@ pub struct NodeAgent {
     starts: StartTurns,
     /// The node's capacity, for the downward API.
     node_facts: NodeFacts,
+    /// ConfigMaps and Secrets, kept current by watches (see [`DataCache`]).
+    data_cache: DataCache,
+}
+
+/// The ConfigMaps and Secrets of every namespace, kept current by two watches that
+/// [`NodeAgent::run`] starts (kubelet's watch strategy): the volume refresh of every sync reads
+/// them here instead of through the API. An object the cache has not seen is read through the
+/// API, so one created just before its Pod is never missed.
+struct DataCache {
+    config_maps: reflector::Store<ConfigMap>,
+    secrets: reflector::Store<Secret>,
+    /// The stores' writers, until `run` gives them to the watches.
+    writers: Mutex<
+        Option<(
+            reflector::store::Writer<ConfigMap>,
+            reflector::store::Writer<Secret>,
+        )>,
+    >,
+}
+
+impl DataCache {
+    fn new() -> Self {
+        let (config_maps, cm_writer) = reflector::store();
+        let (secrets, secret_writer) = reflector::store();
+        DataCache {
+            config_maps,
+            secrets,
+            writers: Mutex::new(Some((cm_writer, secret_writer))),
+        }
+    }
+
+    /// The cached data of `kind` `ns/name`, if the cache holds it.
+    fn get(&self, kind: DataKind, ns: &str, name: &str) -> Option<crate::refs::Data> {
+        match kind {
+            DataKind::ConfigMap => self
+                .config_maps
+                .get(&reflector::ObjectRef::new(name).within(ns))
+                .map(|c| crate::refs::config_map_data(&c)),
+            DataKind::Secret => self
+                .secrets
+                .get(&reflector::ObjectRef::new(name).within(ns))
+                .map(|s| crate::refs::secret_data(&s)),
+        }
+    }
+}
+
+/// Feed a reflector store from a watch of every `K` until the task is dropped.
+async fn keep_cached<K>(api: Api<K>, writer: reflector::store::Writer<K>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let stream = reflector::reflector(writer, watcher::watcher(api, watcher::Config::default()))
+        .default_backoff();
+    futures::pin_mut!(stream);
+    while let Some(event) = stream.next().await {
+        if let Err(e) = event {
+            tracing::warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying");
+        }
+    }
 }
 
 /// A semaphore for starts that also remembers the most starts that ever ran at once.
@@ -263,6 +329,7 @@ impl NodeAgent {
             stopped: Default::default(),
             inflight: Default::default(),
             node_facts,
+            data_cache: DataCache::new(),
         })
     }
 
@@ -456,6 +523,16 @@ impl NodeAgent {
         };
         // Background tasks end with this one, also when it is aborted.
         let mut tasks = AbortOnDrop(vec![resync]);
+        if let Some((config_maps, secrets)) = lock(&self.data_cache.writers).take() {
+            tasks.0.push(tokio::spawn(keep_cached(
+                Api::<ConfigMap>::all(self.client.clone()),
+                config_maps,
+            )));
+            tasks.0.push(tokio::spawn(keep_cached(
+                Api::<Secret>::all(self.client.clone()),
+                secrets,
+            )));
+        }
         if let Some(enf) = &self.enforcer {
             tasks.0.push(tokio::spawn(
                 Arc::clone(&self).watch_policies(Arc::clone(enf)),
@@ -1188,7 +1265,10 @@ impl NodeAgent {
             .filter(|v| mounted.contains(v.name.as_str()))
             .cloned()
             .collect();
-        let sources = self.fetch(pod, crate::refs::volume_refs(&volumes)).await?;
+        // Every sync: from the watch cache.
+        let sources = self
+            .fetch(pod, crate::refs::volume_refs(&volumes), true)
+            .await?;
         let mut first_error = None;
         for v in &volumes {
             let written =
@@ -1234,7 +1314,8 @@ impl NodeAgent {
             message,
         };
         let sources = self
-            .fetch(pod, crate::refs::container_refs(c))
+            // At each container create: the API's current objects.
+            .fetch(pod, crate::refs::container_refs(c), false)
             .await
             .map_err(refused)?;
         // A variable with the pod IP waits for the network (it is attached meanwhile).
@@ -1261,16 +1342,22 @@ impl NodeAgent {
         Ok(process)
     }
 
-    /// The ConfigMaps and Secrets named in `refs`, read from the Pod's namespace (absent ones
-    /// recorded as absent); the error says which read failed.
+    /// The ConfigMaps and Secrets named in `refs`, in the Pod's namespace (absent ones recorded
+    /// as absent); with `cached`, those the [`DataCache`] holds are taken from it, the others
+    /// read through the API. The error says which read failed.
     async fn fetch(
         &self,
         pod: &Pod,
         refs: std::collections::BTreeSet<(DataKind, String)>,
+        cached: bool,
     ) -> Result<Sources, String> {
         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
         let mut sources = Sources::new(ns);
         for (kind, name) in refs {
+            if cached && let Some(data) = self.data_cache.get(kind, ns, &name) {
+                sources.insert(kind, name, Some(data));
+                continue;
+            }
             let data = match kind {
                 DataKind::ConfigMap => Api::<ConfigMap>::namespaced(self.client.clone(), ns)
                     .get_opt(&name)
