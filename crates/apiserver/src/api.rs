@@ -1817,31 +1817,66 @@ pub async fn handle_resource(app: Arc<App>, t: Target, req: Request) -> Response
     }
 }
 
+/// The container a `pods/log` or `pods/exec` request names (or the Pod's only one), with
+/// kube-apiserver's refusals: none named in a Pod with several, or a name the Pod does not have.
+pub(crate) fn pod_container(
+    pod: &Value,
+    pod_name: &str,
+    named: Option<&str>,
+) -> Result<String, ApiError> {
+    let names = |field: &str| -> Vec<String> {
+        pod.pointer(&format!("/spec/{field}"))
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c["name"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let containers = names("containers");
+    match named.filter(|c| !c.is_empty()) {
+        Some(c) => {
+            let known = containers.iter().any(|n| n == c)
+                || names("initContainers").iter().any(|n| n == c)
+                || names("ephemeralContainers").iter().any(|n| n == c);
+            if known {
+                Ok(c.to_string())
+            } else {
+                Err(ApiError::bad_request(format!(
+                    "container {c} is not valid for pod {pod_name}"
+                )))
+            }
+        }
+        None if containers.len() == 1 => Ok(containers[0].clone()),
+        None if containers.is_empty() => Err(ApiError::bad_request(format!(
+            "a container name must be specified for pod {pod_name}"
+        ))),
+        None => {
+            let mut msg = format!(
+                "a container name must be specified for pod {pod_name}, choose one of: [{}]",
+                containers.join(" ")
+            );
+            let init = names("initContainers");
+            if !init.is_empty() {
+                msg.push_str(&format!(
+                    " or one of the init containers: [{}]",
+                    init.join(" ")
+                ));
+            }
+            Err(ApiError::bad_request(msg))
+        }
+    }
+}
+
 async fn pod_logs(app: &App, t: &Target, r: &Req) -> Response {
     let pod = match app.get(t) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    let container = match r.q("container") {
-        Some(c) => c.to_string(),
-        None => {
-            let cs = pod
-                .value()
-                .pointer("/spec/containers")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            if cs.len() != 1 {
-                let names: Vec<&str> = cs.iter().filter_map(|c| c["name"].as_str()).collect();
-                return ApiError::bad_request(format!(
-                    "a container name must be specified for pod {}, choose one of: [{}]",
-                    t.name(),
-                    names.join(" ")
-                ))
-                .into_response();
-            }
-            cs[0]["name"].as_str().unwrap_or("").to_string()
-        }
+    let container = match pod_container(pod.value(), t.name(), r.q("container")) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
     };
     let provider = app.logs.read().ok().and_then(|g| g.clone());
     let Some(provider) = provider else {

@@ -116,54 +116,6 @@ impl ExecRequest {
     }
 }
 
-/// The container a `pods/exec` request names, with kube-apiserver's refusals: none named in a
-/// Pod with several, or a name the Pod does not have.
-fn container_of(pod: &Value, pod_name: &str, named: Option<&str>) -> Result<String, ApiError> {
-    let names = |field: &str| -> Vec<String> {
-        pod.pointer(&format!("/spec/{field}"))
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|c| c["name"].as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let containers = names("containers");
-    match named.filter(|c| !c.is_empty()) {
-        Some(c) => {
-            let known = containers.iter().any(|n| n == c)
-                || names("initContainers").iter().any(|n| n == c)
-                || names("ephemeralContainers").iter().any(|n| n == c);
-            if known {
-                Ok(c.to_string())
-            } else {
-                Err(ApiError::bad_request(format!(
-                    "container {c} is not valid for pod {pod_name}"
-                )))
-            }
-        }
-        None if containers.len() == 1 => Ok(containers[0].clone()),
-        None if containers.is_empty() => Err(ApiError::bad_request(format!(
-            "a container name must be specified for pod {pod_name}"
-        ))),
-        None => {
-            let mut msg = format!(
-                "a container name must be specified for pod {pod_name}, choose one of: [{}]",
-                containers.join(" ")
-            );
-            let init = names("initContainers");
-            if !init.is_empty() {
-                msg.push_str(&format!(
-                    " or one of the init containers: [{}]",
-                    init.join(" ")
-                ));
-            }
-            Err(ApiError::bad_request(msg))
-        }
-    }
-}
-
 /// Serves `GET`/`POST .../pods/{name}/exec`.
 pub async fn serve(app: Arc<App>, t: Target, req: Request) -> Response {
     match prepare(&app, &t, req).await {
@@ -184,7 +136,8 @@ async fn prepare(app: &App, t: &Target, req: Request) -> Result<Response, Respon
         .find(|(k, _)| k == "container")
         .map(|(_, v)| v.as_str());
     let bad = |m: String| ApiError::bad_request(m).into_response();
-    let container = container_of(&pod, &pod_name, named).map_err(IntoResponse::into_response)?;
+    let container =
+        crate::api::pod_container(&pod, &pod_name, named).map_err(IntoResponse::into_response)?;
     if request.command.is_empty() {
         return Err(bad(
             "you must specify at least one command for the container".into(),
@@ -517,18 +470,28 @@ mod tests {
     fn the_container_is_checked_as_kube_apiserver_does() {
         let pod = json!({"spec": {"containers": [{"name": "a"}, {"name": "b"}],
             "initContainers": [{"name": "i"}]}});
-        assert_eq!(container_of(&pod, "p", Some("b")).unwrap(), "b");
-        assert_eq!(container_of(&pod, "p", Some("i")).unwrap(), "i");
         assert_eq!(
-            container_of(&pod, "p", Some("x")).unwrap_err().message,
+            crate::api::pod_container(&pod, "p", Some("b")).unwrap(),
+            "b"
+        );
+        assert_eq!(
+            crate::api::pod_container(&pod, "p", Some("i")).unwrap(),
+            "i"
+        );
+        assert_eq!(
+            crate::api::pod_container(&pod, "p", Some("x"))
+                .unwrap_err()
+                .message,
             "container x is not valid for pod p"
         );
         assert_eq!(
-            container_of(&pod, "p", None).unwrap_err().message,
+            crate::api::pod_container(&pod, "p", None)
+                .unwrap_err()
+                .message,
             "a container name must be specified for pod p, choose one of: [a b] or one of the init containers: [i]"
         );
         let one = json!({"spec": {"containers": [{"name": "a"}]}});
-        assert_eq!(container_of(&one, "p", None).unwrap(), "a");
+        assert_eq!(crate::api::pod_container(&one, "p", None).unwrap(), "a");
     }
 
     #[test]
