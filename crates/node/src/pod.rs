@@ -437,8 +437,8 @@ impl PodRt {
         let mut st = json!({
             "phase": self.phase,
             "conditions": conditions,
-            "hostIP": "127.0.0.1",
-            "hostIPs": [{"ip": "127.0.0.1"}],
+            "hostIP": crate::refs::HOST_IP,
+            "hostIPs": [{"ip": crate::refs::HOST_IP}],
             "podIP": self.pod_ip,
             "podIPs": ips,
             "startTime": self.start_time,
