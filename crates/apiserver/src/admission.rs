@@ -161,14 +161,26 @@ pub fn validate_metadata(meta: &Value) -> Vec<Cause> {
         }
     }
     if let Some(ann) = meta.get("annotations").and_then(Value::as_object) {
-        for k in ann.keys() {
+        let mut total = 0;
+        for (k, v) in ann {
             if !valid_qualified_name(k) {
                 out.push(invalid("metadata.annotations", k, "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
             }
+            total += k.len() + v.as_str().map_or(0, str::len);
+        }
+        if total > ANNOTATIONS_LIMIT {
+            out.push(Cause {
+                reason: "FieldValueTooLong".into(),
+                message: format!("Too long: must have at most {ANNOTATIONS_LIMIT} bytes"),
+                field: "metadata.annotations".into(),
+            });
         }
     }
     out
 }
+
+/// kube-apiserver's limit on an object's annotations, keys and values together.
+pub const ANNOTATIONS_LIMIT: usize = 256 * 1024;
 
 fn default(obj: &mut Value, key: &str, v: Value) {
     if let Some(m) = obj.as_object_mut()
@@ -319,5 +331,23 @@ mod tests {
         assert!(!validate_name(&"a".repeat(254), NameRule::Subdomain).is_empty());
         assert!(validate_metadata(&json!({"labels": {"a/b": "c"}})).is_empty());
         assert!(!validate_metadata(&json!({"labels": {"a": "bad value"}})).is_empty());
+        // Annotations: 256 KiB in total, keys included.
+        let at_limit = "x".repeat(ANNOTATIONS_LIMIT - 1);
+        assert!(validate_metadata(&json!({"annotations": {"a": at_limit}})).is_empty());
+        let over = "x".repeat(ANNOTATIONS_LIMIT);
+        let causes = validate_metadata(&json!({"annotations": {"a": over}}));
+        assert_eq!(causes.len(), 1);
+        assert_eq!(
+            (
+                causes[0].field.as_str(),
+                causes[0].message.as_str(),
+                causes[0].reason.as_str()
+            ),
+            (
+                "metadata.annotations",
+                "Too long: must have at most 262144 bytes",
+                "FieldValueTooLong"
+            )
+        );
     }
 }

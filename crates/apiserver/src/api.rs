@@ -10,7 +10,7 @@ use crate::patch::{self, PatchType};
 use crate::resources::{ResourceDef, Special};
 use crate::selectors::{FieldSelector, LabelSelector, Selector};
 use crate::store::{ObjKey, Op, Store, StoreError, Stored};
-use crate::{protobuf, table, watch};
+use crate::{protobuf, query, table, watch};
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -55,6 +55,8 @@ pub struct App {
     pub logs: RwLock<Option<Arc<dyn PodLogs>>>,
     /// Exec provider.
     pub exec: RwLock<Option<Arc<dyn crate::exec::PodExec>>>,
+    /// Port-forward provider.
+    pub port_forward: RwLock<Option<Arc<dyn crate::portforward::PodPortForward>>>,
     next_service_ip: AtomicU32,
 }
 
@@ -345,6 +347,7 @@ impl App {
             max_body,
             logs: RwLock::new(None),
             exec: RwLock::new(None),
+            port_forward: RwLock::new(None),
             next_service_ip: AtomicU32::new(0),
         }
     }
@@ -1369,9 +1372,8 @@ impl App {
     /// GET collection (list).
     pub fn list(&self, t: &Target, req: &Req) -> ApiResult<Value> {
         let sel = self.selector(t, req)?;
-        let limit = req
-            .q("limit")
-            .and_then(|l| l.parse::<usize>().ok())
+        let limit = query::int64(req.q("limit"))?
+            .and_then(|l| usize::try_from(l).ok())
             .filter(|l| *l > 0);
         let rv_param = req.q("resourceVersion").filter(|s| !s.is_empty());
         let rv_match = req.q("resourceVersionMatch").filter(|s| !s.is_empty());
@@ -1581,14 +1583,11 @@ fn delete_options(body: &[u8], req: &Req) -> ApiResult<Value> {
     if let Some(p) = req.q("propagationPolicy") {
         opts["propagationPolicy"] = json!(p);
     }
-    if let Some(g) = req
-        .q("gracePeriodSeconds")
-        .and_then(|g| g.parse::<i64>().ok())
-    {
+    if let Some(g) = query::int64(req.q("gracePeriodSeconds"))? {
         opts["gracePeriodSeconds"] = json!(g);
     }
     if let Some(o) = req.q("orphanDependents") {
-        opts["orphanDependents"] = json!(o == "true");
+        opts["orphanDependents"] = json!(query::flag(Some(o)));
     }
     if opts
         .get("dryRun")
@@ -1674,12 +1673,15 @@ pub async fn handle_resource(app: Arc<App>, t: Target, req: Request) -> Response
     {
         return crate::exec::serve(app, t, req).await;
     }
+    if t.rd.special == Special::Pod
+        && t.name.is_some()
+        && t.sub.as_deref() == Some("portforward")
+        && matches!(*req.method(), Method::GET | Method::POST)
+    {
+        return crate::portforward::serve(app, t, req).await;
+    }
     let (parts, body) = req.into_parts();
-    let query: HashMap<String, String> = parts
-        .uri
-        .query()
-        .map(|q| form_pairs(q).into_iter().collect())
-        .unwrap_or_default();
+    let query = crate::query::first_values(form_pairs(parts.uri.query().unwrap_or("")));
     let mut r = Req {
         query,
         headers: parts.headers.clone(),
@@ -1739,7 +1741,7 @@ pub async fn handle_resource(app: Arc<App>, t: Target, req: Request) -> Response
     let built = |v| (StatusCode::OK, Reply::Built(v));
     let result: ApiResult<(StatusCode, Reply)> = match (&method, t.name.is_some(), sub.as_deref()) {
         (&Method::GET, false, _) => {
-            if r.q("watch").is_some_and(|w| w == "true" || w == "1") {
+            if query::flag(r.q("watch")) {
                 return watch::serve(app, t, r).await;
             }
             app.list(&t, &r).map(built)
@@ -1747,7 +1749,7 @@ pub async fn handle_resource(app: Arc<App>, t: Target, req: Request) -> Response
         (&Method::POST, false, _) => app.create(&t, &body, &mut r).await,
         (&Method::DELETE, false, _) => app.delete_collection(&t, &body, &mut r).await.map(built),
         (&Method::GET, true, None) => {
-            if r.q("watch").is_some_and(|w| w == "true" || w == "1") {
+            if query::flag(r.q("watch")) {
                 return watch::serve(app, t, r).await;
             }
             app.get(&t).map(|v| (StatusCode::OK, v))

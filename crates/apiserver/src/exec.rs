@@ -90,15 +90,11 @@ pub trait PodExec: Send + Sync {
 }
 
 impl ExecRequest {
-    /// Read from the query (`command` repeats; booleans are `true` or `1`). `tty` turns
-    /// `stderr` off, as kubelet does.
+    /// Read from the query (`command` repeats; booleans as kube-apiserver reads them). `tty`
+    /// turns `stderr` off, as kubelet does.
     pub fn from_query(pairs: &[(String, String)]) -> Self {
         let flag = |k: &str| {
-            pairs
-                .iter()
-                .rev()
-                .find(|(n, _)| n == k)
-                .is_some_and(|(_, v)| v == "true" || v == "1")
+            crate::query::flag(pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()))
         };
         let tty = flag("tty");
         ExecRequest {

@@ -37,6 +37,8 @@
 //!   agent-sandbox CRDs through the `api` crate (schemas, CEL, v1alpha1 ⇄ v1beta1).
 //! - [`gc`]: ownerReference garbage collection, namespace finalization, the pod reaper.
 //! - [`protobuf`]: the protobuf bodies of `kubectl create configmap|secret`.
+//! - [`portforward`]: `pods/portforward` (SPDY over WebSocket, SPDY, the channel protocol) to
+//!   the [`PodPortForward`] provider the node agent registers.
 //! - [`exec`]: `pods/exec` over WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`) to the
 //!   [`PodExec`] provider the node agent registers.
 //! - [`discovery`]: discovery, `/version` and OpenAPI; [`server`]: router, auth, listeners;
@@ -68,10 +70,13 @@ pub mod error;
 pub mod exec;
 pub mod gc;
 pub mod patch;
+pub mod portforward;
 pub mod protobuf;
+pub mod query;
 pub mod resources;
 pub mod selectors;
 pub mod server;
+pub mod spdy;
 pub mod store;
 pub mod table;
 pub mod watch;
@@ -79,6 +84,7 @@ pub mod watch;
 pub use admission::{CrdSupport, NoCrds};
 pub use api::PodLogs;
 pub use exec::{ExecRequest, ExecStreams, PodExec};
+pub use portforward::{PodPortForward, Tunnel};
 pub use store::Durability;
 
 use serde_json::{Value, json};
@@ -105,8 +111,9 @@ pub struct Config {
     pub watch_window: usize,
     /// Request body limit (kube-apiserver: 3 MiB).
     pub max_body: usize,
-    /// What an acknowledged write survives (process crash by default; power loss costs an
-    /// fsync per commit).
+    /// What an acknowledged write survives: a power loss by default (an fsync per group
+    /// commit); [`Durability::ProcessCrash`] skips the fsync and survives a crash of the
+    /// process only.
     pub durability: Durability,
     /// CRD admission and conversion.
     pub crds: Arc<dyn CrdSupport>,
@@ -461,6 +468,13 @@ impl RunningApiServer {
     /// Registers the provider of `pods/exec` (the node agent).
     pub fn set_pod_exec(&self, provider: Arc<dyn PodExec>) {
         if let Ok(mut g) = self.app.exec.write() {
+            *g = Some(provider);
+        }
+    }
+
+    /// Registers the provider of `pods/portforward` (the node agent).
+    pub fn set_pod_port_forward(&self, provider: Arc<dyn PodPortForward>) {
+        if let Ok(mut g) = self.app.port_forward.write() {
             *g = Some(provider);
         }
     }

@@ -50,8 +50,8 @@ async fn start(app: Arc<App>, t: Target, r: Req) -> Result<Response, ApiError> {
             .push(("/metadata/name".into(), name.clone(), true));
     }
     let q = |k: &str| r.query.get(k).map(String::as_str);
-    let bookmarks = q("allowWatchBookmarks") == Some("true");
-    let send_initial = q("sendInitialEvents") == Some("true");
+    let bookmarks = crate::query::flag(q("allowWatchBookmarks"));
+    let send_initial = crate::query::flag(q("sendInitialEvents"));
     if send_initial && q("resourceVersionMatch") != Some("NotOlderThan") {
         return Err(ApiError::invalid("meta.k8s.io", "ListOptions", "", vec![crate::error::Cause {
             reason: "FieldValueForbidden".into(),
@@ -59,8 +59,8 @@ async fn start(app: Arc<App>, t: Target, r: Req) -> Result<Response, ApiError> {
             field: "sendInitialEvents".into(),
         }]));
     }
-    let timeout = q("timeoutSeconds")
-        .and_then(|s| s.parse::<u64>().ok())
+    let timeout = crate::query::int64(q("timeoutSeconds"))?
+        .and_then(|s| u64::try_from(s).ok())
         .filter(|s| *s > 0)
         .unwrap_or(1800);
     let rv_param = q("resourceVersion")

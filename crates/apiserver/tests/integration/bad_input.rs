@@ -376,3 +376,194 @@ async fn bad_input_gets_kubernetes_status_and_leaves_store_unchanged() {
         .collect();
     assert_eq!(names, vec!["ok"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn annotations_over_256_kib_are_refused_as_kube_apiserver_refuses_them() {
+    let ts = common::start().await;
+    let sock = ts.server.socket_path().unwrap().to_path_buf();
+    let tok = ts.server.token().to_string();
+    let t = Some(tok.as_str());
+    let j = "application/json";
+    let path = "/apis/agents.x-k8s.io/v1beta1/namespaces/default/sandboxes";
+    let sandbox = |bytes: usize| {
+        json!({"apiVersion": "agents.x-k8s.io/v1beta1", "kind": "Sandbox",
+            "metadata": {"name": "big", "annotations": {"example.com/blob": "x".repeat(bytes)}},
+            "spec": {"podTemplate": {"spec": {"containers": [{"name": "c", "image": "busybox:1"}]}}}})
+    };
+    let rv_before = ts.server.store().current_rv();
+    let r = http(
+        &sock,
+        "POST",
+        path,
+        t,
+        j,
+        sandbox(300 * 1024).to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(r.code, 422, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    assert_eq!(v["reason"], "Invalid");
+    assert_eq!(
+        v["message"],
+        "Sandbox.agents.x-k8s.io \"big\" is invalid: metadata.annotations: Too long: must have at most 262144 bytes"
+    );
+    assert_eq!(v["details"]["causes"][0]["reason"], "FieldValueTooLong");
+    assert_eq!(
+        ts.server.store().current_rv(),
+        rv_before,
+        "nothing was written"
+    );
+    // Just under the limit (the key counts too) is accepted.
+    let r = http(
+        &sock,
+        "POST",
+        path,
+        t,
+        j,
+        sandbox(256 * 1024 - 100).to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(r.code, 201, "{}", String::from_utf8_lossy(&r.body));
+}
+
+/// Query parameters of list, watch, get, delete and patch, read as kube-apiserver reads them:
+/// booleans true unless absent, `0` or `false` (any case); integers with Go's errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_parameters_are_parsed_as_kube_apiserver_parses_them() {
+    let ts = common::start().await;
+    let sock = ts.server.socket_path().unwrap().to_path_buf();
+    let tok = ts.server.token().to_string();
+    let t = Some(tok.as_str());
+    let j = "application/json";
+    let cms = "/api/v1/namespaces/default/configmaps";
+    for name in ["a", "b", "c"] {
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}});
+        let r = http(&sock, "POST", cms, t, j, cm.to_string().as_bytes()).await;
+        assert_eq!(r.code, 201);
+    }
+    let is_watch = |r: &Resp| {
+        let body = String::from_utf8_lossy(&r.body);
+        r.code == 200
+            && body
+                .lines()
+                .next()
+                .is_some_and(|l| l.contains("\"type\":\"ADDED\""))
+    };
+    let is_list = |r: &Resp| r.code == 200 && r.json()["kind"] == "ConfigMapList";
+    // (query, a watch?) for the collection; a watch ends after its timeoutSeconds.
+    let table: &[(&str, bool)] = &[
+        ("watch=true", true),
+        ("watch=True", true),
+        ("watch=TRUE", true),
+        ("watch=1", true),
+        ("watch=t", true),
+        ("watch=yes", true),
+        ("watch=", true),
+        ("watch=false", false),
+        ("watch=False", false),
+        ("watch=0", false),
+        ("watch=false&watch=true", false),
+        ("", false),
+    ];
+    for (q, watch) in table {
+        let path = format!("{cms}?{q}&timeoutSeconds=1");
+        let r = http(&sock, "GET", &path, t, j, b"").await;
+        if *watch {
+            assert!(is_watch(&r), "{q}: {}", String::from_utf8_lossy(&r.body));
+        } else {
+            assert!(is_list(&r), "{q}: {}", String::from_utf8_lossy(&r.body));
+        }
+    }
+    // The single-object form of watch (GET .../name?watch=...).
+    let r = http(
+        &sock,
+        "GET",
+        &format!("{cms}/a?watch=True&timeoutSeconds=1"),
+        t,
+        j,
+        b"",
+    )
+    .await;
+    assert!(is_watch(&r), "{}", String::from_utf8_lossy(&r.body));
+    let r = http(&sock, "GET", &format!("{cms}/a?watch=0"), t, j, b"").await;
+    assert_eq!(
+        (r.code, r.json()["kind"].as_str()),
+        (200, Some("ConfigMap"))
+    );
+    // Integers: Go's strconv messages, 400 BadRequest; the store is unchanged.
+    let rv_before = ts.server.store().current_rv();
+    for (method, path, message) in [
+        (
+            "GET",
+            format!("{cms}?limit=abc"),
+            r#"strconv.ParseInt: parsing "abc": invalid syntax"#,
+        ),
+        (
+            "GET",
+            format!("{cms}?limit=1.5"),
+            r#"strconv.ParseInt: parsing "1.5": invalid syntax"#,
+        ),
+        (
+            "GET",
+            format!("{cms}?watch=1&timeoutSeconds=soon"),
+            r#"strconv.ParseInt: parsing "soon": invalid syntax"#,
+        ),
+        (
+            "DELETE",
+            format!("{cms}/a?gracePeriodSeconds=x"),
+            r#"strconv.ParseInt: parsing "x": invalid syntax"#,
+        ),
+        (
+            "DELETE",
+            format!("{cms}?gracePeriodSeconds=99999999999999999999"),
+            r#"strconv.ParseInt: parsing "99999999999999999999": value out of range"#,
+        ),
+    ] {
+        let r = http(&sock, method, &path, t, j, b"").await;
+        assert_eq!(
+            r.code,
+            400,
+            "{method} {path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let v = r.json();
+        assert_eq!(
+            (v["reason"].as_str(), v["message"].as_str()),
+            (Some("BadRequest"), Some(message))
+        );
+    }
+    assert_eq!(
+        ts.server.store().current_rv(),
+        rv_before,
+        "nothing was written"
+    );
+    // A good limit pages; a patch with dryRun and a delete with a good grace period work.
+    let r = http(&sock, "GET", &format!("{cms}?limit=2"), t, j, b"").await;
+    assert_eq!(r.json()["items"].as_array().unwrap().len(), 2);
+    assert!(r.json()["metadata"]["continue"].is_string());
+    let r = http(
+        &sock,
+        "PATCH",
+        &format!("{cms}/b?dryRun=All"),
+        t,
+        "application/merge-patch+json",
+        br#"{"data":{"k":"v"}}"#,
+    )
+    .await;
+    assert_eq!((r.code, r.json()["data"]["k"].as_str()), (200, Some("v")));
+    assert_eq!(
+        ts.server.store().current_rv(),
+        rv_before,
+        "a dry run writes nothing"
+    );
+    let r = http(
+        &sock,
+        "DELETE",
+        &format!("{cms}/c?gracePeriodSeconds=0"),
+        t,
+        j,
+        b"",
+    )
+    .await;
+    assert_eq!(r.code, 200, "{}", String::from_utf8_lossy(&r.body));
+}

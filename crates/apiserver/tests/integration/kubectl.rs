@@ -824,9 +824,21 @@ async fn custom_resources_columns_scale_conversion_and_validation() {
         o.stdout,
         o.stderr
     );
-    // Applying the CRD manifests is accepted (metadata only); deleting them is refused.
+    // Writing the CRD manifests is accepted (metadata only; `kubectl replace`). A client-side
+    // `kubectl apply` of this CRD stores the whole manifest in an annotation, over
+    // kube-apiserver's 256 KiB limit, and is refused as on a cluster (where `apply
+    // --server-side` is the way). Deleting them is refused.
     let crd = serde_json::to_string(&agent_sandbox_api::crd::all()[0]).unwrap();
     let o = kubectl(&kc, &["apply", "-f", "-"], Some(&crd)).await;
+    assert!(
+        !o.ok
+            && o.stderr
+                .contains("metadata.annotations: Too long: must have at most 262144 bytes"),
+        "{}{}",
+        o.stdout,
+        o.stderr
+    );
+    let o = kubectl(&kc, &["replace", "-f", "-"], Some(&crd)).await;
     assert!(o.ok, "{}{}", o.stdout, o.stderr);
     assert!(
         o.stdout.contains("sandboxes.agents.x-k8s.io"),

@@ -1,5 +1,5 @@
 //! Integration tests of the embedded API server: kube-rs and kubectl against it, bad input, durability,
-//! exec.
+//! exec, port-forward.
 //!
 //! One test binary per crate (each file below is a module) keeps link time and disk use low.
 
@@ -9,3 +9,4 @@ mod durability;
 mod exec;
 mod kube_client;
 mod kubectl;
+mod portforward;
