@@ -1,5 +1,6 @@
 //! The gRPC `process.v1.ProcessService` (Start, Execute, WriteStdin, SendSignal, ResizeTTY) with
-//! upstream's semantics and status codes.
+//! upstream's semantics and status codes. Call deadlines are enforced around it, in
+//! [`crate::deadline`].
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -31,13 +32,24 @@ pub struct ProcessSvc {
     pub(crate) app: Arc<App>,
 }
 
-/// Maps a spawn failure onto upstream's codes.
-pub(crate) fn spawn_status(e: SpawnError) -> Status {
+/// What failed, as upstream words the start of its messages.
+const EXECUTE_FAILED: &str = "failed to execute command";
+const START_FAILED: &str = "failed to start command";
+const START_PTY_FAILED: &str = "failed to start command with PTY";
+
+/// Maps a spawn failure onto upstream's codes; `what` is one of the `*_FAILED` prefixes.
+fn spawn_status(e: SpawnError, what: &str) -> Status {
     match e {
         SpawnError::Empty => Status::invalid_argument("command is required"),
-        e @ SpawnError::NotFound { .. } => Status::not_found(e.to_string()),
-        e @ SpawnError::Permission { .. } => Status::permission_denied(e.to_string()),
-        e @ SpawnError::Other { .. } => Status::internal(e.to_string()),
+        SpawnError::NotFound { program, source } => Status::not_found(format!(
+            "{what}: command or path not found: {program:?}: {source}"
+        )),
+        SpawnError::Permission { program, source } => {
+            Status::permission_denied(format!("{what}: permission denied: {program:?}: {source}"))
+        }
+        SpawnError::Other { program, source } => {
+            Status::internal(format!("{what}: {program:?}: {source}"))
+        }
     }
 }
 
@@ -56,15 +68,22 @@ pub(crate) fn resolve_cwd(
     Ok(app.root.host_path(&walked.rel_path()))
 }
 
-fn build_spec(app: &App, config: Option<pb::ProcessConfig>) -> Result<SpawnSpec, Status> {
+/// The spawn of a `ProcessConfig`; `what` names the RPC in errors (see [`spawn_status`]).
+fn build_spec(
+    app: &App,
+    config: Option<pb::ProcessConfig>,
+    what: &str,
+) -> Result<SpawnSpec, Status> {
     let config = config.unwrap_or_default();
     if config.command.is_empty() {
         return Err(Status::invalid_argument("command is required"));
     }
+    // Upstream: an escape is refused up front, a missing directory fails the start (chdir) and
+    // anything else while resolving is INTERNAL.
     let cwd = resolve_cwd(app, config.cwd.as_deref()).map_err(|e| match e {
         ConfineError::Escape(_) => Status::permission_denied(format!("cwd: {e}")),
-        ConfineError::Missing(_) | ConfineError::NotDir(_) => {
-            Status::not_found(format!("failed to start command: cwd: {e}"))
+        ConfineError::Missing(_) => {
+            Status::not_found(format!("{what}: command or path not found: cwd: {e}"))
         }
         e => Status::internal(format!("cwd: {e}")),
     })?;
@@ -93,7 +112,12 @@ impl ProcessService for ProcessSvc {
         request: Request<pb::StartRequest>,
     ) -> Result<Response<StartStream>, Status> {
         let req = request.into_inner();
-        let mut spec = build_spec(&self.app, req.config)?;
+        let what = if req.pty.is_some() {
+            START_PTY_FAILED
+        } else {
+            START_FAILED
+        };
+        let mut spec = build_spec(&self.app, req.config, what)?;
         spec.stdin = true;
         spec.pty = req.pty.map(|p| {
             (
@@ -102,7 +126,11 @@ impl ProcessService for ProcessSvc {
             )
         });
         let argv = spec.argv.clone();
-        let mut child = self.app.sup.spawn(spec).map_err(spawn_status)?;
+        let mut child = self
+            .app
+            .sup
+            .spawn(spec)
+            .map_err(|e| spawn_status(e, what))?;
         let sink = match &child.pty {
             Some(pty) => Some(StdinSink::Pty(pty.clone())),
             None => child.stdin.take().map(StdinSink::Pipe),
@@ -124,13 +152,28 @@ impl ProcessService for ProcessSvc {
         &self,
         request: Request<pb::ExecuteRequest>,
     ) -> Result<Response<pb::ExecuteResponse>, Status> {
-        let spec = build_spec(&self.app, request.into_inner().config)?;
-        let child = self.app.sup.spawn(spec).map_err(spawn_status)?;
-        let (exit, stdout, stderr) = collect(child, WAIT_DELAY, usize::MAX).await;
+        let spec = build_spec(&self.app, request.into_inner().config, EXECUTE_FAILED)?;
+        let program = spec.argv[0].clone();
+        let child = self
+            .app
+            .sup
+            .spawn(spec)
+            .map_err(|e| spawn_status(e, EXECUTE_FAILED))?;
+        let out = collect(child, WAIT_DELAY, usize::MAX).await;
+        // As Go's exec.Cmd: a successful command whose output is still held open (by a background
+        // child) after the wait delay is an error; a failed one reports its exit code.
+        if out.drain_expired && out.exit == Exit::Code(0) {
+            return Err(Status::internal(format!(
+                "{EXECUTE_FAILED}: WaitDelay expired before I/O complete: {program:?} exited but \
+                 its output was still open {}s later (held by a background process); redirect \
+                 the background process's output",
+                WAIT_DELAY.as_secs()
+            )));
+        }
         Ok(Response::new(pb::ExecuteResponse {
-            exit_code: exit.upstream_code(),
-            stdout: stdout.data,
-            stderr: stderr.data,
+            exit_code: out.exit.upstream_code(),
+            stdout: out.stdout.data,
+            stderr: out.stderr.data,
         }))
     }
 
@@ -145,7 +188,12 @@ impl ProcessService for ProcessSvc {
             .sup
             .get(id)
             .ok_or_else(|| Status::not_found(format!("process {id} not found")))?;
+        let write_failed = |e: std::io::Error| {
+            Status::internal(format!("failed to write stdin of process {id}: {e}"))
+        };
         let mut stdin = proc.stdin.lock().await;
+        // Upstream's codes: closing twice, or writing after the close, is INTERNAL (the pipe is
+        // already closed); an empty write is accepted either way.
         match req.payload {
             Some(Payload::Eof(())) => match stdin.take() {
                 Some(StdinSink::Pipe(mut p)) => {
@@ -155,32 +203,25 @@ impl ProcessService for ProcessSvc {
                     // End of input on a terminal is the EOF character, not closing the terminal.
                     let r = pty.write_all(&[4]).await;
                     *stdin = Some(StdinSink::Pty(pty));
-                    r.map_err(|e| {
-                        Status::internal(format!("failed to write stdin of process {id}: {e}"))
-                    })?;
+                    r.map_err(write_failed)?;
                 }
-                None => {}
-            },
-            Some(Payload::Input(data)) => match stdin.as_mut() {
                 None => {
-                    return Err(Status::failed_precondition(format!(
-                        "process {id} has no stdin (it was closed with eof)"
+                    return Err(Status::internal(format!(
+                        "failed to close stdin of process {id}: it is already closed"
                     )));
                 }
-                Some(StdinSink::Pipe(p)) => p.write_all(&data).await.map_err(|e| {
-                    Status::internal(format!("failed to write stdin of process {id}: {e}"))
-                })?,
-                Some(StdinSink::Pty(pty)) => pty.write_all(&data).await.map_err(|e| {
-                    Status::internal(format!("failed to write stdin of process {id}: {e}"))
-                })?,
             },
-            None => {
-                if stdin.is_none() {
-                    return Err(Status::failed_precondition(format!(
-                        "process {id} has no stdin"
+            Some(Payload::Input(data)) if !data.is_empty() => match stdin.as_mut() {
+                None => {
+                    return Err(Status::internal(format!(
+                        "failed to write stdin of process {id}: it was closed with eof; start \
+                         a new process to send more input"
                     )));
                 }
-            }
+                Some(StdinSink::Pipe(p)) => p.write_all(&data).await.map_err(write_failed)?,
+                Some(StdinSink::Pty(pty)) => pty.write_all(&data).await.map_err(write_failed)?,
+            },
+            Some(Payload::Input(_)) | None => {}
         }
         Ok(Response::new(pb::WriteStdinResponse {}))
     }
@@ -200,10 +241,13 @@ impl ProcessService for ProcessSvc {
             Ok(pb::Signal::Sigint) => Signal::INT,
             Ok(pb::Signal::Sigterm) => Signal::TERM,
             Ok(pb::Signal::Sigkill) => Signal::KILL,
-            _ => {
+            other => {
+                // Named as Go prints the enum: its name, or the number when it has none.
+                let name =
+                    other.map_or_else(|_| req.signal.to_string(), |s| s.as_str_name().into());
                 return Err(Status::invalid_argument(format!(
-                    "unsupported or unspecified signal: {}; use SIGNAL_SIGINT, SIGNAL_SIGTERM or SIGNAL_SIGKILL",
-                    req.signal
+                    "unsupported or unspecified signal: {name}; use SIGNAL_SIGINT, SIGNAL_SIGTERM \
+                     or SIGNAL_SIGKILL"
                 )));
             }
         };
@@ -282,18 +326,25 @@ async fn read_into(
 /// How much output a read takes at most.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// What [`collect`] gathered.
+#[derive(Debug)]
+pub(crate) struct Output {
+    pub(crate) exit: Exit,
+    pub(crate) stdout: Collected,
+    pub(crate) stderr: Collected,
+    /// The output was still open `drain` after the exit (a background process holds it).
+    pub(crate) drain_expired: bool,
+}
+
 /// Waits for a child and collects its output (at most `limit` bytes per stream). After the exit,
 /// output is awaited for at most `drain`. The process group is killed if this is cancelled.
-pub(crate) async fn collect(
-    child: process::Child,
-    drain: Duration,
-    limit: usize,
-) -> (Exit, Collected, Collected) {
+pub(crate) async fn collect(child: process::Child, drain: Duration, limit: usize) -> Output {
     let mut guard = KillOnDrop::new(child.pid);
     let mut out = Collected::default();
     let mut err = Collected::default();
     let mut exit_rx = child.exit;
     let exit;
+    let mut drain_expired = false;
     {
         let readers = async {
             tokio::join!(
@@ -308,12 +359,17 @@ pub(crate) async fn collect(
             }
             e = &mut exit_rx => {
                 exit = e.unwrap_or(Exit::Code(-1));
-                let _ = tokio::time::timeout(drain, &mut readers).await;
+                drain_expired = tokio::time::timeout(drain, &mut readers).await.is_err();
             }
         }
     }
     guard.disarm();
-    (exit, out, err)
+    Output {
+        exit,
+        stdout: out,
+        stderr: err,
+        drain_expired,
+    }
 }
 
 async fn run_start(

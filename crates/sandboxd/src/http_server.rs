@@ -1,9 +1,13 @@
-//! The HTTP accept loop (hyper, HTTP/1.1 and h2c, upgrades for WebSocket) with a header read
-//! timeout, an idle timeout, a 1 MiB header limit and graceful shutdown.
+//! The accept loop of every port (hyper): HTTP/1.1 and h2c with upgrades for WebSocket, a header
+//! read timeout, an idle timeout and a 1 MiB header limit on the HTTP ports; h2c alone on the
+//! gRPC port; graceful shutdown on all.
 
+use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::Router;
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -23,23 +27,54 @@ fn head_timeout(idle: Duration) -> Duration {
 /// Largest request head accepted (Go's default `MaxHeaderBytes`); larger gets 431.
 const MAX_HEADER_BYTES: usize = 1 << 20;
 
-/// Serves `router` on `listener` until `stop` turns true, then drains connections for at most
+/// What a port speaks.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Protocol {
+    /// HTTP/1.1 (with upgrades) and h2c; idle connections close after `idle`.
+    Http {
+        /// `--http-idle-timeout`.
+        idle: Duration,
+    },
+    /// h2c only, as Go's gRPC server: no idle timeout and no limit on concurrent streams.
+    Grpc,
+}
+
+/// Serves `service` on `listener` until `stop` turns true, then drains connections for at most
 /// `grace`.
-pub(crate) async fn serve(
+pub(crate) async fn serve<S, B>(
     listener: TcpListener,
-    router: Router,
+    service: S,
+    protocol: Protocol,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
-    idle: Duration,
-) {
+) where
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(head_timeout(idle))
-        .max_buf_size(MAX_HEADER_BYTES)
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    match protocol {
+        Protocol::Http { idle } => {
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(head_timeout(idle))
+                .max_buf_size(MAX_HEADER_BYTES)
+                .keep_alive(true);
+            builder.http2().timer(TokioTimer::new());
+        }
+        Protocol::Grpc => {
+            builder = builder.http2_only();
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(None);
+        }
+    }
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
@@ -53,12 +88,23 @@ pub(crate) async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let service = TowerToHyperService::new(router.clone());
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
+                let io = TokioIo::new(stream);
+                let service = TowerToHyperService::new(service.clone());
+                match protocol {
+                    Protocol::Http { .. } => {
+                        let conn = builder.serve_connection_with_upgrades(io, service).into_owned();
+                        let conn = graceful.watch(conn);
+                        tokio::spawn(async move {
+                            let _ = conn.await;
+                        });
+                    }
+                    Protocol::Grpc => {
+                        let conn = graceful.watch(builder.serve_connection(io, service).into_owned());
+                        tokio::spawn(async move {
+                            let _ = conn.await;
+                        });
+                    }
+                }
             }
             _ = stopped(&mut stop) => break,
         }

@@ -192,6 +192,34 @@ pub(crate) async fn execute(State(app): State<Arc<App>>, body: axum::body::Bytes
                 .into_response();
         }
     };
+    // `timeout_seconds` (newer upstream SDKs send it with `command_timeout`): the command's own
+    // limit, reported as `timed_out` with exit code 124.
+    let asked = match value.get("timeout_seconds") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) if n.as_f64().is_some_and(|t| t > 0.0 && t.is_finite()) => {
+            n.as_f64()
+        }
+        Some(Value::Number(n)) => {
+            return (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({ "detail": [{
+                    "type": "greater_than", "loc": ["body", "timeout_seconds"],
+                    "msg": "Input should be greater than 0", "input": n, "ctx": {"gt": 0}
+                }]})),
+            )
+                .into_response();
+        }
+        Some(other) => {
+            return (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({ "detail": [{
+                    "type": "float_type", "loc": ["body", "timeout_seconds"],
+                    "msg": "Input should be a valid number", "input": other
+                }]})),
+            )
+                .into_response();
+        }
+    };
     let args = match shlex_split(&command) {
         Ok(a) => a,
         Err(e) => return failed(e),
@@ -221,14 +249,20 @@ pub(crate) async fn execute(State(app): State<Arc<App>>, body: axum::body::Bytes
         Err(e) => return failed(e),
     };
     let timeout = app.config.legacy_exec_timeout;
-    let limit = Duration::from_secs_f64(if timeout.is_finite() && timeout > 0.0 {
+    let server_limit = if timeout.is_finite() && timeout > 0.0 {
         timeout
     } else {
         300.0
-    });
+    };
+    let limit = Duration::from_secs_f64(asked.map_or(server_limit, |a| a.min(server_limit)));
     let run = crate::grpc::collect(child, Duration::from_secs(10), usize::MAX);
     match tokio::time::timeout(limit, run).await {
-        Ok((exit, out, err)) => {
+        Ok(crate::grpc::Output {
+            exit,
+            stdout: out,
+            stderr: err,
+            ..
+        }) => {
             let code = match exit {
                 Exit::Code(c) => c,
                 // subprocess reports death by signal N as -N.
@@ -241,6 +275,14 @@ pub(crate) async fn execute(State(app): State<Arc<App>>, body: axum::body::Bytes
             }))
             .into_response()
         }
+        // Dropping the run killed the command's process group.
+        Err(_) if asked.is_some() => Json(json!({
+            "stdout": "",
+            "stderr": format!("Command timed out after {} seconds", py_float(limit.as_secs_f64())),
+            "exit_code": 124,
+            "timed_out": true,
+        }))
+        .into_response(),
         Err(_) => {
             let list: Vec<String> = args.iter().map(|a| py_repr(a)).collect();
             failed(format!(

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod confine;
+mod deadline;
 pub mod error;
 pub mod fsops;
 pub mod grpc;
@@ -183,20 +184,21 @@ impl Server {
         let timeout = app.config.shutdown_timeout;
         let (stop_tx, stop_rx) = watch::channel(false);
         let idle = app.config.http_idle_timeout;
+        let http = http_server::Protocol::Http { idle };
         let rest_task = tokio::spawn(http_server::serve(
             rest,
             rest_router(app.clone()),
+            http,
             stop_rx.clone(),
             timeout,
-            idle,
         ));
         let legacy_task = legacy.map(|l| {
             tokio::spawn(http_server::serve(
                 l,
                 legacy_router(app.clone()),
+                http,
                 stop_rx.clone(),
                 timeout,
-                idle,
             ))
         });
         let grpc_task = tokio::spawn(serve_grpc(app.clone(), grpc, stop_rx.clone(), timeout));
@@ -268,10 +270,13 @@ fn host_for_bind(host: &str) -> String {
     }
 }
 
+/// Serves the gRPC port. tonic's own server is not used: it answers a passed `grpc-timeout`
+/// with `CANCELLED` and ignores a malformed one, where Go's server, and so upstream's clients,
+/// expect `DEADLINE_EXCEEDED` and `INTERNAL` ([`deadline`]).
 async fn serve_grpc(
     app: Arc<App>,
     listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     grace: Duration,
 ) {
     let svc = pb::process_service_server::ProcessServiceServer::new(grpc::ProcessSvc { app });
@@ -281,33 +286,19 @@ async fn serve_grpc(
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha();
-    let (Ok(r1), Ok(r1a)) = (reflection_v1, reflection_v1alpha) else {
-        tracing::error!("gRPC reflection could not be built; serving without it");
-        return;
-    };
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let mut stop2 = stop.clone();
-    let server = tonic::transport::Server::builder()
-        .add_service(svc)
-        .add_service(r1)
-        .add_service(r1a)
-        .serve_with_incoming_shutdown(incoming, async move {
-            http_server::stopped(&mut stop2).await;
-        });
-    tokio::pin!(server);
-    tokio::select! {
-        r = &mut server => {
-            if let Err(e) = r {
-                tracing::error!("gRPC server failed: {e}");
-            }
-        }
-        _ = async {
-            http_server::stopped(&mut stop).await;
-            tokio::time::sleep(grace).await;
-        } => {
-            tracing::warn!("gRPC graceful stop exceeded the shutdown timeout; forcing stop");
-        }
+    let mut routes = tonic::service::Routes::new(svc);
+    match (reflection_v1, reflection_v1alpha) {
+        (Ok(r1), Ok(r1a)) => routes = routes.add_service(r1).add_service(r1a),
+        _ => tracing::error!("gRPC reflection could not be built; serving without it"),
     }
+    http_server::serve(
+        listener,
+        deadline::Deadline::new(routes.prepare()),
+        http_server::Protocol::Grpc,
+        stop,
+        grace,
+    )
+    .await;
 }
 
 /// Routes of the REST port: upstream `/v1` plus the `/v2` extensions.

@@ -1,17 +1,56 @@
 //! gRPC `process.v1.ProcessService` through the generated tonic client: every RPC, its status
-//! codes, PTY, stdin, signals to the process group, cancellation and reflection.
+//! codes, PTY, stdin, signals to the process group, deadlines, cancellation and reflection.
 
 use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use agent_sandbox_sandboxd::pb::process_service_client::ProcessServiceClient;
 use agent_sandbox_sandboxd::pb::{
     self, ExecuteRequest, ProcessConfig, ResizeTtyRequest, SendSignalRequest, StartRequest,
     WriteStdinRequest, start_response::Event, write_stdin_request::Payload,
 };
 use common::Daemon;
 use tonic::Code;
+
+/// An HTTP/2 connection used as a gRPC channel without a client-side deadline. tonic's own
+/// channel enforces `grpc-timeout` itself and, its timer starting first, reports its own
+/// `CANCELLED` before the server answers; through this one every status is the server's.
+#[derive(Clone)]
+struct ServerDeadlines(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
+
+impl tower::Service<http::Request<tonic::body::Body>> for ServerDeadlines {
+    type Response = http::Response<hyper::body::Incoming>;
+    type Error = hyper::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, hyper::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), hyper::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        Box::pin(self.0.send_request(req))
+    }
+}
+
+async fn server_deadline_client(d: &Daemon) -> ProcessServiceClient<ServerDeadlines> {
+    let addr = d.grpc.trim_start_matches("http://");
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    ProcessServiceClient::with_origin(ServerDeadlines(send), d.grpc.parse().unwrap())
+}
 
 fn cfg(cmd: &[&str]) -> Option<ProcessConfig> {
     Some(ProcessConfig {
@@ -45,6 +84,43 @@ async fn wait_dead(pid: i32) -> bool {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     false
+}
+
+/// Waits (at most 2 s) until `pid`, a child of sandboxd, is dead and reaped.
+async fn wait_reaped(d: &Daemon, pid: i32) -> bool {
+    let parent = d.pid().to_string();
+    for _ in 0..100 {
+        let gone = match fs_err::read_to_string(format!("/proc/{pid}/stat")) {
+            // The pid may be reused: what runs there now is not sandboxd's child.
+            Ok(stat) => {
+                stat.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .nth(1)
+                    != Some(parent.as_str())
+            }
+            Err(_) => true,
+        };
+        if gone {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// Reads the pid a command wrote into `name` under the root (waiting up to 5 s for it).
+async fn read_pid(d: &Daemon, name: &str) -> i32 {
+    for _ in 0..250 {
+        if let Ok(text) = fs_err::read_to_string(d.root.join(name))
+            && let Ok(pid) = text.trim().parse()
+        {
+            return pid;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no pid in {name}")
 }
 
 #[tokio::test]
@@ -132,6 +208,12 @@ async fn execute_errors() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert!(
+        e.message().starts_with(
+            "failed to execute command: command or path not found: \"/no/such/binary\""
+        ),
+        "{e:?}"
+    );
     let e = c
         .execute(ExecuteRequest {
             config: cfg(&["no-such-command-xyz"]),
@@ -139,6 +221,19 @@ async fn execute_errors() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
+    let e = c
+        .start(StartRequest {
+            config: cfg(&["no-such-command-xyz"]),
+            pty: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert!(
+        e.message()
+            .starts_with("failed to start command: command or path not found:"),
+        "{e:?}"
+    );
     fs_err::write(d.root.join("noexec.sh"), "#!/bin/sh\necho hi\n").unwrap();
     let script = d.root.join("noexec.sh").display().to_string();
     let e = c
@@ -148,6 +243,11 @@ async fn execute_errors() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(
+        e.message()
+            .starts_with("failed to execute command: permission denied:"),
+        "{e:?}"
+    );
     let mut config = cfg(&["pwd"]).unwrap();
     config.cwd = Some("../..".into());
     let e = c
@@ -166,32 +266,148 @@ async fn execute_errors() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
+    // A parent of the cwd that is a file: upstream fails resolving it, INTERNAL.
+    fs_err::write(d.root.join("plain"), "x").unwrap();
+    let mut config = cfg(&["pwd"]).unwrap();
+    config.cwd = Some("plain/sub".into());
+    let e = c
+        .execute(ExecuteRequest {
+            config: Some(config),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Internal, "{e:?}");
 }
 
 #[tokio::test]
-async fn execute_deadline_kills_the_process() {
+async fn execute_deadline_is_deadline_exceeded_and_kills_the_process() {
     let d = Daemon::start(&[]);
-    let mut c = d.grpc_client().await;
+    let mut c = server_deadline_client(&d).await;
     let mut req = tonic::Request::new(ExecuteRequest {
         config: cfg(&["sh", "-c", "echo $$ > pid; exec sleep 30"]),
     });
-    req.set_timeout(Duration::from_millis(500));
+    req.set_timeout(Duration::from_secs(1));
     let started = std::time::Instant::now();
     let e = c.execute(req).await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+    assert_eq!(e.message(), "context deadline exceeded");
     assert!(
-        matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
+        took >= Duration::from_millis(900) && took < Duration::from_millis(1500),
+        "answered after {took:?}"
+    );
+    let pid = read_pid(&d, "pid").await;
+    assert!(
+        wait_reaped(&d, pid).await,
+        "the process of a timed-out Execute is killed and reaped"
+    );
+
+    // A deadline that has already passed never starts the command.
+    let mut req = tonic::Request::new(ExecuteRequest {
+        config: cfg(&["sh", "-c", "touch started"]),
+    });
+    req.metadata_mut()
+        .insert("grpc-timeout", "0n".parse().unwrap());
+    let e = c.execute(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!d.root.join("started").exists());
+
+    // A deadline that is not reached changes nothing.
+    let mut req = tonic::Request::new(ExecuteRequest {
+        config: cfg(&["echo", "in time"]),
+    });
+    req.set_timeout(Duration::from_secs(30));
+    let r = c.execute(req).await.unwrap().into_inner();
+    assert_eq!(r.stdout, b"in time\n");
+}
+
+#[tokio::test]
+async fn malformed_grpc_timeout_is_internal() {
+    let d = Daemon::start(&[]);
+    let mut c = server_deadline_client(&d).await;
+    for (value, why) in [
+        ("1x", "transport: timeout unit is not recognized: \"1x\""),
+        ("S", "transport: timeout string is too short: \"S\""),
+        (
+            "123456789S",
+            "transport: timeout string is too long: \"123456789S\"",
+        ),
+        ("1.5S", "strconv.ParseUint: parsing \"1.5\": invalid syntax"),
+    ] {
+        let mut req = tonic::Request::new(ExecuteRequest {
+            config: cfg(&["sh", "-c", "touch ran"]),
+        });
+        req.metadata_mut()
+            .insert("grpc-timeout", value.parse().unwrap());
+        let e = c.execute(req).await.unwrap_err();
+        assert_eq!(e.code(), Code::Internal, "{value}: {e:?}");
+        assert_eq!(e.message(), format!("malformed grpc-timeout: {why}"));
+    }
+    assert!(
+        !d.root.join("ran").exists(),
+        "a call with a malformed deadline never runs"
+    );
+}
+
+#[tokio::test]
+async fn execute_dropped_by_the_client_kills_the_process() {
+    let d = Daemon::start(&[]);
+    let c = d.grpc_client().await;
+    let call = tokio::spawn({
+        let mut c = c.clone();
+        async move {
+            c.execute(ExecuteRequest {
+                config: cfg(&["sh", "-c", "echo $$ > pid; exec sleep 30"]),
+            })
+            .await
+        }
+    });
+    let pid = read_pid(&d, "pid").await;
+    assert!(alive(pid));
+    // Dropping the call resets the HTTP/2 stream (the client's CANCELLED).
+    call.abort();
+    assert!(
+        wait_reaped(&d, pid).await,
+        "a cancelled Execute's process is killed and reaped"
+    );
+}
+
+#[tokio::test]
+async fn execute_with_output_held_open_fails_as_upstream() {
+    let d = Daemon::start(&[]);
+    let mut c = d.grpc_client().await;
+    // The command succeeds at once, but a background child keeps its stdout open past the
+    // 10 s wait delay: upstream (Go's exec.Cmd) answers INTERNAL.
+    // A failing command in the same situation reports its exit code.
+    let started = std::time::Instant::now();
+    let mut c2 = c.clone();
+    let (ok, failed) = tokio::join!(
+        c.execute(ExecuteRequest {
+            config: cfg(&["sh", "-c", "sleep 30 & echo $! > bg; echo hi"]),
+        }),
+        c2.execute(ExecuteRequest {
+            config: cfg(&["sh", "-c", "sleep 30 & echo $! > bg2; exit 4"]),
+        })
+    );
+    assert!(started.elapsed() >= Duration::from_secs(10));
+    let e = ok.unwrap_err();
+    assert_eq!(e.code(), Code::Internal, "{e:?}");
+    assert!(
+        e.message()
+            .starts_with("failed to execute command: WaitDelay expired before I/O complete"),
         "{e:?}"
     );
-    assert!(started.elapsed() < Duration::from_secs(5));
-    let pid: i32 = fs_err::read_to_string(d.root.join("pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(
-        wait_dead(pid).await,
-        "the process of a timed-out Execute is killed"
-    );
+    assert_eq!(failed.unwrap().into_inner().exit_code, 4);
+    let _ = kill_leftover(read_pid(&d, "bg").await);
+    let _ = kill_leftover(read_pid(&d, "bg2").await);
+}
+
+/// Kills a leftover background process of a test.
+fn kill_leftover(pid: i32) -> std::io::Result<std::process::ExitStatus> {
+    std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
 }
 
 async fn collect(
@@ -269,17 +485,17 @@ async fn start_streams_and_stdin() {
     })
     .await
     .unwrap();
-    let e = c
-        .write_stdin(WriteStdinRequest {
-            process_id: id,
-            payload: Some(Payload::Input(b"late".to_vec())),
-        })
-        .await;
-    if let Err(e) = e {
-        assert!(
-            matches!(e.code(), Code::FailedPrecondition | Code::NotFound),
-            "{e:?}"
-        );
+    // After the close: writing or closing again is INTERNAL, as upstream (its pipe is closed);
+    // NOT_FOUND once the process is gone. An empty write is accepted.
+    for payload in [Payload::Input(b"late".to_vec()), Payload::Eof(())] {
+        let e = c
+            .write_stdin(WriteStdinRequest {
+                process_id: id,
+                payload: Some(payload),
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(e.code(), Code::Internal | Code::NotFound), "{e:?}");
     }
     let (out, _, exit) = collect(s).await;
     assert_eq!(out, b"hello stdin");
@@ -298,6 +514,7 @@ async fn unknown_ids_and_bad_signals() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
+    assert_eq!(e.message(), "process 999 not found");
     let e = c
         .send_signal(SendSignalRequest {
             process_id: 999,
@@ -328,7 +545,7 @@ async fn unknown_ids_and_bad_signals() {
         panic!()
     };
     let id = init.process_id;
-    for bad in [0, 1, 5, 99] {
+    for (bad, name) in [(0, "SIGNAL_UNSPECIFIED"), (1, "1"), (5, "5"), (99, "99")] {
         let e = c
             .send_signal(SendSignalRequest {
                 process_id: id,
@@ -337,6 +554,11 @@ async fn unknown_ids_and_bad_signals() {
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "signal {bad}");
+        assert!(
+            e.message()
+                .starts_with(&format!("unsupported or unspecified signal: {name};")),
+            "{e:?}"
+        );
     }
     let e = c
         .resize_tty(ResizeTtyRequest {
@@ -347,6 +569,30 @@ async fn unknown_ids_and_bad_signals() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "no PTY");
+
+    // stdin after EOF (sleep does not exit on it): empty writes are accepted; writing or
+    // closing again is INTERNAL, as upstream (its pipe is closed).
+    let write = |payload| WriteStdinRequest {
+        process_id: id,
+        payload,
+    };
+    c.write_stdin(write(Some(Payload::Eof(())))).await.unwrap();
+    c.write_stdin(write(None)).await.unwrap();
+    c.write_stdin(write(Some(Payload::Input(Vec::new()))))
+        .await
+        .unwrap();
+    let e = c
+        .write_stdin(write(Some(Payload::Input(b"x".to_vec()))))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Internal, "{e:?}");
+    assert!(e.message().starts_with("failed to write stdin"), "{e:?}");
+    let e = c
+        .write_stdin(write(Some(Payload::Eof(()))))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Internal, "{e:?}");
+    assert!(e.message().starts_with("failed to close stdin"), "{e:?}");
     c.send_signal(SendSignalRequest {
         process_id: id,
         signal: pb::Signal::Sigkill as i32,
@@ -425,6 +671,75 @@ async fn client_disconnect_kills_the_process() {
         wait_dead(pid).await,
         "dropping the Start stream kills the process"
     );
+}
+
+#[tokio::test]
+async fn start_deadline_ends_the_stream_and_kills_the_process() {
+    let d = Daemon::start(&[]);
+    let mut c = server_deadline_client(&d).await;
+    let mut req = tonic::Request::new(StartRequest {
+        config: cfg(&["sh", "-c", "echo $$ > me; echo go; exec sleep 30"]),
+        pty: None,
+    });
+    req.set_timeout(Duration::from_secs(1));
+    let started = std::time::Instant::now();
+    let mut s = c.start(req).await.unwrap().into_inner();
+    let Some(Event::Init(init)) = s.message().await.unwrap().unwrap().event else {
+        panic!("InitEvent first")
+    };
+    let Some(Event::Stdout(go)) = s.message().await.unwrap().unwrap().event else {
+        panic!("stdout next")
+    };
+    assert_eq!(go, b"go\n");
+    let e = s.message().await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+    assert_eq!(e.message(), "context deadline exceeded");
+    assert!(took < Duration::from_millis(1500), "ended after {took:?}");
+    let pid = read_pid(&d, "me").await;
+    assert!(
+        wait_reaped(&d, pid).await,
+        "the process is killed and reaped"
+    );
+    // The process leaves the registry.
+    let mut removed = false;
+    for _ in 0..100 {
+        let e = c
+            .send_signal(SendSignalRequest {
+                process_id: init.process_id,
+                signal: pb::Signal::Sigterm as i32,
+            })
+            .await;
+        if let Err(e) = e {
+            assert_eq!(e.code(), Code::NotFound);
+            assert_eq!(
+                e.message(),
+                format!("process {} not found", init.process_id)
+            );
+            removed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(removed, "process {} is still registered", init.process_id);
+
+    // A PTY process too.
+    let mut req = tonic::Request::new(StartRequest {
+        config: cfg(&["sh", "-c", "echo $$ > pty; exec sleep 30"]),
+        pty: Some(pb::Pty { cols: 80, rows: 24 }),
+    });
+    req.set_timeout(Duration::from_millis(500));
+    let mut s = c.start(req).await.unwrap().into_inner();
+    let code = loop {
+        match s.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the stream ended without a status"),
+            Err(e) => break e.code(),
+        }
+    };
+    assert_eq!(code, Code::DeadlineExceeded);
+    let pid = read_pid(&d, "pty").await;
+    assert!(wait_reaped(&d, pid).await);
 }
 
 #[tokio::test]

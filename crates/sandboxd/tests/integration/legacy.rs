@@ -86,6 +86,44 @@ async fn root_and_execute() {
         "Failed to execute command: Command '['sleep', '20']' timed out after 0.5 seconds"
     );
     assert_eq!(v["exit_code"], 1);
+    // The command's own limit (`timeout_seconds`, upstream's SDK's `command_timeout`).
+    let started = std::time::Instant::now();
+    let (_, v) = exec(
+        &d,
+        serde_json::json!({"command": "sleep 20", "timeout_seconds": 0.2}),
+    )
+    .await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(
+        v,
+        serde_json::json!({"stdout": "", "stderr": "Command timed out after 0.2 seconds",
+            "exit_code": 124, "timed_out": true})
+    );
+    let (_, v) = exec(
+        &d,
+        serde_json::json!({"command": "echo fast", "timeout_seconds": 30}),
+    )
+    .await;
+    assert_eq!(
+        (v["stdout"].as_str(), v["exit_code"].as_i64()),
+        (Some("fast\n"), Some(0))
+    );
+    for bad in [
+        serde_json::json!(0),
+        serde_json::json!(-1),
+        serde_json::json!("1"),
+    ] {
+        let (s, v) = exec(
+            &d,
+            serde_json::json!({"command": "true", "timeout_seconds": bad}),
+        )
+        .await;
+        assert_eq!(s, 422, "{v}");
+        assert_eq!(
+            v["detail"][0]["loc"],
+            serde_json::json!(["body", "timeout_seconds"])
+        );
+    }
 
     // Validation errors are FastAPI's 422.
     let (s, v) = exec(&d, serde_json::json!({"cmd": "ls"})).await;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the Python grpcio interop test against sandboxd.
-# Needs: python3 with the venv module, and PyPI access for grpcio and grpcio-tools (installed
-# into a virtualenv under ${SANDBOXD_PY_VENV:-$TMPDIR/sandboxd-grpc-venv} on the first run).
+# Needs: python3 with the venv module, and PyPI access for grpcio, grpcio-tools and h2 (installed
+# into a virtualenv under ${SANDBOXD_PY_VENV:-$TMPDIR/sandboxd-grpc-venv} when missing).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../../../.." && pwd)"
@@ -10,7 +10,9 @@ python="${PYTHON:-/usr/bin/python3}"
 venv="${SANDBOXD_PY_VENV:-${TMPDIR:-/tmp}/sandboxd-grpc-venv}"
 if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
-  "$venv/bin/pip" install --quiet grpcio grpcio-tools
+fi
+if ! "$venv/bin/python" -c 'import grpc, grpc_tools, h2' 2>/dev/null; then
+  "$venv/bin/pip" install --quiet grpcio grpcio-tools h2
 fi
 # SANDBOXD_BIN names an already built binary; otherwise this builds one.
 if [ -z "${SANDBOXD_BIN:-}" ]; then
