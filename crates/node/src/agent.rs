@@ -247,6 +247,18 @@ fn uid(pod: &Pod) -> String {
     pod.metadata.uid.clone().unwrap_or_default()
 }
 
+/// The annotation of a mirror Pod: the API's view of a static Pod that the node runs from its
+/// own configuration (here, the embedded router), never from the API.
+pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
+/// Whether `pod` is a mirror Pod, which the agent leaves alone as kubelet does.
+pub fn is_mirror(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(MIRROR_ANNOTATION))
+}
+
 fn condition(type_: &str, status: bool, reason: Option<&str>, message: Option<&str>) -> Value {
     json!({"type": type_, "status": if status {"True"} else {"False"}, "lastTransitionTime": now(),
            "reason": reason, "message": message})
@@ -405,7 +417,8 @@ impl NodeAgent {
         }
         let pods: Api<Pod> = Api::all(self.client.clone());
         let lp = ListParams::default().fields(&format!("spec.nodeName={}", self.node_name));
-        let listed = pods.list(&lp).await?.items;
+        let mut listed = pods.list(&lp).await?.items;
+        listed.retain(|p| !is_mirror(p));
         let live: HashSet<String> = listed.iter().map(uid).collect();
         for id in self.engine.list() {
             if !live.contains(&id) {
@@ -544,6 +557,7 @@ impl NodeAgent {
         let mut stream = watcher::watcher(pods, config).default_backoff().boxed();
         while let Some(event) = stream.next().await {
             match event {
+                Ok(Event::Apply(pod) | Event::InitApply(pod)) if is_mirror(&pod) => {}
                 Ok(Event::Apply(pod) | Event::InitApply(pod)) => {
                     let id = uid(&pod);
                     lock(&self.store).insert(id.clone(), pod.clone());
@@ -555,6 +569,7 @@ impl NodeAgent {
                     }
                     self.trigger(&id);
                 }
+                Ok(Event::Delete(pod)) if is_mirror(&pod) => {}
                 Ok(Event::Delete(pod)) => {
                     let id = uid(&pod);
                     lock(&self.store).remove(&id);

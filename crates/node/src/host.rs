@@ -244,7 +244,11 @@ pub async fn tcp_connect_in_netns(
             let f = fs_err::File::open(&ns)?;
             nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)?;
             Ok(socket(
-                AddressFamily::Inet,
+                if addr.is_ipv4() {
+                    AddressFamily::Inet
+                } else {
+                    AddressFamily::Inet6
+                },
                 SockType::Stream,
                 SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
                 None,

@@ -21,6 +21,7 @@ pub mod image;
 pub mod logs;
 pub mod netpol;
 pub mod pod;
+pub mod portforward;
 pub mod probe;
 pub mod projected;
 mod record_file;

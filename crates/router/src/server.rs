@@ -113,15 +113,22 @@ impl Router {
         Arc::clone(&self.metrics)
     }
 
-    /// Handles one request from `peer`.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    /// Handles one request from `peer`; `authenticated` when the connection was authenticated
+    /// before it reached the router (a tunnel through the API server's port-forward), so it
+    /// needs no bearer token.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        authenticated: bool,
+    ) -> Response<Body> {
         if req.method() == Method::GET && req.uri().path() == "/healthz" {
             return json_response(StatusCode::OK, json!({"status": "ok"}));
         }
         let started = Instant::now();
         self.metrics.inflight.inc();
         let method = req.method().to_string();
-        let resp = self.route(req, peer).await;
+        let resp = self.route(req, peer, authenticated).await;
         self.metrics.inflight.dec();
         self.metrics
             .duration
@@ -136,8 +143,13 @@ impl Router {
         resp
     }
 
-    async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        if let Some(expected) = &self.config.auth_token {
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        authenticated: bool,
+    ) -> Response<Body> {
+        if let Some(expected) = self.config.auth_token.as_ref().filter(|_| !authenticated) {
             let given = req
                 .headers()
                 .get(header::AUTHORIZATION)
@@ -263,19 +275,30 @@ pub async fn serve(router: Arc<Router>, listener: TcpListener) {
             }
         };
         let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_connection(Arc::clone(&router), stream, peer, false));
+    }
+}
+
+/// Serves one client connection (HTTP/1.1 with upgrades, or h2c) until it ends. `authenticated`:
+/// the connection was authenticated before it reached the router (the API server's
+/// port-forward to the router's Pod), so its requests need no bearer token.
+pub async fn serve_connection<IO>(
+    router: Arc<Router>,
+    io: IO,
+    peer: SocketAddr,
+    authenticated: bool,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let svc = service_fn(move |req| {
         let router = Arc::clone(&router);
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let router = Arc::clone(&router);
-                async move { Ok::<_, std::convert::Infallible>(router.handle(req, peer).await) }
-            });
-            if let Err(e) = auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
+        async move { Ok::<_, std::convert::Infallible>(router.handle(req, peer, authenticated).await) }
+    });
+    if let Err(e) = auto::Builder::new(TokioExecutor::new())
+        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .await
+    {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 
