@@ -179,6 +179,48 @@ pub fn validate_metadata(meta: &Value) -> Vec<Cause> {
     out
 }
 
+/// Whether a StorageClass is marked as the default one (the GA annotation or the beta one).
+pub fn is_default_class(class: &Value) -> bool {
+    let a = &class["metadata"]["annotations"];
+    [
+        "storageclass.kubernetes.io/is-default-class",
+        "storageclass.beta.kubernetes.io/is-default-class",
+    ]
+    .iter()
+    .any(|k| a[*k] == "true")
+}
+
+/// The DefaultStorageClass admission: a PVC created without `spec.storageClassName` gets the
+/// default class, the newest when several are marked (an empty name asks for none and is
+/// kept). `classes` are the StorageClasses that exist.
+pub fn default_storage_class(pvc: &mut Value, classes: &[Value]) {
+    if pvc
+        .pointer("/spec/storageClassName")
+        .is_some_and(|v| !v.is_null())
+    {
+        return;
+    }
+    let newest = classes
+        .iter()
+        .filter(|c| is_default_class(c))
+        .max_by(|a, b| {
+            let created = |c: &Value| {
+                c["metadata"]["creationTimestamp"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let name = |c: &Value| c["metadata"]["name"].as_str().unwrap_or("").to_string();
+            created(a)
+                .cmp(&created(b))
+                .then_with(|| name(b).cmp(&name(a)))
+        });
+    if let (Some(class), Some(spec)) = (newest, pvc.get_mut("spec").and_then(Value::as_object_mut))
+    {
+        spec.insert("storageClassName".into(), class["metadata"]["name"].clone());
+    }
+}
+
 /// kube-apiserver's limit on an object's annotations, keys and values together.
 pub const ANNOTATIONS_LIMIT: usize = 256 * 1024;
 
@@ -301,6 +343,8 @@ pub fn core_roundtrip(
         ("", "Service") => roundtrip::<api::core::v1::Service>(obj),
         ("", "Namespace") => roundtrip::<api::core::v1::Namespace>(obj),
         ("", "PersistentVolumeClaim") => roundtrip::<api::core::v1::PersistentVolumeClaim>(obj),
+        ("", "PersistentVolume") => roundtrip::<api::core::v1::PersistentVolume>(obj),
+        ("storage.k8s.io", "StorageClass") => roundtrip::<api::storage::v1::StorageClass>(obj),
         ("", "Node") => roundtrip::<api::core::v1::Node>(obj),
         ("", "ConfigMap") => roundtrip::<api::core::v1::ConfigMap>(obj),
         ("", "Secret") => roundtrip::<api::core::v1::Secret>(obj),
@@ -331,6 +375,26 @@ mod tests {
         assert!(!validate_name(&"a".repeat(254), NameRule::Subdomain).is_empty());
         assert!(validate_metadata(&json!({"labels": {"a/b": "c"}})).is_empty());
         assert!(!validate_metadata(&json!({"labels": {"a": "bad value"}})).is_empty());
+        // DefaultStorageClass: the newest default class, only when no class is named.
+        let classes = [
+            json!({"metadata": {"name": "old", "creationTimestamp": "2026-01-01T00:00:00Z",
+                "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}}}),
+            json!({"metadata": {"name": "new", "creationTimestamp": "2026-02-01T00:00:00Z",
+                "annotations": {"storageclass.beta.kubernetes.io/is-default-class": "true"}}}),
+            json!({"metadata": {"name": "other", "creationTimestamp": "2026-03-01T00:00:00Z"}}),
+        ];
+        let mut pvc = json!({"spec": {"accessModes": ["ReadWriteOnce"]}});
+        default_storage_class(&mut pvc, &classes);
+        assert_eq!(pvc["spec"]["storageClassName"], "new");
+        let mut none = json!({"spec": {"storageClassName": ""}});
+        default_storage_class(&mut none, &classes);
+        assert_eq!(none["spec"]["storageClassName"], "");
+        let mut named = json!({"spec": {"storageClassName": "other"}});
+        default_storage_class(&mut named, &classes);
+        assert_eq!(named["spec"]["storageClassName"], "other");
+        let mut no_default = json!({"spec": {}});
+        default_storage_class(&mut no_default, &classes[2..]);
+        assert!(no_default["spec"].get("storageClassName").is_none());
         // Annotations: 256 KiB in total, keys included.
         let at_limit = "x".repeat(ANNOTATIONS_LIMIT - 1);
         assert!(validate_metadata(&json!({"annotations": {"a": at_limit}})).is_empty());

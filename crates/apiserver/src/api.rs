@@ -609,12 +609,28 @@ impl App {
                     m.remove("status");
                 }
             }
-            _ => {
-                if t.rd.plural == "persistentvolumeclaims" {
+            _ => match t.rd.plural.as_str() {
+                "persistentvolumeclaims" => {
+                    admission::default_storage_class(obj, &self.storage_classes());
                     obj["status"] = json!({"phase": "Pending"});
                 }
-            }
+                "persistentvolumes" => obj["status"] = json!({"phase": "Pending"}),
+                "storageclasses" => {
+                    default(obj, "reclaimPolicy", json!("Delete"));
+                    default(obj, "volumeBindingMode", json!("Immediate"));
+                }
+                _ => {}
+            },
         }
+    }
+
+    /// The StorageClasses that exist (for the DefaultStorageClass admission).
+    fn storage_classes(&self) -> Vec<Value> {
+        let Some(rd) = self.resources.iter().find(|r| r.plural == "storageclasses") else {
+            return vec![];
+        };
+        let (items, _, _) = self.store.list(&rd.key(), None, None, None, &|_| true);
+        items.iter().map(|s| (*s.obj).clone()).collect()
     }
 
     /// POST: create.
@@ -1661,6 +1677,13 @@ fn keep_all_but_status(new: &mut Value, old: &Value) {
         if k != "status" && n.get(k) != Some(v) {
             n.insert(k.clone(), v.clone());
         }
+    }
+}
+
+/// Sets `key` of object `obj` when it is absent.
+fn default(obj: &mut Value, key: &str, v: Value) {
+    if let Some(m) = obj.as_object_mut() {
+        m.entry(key).or_insert(v);
     }
 }
 

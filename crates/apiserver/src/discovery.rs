@@ -123,6 +123,10 @@ fn schema_for_core(kind: &str, group: &str) -> Option<(String, Map<String, Value
         ("", "PersistentVolumeClaim") => {
             generator.root_schema_for::<api::core::v1::PersistentVolumeClaim>()
         }
+        ("", "PersistentVolume") => generator.root_schema_for::<api::core::v1::PersistentVolume>(),
+        ("storage.k8s.io", "StorageClass") => {
+            generator.root_schema_for::<api::storage::v1::StorageClass>()
+        }
         ("", "Node") => generator.root_schema_for::<api::core::v1::Node>(),
         ("", "ConfigMap") => generator.root_schema_for::<api::core::v1::ConfigMap>(),
         ("", "Secret") => generator.root_schema_for::<api::core::v1::Secret>(),

@@ -142,6 +142,24 @@ fn text(v: &[Value]) -> String {
         .join(",")
 }
 
+/// Access modes as kubectl prints them (`RWO,ROX`).
+fn access_modes(o: &Value) -> String {
+    let modes = o.pointer("/spec/accessModes").and_then(Value::as_array);
+    modes
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|m| match m {
+            "ReadWriteOnce" => "RWO",
+            "ReadOnlyMany" => "ROX",
+            "ReadWriteMany" => "RWX",
+            "ReadWriteOncePod" => "RWOP",
+            other => other,
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn columns(t: &Target) -> (Vec<Value>, Vec<PrinterColumn>) {
     let name = col(
         "Name",
@@ -293,6 +311,40 @@ fn columns(t: &Target) -> (Vec<Value>, Vec<PrinterColumn>) {
                         col("Capacity", "string", 0, "Capacity."),
                         col("Access Modes", "string", 0, "Access modes."),
                         col("StorageClass", "string", 0, "Storage class."),
+                        age,
+                    ],
+                    vec![],
+                )
+            } else if t.rd.plural == "persistentvolumes" {
+                (
+                    vec![
+                        name,
+                        col("Capacity", "string", 0, "Capacity."),
+                        col("Access Modes", "string", 0, "Access modes."),
+                        col("Reclaim Policy", "string", 0, "Reclaim policy."),
+                        col("Status", "string", 0, "Phase."),
+                        col("Claim", "string", 0, "Bound claim."),
+                        col("StorageClass", "string", 0, "Storage class."),
+                        col(
+                            "VolumeAttributesClass",
+                            "string",
+                            0,
+                            "Volume attributes class.",
+                        ),
+                        col("Reason", "string", 0, "Reason."),
+                        age,
+                        col("VolumeMode", "string", 1, "Volume mode."),
+                    ],
+                    vec![],
+                )
+            } else if t.rd.plural == "storageclasses" {
+                (
+                    vec![
+                        name,
+                        col("Provisioner", "string", 0, "Provisioner."),
+                        col("ReclaimPolicy", "string", 0, "Reclaim policy."),
+                        col("VolumeBindingMode", "string", 0, "Binding mode."),
+                        col("AllowVolumeExpansion", "string", 0, "Expansion allowed."),
                         age,
                     ],
                     vec![],
@@ -543,17 +595,52 @@ fn cells(t: &Target, o: &Value, pcs: &[PrinterColumn]) -> Vec<Value> {
                             .and_then(Value::as_str)
                             .unwrap_or("")
                     ),
-                    json!(
-                        o.pointer("/spec/accessModes")
-                            .and_then(Value::as_array)
-                            .map(|a| text(a))
-                            .unwrap_or_default()
-                    ),
+                    json!(access_modes(o)),
                     json!(
                         o.pointer("/spec/storageClassName")
                             .and_then(Value::as_str)
                             .unwrap_or("<unset>")
                     ),
+                    json!(created),
+                ]
+            } else if t.rd.plural == "persistentvolumes" {
+                let s = |p: &str| o.pointer(p).and_then(Value::as_str).unwrap_or("");
+                let claim = match (s("/spec/claimRef/namespace"), s("/spec/claimRef/name")) {
+                    (_, "") => String::new(),
+                    (ns, n) => format!("{ns}/{n}"),
+                };
+                vec![
+                    name,
+                    json!(s("/spec/capacity/storage")),
+                    json!(access_modes(o)),
+                    json!(s("/spec/persistentVolumeReclaimPolicy")),
+                    json!(s("/status/phase")),
+                    json!(claim),
+                    json!(s("/spec/storageClassName")),
+                    json!(
+                        o.pointer("/spec/volumeAttributesClassName")
+                            .and_then(Value::as_str)
+                            .unwrap_or("<unset>")
+                    ),
+                    json!(s("/status/reason")),
+                    json!(created),
+                    json!(
+                        o.pointer("/spec/volumeMode")
+                            .and_then(Value::as_str)
+                            .unwrap_or("Filesystem")
+                    ),
+                ]
+            } else if t.rd.plural == "storageclasses" {
+                let mut name = name;
+                if crate::admission::is_default_class(o) {
+                    name = json!(format!("{} (default)", name.as_str().unwrap_or("")));
+                }
+                vec![
+                    name,
+                    json!(o["provisioner"].as_str().unwrap_or("")),
+                    json!(o["reclaimPolicy"].as_str().unwrap_or("Delete")),
+                    json!(o["volumeBindingMode"].as_str().unwrap_or("Immediate")),
+                    json!(o["allowVolumeExpansion"].as_bool().unwrap_or(false)),
                     json!(created),
                 ]
             } else if t.rd.plural == "leases" {

@@ -546,6 +546,10 @@ impl NodeAgent {
                 secrets,
             )));
         }
+        tasks.0.push(tokio::spawn(crate::storage::reclaim_deleted(
+            self.client.clone(),
+            Arc::clone(&self.engine),
+        )));
         if let Some(enf) = &self.enforcer {
             tasks.0.push(tokio::spawn(
                 Arc::clone(&self).watch_policies(Arc::clone(enf)),
@@ -731,6 +735,7 @@ impl NodeAgent {
                 // The engine's network hook needs the labels before the sandbox gets its address.
                 enf.set_pod(&id, PodMeta::of(pod));
             }
+            self.bind_claims(pod);
             let mut spec = checks.0.clone();
             match self.runtime_class_handler(&spec).await {
                 Ok(h) => spec.handler = h,
@@ -950,6 +955,35 @@ impl NodeAgent {
                 Ok(Some(name))
             }
         }
+    }
+
+    /// Binds the claims `pod` uses to the volumes this node provisions for them, off the
+    /// start's critical path.
+    fn bind_claims(&self, pod: &Pod) {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let claims: Vec<(String, std::path::PathBuf)> = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.volumes.iter().flatten())
+            .filter_map(|v| v.persistent_volume_claim.as_ref())
+            .map(|c| {
+                (
+                    c.claim_name.clone(),
+                    self.engine.pvc_dir(&ns, &c.claim_name),
+                )
+            })
+            .collect();
+        if claims.is_empty() {
+            return;
+        }
+        let (client, node) = (self.client.clone(), self.node_name.clone());
+        tokio::spawn(async move {
+            for (claim, dir) in claims {
+                if let Err(e) = crate::storage::bind(&client, &node, &ns, &claim, &dir).await {
+                    tracing::warn!(claim = %format!("{ns}/{claim}"), error = %e, "binding the claim to its volume failed");
+                }
+            }
+        });
     }
 
     /// The sandbox spec and every container's probes and hooks, or the first refusal.

@@ -30,6 +30,7 @@ pub mod runtime;
 pub mod sandboxd_kit;
 pub mod seccomp;
 pub mod spec;
+pub mod storage;
 mod sys;
 pub mod timeline;
 

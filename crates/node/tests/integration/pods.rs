@@ -958,3 +958,103 @@ async fn two_containers_share_network_and_volumes_crun() {
 async fn two_containers_share_network_and_volumes_runsc() {
     two_containers(HandlerKind::Runsc).await;
 }
+
+/// A claim a Pod uses is bound to a PersistentVolume the node reports (the default
+/// StorageClass filled in by admission), and a deleted claim takes its volume and directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_are_bound_to_volumes_and_reclaimed() {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    use kube::api::{Api, DeleteParams, PostParams};
+    let Some(a) = env(common::default_kind()).await else {
+        return;
+    };
+    agent_sandbox_node::storage::ensure_default_class(&a.client)
+        .await
+        .unwrap();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(a.client.clone(), "default");
+    let volumes: Api<PersistentVolume> = Api::all(a.client.clone());
+    let claim: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": "work"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "2Gi"}}},
+    }))
+    .unwrap();
+    let claim = claims.create(&PostParams::default(), &claim).await.unwrap();
+    let spec = claim.spec.clone().unwrap();
+    assert_eq!(spec.storage_class_name.as_deref(), Some("local-path"));
+    assert_eq!(
+        claim.status.and_then(|s| s.phase).as_deref(),
+        Some("Pending"),
+        "nothing is bound before a Pod uses it (WaitForFirstConsumer)"
+    );
+    let mut main = c(
+        "main",
+        "echo kept > /data/f; i=0; while [ $i -lt 600 ]; do sleep 1; i=$((i+1)); done",
+    );
+    main["volumeMounts"] = json!([{"name": "d", "mountPath": "/data"}]);
+    a.create_pod(pod(
+        "with-claim",
+        json!({"containers": [main],
+            "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "work"}}]}),
+    ))
+    .await;
+    a.wait_pod("default", "with-claim", Duration::from_secs(30), |p| {
+        phase(p) == "Running"
+    })
+    .await;
+    let uid = claim.metadata.uid.clone().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let bound = loop {
+        let c = claims.get("work").await.unwrap();
+        if c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound") {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "the claim was not bound: {c:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let name = format!("pvc-{uid}");
+    assert_eq!(
+        bound.spec.as_ref().unwrap().volume_name.as_deref(),
+        Some(name.as_str())
+    );
+    let status = bound.status.unwrap();
+    assert_eq!(
+        status.capacity.unwrap()["storage"].0,
+        "2Gi",
+        "the capacity reported is the request"
+    );
+    let pv = volumes.get(&name).await.unwrap();
+    assert_eq!(pv.status.unwrap().phase.as_deref(), Some("Bound"));
+    let pv_spec = pv.spec.unwrap();
+    assert_eq!(
+        pv_spec.claim_ref.unwrap().uid.as_deref(),
+        Some(uid.as_str())
+    );
+    assert_eq!(pv_spec.storage_class_name.as_deref(), Some("local-path"));
+    let dir = a.engine().pvc_dir("default", "work");
+    assert_eq!(fs_err::read_to_string(dir.join("f")).unwrap(), "kept\n");
+
+    // Deleted while the Pod still runs: the volume goes at once, the directory once the Pod
+    // is gone.
+    claims
+        .delete("work", &DeleteParams::default())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while volumes.get_opt(&name).await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "the volume outlived its claim");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(dir.is_dir(), "the directory stays while a sandbox uses it");
+    let pods: Api<Pod> = Api::namespaced(a.client.clone(), "default");
+    pods.delete("with-claim", &DeleteParams::default())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while dir.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the directory outlived its claim"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
