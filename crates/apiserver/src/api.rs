@@ -1842,6 +1842,21 @@ pub async fn handle_resource(app: Arc<App>, t: Target, req: Request) -> Response
     }
 }
 
+/// kube-apiserver's refusal of a connection to a Pod that no node runs (`pods/exec`,
+/// `pods/portforward`).
+pub fn require_host(pod: &Value, name: &str) -> ApiResult<()> {
+    if pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        return Err(ApiError::bad_request(format!(
+            "pod {name} does not have a host assigned"
+        )));
+    }
+    Ok(())
+}
+
 /// The container a `pods/log` or `pods/exec` request names (or the Pod's only one), with
 /// kube-apiserver's refusals: none named in a Pod with several, or a name the Pod does not have.
 pub(crate) fn pod_container(

@@ -144,13 +144,7 @@ async fn prepare(app: &App, t: &Target, req: Request) -> Result<Response, Respon
             "you must specify at least one of stdin, stdout, stderr".into(),
         ));
     }
-    if pod
-        .pointer("/spec/nodeName")
-        .and_then(Value::as_str)
-        .is_none_or(str::is_empty)
-    {
-        return Err(bad(format!("pod {pod_name} does not have a host assigned")));
-    }
+    crate::api::require_host(&pod, &pod_name).map_err(IntoResponse::into_response)?;
     let provider = app.exec.read().ok().and_then(|g| g.clone());
     let Some(provider) = provider else {
         return Err(bad(format!(
