@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Tests of the Python SDK against a live `agent-sandbox up` (started by the pytest session
-# fixture; needs root). Makes a venv, installs the package with its test extra, builds the wheel
+# fixture; needs root). Makes a venv, installs the package with its test, typecheck, grpc and
+# upstream extras (upstream's published SDK runs against `up` too), builds the wheel
 # once, type-checks with mypy --strict, and runs pytest. Extra arguments go to pytest.
 #
 # Environment: AGENT_SANDBOX_BIN (default <repo>/target/debug/agent-sandbox, built when missing
@@ -14,7 +15,7 @@ start=$(date +%s)
 if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
-"$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[test,typecheck]'
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[test,typecheck,upstream,grpc]'
 
 echo "== building the wheel"
 dist=$(mktemp -d)

@@ -97,7 +97,10 @@ def test_pod_ip_mode_without_router(up: Path, tmp_path: Path, monkeypatch: objec
         sb = c.create_sandbox(warmpool=POOL)
         assert c.connection.direct
         assert sb.commands.run("echo straight").stdout == "straight\n"
-    assert SandboxInClusterConnectionConfig().server_port == 8080
+    # Upstream's configurations keep upstream's default port: the python-runtime API (8888),
+    # which sandboxd serves too; ours default to sandboxd's REST port.
+    assert SandboxInClusterConnectionConfig().server_port == 8888
+    assert SandboxClusterConnectionConfig().server_port == 8080
 
 
 def test_client_certificate_kubeconfig(tmp_path: Path) -> None:
@@ -159,3 +162,31 @@ def test_router_down(up: Path, tmp_path: Path) -> None:
             sb.commands.run("true")
         assert f"sandbox router at http://127.0.0.1:{port}" in str(e.value)
         assert "connection refused" in str(e.value)
+
+
+def test_api_client_names_the_cluster(up: Path, tmp_path: Path) -> None:
+    """Upstream's `api_client=`: a configured kubernetes ApiClient instead of the kubeconfig,
+    for the API server and for the kubectl of the local tunnel."""
+    import pytest
+
+    from agent_sandbox_sdk import SandboxLocalTunnelConnectionConfig
+
+    kubernetes_config = pytest.importorskip("kubernetes.config")
+    ep = _endpoints(up)
+    api_client = kubernetes_config.new_client_from_config(config_file=ep["kubeconfig"])
+    env = os.environ.pop("KUBECONFIG", None)
+    try:
+        token = Path(ep["routerTokenFile"]).read_text().strip()
+        direct = SandboxDirectConnectionConfig(
+            api_url=ep["router"], extra_headers={"Authorization": f"Bearer {token}"})
+        with SandboxClient(direct, api_client=api_client) as c:
+            assert c.create_sandbox(POOL).commands.run("echo api-client").stdout == \
+                "api-client\n"
+        with SandboxClient(SandboxLocalTunnelConnectionConfig(), api_client=api_client) as c:
+            assert c.create_sandbox(POOL).commands.run("echo tunnel").stdout == "tunnel\n"
+            written = c.connection.router_tunnel.kubeconfig if c.connection.router_tunnel else ""
+            assert written and os.stat(written).st_mode & 0o077 == 0
+        assert not os.path.exists(written)  # removed when the client closed
+    finally:
+        if env is not None:
+            os.environ["KUBECONFIG"] = env

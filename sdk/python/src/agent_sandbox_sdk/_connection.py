@@ -1,28 +1,35 @@
-"""From a connection configuration to a live connection: the Kubernetes API (control plane) and
-the way to each sandbox's sandboxd (data plane: through the router with the ``X-Sandbox-*``
-headers, or straight to the pod IP)."""
+"""From a connection configuration to a live connection: the Kubernetes API (control plane), the
+runtime API the sandboxes are spoken to with, and the way there (data plane).
+
+Runtimes: ``rest`` is sandboxd's REST API (``/v1`` files, ``/v2`` exec and extensions), which
+our own configurations use; ``legacy`` is upstream's python-runtime API (``/execute``,
+``/upload``, ...), which upstream's router and in-cluster configurations use (sandboxd serves it
+on 8888, with ``/v2`` beside it); ``sandboxd`` is sandboxd's gRPC ProcessService for commands and
+its ``/v1`` files, which upstream's sandboxd configurations use.
+
+Routes: ``router`` (the sandbox router, with the ``X-Sandbox-*`` headers; maybe through a
+``kubectl port-forward`` to its Service), ``pod`` (the pod IP), ``pod-tunnel`` (a
+``kubectl port-forward`` to the Pod) and ``service`` (the Sandbox's Service)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
 import os
-import re
-import subprocess
-import threading
+import ssl
 import time
-import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ._http import Body, HttpClient, HttpResponse, StreamingResponse, TransportError
+from . import metrics
+from ._apiclient import kubeconfig_for, remove
+from ._http import HttpClient
 from ._kube import KubeApi, KubeConfig
-from ._ws import WebSocket, connect_websocket
+from ._tunnel import PortForward, kubeconfig_arg
+from .metrics import timed
 from .exceptions import (
     SandboxConfigError,
     SandboxConnectionError,
-    SandboxNotReadyError,
-    SandboxPortForwardError,
     SandboxRequestError,
     SandboxTimeoutError,
 )
@@ -30,7 +37,9 @@ from .models import (
     DEFAULT_DATA_DIR,
     SandboxClusterConnectionConfig,
     SandboxConnectionConfig,
+    SandboxdInClusterConnectionConfig,
     SandboxDirectConnectionConfig,
+    SandboxdPodTunnelConnectionConfig,
     SandboxEmbeddedConnectionConfig,
     SandboxGatewayConnectionConfig,
     SandboxInClusterConnectionConfig,
@@ -38,6 +47,9 @@ from .models import (
 )
 
 UP_HINT = "Is `agent-sandbox up` running? Start it (as root) with `agent-sandbox up{flags}`."
+
+# The Service port of the router, as upstream's local tunnel forwards it.
+ROUTER_SERVICE_PORT = 8080
 
 
 def data_dir(explicit: Any = None) -> Path:
@@ -68,27 +80,78 @@ class _TokenSource:
 
 
 class Connection:
-    """The control plane (``kube``) and how to reach sandboxes (``router_url`` or pod IPs)."""
+    """The control plane (``kube``) and how to reach sandboxes: ``runtime`` (``rest``,
+    ``legacy`` or ``sandboxd``) over ``route`` (``router``, ``pod``, ``pod-tunnel`` or
+    ``service``). ``server_port`` is the sandbox's HTTP port (sandboxd's REST port for ``rest``
+    and ``sandboxd``, the python-runtime's for ``legacy``)."""
 
     def __init__(self, kube: KubeApi, *, router_url: str | None, token: _TokenSource,
                  server_port: int, description: str, hint: str = "",
-                 closer: Callable[[], None] | None = None) -> None:
+                 closer: Callable[[], None] | None = None, runtime: str = "rest",
+                 route: str | None = None, extra_headers: dict[str, str] | None = None,
+                 ssl_context: ssl.SSLContext | None = None, grpc_port: int | None = None,
+                 router_tunnel: PortForward | None = None, kubeconfig: str | None = None,
+                 port_forward_ready_timeout: float = 30.0,
+                 dns_fallback: bool = False, mode: str = "") -> None:
         self.kube = kube
-        self.router_url = router_url.rstrip("/") if router_url else None
+        self._router_url = router_url.rstrip("/") if router_url else None
+        self.router_tunnel = router_tunnel
+        self.route = route or ("router" if router_url or router_tunnel else "pod")
+        self.runtime = runtime
         self.token = token
         self.server_port = server_port
+        self.grpc_port = grpc_port
+        self.extra_headers = dict(extra_headers or {})
         self.description = description
         self.hint = hint
-        self.http = HttpClient()
+        self.kubeconfig = kubeconfig  # for kubectl
+        self.port_forward_ready_timeout = port_forward_ready_timeout
+        self.dns_fallback = dns_fallback  # upstream's in-cluster: <sandbox>.<ns>.svc without an IP
+        self.mode = mode  # the name of the connection mode, for metrics and errors
+        self.http = HttpClient(ssl_context=ssl_context)
         self._closer = closer
 
     @property
+    def router_url(self) -> str | None:
+        """The router's URL (a local tunnel's once it runs)."""
+        if self.router_tunnel is not None:
+            ports = self.router_tunnel.current()
+            return f"http://127.0.0.1:{ports[0]}" if ports else None
+        return self._router_url
+
+    def router_base(self) -> str:
+        """The router's URL, starting the local tunnel when needed."""
+        if self.router_tunnel is not None:
+            return f"http://127.0.0.1:{self.router_tunnel.ports()[0]}"
+        assert self._router_url is not None
+        return self._router_url
+
+    def check_tunnel(self) -> None:
+        if self.router_tunnel is not None:
+            self.router_tunnel.check()
+
+    @property
+    def via_router(self) -> bool:
+        return self.route == "router"
+
+    @property
     def direct(self) -> bool:
-        return self.router_url is None
+        return not self.via_router
+
+    def add_closer(self, fn: Callable[[], None]) -> None:
+        previous = self._closer
+
+        def both() -> None:
+            if previous is not None:
+                previous()
+            fn()
+        self._closer = both
 
     def close(self) -> None:
         self.http.close()
         self.kube.close()
+        if self.router_tunnel is not None:
+            self.router_tunnel.close()
         if self._closer is not None:
             self._closer()
             self._closer = None
@@ -125,7 +188,7 @@ def _embedded(cfg: SandboxEmbeddedConnectionConfig) -> Connection:
     kube = KubeApi(kc, hint=hint)
     token = _TokenSource(token_file=ep.get("routerTokenFile") or ddir / "router-token")
     return Connection(kube, router_url=ep.get("router") or "http://127.0.0.1:8080", token=token,
-                      server_port=cfg.server_port,
+                      server_port=cfg.server_port, mode="embedded",
                       description=f"agent-sandbox up ({ddir})", hint=hint)
 
 
@@ -136,56 +199,41 @@ def _kube_for(kubeconfig: Any, context: str | None = None, in_cluster: bool = Fa
 
 
 def _default_kube(kubeconfig: Any) -> KubeApi:
+    """As upstream: the service account inside a Pod, else the kubeconfig."""
     if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST") \
             and not os.environ.get("KUBECONFIG"):
         return KubeApi(KubeConfig.in_cluster())
     return KubeApi(KubeConfig.from_kubeconfig(kubeconfig))
 
 
+def _have_kubeconfig() -> bool:
+    env = os.environ.get("KUBECONFIG")
+    if env:
+        return any(p and Path(p).is_file() for p in env.split(os.pathsep))
+    return (Path.home() / ".kube" / "config").is_file()
+
+
 def _local_tunnel(cfg: SandboxLocalTunnelConnectionConfig) -> Connection:
     kube = _default_kube(cfg.kubeconfig)
-    argv = ["kubectl", "port-forward", f"svc/{cfg.router_service}", ":8080",
-            "-n", cfg.router_namespace]
-    if cfg.kubeconfig:
-        argv += ["--kubeconfig", str(cfg.kubeconfig)]
-    try:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL, text=True)
-    except FileNotFoundError:
-        raise SandboxPortForwardError(
-            "kubectl is not installed or not on PATH; install it or use "
-            "SandboxDirectConnectionConfig with the router's URL") from None
-    found: list[str] = []
-
-    def reader() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            m = re.search(r"Forwarding from 127\.0\.0\.1:(\d+)", line)
-            if m and not found:
-                found.append(m.group(1))
-
-    threading.Thread(target=reader, daemon=True).start()
-    deadline = time.monotonic() + cfg.port_forward_ready_timeout
-    while not found and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    if not found:
-        proc.kill()
-        err = proc.stderr.read() if proc.stderr and proc.poll() is not None else ""
-        raise SandboxPortForwardError(
-            f"kubectl port-forward to svc/{cfg.router_service} in {cfg.router_namespace} did not "
-            f"start within {cfg.port_forward_ready_timeout} s: {str(err).strip()[:300]}")
-
-    def close() -> None:
-        proc.kill()
-        proc.wait(5)
-
+    svc = f"svc/{cfg.router_service}"
+    tunnel = PortForward(svc, cfg.router_namespace, [ROUTER_SERVICE_PORT],
+                         ready_timeout=cfg.port_forward_ready_timeout,
+                         kubeconfig=kubeconfig_arg(cfg.kubeconfig),
+                         description=f"router Service {svc} in namespace {cfg.router_namespace}",
+                         preflight=[svc], metric_mode="port_forward")
     token = _TokenSource(cfg.router_token, cfg.router_token_file)
-    return Connection(kube, router_url=f"http://127.0.0.1:{found[0]}", token=token,
-                      server_port=cfg.server_port, description="kubectl port-forward",
-                      closer=close)
+    return Connection(kube, router_url=None, router_tunnel=tunnel, token=token,
+                      server_port=cfg.server_port, runtime="legacy", mode="port_forward",
+                      kubeconfig=kubeconfig_arg(cfg.kubeconfig),
+                      description=f"kubectl port-forward {svc} -n {cfg.router_namespace}")
 
 
 def _gateway(cfg: SandboxGatewayConnectionConfig) -> Connection:
+    with timed(metrics.sandbox_client_discovery_latency_ms, mode="gateway"):
+        return _gateway_address(cfg)
+
+
+def _gateway_address(cfg: SandboxGatewayConnectionConfig) -> Connection:
     kube = _default_kube(cfg.kubeconfig)
     deadline = time.monotonic() + cfg.gateway_ready_timeout
     addr = None
@@ -210,230 +258,109 @@ def _gateway(cfg: SandboxGatewayConnectionConfig) -> Connection:
     host = f"[{addr}]" if ":" in addr else addr
     token = _TokenSource(cfg.router_token, cfg.router_token_file)
     return Connection(kube, router_url=f"{cfg.gateway_scheme}://{host}", token=token,
-                      server_port=cfg.server_port, description=f"Gateway {cfg.gateway_name}")
+                      server_port=cfg.server_port, runtime="legacy", mode="gateway",
+                      description=f"Gateway {cfg.gateway_name}")
 
 
-def connect(cfg: Optional[SandboxConnectionConfig]) -> Connection:
-    """Resolves ``cfg``; ``None`` auto-discovers: a local ``agent-sandbox up`` (its
-    ``endpoints.json``), else in-cluster credentials, else ``$AGENT_SANDBOX_ROUTER_URL`` with the
-    default kubeconfig."""
+def _direct(cfg: SandboxDirectConnectionConfig) -> Connection:
+    if not cfg.api_url:
+        raise SandboxConfigError("SandboxDirectConnectionConfig needs api_url (the router URL)")
+    kube = _default_kube(cfg.kubeconfig)
+    ctx = None
+    if cfg.api_url.lower().startswith("https://"):
+        try:
+            ctx = ssl.create_default_context(cafile=cfg.ca_cert) if cfg.ca_cert \
+                else ssl.create_default_context()
+            if cfg.client_cert:
+                ctx.load_cert_chain(cfg.client_cert[0], cfg.client_cert[1])
+        except (OSError, ssl.SSLError) as e:
+            raise SandboxConfigError(
+                f"cannot load the TLS files of SandboxDirectConnectionConfig (ca_cert="
+                f"{cfg.ca_cert!r}, client_cert={cfg.client_cert!r}): {e}") from None
+    token = _TokenSource(cfg.router_token, cfg.router_token_file)
+    return Connection(kube, router_url=cfg.api_url, token=token, server_port=cfg.server_port,
+                      runtime="legacy", extra_headers=cfg.extra_headers, ssl_context=ctx,
+                      mode="direct", description=f"router {cfg.api_url}")
+
+
+def _auto() -> Connection:
+    """No configuration: a local ``agent-sandbox up``, else ``$AGENT_SANDBOX_ROUTER_URL``, else
+    the service account inside a Pod, else upstream's default (the local tunnel) with the
+    kubeconfig."""
+    ddir = data_dir()
+    if (ddir / "endpoints.json").exists():
+        return _embedded(SandboxEmbeddedConnectionConfig())
+    if os.environ.get("AGENT_SANDBOX_ROUTER_URL"):
+        return connect(SandboxClusterConnectionConfig(
+            router_url=os.environ["AGENT_SANDBOX_ROUTER_URL"],
+            router_token=os.environ.get("AGENT_SANDBOX_ROUTER_TOKEN"),
+            router_token_file=os.environ.get("AGENT_SANDBOX_ROUTER_TOKEN_FILE")))
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return connect(SandboxClusterConnectionConfig(in_cluster=True))
+    if _have_kubeconfig():
+        return _local_tunnel(SandboxLocalTunnelConnectionConfig())
+    raise SandboxConnectionError(
+        f"no agent-sandbox to connect to: {ddir / 'endpoints.json'} does not exist (no local "
+        "`agent-sandbox up`; set AGENT_SANDBOX_DATA_DIR if it uses another data directory), "
+        "AGENT_SANDBOX_ROUTER_URL is unset, this is not a Kubernetes Pod, and there is no "
+        "kubeconfig for upstream's default (a kubectl port-forward to the router). Start "
+        "`agent-sandbox up`, or pass SandboxClusterConnectionConfig(kubeconfig=..., "
+        "router_url=...)")
+
+
+def connect(cfg: Optional[SandboxConnectionConfig], api_client: Any = None) -> Connection:
+    """Resolves ``cfg``; ``None`` auto-discovers (see :func:`_auto`). ``api_client`` (upstream's:
+    a configured Kubernetes ``ApiClient``) names the cluster instead of the kubeconfig; without
+    ``cfg`` it means upstream's default, the local tunnel, to that cluster."""
+    if api_client is not None:
+        path = kubeconfig_for(api_client)
+        try:
+            if cfg is None:
+                cfg = SandboxLocalTunnelConnectionConfig()
+            if isinstance(cfg, SandboxClusterConnectionConfig):
+                cfg = dataclasses.replace(cfg, kubeconfig=path, context=None, in_cluster=False)
+            elif not isinstance(cfg, SandboxEmbeddedConnectionConfig):
+                cfg = dataclasses.replace(cfg, kubeconfig=path)
+            conn = connect(cfg)
+        except BaseException:
+            remove(path)
+            raise
+        conn.add_closer(lambda: remove(path))
+        return conn
     if cfg is None:
-        ddir = data_dir()
-        if (ddir / "endpoints.json").exists():
-            return _embedded(SandboxEmbeddedConnectionConfig())
-        if os.environ.get("AGENT_SANDBOX_ROUTER_URL"):
-            return connect(SandboxClusterConnectionConfig(
-                router_url=os.environ["AGENT_SANDBOX_ROUTER_URL"],
-                router_token=os.environ.get("AGENT_SANDBOX_ROUTER_TOKEN"),
-                router_token_file=os.environ.get("AGENT_SANDBOX_ROUTER_TOKEN_FILE")))
-        if os.environ.get("KUBERNETES_SERVICE_HOST"):
-            return connect(SandboxInClusterConnectionConfig())
-        raise SandboxConnectionError(
-            f"no agent-sandbox to connect to: {ddir / 'endpoints.json'} does not exist (no local "
-            "`agent-sandbox up`; set AGENT_SANDBOX_DATA_DIR if it uses another data directory), "
-            "this is not a Kubernetes Pod, and AGENT_SANDBOX_ROUTER_URL is unset. Start "
-            "`agent-sandbox up`, or pass SandboxClusterConnectionConfig(kubeconfig=..., "
-            "router_url=...)")
+        return _auto()
     if isinstance(cfg, SandboxEmbeddedConnectionConfig):
         return _embedded(cfg)
     if isinstance(cfg, SandboxClusterConnectionConfig):
         kube = _kube_for(cfg.kubeconfig, cfg.context, cfg.in_cluster)
         token = _TokenSource(cfg.router_token, cfg.router_token_file)
         return Connection(kube, router_url=cfg.router_url or None, token=token,
-                          server_port=cfg.server_port,
+                          server_port=cfg.server_port, mode="cluster",
                           description=f"cluster ({kube.config.source})")
     if isinstance(cfg, SandboxDirectConnectionConfig):
-        if not cfg.api_url:
-            raise SandboxConfigError("SandboxDirectConnectionConfig needs api_url (the router URL)")
-        kube = _default_kube(cfg.kubeconfig)
-        token = _TokenSource(cfg.router_token, cfg.router_token_file)
-        return Connection(kube, router_url=cfg.api_url, token=token, server_port=cfg.server_port,
-                          description=f"router {cfg.api_url}")
+        return _direct(cfg)
     if isinstance(cfg, SandboxInClusterConnectionConfig):
-        kube = KubeApi(KubeConfig.in_cluster())
-        return Connection(kube, router_url=None, token=_TokenSource(),
-                          server_port=cfg.server_port, description="in-cluster (pod IPs)")
+        kube = _default_kube(cfg.kubeconfig)
+        return Connection(kube, router_url=None, token=_TokenSource(), route="pod",
+                          server_port=cfg.server_port, runtime="legacy", dns_fallback=True,
+                          mode="in_cluster", description="in-cluster (pod IPs)")
     if isinstance(cfg, SandboxGatewayConnectionConfig):
         return _gateway(cfg)
     if isinstance(cfg, SandboxLocalTunnelConnectionConfig):
         return _local_tunnel(cfg)
+    if isinstance(cfg, SandboxdPodTunnelConnectionConfig):
+        kube = _default_kube(cfg.kubeconfig)
+        return Connection(kube, router_url=None, token=_TokenSource(), route="pod-tunnel",
+                          server_port=cfg.rest_port, grpc_port=cfg.grpc_port,
+                          runtime="sandboxd", kubeconfig=kubeconfig_arg(cfg.kubeconfig),
+                          port_forward_ready_timeout=cfg.port_forward_ready_timeout,
+                          mode="sandboxd_pod_tunnel",
+                          description="kubectl port-forward to each sandbox's Pod (sandboxd)")
+    if isinstance(cfg, SandboxdInClusterConnectionConfig):
+        kube = _default_kube(cfg.kubeconfig)
+        route = "service" if cfg.mode == "in-cluster-service" else "pod"
+        return Connection(kube, router_url=None, token=_TokenSource(), route=route,
+                          server_port=cfg.rest_port, grpc_port=cfg.grpc_port,
+                          runtime="sandboxd", mode=f"sandboxd_{cfg.mode.replace('-', '_')}",
+                          description=f"sandboxd {cfg.mode}")
     raise SandboxConfigError(f"unknown connection config {cfg!r}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Data plane
-# ---------------------------------------------------------------------------------------------
-
-
-def pick_pod_ip(ips: Any) -> str | None:
-    best = None
-    for ip in ips or []:
-        ip = str(ip)
-        if ip.startswith("::ffff:"):
-            ip = ip[len("::ffff:"):]
-        if ":" not in ip:
-            return ip
-        best = best or ip
-    return best
-
-
-class DataPlane:
-    """Requests to one sandbox's sandboxd."""
-
-    def __init__(self, conn: Connection, sandbox_id: str, namespace: str,
-                 pod_ip: str | None, refresh_pod_ip: Callable[[], str | None]) -> None:
-        self.conn = conn
-        self.sandbox_id = sandbox_id
-        self.namespace = namespace
-        self.pod_ip = pod_ip
-        self._refresh = refresh_pod_ip
-
-    def refresh_pod_ip(self) -> str | None:
-        self.pod_ip = self._refresh()
-        return self.pod_ip
-
-    def _target(self, path: str, params: dict[str, Any] | None,
-                timeout: float | None) -> tuple[str, dict[str, str]]:
-        q = ""
-        if params:
-            q = "?" + urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
-        headers = {"User-Agent": "agent-sandbox-sdk-python"}
-        if self.conn.router_url is None:
-            if not self.pod_ip:
-                self.refresh_pod_ip()
-            if not self.pod_ip:
-                raise SandboxNotReadyError(
-                    f"sandbox {self.namespace}/{self.sandbox_id} has no pod IP (suspended or not "
-                    "running); resume it or check sandbox.status()")
-            host = f"[{self.pod_ip}]" if ":" in self.pod_ip else self.pod_ip
-            return f"http://{host}:{self.conn.server_port}{path}{q}", headers
-        headers["X-Sandbox-ID"] = self.sandbox_id
-        headers["X-Sandbox-Namespace"] = self.namespace
-        headers["X-Sandbox-Port"] = str(self.conn.server_port)
-        if self.pod_ip:
-            headers["X-Sandbox-Pod-IP"] = self.pod_ip
-        if timeout and timeout > 0 and math.isfinite(timeout):
-            headers["X-Sandbox-Timeout"] = str(int(math.ceil(timeout)))
-        tok = self.conn.token.get()
-        if tok:
-            headers["Authorization"] = f"Bearer {tok}"
-        return f"{self.conn.router_url}{path}{q}", headers
-
-    def _where(self) -> str:
-        if self.conn.router_url:
-            return f"the sandbox router at {self.conn.router_url}"
-        return f"sandbox {self.sandbox_id} at {self.pod_ip}:{self.conn.server_port}"
-
-    def transport_error(self, e: TransportError, what: str, timeout: float | None) -> Exception:
-        if e.kind == "timeout":
-            return SandboxTimeoutError(
-                f"{what}: sandbox {self.namespace}/{self.sandbox_id} did not answer within "
-                f"{timeout:g} s; pass a larger timeout if the operation is slow")
-        msg = f"{what}: cannot reach {self._where()}: {e}."
-        if self.conn.hint:
-            msg += " " + self.conn.hint
-        return SandboxConnectionError(msg)
-
-    def check(self, resp: HttpResponse, what: str, ok: tuple[int, ...] = (200,)) -> HttpResponse:
-        if resp.status in ok:
-            return resp
-        raise self.http_error(resp.status, resp.body, what, resp)
-
-    def http_error(self, status: int, body: bytes, what: str, resp: Any = None) -> Exception:
-        code, message = None, body.decode("utf-8", errors="replace").strip()
-        try:
-            j = json.loads(body)
-            if isinstance(j, dict):
-                if "detail" in j:  # the router's own errors
-                    message = str(j["detail"])
-                    code = "ROUTER"
-                else:
-                    code = j.get("code")
-                    message = str(j.get("message") or message)
-        except ValueError:
-            pass
-        if status == 401 and code == "ROUTER":
-            message += (" The router rejected the bearer token: check the router token "
-                        "(routerTokenFile of endpoints.json, or router_token=).")
-        elif status in (502, 503) and code == "ROUTER":
-            message += (f" The sandbox {self.namespace}/{self.sandbox_id} is not answering: it "
-                        "may be suspended, restarting or gone; see sandbox.status().")
-            return SandboxNotReadyError(f"{what}: {status} {message}")
-        elif status == 504:
-            message += " The sandbox did not answer in time; pass a larger timeout."
-        return SandboxRequestError(f"{what}: {status} {message}", status_code=status,
-                                   response=resp, code=code)
-
-    def request(self, method: str, path: str, *, what: str, params: dict[str, Any] | None = None,
-                json_body: Any = None, body: Body = None, headers: dict[str, str] | None = None,
-                timeout: float = 60.0, idempotent: bool | None = None,
-                ok: tuple[int, ...] = (200,)) -> HttpResponse:
-        if idempotent is None:
-            idempotent = method in ("GET", "HEAD", "PUT", "DELETE")
-        hdr_extra = dict(headers or {})
-        if json_body is not None:
-            body = json.dumps(json_body).encode()
-            hdr_extra.setdefault("Content-Type", "application/json")
-        for attempt in (0, 1):
-            url, hdrs = self._target(path, params, timeout)
-            hdrs.update(hdr_extra)
-            try:
-                resp = self.conn.http.request(method, url, headers=hdrs, body=body,
-                                              timeout=timeout + 5,
-                                              retries=2 if idempotent else 0)
-            except TransportError as e:
-                raise self.transport_error(e, what, timeout) from None
-            if attempt == 0 and self._stale_pod_ip(resp.status, resp.body, idempotent):
-                continue
-            return self.check(resp, what, ok)
-        raise AssertionError("unreachable")
-
-    def _stale_pod_ip(self, status: int, body: bytes, idempotent: bool) -> bool:
-        """A pod IP that changed (resume, restart) shows as 502 from the router. Retry once
-        with a fresh one: an idempotent request always, any other only when the router says
-        it could not connect (so the request never reached a sandbox)."""
-        if status != 502 or self.conn.router_url is None:
-            return False
-        if not idempotent and b"Could not connect" not in body:
-            return False
-        old = self.pod_ip
-        return self.refresh_pod_ip() not in (old, None)
-
-    def stream(self, method: str, path: str, *, what: str, params: dict[str, Any] | None = None,
-               json_body: Any = None, headers: dict[str, str] | None = None,
-               timeout: float = 60.0) -> StreamingResponse:
-        body = None
-        if json_body is not None:
-            body = json.dumps(json_body).encode()
-        for attempt in (0, 1):
-            url, hdrs = self._target(path, params, timeout)
-            hdrs.update(headers or {})
-            if body is not None:
-                hdrs["Content-Type"] = "application/json"
-            try:
-                s = self.conn.http.stream(method, url, headers=hdrs, body=body, timeout=timeout)
-            except TransportError as e:
-                raise self.transport_error(e, what, timeout) from None
-            if s.status < 400:
-                return s
-            try:
-                data = s.read()
-            except TransportError:
-                data = b""
-            s.close()
-            if attempt == 0 and self._stale_pod_ip(s.status, data, method in ("GET", "HEAD")):
-                continue
-            raise self.http_error(s.status, data, what)
-        raise AssertionError("unreachable")
-
-    def websocket(self, path: str, params: dict[str, Any] | None, *, what: str,
-                  timeout: float) -> WebSocket:
-        url, hdrs = self._target(path, params, None)
-        try:
-            sock = self.conn.http.raw_socket(url, timeout)
-        except TransportError as e:
-            raise self.transport_error(e, what, timeout) from None
-        status, body, ws = connect_websocket(sock, url, hdrs, timeout)
-        if ws is None:
-            raise self.http_error(status, body, what)
-        return ws

@@ -23,6 +23,9 @@ from .models import (
     SandboxTracerConfig,
     TransferSummary,
 )
+from ._commands import _as_timed_out
+from ._runtimes import command_text
+from ._tracing import executable
 from .sandbox import Command, OutputCallback, Process, PtySession, Sandbox
 
 
@@ -62,25 +65,45 @@ class AsyncCommands:
     def __init__(self, sb: Sandbox) -> None:
         self._sb = sb
 
-    async def run(self, command: Command, timeout: Optional[float] = 60, *,
+    async def run(self, command: Command, timeout: Optional[float] = 60,
+                  command_timeout: Optional[float] = None, *,
                   env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None,
                   stdin: Optional[Union[str, bytes]] = None,
                   on_stdout: Optional[OutputCallback] = None,
                   on_stderr: Optional[OutputCallback] = None,
                   max_output_bytes: Optional[int] = None) -> ExecutionResult:
-        proc = await asyncio.to_thread(
-            self._sb.commands.start, command, env=env, cwd=cwd, stdin=stdin,
-            on_stdout=on_stdout, on_stderr=on_stderr, timeout=timeout,
-            max_output_bytes=max_output_bytes)
-        try:
-            return await asyncio.to_thread(proc.wait)
-        except CommandTimeoutError as e:
-            raise CommandTimeoutError(
-                f"{command!r} did not finish within {timeout} s and was killed; pass a larger "
-                "timeout=", e.result) from None
-        except asyncio.CancelledError:
-            await asyncio.to_thread(proc.close)
-            raise
+        """As :meth:`Commands.run`. With sandboxd's ``/v2`` exec, cancelling the coroutine
+        kills the command."""
+        if self._sb._dp.runtime != "rest":
+            # Upstream's runtimes: one request (or gRPC call) in a worker thread.
+            return await asyncio.to_thread(
+                self._sb.commands.run, command, timeout, command_timeout, env=env, cwd=cwd,
+                stdin=stdin, on_stdout=on_stdout, on_stderr=on_stderr,
+                max_output_bytes=max_output_bytes)
+        limit = command_timeout if command_timeout is not None else timeout
+        with self._sb._tracing.span("run") as span:
+            if span.is_recording():
+                span.set_attribute("sandbox.command.executable",
+                                   executable(command_text(command)))
+            proc = await asyncio.to_thread(
+                self._sb.commands.start, command, env=env, cwd=cwd, stdin=stdin,
+                on_stdout=on_stdout, on_stderr=on_stderr, timeout=limit,
+                max_output_bytes=max_output_bytes)
+            try:
+                result = await asyncio.to_thread(proc.wait)
+            except CommandTimeoutError as e:
+                if command_timeout is not None and e.result is not None:
+                    result = _as_timed_out(e.result, command_timeout)
+                else:
+                    raise CommandTimeoutError(
+                        f"{command!r} did not finish within {limit} s and was killed; pass a "
+                        "larger timeout=", e.result) from None
+            except asyncio.CancelledError:
+                await asyncio.to_thread(proc.close)
+                raise
+            if span.is_recording():
+                span.set_attribute("sandbox.exit_code", result.exit_code)
+            return result
 
     async def start(self, command: Command, **kwargs: Any) -> AsyncProcess:
         return AsyncProcess(await asyncio.to_thread(self._sb.commands.start, command, **kwargs))
@@ -96,7 +119,7 @@ class AsyncFiles:
     def __init__(self, sb: Sandbox) -> None:
         self._sb = sb
 
-    async def write(self, path: str, content: Union[bytes, str], timeout: float = 60,
+    async def write(self, path: str, content: Any, timeout: float = 60,
                     **kwargs: Any) -> None:
         await asyncio.to_thread(self._sb.files.write, path, content, timeout, **kwargs)
 
@@ -105,6 +128,22 @@ class AsyncFiles:
 
     async def list(self, path: str = ".", timeout: float = 60) -> list[FileEntry]:
         return await asyncio.to_thread(self._sb.files.list, path, timeout)
+
+    async def read_to(self, path: str, destination: Any, timeout: float = 60,
+                      allow_unsafe_paths: bool = False, max_bytes: Optional[int] = None) -> int:
+        """Streams a file into ``destination``: anything with ``write(bytes)``, called from a
+        worker thread (a coroutine ``write`` is awaited on this loop)."""
+        loop = asyncio.get_running_loop()
+
+        class _Writer:
+            def write(self, data: bytes) -> Any:
+                n = destination.write(data)
+                if asyncio.iscoroutine(n):
+                    return asyncio.run_coroutine_threadsafe(n, loop).result()
+                return n
+
+        return await asyncio.to_thread(self._sb.files.read_to, path, _Writer(), timeout,
+                                       allow_unsafe_paths, max_bytes)
 
     async def exists(self, path: str, timeout: float = 60) -> bool:
         return await asyncio.to_thread(self._sb.files.exists, path, timeout)
@@ -239,6 +278,12 @@ class AsyncSandbox:
     def get_pod_ip(self) -> Optional[str]:
         return self.sync.get_pod_ip()
 
+    async def get_service_fqdn(self) -> Optional[str]:
+        return await asyncio.to_thread(self.sync.get_service_fqdn)
+
+    async def get_sandbox_name_hash(self) -> Optional[str]:
+        return await asyncio.to_thread(self.sync.get_sandbox_name_hash)
+
     async def get_pod_name(self) -> str:
         return await asyncio.to_thread(self.sync.get_pod_name)
 
@@ -259,7 +304,7 @@ class AsyncSandbox:
         await asyncio.to_thread(self.sync.resume, wait, timeout)
 
     async def close_connection(self) -> None:
-        self.sync.close_connection()
+        await asyncio.to_thread(self.sync.close_connection)
 
     async def terminate(self) -> None:
         await asyncio.to_thread(self.sync.terminate)
@@ -273,14 +318,14 @@ class AsyncSandbox:
 
 class AsyncSandboxClient:
     """The coroutine twin of :class:`~agent_sandbox_sdk.SandboxClient`. ``async with`` deletes
-    the sandboxes it created on exit (as upstream, ``cleanup`` defaults to True: also at program
-    exit)."""
+    the sandboxes it created under generated names on exit (as upstream, ``cleanup`` defaults to
+    True: also at program exit)."""
 
     def __init__(self, connection_config: Optional[SandboxConnectionConfig] = None,
                  tracer_config: Optional[SandboxTracerConfig] = None,
-                 cleanup: bool = True) -> None:
+                 cleanup: bool = True, api_client: Any = None) -> None:
         self.sync: SandboxClient[Sandbox] = SandboxClient(connection_config, tracer_config,
-                                                          cleanup)
+                                                          cleanup, api_client)
         self._handles: dict[tuple[str, str], AsyncSandbox] = {}
 
     def _wrap(self, sb: Sandbox) -> AsyncSandbox:
@@ -372,8 +417,9 @@ class AsyncSandboxClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        # As the synchronous client: claims named by the caller are left to the caller.
         try:
-            await self.delete_all()
+            await asyncio.to_thread(self.sync._delete_automatic)
         finally:
             await self.close()
 

@@ -17,6 +17,7 @@ from ._connection import Connection, connect
 from ._kube import KubeApiError
 from .exceptions import (
     SandboxClaimFailedError,
+    SandboxRequestError,
     SandboxConfigError,
     SandboxError,
     SandboxMetadataError,
@@ -26,6 +27,7 @@ from .exceptions import (
     SandboxWarmPoolNotFoundError,
 )
 from .models import SandboxConnectionConfig, SandboxTracerConfig
+from ._tracing import Tracing
 from .sandbox import Sandbox
 
 log = logging.getLogger("agent_sandbox_sdk")
@@ -39,8 +41,10 @@ SHADOW_POOL_PREFIX = "shadow-pool-"
 
 # Ready=False reasons after which a claim never becomes ready.
 FATAL_REASONS = {"InvalidMetadata", "EnvVarsInjectionRejected", "VolumeClaimTemplatesError",
-                 "ClaimExpired", "SandboxExpired"}
+                 "ClaimExpired", "SandboxExpired", "InvalidConfiguration", "PodFailed",
+                 "PodSucceeded"}
 
+_ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -60,6 +64,15 @@ def _validate_labels(labels: Optional[Mapping[str, str]], what: str) -> dict[str
                              "'-', '_' or '.', starting and ending alphanumeric)")
         out[k] = v
     return out
+
+
+def _check_claim_name(name: str) -> None:
+    """An explicit claim name: a DNS-1123 subdomain, as upstream checks it."""
+    if not isinstance(name, str) or not name or len(name) > 253 \
+            or not _DNS_SUBDOMAIN.match(name):
+        raise ValueError(f"claim name {name!r} is not a valid name (a DNS-1123 subdomain: "
+                         "lowercase alphanumerics, '-' and '.', starting and ending "
+                         "alphanumeric, up to 253)")
 
 
 def _check_name(name: str, what: str) -> None:
@@ -83,19 +96,27 @@ def _ready(obj: Mapping[str, Any]) -> Optional[Mapping[str, Any]]:
 class SandboxClient(Generic[T]):
     """Claims and manages sandboxes.
 
-    ``connection_config`` ``None`` auto-discovers a local ``agent-sandbox up`` (its
-    ``endpoints.json``), else in-cluster credentials; see the models for the explicit choices.
-    ``cleanup=True`` deletes the sandboxes this client created when the program exits.
+    ``connection_config`` ``None`` finds a local ``agent-sandbox up`` (its ``endpoints.json``),
+    else ``$AGENT_SANDBOX_ROUTER_URL``, else the service account inside a Pod, else upstream's
+    default (a ``kubectl port-forward`` to the router Service, with the kubeconfig); see the
+    models for the explicit choices. ``tracer_config`` turns on OpenTelemetry spans.
+    ``cleanup=True`` deletes, when the program exits, the sandboxes this client created under
+    generated names (as the ``with`` block's exit does). ``api_client`` (upstream's) is a
+    configured Kubernetes ``ApiClient`` naming the cluster instead of the kubeconfig.
     """
 
     sandbox_class: type[Sandbox] = Sandbox
 
     def __init__(self, connection_config: Optional[SandboxConnectionConfig] = None,
                  tracer_config: Optional[SandboxTracerConfig] = None,
-                 cleanup: bool = False) -> None:
-        del tracer_config  # accepted for upstream compatibility
-        self.connection: Connection = connect(connection_config)
+                 cleanup: bool = False, api_client: Any = None) -> None:
+        self.tracer_config = tracer_config or SandboxTracerConfig()
+        self._tracing = Tracing(self.tracer_config)
+        self.connection: Connection = connect(connection_config, api_client)
         self._sandboxes: dict[tuple[str, str], Sandbox] = {}
+        # Claims named by the caller are the caller's: automatic cleanup (the context manager's
+        # exit, cleanup=True at program exit) leaves them, as upstream; delete_all() does not.
+        self._explicit: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self._closed = False
         if cleanup:
@@ -110,17 +131,33 @@ class SandboxClient(Generic[T]):
     def _atexit(self) -> None:
         if not self._closed:
             try:
-                self.delete_all()
+                self._delete_automatic()
             except Exception:  # noqa: BLE001 - best effort at exit
                 pass
+
+    def _delete_automatic(self) -> None:
+        """Deletes the sandboxes this client created under generated names; closes the handles
+        of the ones named by the caller."""
+        with self._lock:
+            items = list(self._sandboxes.items())
+        for key, sb in items:
+            if key in self._explicit:
+                sb.close_connection()
+                self._forget(*key)
+            else:
+                self.delete_sandbox(key[1], key[0])
 
     def _forget(self, namespace: str, claim_name: str) -> None:
         with self._lock:
             self._sandboxes.pop((namespace, claim_name), None)
 
     def close(self) -> None:
-        """Closes connections; sandboxes keep running."""
+        """Closes connections (tunnels included); sandboxes keep running."""
         self._closed = True
+        with self._lock:
+            handles = list(self._sandboxes.values())
+        for sb in handles:
+            sb._dp.close()
         self.connection.close()
 
     def __enter__(self) -> SandboxClient[T]:
@@ -128,7 +165,7 @@ class SandboxClient(Generic[T]):
 
     def __exit__(self, *exc: object) -> None:
         try:
-            self.delete_all()
+            self._delete_automatic()
         finally:
             self.close()
 
@@ -137,22 +174,32 @@ class SandboxClient(Generic[T]):
     def create_sandbox(self, warmpool: Optional[str] = None, namespace: str = "default",
                        sandbox_ready_timeout: float = 180,
                        labels: Optional[Mapping[str, str]] = None, *,
-                       template: Optional[str] = None,
+                       claim_name: Optional[str] = None,
+                       adopt_existing: bool = False,
                        shutdown_after_seconds: Optional[int] = None,
-                       shutdown_policy: str = "Delete",
-                       ttl_seconds_after_finished: Optional[int] = None,
                        volume_claim_templates: Optional[Sequence[Mapping[str, Any]]] = None,
                        pod_labels: Optional[Mapping[str, str]] = None,
                        pod_annotations: Optional[Mapping[str, str]] = None,
                        env: Optional[Mapping[str, str]] = None,
-                       claim_name: Optional[str] = None) -> T:
+                       template: Optional[str] = None,
+                       shutdown_policy: str = "Delete",
+                       ttl_seconds_after_finished: Optional[int] = None) -> T:
         """Claims a sandbox from the warm pool ``warmpool`` (or, with only ``template``, cold
         from that template through its 0-replica pool ``shadow-pool-<template>``, made if
-        missing) and waits until it is Ready. On any failure or timeout the claim is deleted
-        and the error says why."""
+        missing) and waits until it is Ready.
+
+        ``claim_name`` names the claim (else ``sandbox-claim-<random>``); such a claim is the
+        caller's: automatic cleanup leaves it. With ``adopt_existing`` a claim of that name that
+        already exists (of the same pool, not being deleted) is attached to instead of failing;
+        the other options are then not applied. When a claim under a generated name fails or
+        times out, it is deleted, and the error says why."""
         if not warmpool and not template:
             raise ValueError("create_sandbox needs warmpool= (a SandboxWarmPool) or template= "
                              "(a SandboxTemplate)")
+        if adopt_existing and claim_name is None:
+            raise ValueError("adopt_existing=True needs claim_name= (the claim to adopt)")
+        if claim_name is not None:
+            _check_claim_name(claim_name)
         _check_name(namespace, "namespace")
         user_labels = _validate_labels(labels, "labels")
         pod_meta: dict[str, Any] = {}
@@ -161,7 +208,8 @@ class SandboxClient(Generic[T]):
         if pod_annotations:
             pod_meta["annotations"] = {str(k): str(v) for k, v in pod_annotations.items()}
         if shutdown_after_seconds is not None and (
-                not isinstance(shutdown_after_seconds, int) or shutdown_after_seconds <= 0):
+                isinstance(shutdown_after_seconds, bool)
+                or not isinstance(shutdown_after_seconds, int) or shutdown_after_seconds <= 0):
             raise ValueError("shutdown_after_seconds must be a positive integer")
         kube = self.connection.kube
         deadline = time.monotonic() + sandbox_ready_timeout
@@ -169,8 +217,11 @@ class SandboxClient(Generic[T]):
             assert template is not None
             warmpool = self._shadow_pool(template, namespace)
         _check_name(warmpool, "warm pool")
+        generated = claim_name is None
         name = claim_name or f"sandbox-claim-{uuid.uuid4().hex[:8]}"
-        _check_name(name, "claim name")
+        if not generated:
+            with self._lock:
+                self._explicit.add((namespace, name))
         spec: dict[str, Any] = {"warmPoolRef": {"name": warmpool}}
         lifecycle: dict[str, Any] = {}
         if shutdown_after_seconds is not None:
@@ -185,47 +236,110 @@ class SandboxClient(Generic[T]):
         if pod_meta:
             spec["additionalPodMetadata"] = pod_meta
         if env:
+            for k in env:
+                if not isinstance(k, str) or not _ENV_NAME.match(k) or k in (".", "..") \
+                        or k.startswith(".."):
+                    raise ValueError(f"env: invalid variable name {k!r} (letters, digits, '_', "
+                                     "'-' and '.', not starting with a digit, not '.' or '..')")
             spec["env"] = [{"name": str(k), "value": str(v)} for k, v in env.items()]
         now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+        annotations = {FIRST_REQUESTED: now.replace("+00:00", "Z")}
         claim = {
             "apiVersion": "extensions.agents.x-k8s.io/v1beta1",
             "kind": "SandboxClaim",
             "metadata": {"name": name, "namespace": namespace,
                          "labels": {**user_labels, CREATED_BY: "python-client"},
-                         "annotations": {FIRST_REQUESTED: now.replace("+00:00", "Z")}},
+                         "annotations": annotations},
             "spec": spec,
         }
+        adopted: Optional[dict[str, Any]] = None
         try:
-            created = kube.create("sandboxclaims", namespace, claim,
-                                  deadline=deadline, timeout=max(1.0, sandbox_ready_timeout))
+            with self._tracing.span("create_claim", {
+                    "sandbox.claim.name": name,
+                    "sandbox.lifecycle.shutdown_time": lifecycle.get("shutdownTime"),
+                    "sandbox.lifecycle.shutdown_policy": lifecycle.get("shutdownPolicy")}):
+                annotations.update(self._tracing.claim_annotations())
+                created = kube.create("sandboxclaims", namespace, claim,
+                                      deadline=deadline, timeout=max(1.0, sandbox_ready_timeout))
         except KubeApiError as e:
-            body = e.response.text if e.response is not None else ""
-            if e.status_code == 404 and 'namespaces "' in body:
-                raise SandboxConfigError(
-                    f"namespace {namespace!r} does not exist; create it or pick another") from None
-            if e.status_code == 404:
-                raise SandboxConfigError(
-                    f"the API server at {kube.config.server} answered 404 to creating a "
-                    f"SandboxClaim in namespace {namespace!r}: the namespace does not exist, or "
-                    "the API server does not serve SandboxClaims (extensions.agents.x-k8s.io/"
-                    "v1beta1; install the CRDs with kubectl apply -f deploy/crds). Server: "
-                    f"{body.strip()[:300]}") from None
-            raise
+            if e.status_code == 409 and adopt_existing:
+                adopted = self._adoptable(name, namespace, warmpool)
+                created = adopted
+            else:
+                raise self._create_error(e, namespace, name) from None
+        uid = (created.get("metadata") or {}).get("uid") if not generated else None
         rv = (created.get("metadata") or {}).get("resourceVersion")
         try:
-            obj = self._wait_claim(name, namespace, rv, deadline, sandbox_ready_timeout, warmpool)
+            with self._tracing.span("wait_for_claim_ready"):
+                obj = self._wait_claim(name, namespace, rv, deadline, sandbox_ready_timeout,
+                                       warmpool, expected_uid=uid, initial=adopted)
         except BaseException:
-            try:
-                kube.delete("sandboxclaims", namespace, name, timeout=10)
-            except Exception as e:  # noqa: BLE001 - the original error matters more
-                log.warning("could not delete claim %s/%s after a failure: %s", namespace, name, e)
+            if generated:
+                try:
+                    with self._tracing.span("delete_claim"):
+                        kube.delete("sandboxclaims", namespace, name, timeout=10)
+                except Exception as e:  # noqa: BLE001 - the original error matters more
+                    log.warning("could not delete claim %s/%s after a failure: %s", namespace,
+                                name, e)
             raise
         st = obj.get("status") or {}
+        with self._lock:
+            existing = self._sandboxes.get((namespace, name))
+        if existing is not None and existing.is_active \
+                and existing.sandbox_id == st["sandbox"]["name"]:
+            return existing  # type: ignore[return-value]
         sb = self.sandbox_class(name, st["sandbox"]["name"], namespace, self.connection,
                                 pod_ips=st["sandbox"].get("podIPs"), client=self)
         with self._lock:
+            previous = self._sandboxes.get((namespace, name))
             self._sandboxes[(namespace, name)] = sb
+        if previous is not None:
+            previous.close_connection()
         return sb  # type: ignore[return-value]
+
+    def _create_error(self, e: KubeApiError, namespace: str, name: str) -> Exception:
+        kube = self.connection.kube
+        body = e.response.text if e.response is not None else ""
+        if e.status_code == 404 and 'namespaces "' in body:
+            return SandboxConfigError(
+                f"namespace {namespace!r} does not exist; create it or pick another")
+        if e.status_code == 404:
+            return SandboxConfigError(
+                f"the API server at {kube.config.server} answered 404 to creating a "
+                f"SandboxClaim in namespace {namespace!r}: the namespace does not exist, or "
+                "the API server does not serve SandboxClaims (extensions.agents.x-k8s.io/"
+                "v1beta1; install the CRDs with kubectl apply -f deploy/crds). Server: "
+                f"{body.strip()[:300]}")
+        if e.status_code == 409:
+            return SandboxRequestError(
+                f"claim {namespace}/{name} already exists: pick another claim_name, pass "
+                "adopt_existing=True to attach to it, or get_sandbox() it", status_code=409,
+                response=e.response, code=e.code)
+        return e
+
+    def _adoptable(self, name: str, namespace: str, warmpool: str) -> dict[str, Any]:
+        """The existing claim ``name``, if it can be adopted: of ``warmpool``, not being
+        deleted."""
+        try:
+            claim = dict(self.connection.kube.get("sandboxclaims", namespace, name))
+        except KubeApiError as e:
+            if e.status_code == 404:
+                raise SandboxNotFoundError(
+                    f"claim {namespace}/{name} existed when it was created and was gone when "
+                    "read; try again") from None
+            raise
+        meta = claim.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            raise ValueError(f"claim {namespace}/{name} is being deleted; wait for it to go, or "
+                             "pick another claim_name")
+        pool = ((claim.get("spec") or {}).get("warmPoolRef") or {}).get("name")
+        if pool != warmpool:
+            raise ValueError(f"claim {namespace}/{name} is of warm pool {pool!r}, not "
+                             f"{warmpool!r}; adopt it with warmpool={pool!r}, or pick another "
+                             "claim_name")
+        if not meta.get("uid") or not meta.get("resourceVersion"):
+            raise ValueError(f"claim {namespace}/{name} has no metadata.uid or resourceVersion")
+        return claim
 
     def _shadow_pool(self, template: str, namespace: str) -> str:
         kube = self.connection.kube
@@ -250,13 +364,21 @@ class SandboxClient(Generic[T]):
         return pool
 
     def _wait_claim(self, name: str, namespace: str, rv: Optional[str], deadline: float,
-                    timeout: float, warmpool: str) -> dict[str, Any]:
+                    timeout: float, warmpool: str, expected_uid: Optional[str] = None,
+                    initial: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         kube = self.connection.kube
         last: dict[str, Any] = {}
 
         def check(obj: dict[str, Any]) -> bool:
             nonlocal last
             last = obj
+            meta = obj.get("metadata") or {}
+            if expected_uid is not None and meta.get("uid") != expected_uid:
+                raise SandboxNotFoundError(
+                    f"claim {namespace}/{name} was replaced by another of the same name while "
+                    "waiting for it")
+            if expected_uid is not None and meta.get("deletionTimestamp"):
+                raise SandboxNotFoundError(f"claim {namespace}/{name} is being deleted")
             st = obj.get("status") or {}
             for c in st.get("conditions") or []:
                 reason = c.get("reason")
@@ -275,6 +397,8 @@ class SandboxClient(Generic[T]):
             sandbox = st.get("sandbox") or {}
             return bool(r and r.get("status") == "True" and sandbox.get("name"))
 
+        if initial is not None and check(initial):  # an adopted claim may be ready already
+            return initial
         for typ, obj in kube.watch("sandboxclaims", namespace, deadline=deadline,
                                    resource_version=rv,
                                    field_selector=f"metadata.name={name}"):
@@ -345,6 +469,11 @@ class SandboxClient(Generic[T]):
                     resolve_timeout: float = 30) -> T:
         """A handle on an existing claim's sandbox (re-attach), waiting up to
         ``resolve_timeout`` for the claim to name its sandbox."""
+        if not claim_name:
+            # A terminated handle's claim_name is None; upstream reports that as not found too.
+            raise SandboxNotFoundError(
+                f"no claim name given ({claim_name!r}): a terminated sandbox's claim_name is "
+                "None; pass the name of an existing claim (client.list_all_sandboxes())")
         with self._lock:
             cached = self._sandboxes.get((namespace, claim_name))
         kube = self.connection.kube
@@ -410,13 +539,15 @@ class SandboxClient(Generic[T]):
             if sb is not None:
                 sb.terminate()
             else:
-                self.connection.kube.delete("sandboxclaims", namespace, claim_name)
+                with self._tracing.span("delete_claim"):
+                    self.connection.kube.delete("sandboxclaims", namespace, claim_name)
         except SandboxError as e:
             log.error("deleting claim %s/%s failed: %s", namespace, claim_name, e)
         self._forget(namespace, claim_name)
 
     def delete_all(self) -> None:
-        """Deletes every sandbox this client holds."""
+        """Deletes every sandbox this client holds (those under names given by the caller
+        too)."""
         with self._lock:
             keys = list(self._sandboxes)
         for ns, name in keys:
@@ -430,7 +561,11 @@ class SandboxClient(Generic[T]):
                 raise SandboxNotFoundError(f"claim {namespace}/{claim_name} does not exist") \
                     from None
             raise
-        return str(((claim.get("spec") or {}).get("warmPoolRef") or {}).get("name", ""))
+        pool = ((claim.get("spec") or {}).get("warmPoolRef") or {}).get("name")
+        if not isinstance(pool, str) or not pool:
+            raise SandboxMetadataError(f"claim {namespace}/{claim_name} has no "
+                                       "spec.warmPoolRef.name")
+        return pool
 
     # -- templates and warm pools ----------------------------------------------------------
 

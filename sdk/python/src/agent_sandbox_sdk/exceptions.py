@@ -18,6 +18,15 @@ class SandboxNotReadyError(SandboxError):
     """The sandbox exists but is not ready (suspended, its Pod gone, or not yet started)."""
 
 
+class SandboxNoServiceError(SandboxError):
+    """``SandboxdInClusterConnectionConfig(mode="in-cluster-service")``: the Sandbox reports no
+    Service (``status.serviceFQDN``); enable ``spec.service`` on its template or use the pod IP."""
+
+
+# Upstream's deprecated name of SandboxNoServiceError.
+SandboxServiceUnavailableError = SandboxNoServiceError
+
+
 class SandboxNotFoundError(SandboxError):
     """The claim or the Sandbox does not exist (any more)."""
 
@@ -35,7 +44,8 @@ class SandboxWarmPoolNotFoundError(SandboxError):
 
 
 class SandboxPortForwardError(SandboxError):
-    """Kept for upstream compatibility: a port-forward tunnel could not be established."""
+    """A ``kubectl port-forward`` tunnel (to the router Service, or to a sandbox's Pod) could not
+    be started, or it died."""
 
 
 class SandboxMetadataError(SandboxError):
@@ -43,7 +53,8 @@ class SandboxMetadataError(SandboxError):
 
 
 class SandboxClaimFailedError(SandboxError):
-    """The controller rejected the claim for good (invalid metadata, env or volume errors, expiry)."""
+    """The controller rejected the claim for good (invalid metadata, env or volume errors, expiry,
+    an invalid configuration, or a Pod that ended)."""
 
 
 class SandboxConfigError(SandboxError, ValueError):
@@ -94,10 +105,12 @@ __all__ = [
     "SandboxConnectionError",
     "SandboxError",
     "SandboxMetadataError",
+    "SandboxNoServiceError",
     "SandboxNotFoundError",
     "SandboxNotReadyError",
     "SandboxPortForwardError",
     "SandboxRequestError",
+    "SandboxServiceUnavailableError",
     "SandboxTemplateNotFoundError",
     "SandboxTimeoutError",
     "SandboxWarmPoolNotFoundError",

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
@@ -49,6 +51,12 @@ class FileEntry:
     type: Literal["file", "directory"]
     modified: _dt.datetime
     mode: Optional[str] = None
+
+    @classmethod
+    def from_legacy(cls, d: dict[str, Any]) -> FileEntry:
+        """An entry of upstream's python-runtime ``/list`` (``mod_time``: POSIX seconds)."""
+        return cls(name=d["name"], size=int(d.get("size") or 0), type=d.get("type", "file"),
+                   modified=_parse_time(d.get("mod_time") or 0))
 
     @classmethod
     def from_sandboxd(cls, d: dict[str, Any]) -> FileEntry:
@@ -162,13 +170,25 @@ class ProcessInfo:
 # ---------------------------------------------------------------------------------------------
 
 DEFAULT_SERVER_PORT = 8080  # sandboxd's REST port: /v1 files and the /v2 extensions
+LEGACY_SERVER_PORT = 8888  # upstream's python-runtime API (sandboxd serves it too, with /v2)
+DEFAULT_GRPC_PORT = 9090  # sandboxd's gRPC ProcessService
 DEFAULT_DATA_DIR = "/var/lib/agent-sandbox"
+
+_RESERVED_HEADER_PREFIX = "x-sandbox-"
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DEPRECATED_SANDBOXD_MODES = {"service-dns": "in-cluster-service", "pod-ip": "in-cluster-pod-ip"}
+
+
+def _check_port(value: int, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError(f"{what} must be a port number between 1 and 65535, not {value!r}")
 
 
 @dataclass
 class SandboxEmbeddedConnectionConfig:
     """A local ``agent-sandbox up``: everything is read from ``<data_dir>/endpoints.json``.
-    ``data_dir`` defaults to ``$AGENT_SANDBOX_DATA_DIR``, else ``/var/lib/agent-sandbox``."""
+    ``data_dir`` defaults to ``$AGENT_SANDBOX_DATA_DIR``, else ``/var/lib/agent-sandbox``.
+    Commands, files and the extensions go to sandboxd's REST API (``/v1`` and ``/v2``)."""
 
     data_dir: Optional[Union[str, os.PathLike[str]]] = None
     server_port: int = DEFAULT_SERVER_PORT
@@ -177,7 +197,8 @@ class SandboxEmbeddedConnectionConfig:
 @dataclass
 class SandboxClusterConnectionConfig:
     """A cluster: a kubeconfig (``None``: ``$KUBECONFIG`` or ``~/.kube/config``; or
-    ``in_cluster=True``) for the API, and the router's URL and bearer token for the sandboxes."""
+    ``in_cluster=True``) for the API, and the router's URL and bearer token for the sandboxes
+    (without ``router_url``, straight to the pod IPs). Speaks sandboxd's REST API."""
 
     router_url: str = ""
     kubeconfig: Optional[Union[str, os.PathLike[str]]] = None
@@ -190,49 +211,128 @@ class SandboxClusterConnectionConfig:
 
 @dataclass
 class SandboxDirectConnectionConfig:
-    """Upstream's: the router at ``api_url``; the API from the kubeconfig (or in-cluster)."""
+    """Upstream's: the router at ``api_url``, to upstream's python-runtime API on
+    ``server_port``; the API server from the kubeconfig (or in-cluster). ``extra_headers`` go
+    with every request (``X-Sandbox-*`` are the SDK's own); ``client_cert`` (certificate and key
+    paths) and ``ca_cert`` (a CA bundle path) need an ``https://`` URL. Ours: ``kubeconfig``
+    for the API server, ``router_token``/``router_token_file`` for the router's bearer token."""
 
     api_url: str
-    server_port: int = DEFAULT_SERVER_PORT
+    server_port: int = LEGACY_SERVER_PORT
+    extra_headers: dict[str, str] = field(default_factory=dict, repr=False)
+    client_cert: Optional[tuple[str, str]] = None
+    ca_cert: Optional[str] = None
     kubeconfig: Optional[Union[str, os.PathLike[str]]] = None
-    router_token: Optional[str] = None
+    router_token: Optional[str] = field(default=None, repr=False)
     router_token_file: Optional[Union[str, os.PathLike[str]]] = None
+
+    def __post_init__(self) -> None:
+        _check_port(self.server_port, "server_port")
+        for name in self.extra_headers:
+            if name.lower().startswith(_RESERVED_HEADER_PREFIX):
+                raise ValueError(f"extra_headers: {name!r} is reserved (the SDK sets "
+                                 f"{_RESERVED_HEADER_PREFIX}* headers itself); remove it")
+        if self.client_cert is not None:
+            self.client_cert = (str(self.client_cert[0]), str(self.client_cert[1]))
+        if (self.client_cert or self.ca_cert) and not self.api_url.lower().startswith("https://"):
+            raise ValueError("client_cert and ca_cert need an https:// api_url (they are TLS "
+                             f"options), not {self.api_url!r}")
 
 
 @dataclass
 class SandboxInClusterConnectionConfig:
-    """Upstream's: from inside the cluster, straight to each sandbox's pod IP (no router); the
-    API through the Pod's service account."""
+    """Upstream's: from inside the cluster, straight to each sandbox's pod IP (else
+    ``<sandbox>.<namespace>.svc.cluster.local``), to upstream's python-runtime API on
+    ``server_port``; no router. The API server through the service account, else the
+    kubeconfig."""
 
-    server_port: int = DEFAULT_SERVER_PORT
+    server_port: int = LEGACY_SERVER_PORT
+    kubeconfig: Optional[Union[str, os.PathLike[str]]] = None
+
+    def __post_init__(self) -> None:
+        _check_port(self.server_port, "server_port")
 
 
 @dataclass
 class SandboxGatewayConnectionConfig:
-    """Upstream's: the router behind a Gateway API ``Gateway``, whose first status address is
-    used."""
+    """Upstream's: the router behind a Gateway API ``Gateway`` (its first status address), to
+    upstream's python-runtime API on ``server_port``."""
 
     gateway_name: str
     gateway_namespace: str = "default"
     gateway_ready_timeout: int = 180
-    server_port: int = DEFAULT_SERVER_PORT
+    server_port: int = LEGACY_SERVER_PORT
     gateway_scheme: str = "http"
     kubeconfig: Optional[Union[str, os.PathLike[str]]] = None
-    router_token: Optional[str] = None
+    router_token: Optional[str] = field(default=None, repr=False)
     router_token_file: Optional[Union[str, os.PathLike[str]]] = None
+
+    def __post_init__(self) -> None:
+        _check_port(self.server_port, "server_port")
 
 
 @dataclass
 class SandboxLocalTunnelConnectionConfig:
-    """Upstream's default: ``kubectl port-forward`` to the router Service."""
+    """Upstream's default: ``kubectl port-forward svc/sandbox-router-svc`` in
+    ``router_namespace``, started on the first request (and again if it dies), to upstream's
+    python-runtime API on ``server_port``."""
 
     port_forward_ready_timeout: int = 30
-    server_port: int = DEFAULT_SERVER_PORT
+    server_port: int = LEGACY_SERVER_PORT
     router_namespace: str = "agent-sandbox-system"
     router_service: str = "sandbox-router-svc"
     kubeconfig: Optional[Union[str, os.PathLike[str]]] = None
-    router_token: Optional[str] = None
+    router_token: Optional[str] = field(default=None, repr=False)
     router_token_file: Optional[Union[str, os.PathLike[str]]] = None
+
+    def __post_init__(self) -> None:
+        _check_port(self.server_port, "server_port")
+        if not _NAMESPACE.match(self.router_namespace or ""):
+            raise ValueError(f"router_namespace {self.router_namespace!r} is not a valid "
+                             "namespace name (lowercase alphanumerics and '-')")
+
+
+@dataclass
+class SandboxdPodTunnelConnectionConfig:
+    """Upstream's: ``kubectl port-forward`` to each sandbox's Pod, reaching sandboxd's REST
+    files API (``rest_port``) and its gRPC ProcessService (``grpc_port``; needs the ``grpc``
+    extra). Commands take ``env`` and ``cwd``."""
+
+    rest_port: int = DEFAULT_SERVER_PORT
+    grpc_port: int = DEFAULT_GRPC_PORT
+    port_forward_ready_timeout: int = 30
+    kubeconfig: Optional[Union[str, os.PathLike[str]]] = None
+
+    def __post_init__(self) -> None:
+        _check_port(self.rest_port, "rest_port")
+        _check_port(self.grpc_port, "grpc_port")
+
+
+@dataclass
+class SandboxdInClusterConnectionConfig:
+    """Upstream's: straight to sandboxd's REST (``rest_port``) and gRPC (``grpc_port``; needs
+    the ``grpc`` extra) listeners, at the pod IP (``mode="in-cluster-pod-ip"``) or at the
+    Sandbox's Service (``"in-cluster-service"``: ``status.serviceFQDN``, else
+    :class:`SandboxNoServiceError`). Neither falls back to the other."""
+
+    mode: Literal["in-cluster-service", "in-cluster-pod-ip"]
+    rest_port: int = DEFAULT_SERVER_PORT
+    grpc_port: int = DEFAULT_GRPC_PORT
+    kubeconfig: Optional[Union[str, os.PathLike[str]]] = None
+
+    def __post_init__(self) -> None:
+        if self.mode in _DEPRECATED_SANDBOXD_MODES:
+            new = _DEPRECATED_SANDBOXD_MODES[self.mode]
+            warnings.warn(f"SandboxdInClusterConnectionConfig mode {self.mode!r} is deprecated; "
+                          f"use {new!r}", DeprecationWarning, stacklevel=3)
+            self.mode = new  # type: ignore[assignment]
+        if self.mode not in ("in-cluster-service", "in-cluster-pod-ip"):
+            raise ValueError(f"mode must be 'in-cluster-service' or 'in-cluster-pod-ip', not "
+                             f"{self.mode!r}")
+        _check_port(self.rest_port, "rest_port")
+        _check_port(self.grpc_port, "grpc_port")
+        if self.rest_port == self.grpc_port:
+            raise ValueError(f"rest_port and grpc_port must differ (both are {self.rest_port})")
 
 
 SandboxConnectionConfig = Union[
@@ -242,12 +342,15 @@ SandboxConnectionConfig = Union[
     SandboxInClusterConnectionConfig,
     SandboxGatewayConnectionConfig,
     SandboxLocalTunnelConnectionConfig,
+    SandboxdPodTunnelConnectionConfig,
+    SandboxdInClusterConnectionConfig,
 ]
 
 
 @dataclass
 class SandboxTracerConfig:
-    """Accepted for upstream compatibility; this package does not trace."""
+    """OpenTelemetry tracing (needs the ``tracing`` extra): spans named
+    ``<trace_service_name>.<operation>``, exported over OTLP."""
 
     enable_tracing: bool = False
     trace_service_name: str = "sandbox-client"

@@ -1,0 +1,5 @@
+"""Client extensions, under upstream's module paths."""
+
+from .computer_use import ComputerUseSandboxClient, SandboxWithComputerUseSupport
+
+__all__ = ["ComputerUseSandboxClient", "SandboxWithComputerUseSupport"]
