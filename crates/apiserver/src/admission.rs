@@ -179,6 +179,62 @@ pub fn validate_metadata(meta: &Value) -> Vec<Cause> {
     out
 }
 
+/// kube-apiserver's validation of the Pod fields every Pod needs right: containers (at least
+/// one; names RFC 1123 labels, unique across init and regular containers; an image without
+/// surrounding whitespace) and the restart policy. Runs after defaulting.
+pub fn validate_pod(pod: &Value) -> Vec<Cause> {
+    let spec = &pod["spec"];
+    let mut out = vec![];
+    let required = |field: String| Cause {
+        reason: "FieldValueRequired".into(),
+        message: "Required value".into(),
+        field,
+    };
+    if spec["containers"].as_array().is_none_or(Vec::is_empty) {
+        out.push(required("spec.containers".into()));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for list in ["initContainers", "containers"] {
+        for (i, c) in spec[list].as_array().into_iter().flatten().enumerate() {
+            let at = |f: &str| format!("spec.{list}[{i}].{f}");
+            let name = c["name"].as_str().unwrap_or("");
+            if name.is_empty() {
+                out.push(required(at("name")));
+            } else if !is_label(name) {
+                out.push(invalid(&at("name"), name, LABEL_MSG));
+            } else if !seen.insert(name.to_string()) {
+                out.push(Cause {
+                    reason: "FieldValueDuplicate".into(),
+                    message: format!("Duplicate value: {name:?}"),
+                    field: at("name"),
+                });
+            }
+            let image = c["image"].as_str().unwrap_or("");
+            if image.is_empty() {
+                out.push(required(at("image")));
+            } else if image.trim() != image {
+                out.push(invalid(
+                    &at("image"),
+                    image,
+                    "must not have leading or trailing whitespace",
+                ));
+            }
+        }
+    }
+    if let Some(p) = spec["restartPolicy"].as_str()
+        && !["Always", "OnFailure", "Never"].contains(&p)
+    {
+        out.push(Cause {
+            reason: "FieldValueNotSupported".into(),
+            message: format!(
+                "Unsupported value: {p:?}: supported values: \"Always\", \"OnFailure\", \"Never\""
+            ),
+            field: "spec.restartPolicy".into(),
+        });
+    }
+    out
+}
+
 /// Whether a StorageClass is marked as the default one (the GA annotation or the beta one).
 pub fn is_default_class(class: &Value) -> bool {
     let a = &class["metadata"]["annotations"];
@@ -375,6 +431,34 @@ mod tests {
         assert!(!validate_name(&"a".repeat(254), NameRule::Subdomain).is_empty());
         assert!(validate_metadata(&json!({"labels": {"a/b": "c"}})).is_empty());
         assert!(!validate_metadata(&json!({"labels": {"a": "bad value"}})).is_empty());
+        // Pods: containers, names, images, restart policy.
+        let ok = json!({"spec": {"restartPolicy": "Always",
+            "initContainers": [{"name": "i", "image": "busybox"}],
+            "containers": [{"name": "main", "image": "busybox:1"}]}});
+        assert!(validate_pod(&ok).is_empty());
+        let bad = json!({"spec": {"restartPolicy": "Bogus",
+            "initContainers": [{"name": "main", "image": " x"}],
+            "containers": [{"name": "C_1"}, {"name": "main", "image": "b"}, {"image": "b"}]}});
+        let got: Vec<String> = validate_pod(&bad)
+            .iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "spec.initContainers[0].image: Invalid value: \" x\": must not have leading or trailing whitespace",
+                &format!("spec.containers[0].name: Invalid value: \"C_1\": {LABEL_MSG}"),
+                "spec.containers[0].image: Required value",
+                "spec.containers[1].name: Duplicate value: \"main\"",
+                "spec.containers[2].name: Required value",
+                "spec.restartPolicy: Unsupported value: \"Bogus\": supported values: \"Always\", \"OnFailure\", \"Never\"",
+            ]
+        );
+        let none = validate_pod(&json!({"spec": {"containers": []}}));
+        assert_eq!(
+            (none[0].field.as_str(), none[0].message.as_str()),
+            ("spec.containers", "Required value")
+        );
         // DefaultStorageClass: the newest default class, only when no class is named.
         let classes = [
             json!({"metadata": {"name": "old", "creationTimestamp": "2026-01-01T00:00:00Z",

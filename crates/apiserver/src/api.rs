@@ -713,6 +713,12 @@ impl App {
         self.admit_config_data(t, &mut obj, None)?;
         self.decode_core(t, &mut obj, req)?;
         self.prepare_create(t, &mut obj);
+        if t.rd.special == Special::Pod {
+            let causes = admission::validate_pod(&obj);
+            if !causes.is_empty() {
+                return Err(ApiError::invalid(&t.rd.group, &t.rd.kind, &name, causes));
+            }
+        }
         self.admit_custom(t, &mut obj, None, req)?;
         let stored = self.to_storage(&t.rd, &t.version, obj)?;
         if req.dry_run() {
@@ -851,7 +857,10 @@ impl App {
         if t.rd.special == Special::Service {
             admission::default_service(&mut new);
         }
-        let causes = admission::validate_metadata(meta(&new));
+        let mut causes = admission::validate_metadata(meta(&new));
+        if t.rd.special == Special::Pod {
+            causes.extend(admission::validate_pod(&new));
+        }
         if !causes.is_empty() {
             return Err(ApiError::invalid(&t.rd.group, &t.rd.kind, t.name(), causes));
         }
@@ -1842,6 +1851,30 @@ pub async fn handle_resource(app: Arc<App>, t: Target, req: Request) -> Response
     }
 }
 
+/// Percent-decodes `s` (invalid escapes are kept as they are); `plus_is_space` for query
+/// strings, where `+` is a space (Go's `url.QueryUnescape`), not for paths (`url.PathUnescape`).
+pub fn unescape(s: &str, plus_is_space: bool) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'+', _) if plus_is_space => out.push(b' '),
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 2;
+            }
+            (c, _) => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// kube-apiserver's refusal of a connection to a Pod that no node runs (`pods/exec`,
 /// `pods/portforward`).
 pub fn require_host(pod: &Value, name: &str) -> ApiResult<()> {
@@ -1939,31 +1972,7 @@ async fn pod_logs(app: &App, t: &Target, r: &Req) -> Response {
 
 /// Decodes `a=b&c=d` (percent-decoding, `+` as space).
 pub fn form_pairs(q: &str) -> Vec<(String, String)> {
-    fn dec(s: &str) -> String {
-        let b = s.as_bytes();
-        let mut out = Vec::with_capacity(b.len());
-        let mut i = 0;
-        while i < b.len() {
-            match b[i] {
-                b'+' => out.push(b' '),
-                b'%' if i + 2 < b.len() => {
-                    match u8::from_str_radix(
-                        std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"),
-                        16,
-                    ) {
-                        Ok(v) => {
-                            out.push(v);
-                            i += 2;
-                        }
-                        Err(_) => out.push(b'%'),
-                    }
-                }
-                c => out.push(c),
-            }
-            i += 1;
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    }
+    let dec = |s: &str| unescape(s, true);
     q.split('&')
         .filter(|p| !p.is_empty())
         .map(|p| match p.split_once('=') {
@@ -2018,5 +2027,9 @@ mod tests {
         let p = form_pairs("labelSelector=app%3Dweb%2Ctier+in+(a)&watch=1");
         assert_eq!(p[0], ("labelSelector".into(), "app=web,tier in (a)".into()));
         assert_eq!(p[1], ("watch".into(), "1".into()));
+        // Paths: `+` stays, escapes decode, invalid ones stay as they are.
+        assert_eq!(unescape("pro%20be+x%2", false), "pro be+x%2");
+        assert_eq!(unescape("de%66ault%zz", false), "default%zz");
+        assert_eq!(unescape("a+b%2Bc", true), "a b+c");
     }
 }

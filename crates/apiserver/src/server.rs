@@ -53,7 +53,8 @@ async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
 }
 
 async fn route(app: Arc<App>, req: Request) -> Response {
-    let path = req.uri().path().trim_end_matches('/').to_string();
+    // kube-apiserver reads the decoded path (`configmaps/pro%20be` names "pro be").
+    let path = crate::api::unescape(req.uri().path().trim_end_matches('/'), false);
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     if req.method() != Method::GET && segs.first().is_some_and(|s| *s != "api" && *s != "apis") {
         return ApiError::method_not_allowed(

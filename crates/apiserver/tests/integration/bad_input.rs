@@ -567,3 +567,49 @@ async fn query_parameters_are_parsed_as_kube_apiserver_parses_them() {
     .await;
     assert_eq!(r.code, 200, "{}", String::from_utf8_lossy(&r.body));
 }
+
+/// Paths are read decoded, as kube-apiserver reads them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escaped_paths_name_the_decoded_objects() {
+    let ts = common::start().await;
+    let sock = ts.server.socket_path().unwrap().to_path_buf();
+    let tok = ts.server.token().to_string();
+    let t = Some(tok.as_str());
+    let j = "application/json";
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "probe", "namespace": "default"}});
+    let r = http(
+        &sock,
+        "POST",
+        "/api/v1/namespaces/de%66ault/configmaps",
+        t,
+        j,
+        cm.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(r.code, 201, "{}", String::from_utf8_lossy(&r.body));
+    let r = http(
+        &sock,
+        "GET",
+        "/api/v1/namespaces/de%66ault/configmaps/pro%62e",
+        t,
+        j,
+        b"",
+    )
+    .await;
+    assert_eq!(
+        (r.code, r.json()["metadata"]["name"].as_str()),
+        (200, Some("probe"))
+    );
+    let r = http(
+        &sock,
+        "GET",
+        "/api/v1/namespaces/default/configmaps/pro%20be",
+        t,
+        j,
+        b"",
+    )
+    .await;
+    assert_eq!(r.code, 404);
+    assert_eq!(r.json()["message"], "configmaps \"pro be\" not found");
+}
