@@ -3,12 +3,15 @@
 //! events with a retained window), and the ownership indexes the garbage collector uses.
 //!
 //! Durability: the database runs in WAL mode; a request is acknowledged only after the commit
-//! that contains it, and many requests share one transaction (group commit). Readers never see a
-//! write before it is committed: the in-memory view is updated after the commit. What a commit
-//! survives is [`Durability`]: a crash of the process always (the WAL is in the kernel's page
-//! cache when the writer replies), a power loss only with `synchronous=FULL`, which fsyncs the
-//! WAL at every commit. An fsync costs 0.3 ms on an idle disk and several milliseconds on a busy
-//! one, several times per claim, so the embedded server defaults to surviving process crashes.
+//! that contains it, and many requests share one transaction (group commit: the writer takes
+//! every request queued while it was committing the previous batch). Readers never see a write
+//! before it is committed: the in-memory view is updated after the commit. What a commit
+//! survives is [`Durability`]: by default a power loss or a kernel crash too (`synchronous=FULL`:
+//! SQLite fsyncs the WAL once at every commit, so one fsync covers every write of the batch), or,
+//! with [`Durability::ProcessCrash`], only a crash or `kill -9` of the process
+//! (`synchronous=NORMAL`: the WAL is in the kernel's page cache when the writer replies and
+//! reaches the disk at the next checkpoint or kernel writeback). An fsync costs about 0.2 ms on
+//! an idle disk and several milliseconds on a busy one.
 //!
 //! Checkpoints stay in the writer (SQLite's automatic checkpoint at commit): a checkpointer on
 //! another thread never catches the WAL's end under a steady stream of commits, so the WAL would
@@ -257,11 +260,13 @@ pub struct StoreConfig {
 /// What an acknowledged write survives.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Durability {
-    /// A crash or `kill -9` of the process; the last writes before a power loss or a kernel
-    /// crash may be lost (SQLite `synchronous=NORMAL`: the WAL is fsynced at checkpoints).
-    #[default]
+    /// A crash or `kill -9` of the process only; the writes of the last half minute or so
+    /// before a power loss or a kernel crash may be lost (SQLite `synchronous=NORMAL`: the WAL
+    /// is fsynced at checkpoints, not at commits, and the kernel writes it back on its own).
     ProcessCrash,
-    /// A power loss too: every commit fsyncs the WAL (`synchronous=FULL`).
+    /// A power loss or a kernel crash too (the default): every commit fsyncs the WAL before its
+    /// writes are acknowledged (`synchronous=FULL`); one fsync per group commit, not per write.
+    #[default]
     PowerLoss,
 }
 

@@ -25,6 +25,17 @@ pub(crate) enum Scenario {
     Density,
 }
 
+/// Which durability settings of `agent-sandbox up` to measure (`--durability`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum DurabilityChoice {
+    /// `up`'s default: an fsync per group commit, acknowledged writes survive a power loss.
+    Sync,
+    /// `up --no-sync`: acknowledged writes survive a crash of the process only.
+    NoSync,
+    /// Both, one instance after the other, the rows side by side.
+    Both,
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
     #[command(flatten)]
@@ -54,4 +65,10 @@ pub(crate) struct BenchArgs {
     /// Also write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub(crate) json: Option<PathBuf>,
+    /// Measure instances the benchmark starts itself, one per durability setting in turn,
+    /// instead of the running one: `agent-sandbox up` on a scratch directory under
+    /// `<data dir>/bench/` with the image store of `--data-dir`, free loopback ports, bridge
+    /// `asbxbench` and pod subnet 10.87.0.0/16.
+    #[arg(long, value_enum)]
+    pub(crate) durability: Option<DurabilityChoice>,
 }

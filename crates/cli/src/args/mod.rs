@@ -9,7 +9,7 @@ mod bench;
 mod controller;
 mod image;
 mod sandbox;
-pub(crate) use bench::{BenchArgs, Scenario};
+pub(crate) use bench::{BenchArgs, DurabilityChoice, Scenario};
 pub(crate) use controller::ControllerArgs;
 pub(crate) use image::{ImageArgs, ImageCommand};
 pub(crate) use sandbox::{
@@ -180,9 +180,19 @@ pub(crate) struct UpArgs {
         default_value = "127.0.0.1:9091"
     )]
     pub(crate) metrics_listen: std::net::SocketAddr,
-    /// Fsync every API write, so acknowledged writes survive a power loss, not only a crash of
-    /// this process (each fsync costs milliseconds on a busy disk, several per claim).
-    #[arg(long, env = "AGENT_SANDBOX_SYNC_WRITES")]
+    /// Do not fsync API writes: an acknowledged write then survives a crash or `kill -9` of
+    /// this process but not a power loss or a kernel crash. By default every group commit is
+    /// fsynced before its writes are answered (about 0.2 ms on an idle disk, more on a busy one).
+    #[arg(long, env = "AGENT_SANDBOX_NO_SYNC", value_parser = clap::builder::FalseyValueParser::new())]
+    pub(crate) no_sync: bool,
+    /// Deprecated and ignored: fsyncing API writes is the default (see `--no-sync`).
+    #[arg(
+        long,
+        env = "AGENT_SANDBOX_SYNC_WRITES",
+        value_parser = clap::builder::FalseyValueParser::new(),
+        hide = true,
+        conflicts_with = "no_sync"
+    )]
     pub(crate) sync_writes: bool,
     /// Subnet for sandbox pod IPs (must not overlap the host's routes).
     #[arg(long, env = "AGENT_SANDBOX_POD_SUBNET", default_value = "10.88.0.0/16")]
@@ -207,6 +217,11 @@ pub(crate) struct UpArgs {
     /// Run no node agent (API server, controllers and router only).
     #[arg(long)]
     pub(crate) no_node: bool,
+    /// Serve the router without its bearer token, as upstream's ALLOW_UNAUTHENTICATED_ROUTER
+    /// (local development only: any local process can then reach every sandbox). Off by
+    /// default; connections through the API server's port-forward never need the token.
+    #[arg(long, env = "ALLOW_UNAUTHENTICATED_ROUTER")]
+    pub(crate) allow_unauthenticated_router: bool,
     /// Sandboxes the node sets up at once; more wait their turn (default: twice the CPUs).
     /// Starting hundreds at once starves the API server and the controllers of CPU.
     #[arg(long, env = "AGENT_SANDBOX_MAX_PARALLEL_STARTS", value_parser = clap::value_parser!(u16).range(1..))]

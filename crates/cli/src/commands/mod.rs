@@ -8,6 +8,7 @@ mod data_plane;
 mod image;
 mod manifests;
 mod router;
+mod router_pod;
 mod sandboxes;
 mod up;
 mod version;

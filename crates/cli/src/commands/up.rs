@@ -15,6 +15,7 @@ use agent_sandbox_router::server::{self as router_server, Config as RouterConfig
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use super::router_pod;
 use crate::args::UpArgs;
 
 pub(crate) fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
@@ -52,7 +53,10 @@ async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
     api.kubeconfig_path = Some(args.data_dir.join("kubeconfig"));
     api.event_ttl = args.event_ttl;
     if args.sync_writes {
-        api.durability = agent_sandbox_apiserver::Durability::PowerLoss;
+        eprintln!("note: --sync-writes is the default now and does nothing; drop it");
+    }
+    if args.no_sync {
+        api.durability = agent_sandbox_apiserver::Durability::ProcessCrash;
     }
     let node_name = api.node_name.clone();
     let server = ApiServer::start(api)
@@ -73,6 +77,7 @@ async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
     println!("controllers: Sandbox, SandboxTemplate, SandboxWarmPool, SandboxClaim");
 
     let mut node_task = None;
+    let mut node_engine = None;
     if !args.no_node {
         let mut engine_config = EngineConfig::new(args.data_dir.join("node"), &args.run_dir);
         if let Some(path) = &args.registry_config {
@@ -118,6 +123,7 @@ async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
         }
         server.set_pod_logs(Arc::new(EngineLogs(Arc::clone(&engine))));
         server.set_pod_exec(Arc::new(EngineExec(Arc::clone(&engine))));
+        node_engine = Some(Arc::clone(&engine));
         let mut agent_config = AgentConfig::default();
         if let Some(n) = args.max_parallel_starts {
             agent_config.max_parallel_starts = n.into();
@@ -135,13 +141,32 @@ async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
     let token = router_token(args)?;
     let cache = PodCache::new();
     tokio::spawn(cache.clone().run(client.clone()));
+    if args.allow_unauthenticated_router {
+        println!(
+            "warning: the router serves requests without a token (--allow-unauthenticated-router): any local process can reach every sandbox"
+        );
+    }
     let router = Arc::new(Router::new(
         RouterConfig {
-            auth_token: Some(token),
+            auth_token: (!args.allow_unauthenticated_router).then_some(token),
+            allow_unauthenticated: args.allow_unauthenticated_router,
             ..RouterConfig::default()
         },
         cache,
     )?);
+    // The router as upstream deploys it, reachable through port-forward.
+    server.set_pod_port_forward(Arc::new(router_pod::NodePortForward {
+        engine: node_engine,
+        router: Arc::clone(&router),
+    }));
+    router_pod::publish(&client, &node_name)
+        .await
+        .context("registering the router's Service and Pod")?;
+    if !args.no_node {
+        agent_sandbox_node::storage::ensure_default_class(&client)
+            .await
+            .context("registering the node's default StorageClass")?;
+    }
     let listener = TcpListener::bind(args.router_listen)
         .await
         .with_context(|| {
@@ -161,9 +186,11 @@ async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
     tokio::spawn(serve_metrics(metrics, router.metrics(), controller_state));
     tokio::spawn(router_server::serve(router, listener));
     println!(
-        "router:      http://{}  (token: {})",
+        "router:      http://{}  (token: {}; also svc/{} in namespace {} through kubectl port-forward)",
         args.router_listen,
-        args.data_dir.join("router-token").display()
+        args.data_dir.join("router-token").display(),
+        router_pod::SERVICE,
+        router_pod::NAMESPACE,
     );
     write_endpoints(args)?;
     println!(

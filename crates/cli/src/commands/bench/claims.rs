@@ -1,6 +1,7 @@
 //! The claim and exec scenarios: warm claim, time to first instruction, exec round trip,
 //! sustained claims per second, and the burst.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -59,7 +60,7 @@ pub(super) async fn warm_claim(f: &Fixture, args: &BenchArgs) -> anyhow::Result<
         pools.get(NAME).await?;
         gets.push(t.elapsed());
     }
-    Ok(vec![
+    let mut rows = vec![
         Row::latencies(
             Scenario::WarmClaim,
             "claim create → Ready with pod IP",
@@ -68,7 +69,62 @@ pub(super) async fn warm_claim(f: &Fixture, args: &BenchArgs) -> anyhow::Result<
         .target("p50 ≤ 5, p99 ≤ 25")
         .note(format!("{cold} served cold")),
         Row::latencies(Scenario::WarmClaim, "baseline: API GET round trip", &gets),
-    ])
+    ];
+    if let Some(syncs) = fsync_baseline(&f.data_dir, args.iterations * 10).await? {
+        rows.push(
+            Row::latencies(
+                Scenario::WarmClaim,
+                "baseline: 4 KiB write + fsync (data dir)",
+                &syncs,
+            )
+            .note("what each commit adds unless --no-sync"),
+        );
+    }
+    Ok(rows)
+}
+
+/// The cost of the fsync an API write waits for (unless `up --no-sync`): `n` writes of 4 KiB,
+/// each followed by an fsync, in the instance's data directory. They overwrite blocks written
+/// before, as SQLite's commits do once its WAL has been checkpointed (it then starts over from
+/// the start of the file); a commit that grows the WAL costs a little more. `None` when that
+/// directory is not on this machine (an instance found through `--kubeconfig`).
+async fn fsync_baseline(data_dir: &Path, n: usize) -> anyhow::Result<Option<Vec<Duration>>> {
+    if !data_dir.is_dir() {
+        return Ok(None);
+    }
+    let path = data_dir.join(".agent-sandbox-bench-fsync");
+    let file = path.clone();
+    let timed = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<Duration>> {
+        use std::os::unix::fs::FileExt;
+        const BLOCKS: u64 = 64;
+        let f = fs_err::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&file)?;
+        let block = [0x5a_u8; 4096];
+        for i in 0..BLOCKS {
+            f.file().write_all_at(&block, i * 4096)?;
+        }
+        f.sync_all()?;
+        let mut timed = Vec::with_capacity(n);
+        for i in 0..n as u64 {
+            let t = Instant::now();
+            f.file().write_all_at(&block, (i % BLOCKS) * 4096)?;
+            f.sync_all()?;
+            timed.push(t.elapsed());
+        }
+        Ok(timed)
+    })
+    .await?;
+    let _ = fs_err::remove_file(&path);
+    let timed = timed.with_context(|| {
+        format!(
+            "timing 4 KiB writes with fsync in {}; pass a --data-dir you can write to",
+            data_dir.display()
+        )
+    })?;
+    Ok(Some(timed))
 }
 
 pub(super) async fn first_instruction(f: &Fixture, args: &BenchArgs) -> anyhow::Result<Vec<Row>> {

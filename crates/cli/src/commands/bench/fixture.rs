@@ -19,7 +19,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
-use crate::args::BenchArgs;
+use crate::args::{BenchArgs, ConnectArgs};
 use crate::commands::connect::Connection;
 use crate::commands::sandboxes::is_ready;
 
@@ -134,8 +134,8 @@ pub(crate) struct Fixture {
 }
 
 impl Fixture {
-    pub(crate) async fn open(args: &BenchArgs) -> anyhow::Result<Fixture> {
-        let conn = Connection::open(&args.connect).await?;
+    pub(crate) async fn open(connect: &ConnectArgs, args: &BenchArgs) -> anyhow::Result<Fixture> {
+        let conn = Connection::open(connect).await?;
         let (router, token) = conn.router()?;
         let (router, token) = (router.to_owned(), token.map(str::to_owned));
         let nanos = std::time::SystemTime::now()
@@ -170,7 +170,7 @@ impl Fixture {
                 .build()?,
             router,
             token,
-            data_dir: args.connect.data_dir.clone(),
+            data_dir: connect.data_dir.clone(),
             image: args.image.clone(),
             watches,
         };

@@ -1,11 +1,14 @@
 //! `agent-sandbox bench`: the benchmark suite, run against a live instance (`agent-sandbox up`,
-//! found as the other verbs find it). Each scenario prints p50/p90/p99 (and a rate where it has
-//! one) beside a baseline measured in the same run, as a table and optionally as JSON. The
-//! scenarios create their own template and warm pool (`agent-sandbox-bench`) and remove what they
-//! created when they finish. See docs/benchmarks.md for what each number means.
+//! found as the other verbs find it), or with `--durability` against instances it starts itself,
+//! one per durability setting in turn, their rows side by side. Each scenario prints p50/p90/p99
+//! (and a rate where it has one) beside a baseline measured in the same run, as a table and
+//! optionally as JSON. The scenarios create their own template and warm pool
+//! (`agent-sandbox-bench`) and remove what they created when they finish. See
+//! docs/benchmarks.md for what each number means.
 
 mod claims;
 mod fixture;
+mod instance;
 mod nodes;
 
 use std::io::Write;
@@ -14,13 +17,17 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::args::{BenchArgs, Scenario};
+use crate::args::{BenchArgs, ConnectArgs, Scenario};
 use fixture::Fixture;
+use instance::Instance;
 
 /// One measured quantity: samples in milliseconds, or a single rate.
 #[derive(Debug, Serialize)]
 pub(crate) struct Row {
     scenario: String,
+    /// The durability setting of the instance the benchmark started (`--durability`), or empty.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    durability: String,
     measure: String,
     n: usize,
     p50_ms: Option<f64>,
@@ -43,6 +50,7 @@ impl Row {
         };
         Row {
             scenario: scenario_name(scenario),
+            durability: String::new(),
             measure: measure.to_owned(),
             n: ms.len(),
             p50_ms: pct(0.5),
@@ -82,18 +90,35 @@ fn scenario_name(s: Scenario) -> String {
 
 fn print_table(rows: &[Row]) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
-    let f = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
+    // Sub-millisecond figures (an fsync, a GET) with two decimals.
+    let f = |v: Option<f64>| {
+        v.map_or_else(
+            || "-".to_owned(),
+            |v| {
+                if v < 1.0 {
+                    format!("{v:.2}")
+                } else {
+                    format!("{v:.1}")
+                }
+            },
+        )
+    };
     writeln!(
         out,
         "{:<18} {:<46} {:>5} {:>9} {:>9} {:>9} {:>9}  {:<22} note",
         "scenario", "measure", "n", "p50 ms", "p90 ms", "p99 ms", "per s", "target"
     )?;
     for r in rows {
+        let measure = if r.durability.is_empty() {
+            r.measure.clone()
+        } else {
+            format!("[{}] {}", r.durability, r.measure)
+        };
         writeln!(
             out,
             "{:<18} {:<46} {:>5} {:>9} {:>9} {:>9} {:>9}  {:<22} {}",
             r.scenario,
-            r.measure,
+            measure,
             r.n,
             f(r.p50_ms),
             f(r.p90_ms),
@@ -120,10 +145,70 @@ pub(crate) async fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     }
     scenarios.sort();
     scenarios.dedup();
-    let fixture = Fixture::open(args).await?;
+    let (rows, result) = match args.durability {
+        None => run_scenarios(&args.connect, args, &scenarios).await,
+        Some(choice) => {
+            // One instance per setting, in turn; their rows interleaved, row by row.
+            let mut runs: Vec<Vec<Row>> = Vec::new();
+            let mut result = Ok(());
+            for setting in instance::settings(choice) {
+                let label = instance::label(setting);
+                eprintln!("== instance: {label}");
+                let started = match Instance::start(args, setting).await {
+                    Ok(i) => i,
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                };
+                let (mut rows, r) =
+                    run_scenarios(&started.connect(&args.connect), args, &scenarios).await;
+                started.stop().await;
+                for row in &mut rows {
+                    label.clone_into(&mut row.durability);
+                }
+                runs.push(rows);
+                if let Err(e) = r {
+                    result = Err(e.context(format!("the instance with durability {label}")));
+                    break;
+                }
+            }
+            let longest = runs.iter().map(Vec::len).max().unwrap_or(0);
+            let mut iters: Vec<_> = runs.into_iter().map(Vec::into_iter).collect();
+            let mut rows = Vec::new();
+            for _ in 0..longest {
+                rows.extend(iters.iter_mut().filter_map(Iterator::next));
+            }
+            (rows, result)
+        }
+    };
+    if rows.is_empty() {
+        // Nothing measured: the error says why.
+        return result.map(|()| ExitCode::SUCCESS);
+    }
+    println!();
+    print_table(&rows)?;
+    if let Some(path) = &args.json {
+        fs_err::write(path, serde_json::to_vec_pretty(&rows)?)?;
+        eprintln!("wrote {}", path.display());
+    }
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+/// Runs `scenarios` against the instance `connect` finds; returns the rows measured before the
+/// first failure, and that failure.
+async fn run_scenarios(
+    connect: &ConnectArgs,
+    args: &BenchArgs,
+    scenarios: &[Scenario],
+) -> (Vec<Row>, anyhow::Result<()>) {
+    let fixture = match Fixture::open(connect, args).await {
+        Ok(f) => f,
+        Err(e) => return (Vec::new(), Err(e)),
+    };
     let mut rows = Vec::new();
     let mut result = Ok(());
-    for s in &scenarios {
+    for s in scenarios {
         eprintln!("== {}", scenario_name(*s));
         let r = match s {
             Scenario::WarmClaim => claims::warm_claim(&fixture, args).await,
@@ -143,11 +228,5 @@ pub(crate) async fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         }
     }
     fixture.clean_up().await;
-    println!();
-    print_table(&rows)?;
-    if let Some(path) = &args.json {
-        fs_err::write(path, serde_json::to_vec_pretty(&rows)?)?;
-        eprintln!("wrote {}", path.display());
-    }
-    result.map(|()| ExitCode::SUCCESS)
+    (rows, result)
 }
