@@ -210,6 +210,18 @@ def test_errors_as_upstream_raises_them(sdk: ModuleType, up: Path, example_pool:
                                   pod_labels={"agents.x-k8s.io/pool": "mine"})
         with pytest.raises(e_.SandboxNotFoundError):
             client.get_sandbox("no-such-claim", namespace=NS, resolve_timeout=2)
+        # A pool whose template is missing.
+        with OurClient(SandboxEmbeddedConnectionConfig(data_dir=up)) as admin:
+            admin.connection.kube.create("sandboxwarmpools", NS, {
+                "apiVersion": "extensions.agents.x-k8s.io/v1beta1", "kind": "SandboxWarmPool",
+                "metadata": {"name": "orphan-pool"},
+                "spec": {"replicas": 0, "sandboxTemplateRef": {"name": "no-such-template"}}})
+            try:
+                with pytest.raises(e_.SandboxTemplateNotFoundError):
+                    client.create_sandbox(warmpool="orphan-pool", namespace=NS,
+                                          sandbox_ready_timeout=30)
+            finally:
+                admin.delete_warm_pool("orphan-pool")
     finally:
         client.delete_all()
     bad = sdk.SandboxClient(connection_config=sdk.models.SandboxDirectConnectionConfig(
