@@ -44,3 +44,49 @@ pub async fn https_client_from(path: &std::path::Path) -> kube::Client {
         .expect("kube config");
     kube::Client::try_from(cfg).expect("client")
 }
+
+/// A WebSocket client over the server's unix socket.
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio::net::UnixStream>;
+
+/// Opens a WebSocket to `path` (from `/api/...`) over the unix socket with the server's token,
+/// offering `protocols` (none when empty): the negotiated subprotocol, or the refusal's status
+/// code and body. The handshake is bounded in time.
+pub async fn ws_connect(
+    ts: &TestServer,
+    path: &str,
+    protocols: &str,
+) -> Result<(Ws, Option<String>), (u16, String)> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let stream = tokio::net::UnixStream::connect(ts.server.socket_path().unwrap())
+        .await
+        .unwrap();
+    let mut req = format!("ws://localhost{path}")
+        .into_client_request()
+        .unwrap();
+    let h = req.headers_mut();
+    h.insert(
+        "Authorization",
+        format!("Bearer {}", ts.server.token()).parse().unwrap(),
+    );
+    if !protocols.is_empty() {
+        h.insert("Sec-WebSocket-Protocol", protocols.parse().unwrap());
+    }
+    let handshake = tokio_tungstenite::client_async(req, stream);
+    match tokio::time::timeout(std::time::Duration::from_secs(20), handshake)
+        .await
+        .expect("the WebSocket handshake ended in time")
+    {
+        Ok((ws, resp)) => {
+            let p = resp
+                .headers()
+                .get("Sec-WebSocket-Protocol")
+                .map(|v| v.to_str().unwrap().to_owned());
+            Ok((ws, p))
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err((
+            resp.status().as_u16(),
+            String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned(),
+        )),
+        Err(e) => panic!("{e}"),
+    }
+}

@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 /// Runs the command as a process here; refuses container `stopped` as kubelet refuses a
 /// container that does not run; records terminal sizes.
@@ -182,7 +181,7 @@ async fn the_request_is_checked_as_kube_apiserver_does() {
     }
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::UnixStream>;
+use common::Ws;
 
 /// A WebSocket exec over the unix socket; the negotiated subprotocol.
 async fn connect(
@@ -190,32 +189,12 @@ async fn connect(
     query: &str,
     protocols: &str,
 ) -> Result<(Ws, Option<String>), (u16, String)> {
-    let stream = tokio::net::UnixStream::connect(ts.server.socket_path().unwrap())
-        .await
-        .unwrap();
-    let mut req = format!("ws://localhost/api/v1/namespaces/default/pods/{query}")
-        .into_client_request()
-        .unwrap();
-    let h = req.headers_mut();
-    h.insert(
-        "Authorization",
-        format!("Bearer {}", ts.server.token()).parse().unwrap(),
-    );
-    h.insert("Sec-WebSocket-Protocol", protocols.parse().unwrap());
-    match tokio_tungstenite::client_async(req, stream).await {
-        Ok((ws, resp)) => {
-            let p = resp
-                .headers()
-                .get("Sec-WebSocket-Protocol")
-                .map(|v| v.to_str().unwrap().to_string());
-            Ok((ws, p))
-        }
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err((
-            resp.status().as_u16(),
-            String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned(),
-        )),
-        Err(e) => panic!("{e}"),
-    }
+    common::ws_connect(
+        ts,
+        &format!("/api/v1/namespaces/default/pods/{query}"),
+        protocols,
+    )
+    .await
 }
 
 /// Everything the server sends until it closes: (channel, data) pairs, bounded.

@@ -25,7 +25,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 /// The Pod's port served by the echo server.
 const ECHO: u16 = 8080;
@@ -442,7 +441,7 @@ async fn refusal(f: &Fixture, path: &str) -> (u16, String) {
     }
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::UnixStream>;
+use common::Ws;
 
 /// A WebSocket port-forward over the unix socket with `protocols` offered; the negotiated
 /// subprotocol, or the refusal's code and body.
@@ -451,37 +450,8 @@ async fn connect(
     query: &str,
     protocols: &str,
 ) -> Result<(Ws, Option<String>), (u16, String)> {
-    let stream = tokio::net::UnixStream::connect(f.ts.server.socket_path().unwrap())
-        .await
-        .unwrap();
-    let mut req = format!("ws://localhost/api/v1/namespaces/default/pods/p/portforward{query}")
-        .into_client_request()
-        .unwrap();
-    let h = req.headers_mut();
-    h.insert(
-        "Authorization",
-        format!("Bearer {}", f.ts.server.token()).parse().unwrap(),
-    );
-    if !protocols.is_empty() {
-        h.insert("Sec-WebSocket-Protocol", protocols.parse().unwrap());
-    }
-    match timeout(WAIT, tokio_tungstenite::client_async(req, stream))
-        .await
-        .expect("the WebSocket handshake ended in time")
-    {
-        Ok((ws, resp)) => {
-            let p = resp
-                .headers()
-                .get("Sec-WebSocket-Protocol")
-                .map(|v| v.to_str().unwrap().to_owned());
-            Ok((ws, p))
-        }
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err((
-            resp.status().as_u16(),
-            String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned(),
-        )),
-        Err(e) => panic!("{e}"),
-    }
+    let path = format!("/api/v1/namespaces/default/pods/p/portforward{query}");
+    common::ws_connect(&f.ts, &path, protocols).await
 }
 
 /// The next channel message (binary protocol); `None` once the server closed.
