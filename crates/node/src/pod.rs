@@ -109,8 +109,10 @@ pub struct CRt {
 }
 
 impl CRt {
-    /// A container not created yet.
-    pub fn new(name: &str, role: Role, image: &str) -> Self {
+    /// A container not created yet: waiting with `ContainerCreating`, or `PodInitializing` in a
+    /// Pod that has init containers (kubelet's default waiting reason for every container of
+    /// such a Pod).
+    pub fn new(name: &str, role: Role, image: &str, pod_has_init: bool) -> Self {
         CRt {
             name: name.to_string(),
             role,
@@ -119,10 +121,10 @@ impl CRt {
             container_id: None,
             restarts: 0,
             state: CState::Waiting {
-                reason: if role == Role::Regular {
-                    "ContainerCreating"
-                } else {
+                reason: if pod_has_init {
                     "PodInitializing"
+                } else {
+                    "ContainerCreating"
                 }
                 .into(),
                 message: None,
@@ -217,6 +219,7 @@ impl PodRt {
         let mut containers = BTreeMap::new();
         let mut init_order = Vec::new();
         let mut regular_order = Vec::new();
+        let has_init = spec.init_containers.as_ref().is_some_and(|c| !c.is_empty());
         for c in spec.init_containers.iter().flatten() {
             let role = if c.restart_policy.as_deref() == Some("Always") {
                 Role::Sidecar
@@ -226,7 +229,12 @@ impl PodRt {
             init_order.push(c.name.clone());
             containers.insert(
                 c.name.clone(),
-                CRt::new(&c.name, role, c.image.as_deref().unwrap_or_default()),
+                CRt::new(
+                    &c.name,
+                    role,
+                    c.image.as_deref().unwrap_or_default(),
+                    has_init,
+                ),
             );
         }
         for c in &spec.containers {
@@ -237,6 +245,7 @@ impl PodRt {
                     &c.name,
                     Role::Regular,
                     c.image.as_deref().unwrap_or_default(),
+                    has_init,
                 ),
             );
         }
