@@ -45,17 +45,32 @@ pub struct Credentials {
     pub token: String,
 }
 
-fn write_private(path: &Path, data: &[u8]) -> Result<(), AccessError> {
+/// Writes `path` so that a crash or a power loss leaves either the old file or the whole new
+/// one: a temporary file beside it, fsynced, renamed over it, then the directory fsynced.
+fn write_durable(path: &Path, data: &[u8], mode: u32) -> Result<(), AccessError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
-        .open(path)?;
+        .mode(mode)
+        .open(&tmp)?;
     f.write_all(data)?;
     f.sync_all()?;
-    fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)?.sync_all()?;
+    }
     Ok(())
+}
+
+fn write_private(path: &Path, data: &[u8]) -> Result<(), AccessError> {
+    write_durable(path, data, 0o600)
 }
 
 /// Loads or creates the CA, serving certificate and token in `dir`.
@@ -92,9 +107,10 @@ pub fn load_or_create(dir: &Path) -> Result<Credentials, AccessError> {
         srv.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
         let srv_kp = KeyPair::generate()?;
         let cert = srv.signed_by(&srv_kp, &issuer)?;
+        // Each file whole and on disk, the CA last: the three existing means all are complete.
         write_private(&srv_key, srv_kp.serialize_pem().as_bytes())?;
-        fs::write(&srv_crt, cert.pem())?;
-        fs::write(&ca_crt, issuer.pem())?;
+        write_durable(&srv_crt, cert.pem().as_bytes(), 0o644)?;
+        write_durable(&ca_crt, issuer.pem().as_bytes(), 0o644)?;
     }
     if !token_p.exists() {
         let t = format!(
@@ -149,4 +165,38 @@ pub fn write_kubeconfig(path: &Path, contents: &str) -> Result<(), AccessError> 
         fs::create_dir_all(p)?;
     }
     write_private(path, contents.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_written_whole_and_kept_across_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = load_or_create(dir.path()).unwrap();
+        let second = load_or_create(dir.path()).unwrap();
+        assert_eq!(first.token, second.token);
+        assert_eq!(first.ca_pem, second.ca_pem);
+        let mode = |f: &str| {
+            use std::os::unix::fs::PermissionsExt;
+            fs::metadata(dir.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!((mode("apiserver.key"), mode("token")), (0o600, 0o600));
+        assert_eq!((mode("ca.crt"), mode("apiserver.crt")), (0o644, 0o644));
+        // No temporary file is left beside them.
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+        // Rewriting replaces the file whole.
+        write_kubeconfig(&dir.path().join("kc"), "one").unwrap();
+        write_kubeconfig(&dir.path().join("kc"), "two").unwrap();
+        assert_eq!(fs::read_to_string(dir.path().join("kc")).unwrap(), "two");
+    }
 }
