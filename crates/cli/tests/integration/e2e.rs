@@ -61,6 +61,9 @@ impl Up {
             .args(["--router-listen", &format!("127.0.0.1:{router}")])
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
             .args(["--pod-subnet", subnet, "--bridge", bridge])
+            // Sandboxes end to end, not the disk: no fsync per API write (the SDK's tests run
+            // `up` with its default, durable writes).
+            .arg("--no-sync")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

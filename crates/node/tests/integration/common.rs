@@ -676,6 +676,9 @@ impl AgentEnv {
         let mut cfg = agent_sandbox_apiserver::Config::new(api_dir.path());
         cfg.tcp_addr = None;
         cfg.node_name = NODE.into();
+        // The node's tests are about the node: no fsync per API write (the API server's own
+        // tests cover durability), so their timing does not depend on the disk's.
+        cfg.durability = agent_sandbox_apiserver::Durability::ProcessCrash;
         let server = agent_sandbox_apiserver::ApiServer::start(cfg)
             .await
             .unwrap();
