@@ -90,3 +90,24 @@ pub async fn ws_connect(
         Err(e) => panic!("{e}"),
     }
 }
+
+/// The entry of `name` (e.g. `pods/exec`) in the core group's discovery (`/api/v1`).
+pub async fn core_resource(ts: &TestServer, name: &str) -> serde_json::Value {
+    let d: serde_json::Value = ts
+        .server
+        .client()
+        .request(
+            axum::http::Request::get("/api/v1")
+                .body(Vec::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    d["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap_or_else(|| panic!("{name} in discovery"))
+        .clone()
+}

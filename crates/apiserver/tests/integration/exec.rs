@@ -117,22 +117,7 @@ async fn refusal(ts: &common::TestServer, query: &str) -> String {
 async fn the_request_is_checked_as_kube_apiserver_does() {
     let ts = common::start().await;
     pods(&ts).await;
-    let d: Value = ts
-        .server
-        .client()
-        .request(
-            axum::http::Request::get("/api/v1")
-                .body(Vec::new())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let exec = d["resources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "pods/exec")
-        .expect("pods/exec in discovery");
+    let exec = common::core_resource(&ts, "pods/exec").await;
     assert_eq!(exec["kind"], "PodExecOptions");
     assert_eq!(exec["verbs"], json!(["create", "get"]));
 

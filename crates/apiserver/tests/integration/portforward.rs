@@ -513,22 +513,7 @@ fn open_fds() -> usize {
 #[tokio::test]
 async fn the_request_is_checked_as_kube_apiserver_does() {
     let f = fixture().await;
-    let d: Value =
-        f.ts.server
-            .client()
-            .request(
-                axum::http::Request::get("/api/v1")
-                    .body(Vec::new())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-    let pf = d["resources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "pods/portforward")
-        .expect("pods/portforward in discovery");
+    let pf = common::core_resource(&f.ts, "pods/portforward").await;
     assert_eq!(pf["kind"], "PodPortForwardOptions");
     assert_eq!(pf["verbs"], json!(["create", "get"]));
     assert_eq!(pf["namespaced"], true);
