@@ -327,3 +327,83 @@ def test_port_forward_into_a_sandbox(up: Path, example_pool: str) -> None:
     finally:
         sdk.delete_all()
         sdk.close()
+
+
+# A program that traces one sandbox's life with the SDK named by argv[1], exporting over OTLP
+# wherever OTEL_EXPORTER_OTLP_ENDPOINT points. A process of its own: the TracerProvider that
+# either SDK installs is global and set once per process.
+_TRACED_PROGRAM = """
+import importlib, sys
+name, router, token, pool = sys.argv[1:5]
+sdk = importlib.import_module(name)
+m = importlib.import_module(name + ".models")
+client = sdk.SandboxClient(
+    connection_config=m.SandboxDirectConnectionConfig(
+        api_url="http://" + router, extra_headers={"Authorization": "Bearer " + token}),
+    tracer_config=m.SandboxTracerConfig(enable_tracing=True, trace_service_name="otlp-test"))
+sb = client.create_sandbox(warmpool=pool, namespace="default", sandbox_ready_timeout=90)
+assert sb.commands.run("echo exported").stdout == "exported\\n"
+sb.files.write("exported.txt", b"123")
+sb.terminate()
+"""
+
+
+def test_spans_exported_over_otlp(sdk: ModuleType, up: Path, example_pool: str) -> None:
+    """``SandboxTracerConfig(enable_tracing=True)`` with nothing else configured: the SDK
+    installs its own TracerProvider and its spans reach an OTLP/gRPC collector (a real gRPC
+    server here, decoding OTLP's protobuf), named and attributed alike by both SDKs."""
+    import subprocess
+    import sys
+    from concurrent import futures
+
+    grpc = pytest.importorskip("grpc")
+    svc = pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2")
+    svc_grpc = pytest.importorskip(
+        "opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc")
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.grpc.trace_exporter")
+
+    received: list[Any] = []
+
+    class Collector(svc_grpc.TraceServiceServicer):  # type: ignore[misc]
+        def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 (gRPC's name)
+            received.append(request)
+            return svc.ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    svc_grpc.add_TraceServiceServicer_to_server(Collector(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        env = dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
+                   OTEL_EXPORTER_OTLP_INSECURE="true", OTEL_BSP_SCHEDULE_DELAY="100")
+        token = (up / "router-token").read_text().strip()
+        done = subprocess.run(
+            [sys.executable, "-c", _TRACED_PROGRAM, sdk.__name__, ROUTER, token, example_pool],
+            env=env, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr
+    finally:
+        server.stop(grace=None)
+
+    spans: dict[str, Any] = {}
+    services: set[str] = set()
+    for request in received:
+        for rs in request.resource_spans:
+            services |= {a.value.string_value for a in rs.resource.attributes
+                         if a.key == "service.name"}
+            for ss in rs.scope_spans:
+                for span in ss.spans:
+                    spans.setdefault(span.name, (ss.scope.name, span))
+    assert services == {"otlp-test"}, services
+    # Upstream's client-level spans ignore trace_service_name (its decorator looks for an
+    # attribute its SandboxClient does not have, so they are always "sandbox-client.*"); ours
+    # name every span with the configured service (docs/sdk.md, "Porting from upstream's SDK").
+    client_prefix = "sandbox-client" if _is_upstream(sdk) else "otlp-test"
+    for span_name in (f"{client_prefix}.create_claim", f"{client_prefix}.wait_for_claim_ready",
+                      "otlp-test.run", "otlp-test.write"):
+        assert span_name in spans, sorted(spans)
+    scope, run = spans["otlp-test.run"]
+    assert scope == "otlp_test"
+    attributes = {a.key: a.value for a in run.attributes}
+    assert attributes["sandbox.command.executable"].string_value == "echo"
+    assert attributes["sandbox.exit_code"].int_value == 0
+    assert len(run.trace_id) == 16 and any(run.trace_id)
