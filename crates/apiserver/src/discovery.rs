@@ -2,7 +2,7 @@
 //! and OpenAPI v2/v3 documents enough for `kubectl apply` validation and `kubectl explain`.
 
 use crate::api::App;
-use crate::resources::{ResourceDef, Special};
+use crate::resources::ResourceDef;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 
@@ -72,9 +72,6 @@ fn resource_entries(r: &ResourceDef, version: &str) -> Vec<Value> {
     if !r.categories.is_empty() {
         e["categories"] = json!(r.categories);
     }
-    if r.group == "events.k8s.io" || (r.special == Special::Event && r.group.is_empty()) {
-        // both serve the same objects
-    }
     let mut out = vec![e];
     if r.has_status {
         out.push(json!({"name": format!("{}/status", r.plural), "singularName": "", "namespaced": r.namespaced,
@@ -84,11 +81,7 @@ fn resource_entries(r: &ResourceDef, version: &str) -> Vec<Value> {
         out.push(json!({"name": format!("{}/scale", r.plural), "singularName": "", "namespaced": r.namespaced,
             "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}));
     }
-    if r.special == Special::Pod {
-        out.push(json!({"name": "pods/log", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]}));
-        out.push(json!({"name": "pods/exec", "singularName": "", "namespaced": true, "kind": "PodExecOptions", "verbs": ["create", "get"]}));
-        out.push(json!({"name": "pods/portforward", "singularName": "", "namespaced": true, "kind": "PodPortForwardOptions", "verbs": ["create", "get"]}));
-    }
+    out.extend(r.strategy.subresource_entries());
     out
 }
 
@@ -220,28 +213,13 @@ pub fn openapi_v3_doc(app: &App, group: &str, version: &str) -> Option<Value> {
     {
         any = true;
         let gvk = json!([{"group": r.group, "version": version, "kind": r.kind}]);
-        let name = match r.special {
-            Special::Custom => {
-                let crd = app.crd_objects.get(&r.key())?;
-                let schema = crd["spec"]["versions"]
-                    .as_array()
-                    .and_then(|vs| vs.iter().find(|v| v["name"] == version))
-                    .and_then(|v| v.pointer("/schema/openAPIV3Schema"))
-                    .cloned()
-                    .unwrap_or(json!({"type": "object"}));
-                let rev: Vec<&str> = r.group.split('.').rev().collect();
-                let n = format!("{}.{}.{}", rev.join("."), version, r.kind);
-                let mut s = schema;
-                s["x-kubernetes-group-version-kind"] = gvk.clone();
-                schemas.insert(n.clone(), s);
+        let name = match r.strategy.openapi_definition(app, r, version) {
+            Some((n, mut schema)) => {
+                schema["x-kubernetes-group-version-kind"] = gvk.clone();
+                schemas.insert(n.clone(), schema);
                 n
             }
-            Special::Crd => {
-                let n = "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.CustomResourceDefinition".to_string();
-                schemas.insert(n.clone(), json!({"type": "object", "description": "CustomResourceDefinition represents a resource that should be exposed on the API server.", "x-kubernetes-group-version-kind": gvk}));
-                n
-            }
-            _ => {
+            None => {
                 let Some((n, defs)) = schema_for_core(&r.kind, &r.group) else {
                     continue;
                 };

@@ -4,7 +4,6 @@
 //! contents), and the reaper that removes pods whose deletion grace period has passed.
 
 use crate::api::{App, Target};
-use crate::resources::Special;
 use crate::store::{Change, EventKind, Op, StoreError};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -429,7 +428,6 @@ pub async fn run(
         };
         process(&app, c).await;
     }
-    let _ = Special::None;
     let mut tick = tokio::time::interval(Duration::from_millis(1000));
     let mut ticks: u64 = 0;
     loop {

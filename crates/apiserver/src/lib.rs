@@ -29,18 +29,21 @@
 //! - [`store`]: SQLite (WAL, fsync per commit only with [`Durability::PowerLoss`]) behind one
 //!   writer thread with group commit, the committed in-memory view, the watch cache and the
 //!   ownership indexes.
-//! - [`api`]: URL routing and the verbs with kube-apiserver's metadata semantics;
-//!   [`watch`]: watch streams; [`patch`]: merge, JSON and strategic merge patch;
-//!   [`selectors`]: label and field selectors; [`table`]: `kubectl get` tables.
-//! - [`admission`]: names, labels, core defaults and the [`CrdSupport`] seam; [`config_data`]:
-//!   ConfigMap and Secret rules (`stringData`, keys, base64, sizes, `immutable`); [`crds`]: the
-//!   agent-sandbox CRDs through the `api` crate (schemas, CEL, v1alpha1 ⇄ v1beta1).
+//! - [`api`]: URL routing and the verbs with kube-apiserver's metadata semantics, the same for
+//!   every kind; [`registry`]: one [`registry::Strategy`] per kind for what the kind does
+//!   differently (create and update preparation, validation, deletion, field selectors, printer
+//!   columns, connect subresources), as kube-apiserver's registry; [`resources`]: the catalogue
+//!   of served kinds; [`watch`]: watch streams; [`patch`]: merge, JSON and strategic merge
+//!   patch; [`selectors`]: label and field selectors; [`table`]: `kubectl get` tables.
+//! - [`admission`]: names, labels, core defaults and validation, and the [`CrdSupport`] seam;
+//!   [`crds`]: the agent-sandbox CRDs through the `api` crate (schemas, CEL, v1alpha1 ⇄
+//!   v1beta1).
 //! - [`gc`]: ownerReference garbage collection, namespace finalization, the pod reaper.
 //! - [`protobuf`]: the protobuf bodies of `kubectl create configmap|secret`.
-//! - [`portforward`]: `pods/portforward` (SPDY over WebSocket, SPDY, the channel protocol) to
-//!   the [`PodPortForward`] provider the node agent registers.
-//! - [`exec`]: `pods/exec` over WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`) to the
-//!   [`PodExec`] provider the node agent registers.
+//! - The Pod's connect subresources in [`registry::pod`]: `log` to the [`PodLogs`] provider,
+//!   `exec` over WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`) to [`PodExec`],
+//!   `portforward` (SPDY over WebSocket, SPDY, the channel protocol; [`spdy`]) to
+//!   [`PodPortForward`], each registered by the node agent.
 //! - [`discovery`]: discovery, `/version` and OpenAPI; [`server`]: router, auth, listeners;
 //!   [`access`]: CA, serving certificate, token and kubeconfig.
 //!
@@ -63,16 +66,14 @@
 pub mod access;
 pub mod admission;
 pub mod api;
-pub mod config_data;
 pub mod crds;
 pub mod discovery;
 pub mod error;
-pub mod exec;
 pub mod gc;
 pub mod patch;
-pub mod portforward;
 pub mod protobuf;
 pub mod query;
+pub mod registry;
 pub mod resources;
 pub mod selectors;
 pub mod server;
@@ -82,9 +83,9 @@ pub mod table;
 pub mod watch;
 
 pub use admission::{CrdSupport, NoCrds};
-pub use api::PodLogs;
-pub use exec::{ExecRequest, ExecStreams, PodExec};
-pub use portforward::{PodPortForward, Tunnel};
+pub use registry::pod::exec::{ExecRequest, ExecStreams, PodExec};
+pub use registry::pod::log::PodLogs;
+pub use registry::pod::portforward::{PodPortForward, Tunnel};
 pub use store::Durability;
 
 use serde_json::{Value, json};

@@ -1,7 +1,11 @@
 //! The catalogue of served resources: group, versions, kind, plural, short names, scope,
 //! subresources and printer columns, for the core kinds and the CRDs.
 
+use std::sync::Arc;
+
 use serde_json::Value;
+
+use crate::registry::{self, Strategy};
 
 /// `scale` subresource paths (from a CRD or built in).
 #[derive(Debug, Clone)]
@@ -29,29 +33,6 @@ pub struct PrinterColumn {
     pub description: String,
 }
 
-/// Which object family a resource belongs to, for kind-specific behaviour.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Special {
-    /// No kind-specific behaviour.
-    None,
-    /// core/v1 Pod.
-    Pod,
-    /// core/v1 Namespace.
-    Namespace,
-    /// core/v1 Service.
-    Service,
-    /// core/v1 ConfigMap.
-    ConfigMap,
-    /// core/v1 Secret.
-    Secret,
-    /// Event (stored as events.k8s.io/v1, served as core/v1 too).
-    Event,
-    /// apiextensions CustomResourceDefinition (read-only).
-    Crd,
-    /// A custom resource served from a CRD.
-    Custom,
-}
-
 /// One served resource (all its served versions share one storage key).
 #[derive(Debug, Clone)]
 pub struct ResourceDef {
@@ -77,9 +58,10 @@ pub struct ResourceDef {
     pub scale: Vec<(String, ScalePaths)>,
     /// Printer columns per version.
     pub columns: Vec<(String, Vec<PrinterColumn>)>,
-    /// Kind-specific behaviour.
-    pub special: Special,
-    /// Objects of this kind may not be written through the API.
+    /// What the kind does differently from a plain object (`registry`).
+    pub strategy: Arc<dyn Strategy>,
+    /// Objects of this kind may not be created or deleted through the API (updates are left to
+    /// its strategy: the built-in CRDs keep their spec).
     pub read_only: bool,
     /// Deprecation warnings per version.
     pub deprecated: Vec<(String, String)>,
@@ -88,10 +70,7 @@ pub struct ResourceDef {
 impl ResourceDef {
     /// Storage key, e.g. `pods` or `sandboxes.agents.x-k8s.io`. Versions share one key.
     pub fn key(&self) -> String {
-        if self.special == Special::Event {
-            return "events".into();
-        }
-        crate::error::qualified(&self.group, &self.plural)
+        self.strategy.storage_key(self)
     }
 
     /// The storage version.
@@ -130,11 +109,6 @@ impl ResourceDef {
         self.versions.iter().any(|v| v == version)
     }
 
-    /// Whether names are validated as DNS-1123 labels (not subdomains).
-    pub fn label_names(&self) -> bool {
-        matches!(self.special, Special::Namespace | Special::Service)
-    }
-
     /// `verbs` for discovery.
     pub fn verbs(&self) -> Vec<&'static str> {
         if self.read_only {
@@ -163,7 +137,7 @@ fn core(
     short: &[&str],
     namespaced: bool,
     has_status: bool,
-    special: Special,
+    strategy: impl Strategy + 'static,
 ) -> ResourceDef {
     ResourceDef {
         group: group.into(),
@@ -177,7 +151,7 @@ fn core(
         has_status,
         scale: vec![],
         columns: vec![],
-        special,
+        strategy: Arc::new(strategy),
         read_only: false,
         deprecated: vec![],
     }
@@ -193,7 +167,7 @@ pub fn builtin() -> Vec<ResourceDef> {
         &["po"],
         true,
         true,
-        Special::Pod,
+        registry::Pod,
     );
     pods.categories = vec!["all".into()];
     let mut svc = core(
@@ -204,7 +178,7 @@ pub fn builtin() -> Vec<ResourceDef> {
         &["svc"],
         true,
         true,
-        Special::Service,
+        registry::Service::default(),
     );
     svc.categories = vec!["all".into()];
     let mut crd = core(
@@ -215,7 +189,7 @@ pub fn builtin() -> Vec<ResourceDef> {
         &["crd", "crds"],
         false,
         true,
-        Special::Crd,
+        registry::Crd,
     );
     crd.read_only = true;
     vec![
@@ -227,7 +201,7 @@ pub fn builtin() -> Vec<ResourceDef> {
             &["ns"],
             false,
             true,
-            Special::Namespace,
+            registry::Namespace,
         ),
         pods,
         svc,
@@ -239,7 +213,7 @@ pub fn builtin() -> Vec<ResourceDef> {
             &["pvc"],
             true,
             true,
-            Special::None,
+            registry::PersistentVolumeClaim,
         ),
         core(
             "",
@@ -249,7 +223,7 @@ pub fn builtin() -> Vec<ResourceDef> {
             &["pv"],
             false,
             true,
-            Special::None,
+            registry::PersistentVolume,
         ),
         core(
             "storage.k8s.io",
@@ -259,7 +233,7 @@ pub fn builtin() -> Vec<ResourceDef> {
             &["sc"],
             false,
             false,
-            Special::None,
+            registry::StorageClass,
         ),
         core(
             "",
@@ -269,7 +243,7 @@ pub fn builtin() -> Vec<ResourceDef> {
             &["cm"],
             true,
             false,
-            Special::ConfigMap,
+            registry::ConfigData(registry::config_data::Kind::ConfigMap),
         ),
         core(
             "",
@@ -279,7 +253,7 @@ pub fn builtin() -> Vec<ResourceDef> {
             &[],
             true,
             false,
-            Special::Secret,
+            registry::ConfigData(registry::config_data::Kind::Secret),
         ),
         core(
             "",
@@ -289,7 +263,7 @@ pub fn builtin() -> Vec<ResourceDef> {
             &["ev"],
             true,
             false,
-            Special::Event,
+            registry::Event,
         ),
         core(
             "",
@@ -299,7 +273,7 @@ pub fn builtin() -> Vec<ResourceDef> {
             &["no"],
             false,
             true,
-            Special::None,
+            registry::Node,
         ),
         core(
             "networking.k8s.io",
@@ -309,7 +283,7 @@ pub fn builtin() -> Vec<ResourceDef> {
             &["netpol"],
             true,
             false,
-            Special::None,
+            registry::Generic,
         ),
         core(
             "node.k8s.io",
@@ -319,7 +293,7 @@ pub fn builtin() -> Vec<ResourceDef> {
             &[],
             false,
             false,
-            Special::None,
+            registry::Generic,
         ),
         core(
             "events.k8s.io",
@@ -329,7 +303,7 @@ pub fn builtin() -> Vec<ResourceDef> {
             &["ev"],
             true,
             false,
-            Special::Event,
+            registry::Event,
         ),
         core(
             "coordination.k8s.io",
@@ -339,7 +313,7 @@ pub fn builtin() -> Vec<ResourceDef> {
             &[],
             true,
             false,
-            Special::None,
+            registry::Lease,
         ),
         crd,
     ]
@@ -469,7 +443,7 @@ pub fn from_crd(crd: &Value) -> Option<ResourceDef> {
         has_status,
         scale,
         columns,
-        special: Special::Custom,
+        strategy: Arc::new(registry::Custom),
         read_only: false,
         deprecated,
     })

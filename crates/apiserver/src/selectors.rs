@@ -2,7 +2,7 @@
 //! error messages, and matching against stored JSON objects.
 
 use crate::error::ApiError;
-use crate::resources::Special;
+use crate::registry::Strategy;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -217,54 +217,19 @@ impl LabelSelector {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FieldSelector(pub Vec<(String, String, bool)>);
 
-/// Maps a field label to the JSON pointer in the stored object for a kind, or None if unsupported.
-fn field_pointer(special: Special, field: &str) -> Option<String> {
-    let p = match field {
-        "metadata.name" => "/metadata/name".to_string(),
-        "metadata.namespace" => "/metadata/namespace".to_string(),
-        _ => match special {
-            Special::Pod => match field {
-                "status.phase"
-                | "spec.nodeName"
-                | "spec.restartPolicy"
-                | "spec.schedulerName"
-                | "spec.serviceAccountName"
-                | "spec.hostNetwork"
-                | "status.podIP"
-                | "status.nominatedNodeName" => format!("/{}", field.replace('.', "/")),
-                _ => return None,
-            },
-            Special::Namespace => match field {
-                "status.phase" => "/status/phase".into(),
-                _ => return None,
-            },
-            Special::Secret => match field {
-                "type" => "/type".into(),
-                _ => return None,
-            },
-            Special::Event => {
-                if let Some(rest) = field.strip_prefix("involvedObject.") {
-                    format!("/regarding/{rest}")
-                } else if let Some(rest) = field.strip_prefix("regarding.") {
-                    format!("/regarding/{rest}")
-                } else {
-                    match field {
-                        "reason" | "type" | "reportingController" | "action" => format!("/{field}"),
-                        "reportingComponent" => "/reportingController".into(),
-                        "source" => "/deprecatedSource/component".into(),
-                        _ => return None,
-                    }
-                }
-            }
-            _ => return None,
-        },
-    };
-    Some(p)
+/// Maps a field label to the JSON pointer in the stored object, or None if the kind does not
+/// support it: `metadata.name` and `metadata.namespace` for every kind, the rest per strategy.
+fn field_pointer(strategy: &dyn Strategy, field: &str) -> Option<String> {
+    match field {
+        "metadata.name" => Some("/metadata/name".into()),
+        "metadata.namespace" => Some("/metadata/namespace".into()),
+        _ => strategy.field_pointer(field),
+    }
 }
 
 impl FieldSelector {
     /// Parses the `fieldSelector` query parameter for a kind.
-    pub fn parse(s: &str, special: Special) -> Result<Self, ApiError> {
+    pub fn parse(s: &str, strategy: &dyn Strategy) -> Result<Self, ApiError> {
         let mut terms = vec![];
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (k, v, eq) = if let Some((k, v)) = part.split_once("!=") {
@@ -279,7 +244,7 @@ impl FieldSelector {
                 )));
             };
             let k = k.trim();
-            let ptr = field_pointer(special, k)
+            let ptr = field_pointer(strategy, k)
                 .ok_or_else(|| ApiError::bad_request(format!("field label not supported: {k}")))?;
             terms.push((ptr, v.trim().to_string(), eq));
         }
@@ -362,9 +327,13 @@ mod tests {
     fn field_selectors() {
         let o =
             json!({"metadata": {"name": "p", "namespace": "ns"}, "status": {"phase": "Running"}});
-        let f = FieldSelector::parse("metadata.name=p,status.phase!=Failed", Special::Pod).unwrap();
+        let f = FieldSelector::parse(
+            "metadata.name=p,status.phase!=Failed",
+            &crate::registry::Pod,
+        )
+        .unwrap();
         assert!(f.matches(&o));
         assert_eq!(f.exact_name(), Some("p"));
-        assert!(FieldSelector::parse("status.phase=Running", Special::None).is_err());
+        assert!(FieldSelector::parse("status.phase=Running", &crate::registry::Generic).is_err());
     }
 }

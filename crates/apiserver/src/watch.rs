@@ -88,7 +88,7 @@ async fn start(app: Arc<App>, t: Target, r: Req) -> Result<Response, ApiError> {
     let render = move |app: &App, obj: &Value| -> Option<Value> {
         let ext = app.to_external(&t2.rd, &t2.version, obj).ok()?;
         Some(if as_table {
-            table::to_table(app, &t2, &ext, include.as_deref())
+            table::to_table(&t2, &ext, include.as_deref())
         } else {
             ext
         })
@@ -101,9 +101,7 @@ async fn start(app: Arc<App>, t: Target, r: Req) -> Result<Response, ApiError> {
     };
     let av = t.rd.api_version(&t.version);
     // Stored objects already carry the storage apiVersion and kind: serialise them once.
-    let fast = !as_table
-        && t.version == t.rd.storage_version()
-        && !(t.rd.special == crate::resources::Special::Event && t.rd.group.is_empty());
+    let fast = !as_table && !t.rd.strategy.converts(&t.rd, &t.version);
     let kind = t.rd.kind.clone();
     tokio::spawn(async move {
         let app = app2;

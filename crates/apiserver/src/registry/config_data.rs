@@ -1,11 +1,13 @@
-//! core/v1 ConfigMap and Secret admission: `stringData` folded into `data`, the `Opaque` type
+//! core/v1 ConfigMap and Secret: their strategy, and their admission: `stringData` folded into `data`, the `Opaque` type
 //! default, the key, base64 and size rules, the keys typed Secrets require, and `type` and
 //! `immutable` on update, with kube-apiserver's messages.
 //!
 //! [`admit`] runs on the object as the client sent it (after a patch is applied), before the
 //! typed decoding: a value of the wrong JSON type is left alone here so that decoding reports it.
 
+use super::{Strategy, age_cell, age_column, column, name_cell, name_column};
 use crate::error::Cause;
+use crate::resources::ResourceDef;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Map, Value, json};
@@ -24,6 +26,72 @@ pub enum Kind {
     ConfigMap,
     /// core/v1 Secret.
     Secret,
+}
+
+/// The ConfigMap and Secret strategy.
+#[derive(Debug)]
+pub struct ConfigData(pub Kind);
+
+impl Strategy for ConfigData {
+    fn admit_raw(&self, obj: &mut Value, old: Option<&Value>) -> Vec<Cause> {
+        admit(self.0, obj, old)
+    }
+
+    fn field_pointer(&self, field: &str) -> Option<String> {
+        (self.0 == Kind::Secret && field == "type").then(|| "/type".into())
+    }
+
+    fn columns(&self, _rd: &ResourceDef, _version: &str) -> Vec<Value> {
+        match self.0 {
+            Kind::ConfigMap => vec![
+                name_column(),
+                column(
+                    "Data",
+                    "string",
+                    0,
+                    "Data contains the configuration data. Each key must consist of alphanumeric characters, '-', '_' or '.'. Values with non-UTF-8 byte sequences must use the BinaryData field. The keys stored in Data must not overlap with the keys in the BinaryData field, this is enforced during validation process.",
+                ),
+                age_column(),
+            ],
+            Kind::Secret => vec![
+                name_column(),
+                column(
+                    "Type",
+                    "string",
+                    0,
+                    "Used to facilitate programmatic handling of secret data. More info: https://kubernetes.io/docs/concepts/configuration/secret/#secret-types",
+                ),
+                column(
+                    "Data",
+                    "string",
+                    0,
+                    "Data contains the secret data. Each key must consist of alphanumeric characters, '-', '_' or '.'. The serialized form of the secret data is a base64 encoded string, representing the arbitrary (possibly non-string) data value here. Described in https://tools.ietf.org/html/rfc4648#section-4",
+                ),
+                age_column(),
+            ],
+        }
+    }
+
+    fn cells(&self, _rd: &ResourceDef, _version: &str, obj: &Value) -> Vec<Value> {
+        let keys = |field: &str| {
+            obj.get(field)
+                .and_then(Value::as_object)
+                .map_or(0, Map::len)
+        };
+        match self.0 {
+            Kind::ConfigMap => vec![
+                name_cell(obj),
+                json!(keys("data") + keys("binaryData")),
+                age_cell(obj),
+            ],
+            Kind::Secret => vec![
+                name_cell(obj),
+                json!(obj["type"].as_str().unwrap_or("")),
+                json!(keys("data")),
+                age_cell(obj),
+            ],
+        }
+    }
 }
 
 /// Normalises `obj` (a v1 ConfigMap or Secret) and validates it; `old` is the stored object on

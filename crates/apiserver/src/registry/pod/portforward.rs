@@ -87,7 +87,7 @@ async fn prepare(app: &App, t: &Target, req: Request) -> Result<Response, Respon
     let pod = app.get(t).map_err(IntoResponse::into_response)?;
     let pod = pod.value().clone();
     let name = t.name.clone().unwrap_or_default();
-    crate::api::require_host(&pod, &name).map_err(IntoResponse::into_response)?;
+    super::log::require_host(&pod, &name).map_err(IntoResponse::into_response)?;
     let provider = app.port_forward.read().ok().and_then(|g| g.clone());
     let Some(provider) = provider else {
         return Err(bad(format!(

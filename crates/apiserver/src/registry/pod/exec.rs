@@ -133,7 +133,7 @@ async fn prepare(app: &App, t: &Target, req: Request) -> Result<Response, Respon
         .map(|(_, v)| v.as_str());
     let bad = |m: String| ApiError::bad_request(m).into_response();
     let container =
-        crate::api::pod_container(&pod, &pod_name, named).map_err(IntoResponse::into_response)?;
+        super::log::pod_container(&pod, &pod_name, named).map_err(IntoResponse::into_response)?;
     if request.command.is_empty() {
         return Err(bad(
             "you must specify at least one command for the container".into(),
@@ -144,7 +144,7 @@ async fn prepare(app: &App, t: &Target, req: Request) -> Result<Response, Respon
             "you must specify at least one of stdin, stdout, stderr".into(),
         ));
     }
-    crate::api::require_host(&pod, &pod_name).map_err(IntoResponse::into_response)?;
+    super::log::require_host(&pod, &pod_name).map_err(IntoResponse::into_response)?;
     let provider = app.exec.read().ok().and_then(|g| g.clone());
     let Some(provider) = provider else {
         return Err(bad(format!(
@@ -454,34 +454,6 @@ mod tests {
         // A terminal has one output, as kubelet has it.
         let r = ExecRequest::from_query(&pairs("command=sh&stdout=1&stderr=1&tty=1"));
         assert!(r.tty && r.stdout && !r.stderr && !r.stdin);
-    }
-
-    #[test]
-    fn the_container_is_checked_as_kube_apiserver_does() {
-        let pod = json!({"spec": {"containers": [{"name": "a"}, {"name": "b"}],
-            "initContainers": [{"name": "i"}]}});
-        assert_eq!(
-            crate::api::pod_container(&pod, "p", Some("b")).unwrap(),
-            "b"
-        );
-        assert_eq!(
-            crate::api::pod_container(&pod, "p", Some("i")).unwrap(),
-            "i"
-        );
-        assert_eq!(
-            crate::api::pod_container(&pod, "p", Some("x"))
-                .unwrap_err()
-                .message,
-            "container x is not valid for pod p"
-        );
-        assert_eq!(
-            crate::api::pod_container(&pod, "p", None)
-                .unwrap_err()
-                .message,
-            "a container name must be specified for pod p, choose one of: [a b] or one of the init containers: [i]"
-        );
-        let one = json!({"spec": {"containers": [{"name": "a"}]}});
-        assert_eq!(crate::api::pod_container(&one, "p", None).unwrap(), "a");
     }
 
     #[test]
