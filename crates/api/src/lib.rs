@@ -9,7 +9,8 @@
 //! - [`crd`]: the four CustomResourceDefinitions; [`schema`]: admission against their schemas
 //!   (pruning, defaulting, validation, CEL); [`conversion`]: lossless v1alpha1 ⇄ v1beta1 and the
 //!   `ConversionReview` handler; [`manifest`]: parsing user manifests with all of the above;
-//!   [`registry`]: the CRDs with their admission prepared once, for API servers.
+//!   [`registry`]: the CRDs with their admission prepared once, for API servers;
+//!   [`validation`]: label keys, label values and DNS subdomains with apimachinery's messages.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -26,6 +27,7 @@ pub mod schema;
 pub mod semantic;
 pub mod v1alpha1;
 pub mod v1beta1;
+pub mod validation;
 
 pub use hash::name_hash;
 

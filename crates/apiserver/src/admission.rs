@@ -127,44 +127,26 @@ pub fn validate_name(name: &str, rule: NameRule) -> Vec<Cause> {
     out
 }
 
-fn valid_label_value(v: &str) -> bool {
-    v.is_empty()
-        || (v.len() <= 63
-            && v.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            && v.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && v.ends_with(|c: char| c.is_ascii_alphanumeric()))
-}
-
-fn valid_qualified_name(k: &str) -> bool {
-    let (prefix, name) = match k.rsplit_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, k),
-    };
-    prefix.is_none_or(|p| !p.is_empty() && is_subdomain(p))
-        && !name.is_empty()
-        && valid_label_value(name)
-}
-
 /// Validates label keys and values and annotation keys.
 pub fn validate_metadata(meta: &Value) -> Vec<Cause> {
     let mut out = vec![];
+    use agent_sandbox_api::validation::{label_key_errors, label_value_errors};
     if let Some(labels) = meta.get("labels").and_then(Value::as_object) {
         for (k, v) in labels {
-            if !valid_qualified_name(k) {
-                out.push(invalid("metadata.labels", k, "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"));
+            for msg in label_key_errors(k) {
+                out.push(invalid("metadata.labels", k, &msg));
             }
             let v = v.as_str().unwrap_or("");
-            if !valid_label_value(v) {
-                out.push(invalid("metadata.labels", v, "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')"));
+            for msg in label_value_errors(v) {
+                out.push(invalid("metadata.labels", v, &msg));
             }
         }
     }
     if let Some(ann) = meta.get("annotations").and_then(Value::as_object) {
         let mut total = 0;
         for (k, v) in ann {
-            if !valid_qualified_name(k) {
-                out.push(invalid("metadata.annotations", k, "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+            for msg in label_key_errors(&k.to_lowercase()) {
+                out.push(invalid("metadata.annotations", k, &msg));
             }
             total += k.len() + v.as_str().map_or(0, str::len);
         }

@@ -27,107 +27,317 @@ pub enum Req {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LabelSelector(pub Vec<Req>);
 
-fn split_top(s: &str) -> Vec<String> {
+/// A token of apimachinery's label selector lexer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Tok {
+    Error,
+    End,
+    OpenPar,
+    ClosedPar,
+    Comma,
+    Not,
+    Equals,
+    DoubleEquals,
+    NotEquals,
+    Gt,
+    Lt,
+    In,
+    NotIn,
+    Ident,
+}
+
+/// The tokens spelled by special symbols or keywords.
+fn keyword(s: &str) -> Option<Tok> {
+    Some(match s {
+        "(" => Tok::OpenPar,
+        ")" => Tok::ClosedPar,
+        "," => Tok::Comma,
+        "!" => Tok::Not,
+        "=" => Tok::Equals,
+        "==" => Tok::DoubleEquals,
+        "!=" => Tok::NotEquals,
+        ">" => Tok::Gt,
+        "<" => Tok::Lt,
+        "in" => Tok::In,
+        "notin" => Tok::NotIn,
+        _ => return None,
+    })
+}
+
+fn is_special(c: u8) -> bool {
+    matches!(c, b'=' | b'!' | b'(' | b')' | b',' | b'>' | b'<')
+}
+
+/// Splits a label selector into tokens as apimachinery's lexer does: identifiers run until
+/// whitespace or a special symbol; special symbols are read greedily while they still spell a
+/// token (`!=`, `==`); a NUL byte ends the input.
+fn lex(s: &str) -> Vec<(Tok, String)> {
+    let b = s.as_bytes();
+    let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
+    let b = &b[..end];
+    let mut i = 0;
     let mut out = vec![];
-    let mut depth = 0;
-    let mut cur = String::new();
-    for c in s.chars() {
-        match c {
-            '(' => {
-                depth += 1;
-                cur.push(c)
+    loop {
+        while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\r' | b'\n') {
+            i += 1;
+        }
+        if i == b.len() {
+            out.push((Tok::End, String::new()));
+            return out;
+        }
+        let start = i;
+        if is_special(b[i]) {
+            let mut last: Option<(Tok, usize)> = None;
+            while i < b.len() && is_special(b[i]) {
+                let spelled = String::from_utf8_lossy(&b[start..=i]);
+                match keyword(&spelled) {
+                    Some(t) => last = Some((t, i + 1)),
+                    None if last.is_some() => break,
+                    None => {}
+                }
+                i += 1;
             }
-            ')' => {
-                depth -= 1;
-                cur.push(c)
+            match last {
+                Some((t, at)) => {
+                    i = at;
+                    out.push((t, String::from_utf8_lossy(&b[start..at]).into_owned()));
+                }
+                None => out.push((
+                    Tok::Error,
+                    format!(
+                        "error expected: keyword found '{}'",
+                        String::from_utf8_lossy(&b[start..i])
+                    ),
+                )),
             }
-            ',' if depth == 0 => out.push(std::mem::take(&mut cur)),
-            _ => cur.push(c),
+        } else {
+            while i < b.len() && !is_special(b[i]) && !matches!(b[i], b' ' | b'\t' | b'\r' | b'\n')
+            {
+                i += 1;
+            }
+            let word = String::from_utf8_lossy(&b[start..i]).into_owned();
+            out.push((keyword(&word).unwrap_or(Tok::Ident), word));
         }
     }
-    out.push(cur);
-    out.into_iter()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect()
 }
 
-fn valid_key(k: &str) -> bool {
-    !k.is_empty()
-        && k.len() <= 316
-        && k.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
-        && k.matches('/').count() <= 1
+/// `field.Invalid(path, value, detail)` as apimachinery prints it.
+fn invalid_value(path: &str, value: &str, detail: &str) -> String {
+    format!("{path}: Invalid value: {value:?}: {detail}")
 }
 
-fn valid_value(v: &str) -> bool {
-    v.len() <= 63
-        && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+/// apimachinery's label selector parser (`labels.Parse`), with its error messages.
+struct Parser {
+    toks: Vec<(Tok, String)>,
+    pos: usize,
 }
 
-fn bad(sel: &str, why: &str) -> ApiError {
-    ApiError::bad_request(format!(
-        "unable to parse requirement: {why} in selector {sel:?}"
-    ))
+impl Parser {
+    /// The next token; in a values context `in` and `notin` are identifiers.
+    fn peek(&self) -> (Tok, &str) {
+        let (t, lit) = &self.toks[self.pos.min(self.toks.len() - 1)];
+        (Self::as_value(*t), lit)
+    }
+
+    fn next(&mut self) -> (Tok, String) {
+        let (t, lit) = self.toks[self.pos.min(self.toks.len() - 1)].clone();
+        self.pos += 1;
+        (Self::as_value(t), lit)
+    }
+
+    fn as_value(t: Tok) -> Tok {
+        if matches!(t, Tok::In | Tok::NotIn) {
+            Tok::Ident
+        } else {
+            t
+        }
+    }
+
+    fn selector(&mut self) -> Result<Vec<Req>, String> {
+        let mut reqs = vec![];
+        loop {
+            let (t, lit) = self.peek();
+            match t {
+                Tok::Ident | Tok::Not => {
+                    let r = self
+                        .requirement()
+                        .map_err(|e| format!("unable to parse requirement: {e}"))?;
+                    reqs.push(r);
+                    let (t, lit) = self.next();
+                    match t {
+                        Tok::End => return Ok(reqs),
+                        Tok::Comma => {
+                            let (t2, l2) = self.peek();
+                            if !matches!(t2, Tok::Ident | Tok::Not) {
+                                return Err(format!(
+                                    "found '{l2}', expected: identifier after ','"
+                                ));
+                            }
+                        }
+                        _ => {
+                            return Err(format!("found '{lit}', expected: ',' or 'end of string'"));
+                        }
+                    }
+                }
+                Tok::End => return Ok(reqs),
+                _ => {
+                    return Err(format!(
+                        "found '{lit}', expected: !, identifier, or 'end of string'"
+                    ));
+                }
+            }
+        }
+    }
+
+    fn requirement(&mut self) -> Result<Req, String> {
+        let (mut t, mut key) = self.next();
+        let negated = t == Tok::Not;
+        if negated {
+            (t, key) = self.next();
+        }
+        if t != Tok::Ident {
+            return Err(format!("found '{key}', expected: identifier"));
+        }
+        let errs = agent_sandbox_api::validation::label_key_errors(&key);
+        if !errs.is_empty() {
+            return Err(invalid_value("<nil>", &key, &errs.join("; ")));
+        }
+        // `!key` ends the requirement whatever follows (the caller refuses anything but a
+        // separator); `key` alone before a separator is an existence test.
+        if negated {
+            return Ok(Req::NotExists(key));
+        }
+        if matches!(self.peek().0, Tok::End | Tok::Comma) {
+            return Ok(Req::Exists(key));
+        }
+        let (op, lit) = self.toks[self.pos.min(self.toks.len() - 1)].clone();
+        self.pos += 1;
+        let values = match op {
+            Tok::In | Tok::NotIn => self.values()?,
+            Tok::Equals | Tok::DoubleEquals | Tok::NotEquals | Tok::Gt | Tok::Lt => {
+                vec![self.exact_value()?]
+            }
+            _ => {
+                return Err(format!(
+                    "found '{lit}', expected: in, notin, =, ==, !=, gt, lt"
+                ));
+            }
+        };
+        let mut errs = vec![];
+        if matches!(op, Tok::Gt | Tok::Lt) {
+            for (i, v) in values.iter().enumerate() {
+                if v.parse::<i64>().is_err() {
+                    errs.push(invalid_value(
+                        &format!("values[{i}]"),
+                        v,
+                        "for 'Gt', 'Lt' operators, the value must be an integer",
+                    ));
+                }
+            }
+        }
+        for (i, v) in values.iter().enumerate() {
+            let e = agent_sandbox_api::validation::label_value_errors(v);
+            if !e.is_empty() {
+                errs.push(invalid_value(
+                    &format!("values[{i}][{key}]"),
+                    v,
+                    &e.join("; "),
+                ));
+            }
+        }
+        match errs.len() {
+            0 => {}
+            1 => return Err(errs.remove(0)),
+            _ => return Err(format!("[{}]", errs.join(", "))),
+        }
+        Ok(match op {
+            Tok::In | Tok::Equals | Tok::DoubleEquals => Req::In(key, values),
+            Tok::NotIn | Tok::NotEquals => Req::NotIn(key, values),
+            Tok::Gt => Req::Gt(key, values[0].parse().unwrap_or_default()),
+            _ => Req::Lt(key, values[0].parse().unwrap_or_default()),
+        })
+    }
+
+    /// `( v1, v2 )`: a sorted set; `()` and empty entries are the empty value.
+    fn values(&mut self) -> Result<Vec<String>, String> {
+        let (t, lit) = self.next();
+        if t != Tok::OpenPar {
+            return Err(format!("found '{lit}' expected: '('"));
+        }
+        let (t, lit) = self.peek();
+        let lit = lit.to_string();
+        let mut set = std::collections::BTreeSet::new();
+        match t {
+            Tok::Ident | Tok::Comma => {
+                self.identifiers(&mut set)?;
+                if self.next().0 != Tok::ClosedPar {
+                    return Err(format!("found '{lit}', expected: ')'"));
+                }
+            }
+            Tok::ClosedPar => {
+                self.next();
+                set.insert(String::new());
+            }
+            _ => return Err(format!("found '{lit}', expected: ',', ')' or identifier")),
+        }
+        Ok(set.into_iter().collect())
+    }
+
+    fn identifiers(&mut self, set: &mut std::collections::BTreeSet<String>) -> Result<(), String> {
+        loop {
+            let (t, lit) = self.next();
+            match t {
+                Tok::Ident => {
+                    set.insert(lit);
+                    match self.peek() {
+                        (Tok::Comma, _) => continue,
+                        (Tok::ClosedPar, _) => return Ok(()),
+                        (_, l2) => return Err(format!("found '{l2}', expected: ',' or ')'")),
+                    }
+                }
+                Tok::Comma => {
+                    if set.is_empty() {
+                        set.insert(String::new());
+                    }
+                    match self.peek().0 {
+                        Tok::ClosedPar => {
+                            set.insert(String::new());
+                            return Ok(());
+                        }
+                        Tok::Comma => {
+                            set.insert(String::new());
+                        }
+                        _ => {}
+                    }
+                }
+                _ => return Err(format!("found '{lit}', expected: ',', or identifier")),
+            }
+        }
+    }
+
+    /// The value after `=`, `==`, `!=`, `>` or `<` (empty before a separator).
+    fn exact_value(&mut self) -> Result<String, String> {
+        if matches!(self.peek().0, Tok::End | Tok::Comma) {
+            return Ok(String::new());
+        }
+        match self.next() {
+            (Tok::Ident, lit) => Ok(lit),
+            (_, lit) => Err(format!("found '{lit}', expected: identifier")),
+        }
+    }
 }
 
 impl LabelSelector {
-    /// Parses the `labelSelector` query parameter.
+    /// Parses the `labelSelector` query parameter as kube-apiserver does (`labels.Parse`): a
+    /// refusal is a 400 with apimachinery's message.
     pub fn parse(s: &str) -> Result<Self, ApiError> {
-        let mut reqs = vec![];
-        for part in split_top(s) {
-            let lower = part.as_str();
-            let set_op = |op: &str| -> Option<(String, Vec<String>)> {
-                let idx = lower.find(op)?;
-                let key = lower[..idx].trim().to_string();
-                let rest = lower[idx + op.len()..].trim();
-                let inner = rest.strip_prefix('(')?.strip_suffix(')')?;
-                let vals = inner
-                    .split(',')
-                    .map(|v| v.trim().to_string())
-                    .filter(|v| !v.is_empty())
-                    .collect();
-                Some((key, vals))
-            };
-            let req = if let Some((k, vals)) = set_op(" notin ") {
-                Req::NotIn(k, vals)
-            } else if let Some((k, vals)) = set_op(" in ") {
-                Req::In(k, vals)
-            } else if let Some(k) = part.strip_prefix('!') {
-                Req::NotExists(k.trim().to_string())
-            } else if let Some((k, v)) = part.split_once("!=") {
-                Req::NotIn(k.trim().into(), vec![v.trim().into()])
-            } else if let Some((k, v)) = part.split_once("==") {
-                Req::In(k.trim().into(), vec![v.trim().into()])
-            } else if let Some((k, v)) = part.split_once('=') {
-                Req::In(k.trim().into(), vec![v.trim().into()])
-            } else if let Some((k, v)) = part.split_once('>') {
-                Req::Gt(
-                    k.trim().into(),
-                    v.trim().parse().map_err(|_| bad(s, "invalid integer"))?,
-                )
-            } else if let Some((k, v)) = part.split_once('<') {
-                Req::Lt(
-                    k.trim().into(),
-                    v.trim().parse().map_err(|_| bad(s, "invalid integer"))?,
-                )
-            } else {
-                Req::Exists(part.trim().to_string())
-            };
-            let (key, vals): (&str, &[String]) = match &req {
-                Req::In(k, v) | Req::NotIn(k, v) => (k, v),
-                Req::Exists(k) | Req::NotExists(k) | Req::Gt(k, _) | Req::Lt(k, _) => (k, &[]),
-            };
-            if !valid_key(key) {
-                return Err(bad(s, &format!("invalid label key {key:?}")));
-            }
-            if let Some(v) = vals.iter().find(|v| !valid_value(v)) {
-                return Err(bad(s, &format!("invalid label value: {v:?}")));
-            }
-            reqs.push(req);
-        }
-        Ok(LabelSelector(reqs))
+        let mut p = Parser {
+            toks: lex(s),
+            pos: 0,
+        };
+        p.selector()
+            .map(LabelSelector)
+            .map_err(ApiError::bad_request)
     }
 
     /// Whether an object's labels match.
@@ -227,26 +437,96 @@ fn field_pointer(strategy: &dyn Strategy, field: &str) -> Option<String> {
     }
 }
 
-impl FieldSelector {
-    /// Parses the `fieldSelector` query parameter for a kind.
-    pub fn parse(s: &str, strategy: &dyn Strategy) -> Result<Self, ApiError> {
-        let mut terms = vec![];
-        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (k, v, eq) = if let Some((k, v)) = part.split_once("!=") {
-                (k, v, false)
-            } else if let Some((k, v)) = part.split_once("==") {
-                (k, v, true)
-            } else if let Some((k, v)) = part.split_once('=') {
-                (k, v, true)
-            } else {
-                return Err(ApiError::bad_request(format!(
-                    "invalid selector: '{s}'; can't understand '{part}'"
+/// Splits a field selector at the commas that are not escaped.
+fn split_terms(s: &str) -> Vec<&str> {
+    if s.is_empty() {
+        return vec![];
+    }
+    let mut terms = vec![];
+    let (mut start, mut escaped) = (0, false);
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            ',' => {
+                terms.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    terms.push(&s[start..]);
+    terms
+}
+
+/// A term's field, whether it tests equality, and its raw value, split at the first operator.
+fn split_term(term: &str) -> Option<(&str, bool, &str)> {
+    (0..term.len())
+        .filter(|i| term.is_char_boundary(*i))
+        .find_map(|i| {
+            let rest = &term[i..];
+            [("!=", false), ("==", true), ("=", true)]
+                .into_iter()
+                .find(|(op, _)| rest.starts_with(op))
+                .map(|(op, eq)| (&term[..i], eq, &rest[op.len()..]))
+        })
+}
+
+/// Undoes a value's escapes (`\\`, `\,`, `\=`); an unescaped `,` or `=` or another escape is
+/// refused with apimachinery's message.
+fn unescape_value(v: &str) -> Result<String, ApiError> {
+    let refuse = |what: String| ApiError::bad_request(format!("invalid field selector: {what}"));
+    let mut out = String::with_capacity(v.len());
+    let mut escaped = false;
+    for c in v.chars() {
+        if escaped {
+            if !matches!(c, '\\' | ',' | '=') {
+                return Err(refuse(format!("invalid escape sequence: \\{c}")));
+            }
+            out.push(c);
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' => escaped = true,
+            ',' | '=' => {
+                return Err(refuse(format!(
+                    "unescaped character in value: {}",
+                    c as u32
                 )));
-            };
-            let k = k.trim();
-            let ptr = field_pointer(strategy, k)
-                .ok_or_else(|| ApiError::bad_request(format!("field label not supported: {k}")))?;
-            terms.push((ptr, v.trim().to_string(), eq));
+            }
+            _ => out.push(c),
+        }
+    }
+    if escaped {
+        return Err(refuse("invalid escape sequence: \\".into()));
+    }
+    Ok(out)
+}
+
+impl FieldSelector {
+    /// Parses the `fieldSelector` query parameter for a kind as kube-apiserver does
+    /// (`fields.ParseSelector`, then the kind's field label conversion): terms split at
+    /// unescaped commas and sorted, each split at its first operator (`!=`, `==`, `=`), values
+    /// unescaped (`\\`, `\,`, `\=`), then each field checked against the kind.
+    pub fn parse(s: &str, strategy: &dyn Strategy) -> Result<Self, ApiError> {
+        let mut parts = split_terms(s);
+        parts.sort();
+        let mut parsed = vec![];
+        for part in parts.iter().filter(|p| !p.is_empty()) {
+            let (field, eq, value) = split_term(part).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "invalid selector: '{s}'; can't understand '{part}'"
+                ))
+            })?;
+            parsed.push((field, unescape_value(value)?, eq));
+        }
+        let mut terms = vec![];
+        for (field, value, eq) in parsed {
+            let ptr = field_pointer(strategy, field).ok_or_else(|| {
+                ApiError::bad_request(format!("field label not supported: {field}"))
+            })?;
+            terms.push((ptr, value, eq));
         }
         Ok(FieldSelector(terms))
     }
@@ -335,5 +615,103 @@ mod tests {
         assert!(f.matches(&o));
         assert_eq!(f.exact_name(), Some("p"));
         assert!(FieldSelector::parse("status.phase=Running", &crate::registry::Generic).is_err());
+    }
+
+    /// Messages as apimachinery v0.36's `labels.Parse` gives them (each taken from it).
+    #[test]
+    fn label_selector_errors_are_apimachinerys() {
+        let name_part = "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
+        let cases: &[(&str, String)] = &[
+            ("a b=c", "unable to parse requirement: found 'b', expected: in, notin, =, ==, !=, gt, lt".into()),
+            ("a=b,", "found '', expected: identifier after ','".into()),
+            ("env in (a,b", "unable to parse requirement: found '', expected: ',' or ')'".into()),
+            ("env notin a", "unable to parse requirement: found 'a' expected: '('".into()),
+            ("!", "unable to parse requirement: found '', expected: identifier".into()),
+            ("x=y=z", "found '=', expected: ',' or 'end of string'".into()),
+            ("-a=b", format!("unable to parse requirement: <nil>: Invalid value: \"-a\": {name_part}")),
+            ("a=bad value!", "found 'value', expected: ',' or 'end of string'".into()),
+            ("a>b", "unable to parse requirement: values[0]: Invalid value: \"b\": for 'Gt', 'Lt' operators, the value must be an integer".into()),
+            ("a=(b", "unable to parse requirement: found '(', expected: identifier".into()),
+            ("a in (b!c,d)", "unable to parse requirement: found '!', expected: ',' or ')'".into()),
+            ("a notin (x,", "unable to parse requirement: found '', expected: ',', or identifier".into()),
+            (",a", "found ',', expected: !, identifier, or 'end of string'".into()),
+            ("a,,b", "found ',', expected: identifier after ','".into()),
+            ("a!b", "unable to parse requirement: found '!', expected: in, notin, =, ==, !=, gt, lt".into()),
+            (">a", "found '>', expected: !, identifier, or 'end of string'".into()),
+            ("a>1>2", "found '>', expected: ',' or 'end of string'".into()),
+            (&format!("a={}", "b".repeat(64)), format!("unable to parse requirement: values[0][a]: Invalid value: \"{}\": must be no more than 63 bytes", "b".repeat(64))),
+            (&format!("{}=b", "a".repeat(64)), format!("unable to parse requirement: <nil>: Invalid value: \"{}\": name part must be no more than 63 bytes", "a".repeat(64))),
+        ];
+        for (sel, want) in cases {
+            let e = LabelSelector::parse(sel).expect_err(sel);
+            assert_eq!((e.code, &e.message), (400, want), "{sel}");
+        }
+        for ok in [
+            "a==",
+            "a in ()",
+            "a<1",
+            "a,b",
+            "!a,b=c",
+            "a!=",
+            "a =",
+            "x in (a,,b)",
+            "a in (c,b) ,  d notin (e)",
+        ] {
+            assert!(LabelSelector::parse(ok).is_ok(), "{ok}");
+        }
+        assert_eq!(
+            LabelSelector::parse("x in (a,,b)").unwrap().0,
+            [Req::In(
+                "x".into(),
+                vec![String::new(), "a".into(), "b".into()]
+            )]
+        );
+        assert_eq!(
+            LabelSelector::parse("!a,b notin (c)").unwrap().0,
+            [
+                Req::NotExists("a".into()),
+                Req::NotIn("b".into(), vec!["c".into()])
+            ]
+        );
+    }
+
+    /// Messages as apimachinery v0.36's `fields.ParseSelector` and the field label conversion
+    /// give them.
+    #[test]
+    fn field_selector_errors_are_apimachinerys() {
+        let pod = &crate::registry::Pod;
+        let cases = [
+            ("a", "invalid selector: 'a'; can't understand 'a'"),
+            (
+                "a=b=c",
+                "invalid field selector: unescaped character in value: 61",
+            ),
+            ("b=2,a", "invalid selector: 'b=2,a'; can't understand 'a'"),
+            (
+                "a=b\\",
+                "invalid field selector: invalid escape sequence: \\",
+            ),
+            (
+                "a=\\q",
+                "invalid field selector: invalid escape sequence: \\q",
+            ),
+            ("spec.foo=1", "field label not supported: spec.foo"),
+            (
+                " metadata.name=b",
+                "field label not supported:  metadata.name",
+            ),
+        ];
+        for (sel, want) in cases {
+            let e = FieldSelector::parse(sel, pod).expect_err(sel);
+            assert_eq!((e.code, e.message.as_str()), (400, want), "{sel}");
+        }
+        let f = FieldSelector::parse("metadata.name=a\\,b,status.phase!=Failed", pod).unwrap();
+        assert_eq!(
+            f.0,
+            [
+                ("/metadata/name".to_string(), "a,b".to_string(), true),
+                ("/status/phase".to_string(), "Failed".to_string(), false)
+            ]
+        );
     }
 }

@@ -44,6 +44,7 @@ pub async fn serve(app: Arc<App>, t: Target, r: Req) -> Response {
 
 async fn start(app: Arc<App>, t: Target, r: Req) -> Result<Response, ApiError> {
     let mut sel = app.selector(&t, &r)?;
+    crate::api::validate_list_options(&r, true)?;
     if let Some(name) = &t.name {
         sel.fields
             .0
@@ -52,13 +53,6 @@ async fn start(app: Arc<App>, t: Target, r: Req) -> Result<Response, ApiError> {
     let q = |k: &str| r.query.get(k).map(String::as_str);
     let bookmarks = crate::query::flag(q("allowWatchBookmarks"));
     let send_initial = crate::query::flag(q("sendInitialEvents"));
-    if send_initial && q("resourceVersionMatch") != Some("NotOlderThan") {
-        return Err(ApiError::invalid("meta.k8s.io", "ListOptions", "", vec![crate::error::Cause {
-            reason: "FieldValueForbidden".into(),
-            message: "Forbidden: sendInitialEvents is forbidden for watch unless resourceVersionMatch is set to NotOlderThan".into(),
-            field: "sendInitialEvents".into(),
-        }]));
-    }
     let timeout = crate::query::int64(q("timeoutSeconds"))?
         .and_then(|s| u64::try_from(s).ok())
         .filter(|s| *s > 0)

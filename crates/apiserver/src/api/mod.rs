@@ -7,6 +7,7 @@
 
 mod delete;
 mod list;
+pub(crate) use list::validate_list_options;
 mod write;
 
 use crate::admission::{self, CrdSupport};

@@ -613,3 +613,175 @@ async fn escaped_paths_name_the_decoded_objects() {
     assert_eq!(r.code, 404);
     assert_eq!(r.json()["message"], "configmaps \"pro be\" not found");
 }
+
+/// List and watch options as kube-apiserver validates them (`ValidateListOptions`, the
+/// storage's continue-token and resourceVersion checks, `labels.Parse`, the field label
+/// conversion), with its codes and messages; set-based selectors and paging work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_options_are_validated_as_kube_apiserver_validates_them() {
+    let ts = common::start().await;
+    let sock = ts.server.socket_path().unwrap().to_path_buf();
+    let tok = ts.server.token().to_string();
+    let t = Some(tok.as_str());
+    let j = "application/json";
+    let cms = "/api/v1/namespaces/default/configmaps";
+    for (name, env) in [("a", "dev"), ("b", "prod"), ("c", "test")] {
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "labels": {"env": env}}});
+        let r = http(&sock, "POST", cms, t, j, cm.to_string().as_bytes()).await;
+        assert_eq!(r.code, 201);
+    }
+    let invalid = |m: &str| format!("ListOptions.meta.k8s.io \"\" is invalid: {m}");
+    let cases: Vec<(&str, u16, String)> = vec![
+        (
+            "resourceVersionMatch=Exact",
+            422,
+            invalid("resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided"),
+        ),
+        (
+            "resourceVersion=0&resourceVersionMatch=Exact",
+            422,
+            invalid("resourceVersionMatch: Forbidden: resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\""),
+        ),
+        (
+            "resourceVersion=1&resourceVersionMatch=Foo",
+            422,
+            invalid("resourceVersionMatch: Unsupported value: \"Foo\": supported values: \"Exact\", \"NotOlderThan\", \"\""),
+        ),
+        (
+            "resourceVersionMatch=Foo",
+            422,
+            invalid("[resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided, resourceVersionMatch: Unsupported value: \"Foo\": supported values: \"Exact\", \"NotOlderThan\", \"\"]"),
+        ),
+        (
+            "sendInitialEvents=true",
+            422,
+            invalid("sendInitialEvents: Forbidden: sendInitialEvents is forbidden for list"),
+        ),
+        (
+            "watch=1&resourceVersionMatch=NotOlderThan",
+            422,
+            invalid("resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided"),
+        ),
+        (
+            "watch=1&sendInitialEvents=true",
+            422,
+            invalid("resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"),
+        ),
+        (
+            "continue=abc!",
+            400,
+            "invalid continue token: continue key is not valid: illegal base64 data at input byte 3".into(),
+        ),
+        (
+            "continue=eHl6",
+            400,
+            "invalid continue token: continue key is not valid: invalid character 'x' looking for beginning of value".into(),
+        ),
+        (
+            "labelSelector=a%20b%3Dc",
+            400,
+            "unable to parse requirement: found 'b', expected: in, notin, =, ==, !=, gt, lt".into(),
+        ),
+        (
+            "labelSelector=env%20in%20(a,b",
+            400,
+            "unable to parse requirement: found '', expected: ',' or ')'".into(),
+        ),
+        (
+            "fieldSelector=spec.foo%3D1",
+            400,
+            "field label not supported: spec.foo".into(),
+        ),
+        (
+            "fieldSelector=metadata.name",
+            400,
+            "invalid selector: 'metadata.name'; can't understand 'metadata.name'".into(),
+        ),
+    ];
+    for (q, code, message) in &cases {
+        let r = http(&sock, "GET", &format!("{cms}?{q}"), t, j, b"").await;
+        let v = r.json();
+        assert_eq!(
+            (r.code, v["message"].as_str()),
+            (*code, Some(message.as_str())),
+            "{q}"
+        );
+    }
+    // Set-based selectors select.
+    let names = |r: &Resp| -> Vec<String> {
+        r.json()["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let r = http(
+        &sock,
+        "GET",
+        &format!("{cms}?labelSelector=env%20in%20(dev,test)"),
+        t,
+        j,
+        b"",
+    )
+    .await;
+    assert_eq!(names(&r), ["a", "c"]);
+    let r = http(
+        &sock,
+        "GET",
+        &format!("{cms}?labelSelector=env%20notin%20(dev),env"),
+        t,
+        j,
+        b"",
+    )
+    .await;
+    assert_eq!(names(&r), ["b", "c"]);
+    let r = http(
+        &sock,
+        "GET",
+        &format!("{cms}?labelSelector=!env"),
+        t,
+        j,
+        b"",
+    )
+    .await;
+    assert!(names(&r).is_empty());
+    // Paging: every object once, then no token; a token with a resourceVersion is refused.
+    let mut seen = vec![];
+    let mut next = String::new();
+    for _ in 0..5 {
+        let r = http(
+            &sock,
+            "GET",
+            &format!("{cms}?limit=1&continue={next}"),
+            t,
+            j,
+            b"",
+        )
+        .await;
+        assert_eq!(r.code, 200, "{}", String::from_utf8_lossy(&r.body));
+        seen.extend(names(&r));
+        match r.json()["metadata"]["continue"].as_str() {
+            Some(c) => next = c.to_string(),
+            None => break,
+        }
+        let again = http(
+            &sock,
+            "GET",
+            &format!("{cms}?limit=1&continue={next}&resourceVersion=5"),
+            t,
+            j,
+            b"",
+        )
+        .await;
+        assert_eq!(
+            (again.code, again.json()["message"].as_str()),
+            (
+                400,
+                Some("specifying resource version is not allowed when using continue")
+            )
+        );
+    }
+    assert_eq!(seen, ["a", "b", "c"]);
+}

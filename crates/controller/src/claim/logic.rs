@@ -106,70 +106,7 @@ impl ClaimError {
     }
 }
 
-const NAME_MSG: &str = "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
-const QUALIFIED_MSG: &str = "a qualified name must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]') with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')";
-const SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
-const LABEL_VALUE_MSG: &str = "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')";
-
-fn is_name_part(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b[0].is_ascii_alphanumeric()
-        && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-}
-
-fn is_subdomain(s: &str) -> bool {
-    s.len() <= 253
-        && s.split('.').all(|l| {
-            let b = l.as_bytes();
-            !b.is_empty()
-                && b[0].is_ascii_lowercase() | b[0].is_ascii_digit()
-                && (b[b.len() - 1].is_ascii_lowercase() || b[b.len() - 1].is_ascii_digit())
-                && b.iter()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        })
-}
-
-/// apimachinery `IsQualifiedName`: the error strings, empty when valid.
-pub fn qualified_name_errors(key: &str) -> Vec<String> {
-    let parts: Vec<&str> = key.split('/').collect();
-    let (prefix, name) = match parts.as_slice() {
-        [n] => (None, *n),
-        [p, n] => (Some(*p), *n),
-        _ => return vec![QUALIFIED_MSG.into()],
-    };
-    let mut errs = Vec::new();
-    if let Some(p) = prefix {
-        if p.is_empty() {
-            errs.push("prefix part must be non-empty".into());
-        } else if !is_subdomain(p) {
-            errs.push(format!("prefix part {SUBDOMAIN_MSG}"));
-        }
-    }
-    if name.is_empty() {
-        errs.push("name part must be non-empty".into());
-    } else if name.len() > 63 {
-        errs.push("name part must be no more than 63 characters".into());
-    }
-    if !name.is_empty() && !is_name_part(name) {
-        errs.push(NAME_MSG.into());
-    }
-    errs
-}
-
-/// apimachinery `IsValidLabelValue`: the error strings, empty when valid.
-pub fn label_value_errors(v: &str) -> Vec<String> {
-    let mut errs = Vec::new();
-    if v.len() > 63 {
-        errs.push("must be no more than 63 characters".into());
-    }
-    if !v.is_empty() && !is_name_part(v) {
-        errs.push(LABEL_VALUE_MSG.into());
-    }
-    errs
-}
+use agent_sandbox_api::validation::{label_key_errors, label_value_errors};
 
 const RESTRICTED_DOMAINS: [&str; 3] = ["kubernetes.io", "k8s.io", "agents.x-k8s.io"];
 
@@ -181,7 +118,7 @@ fn is_restricted_domain(domain: &str) -> bool {
 
 fn validate_key(key: &str, value: &str, is_label: bool, allowed: &[String]) -> Result<(), String> {
     let kind = if is_label { "label" } else { "annotation" };
-    let errs = qualified_name_errors(key);
+    let errs = label_key_errors(key);
     if !errs.is_empty() {
         return Err(format!("invalid {kind} key: {key:?}: {}", errs.join("; ")));
     }
