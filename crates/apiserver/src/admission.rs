@@ -393,6 +393,9 @@ pub fn core_roundtrip(
         }
         ("node.k8s.io", "RuntimeClass") => roundtrip::<api::node::v1::RuntimeClass>(obj),
         ("coordination.k8s.io", "Lease") => roundtrip::<api::coordination::v1::Lease>(obj),
+        ("discovery.k8s.io", "EndpointSlice") => {
+            roundtrip::<api::discovery::v1::EndpointSlice>(obj)
+        }
         _ => return None,
     })
 }

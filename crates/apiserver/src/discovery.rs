@@ -134,6 +134,9 @@ fn schema_for_core(kind: &str, group: &str) -> Option<(String, Map<String, Value
         ("coordination.k8s.io", "Lease") => {
             generator.root_schema_for::<api::coordination::v1::Lease>()
         }
+        ("discovery.k8s.io", "EndpointSlice") => {
+            generator.root_schema_for::<api::discovery::v1::EndpointSlice>()
+        }
         _ => return None,
     };
     let mut v = root.to_value();

@@ -38,7 +38,8 @@
 //! - [`admission`]: names, labels, core defaults and validation, and the [`CrdSupport`] seam;
 //!   [`crds`]: the agent-sandbox CRDs through the `api` crate (schemas, CEL, v1alpha1 ⇄
 //!   v1beta1).
-//! - [`gc`]: ownerReference garbage collection, namespace finalization, the pod reaper.
+//! - [`gc`]: ownerReference garbage collection, namespace finalization, the pod reaper;
+//!   [`endpoints`]: the EndpointSlices of Services, as kube-controller-manager keeps them.
 //! - [`protobuf`]: the protobuf bodies of `kubectl create configmap|secret`.
 //! - The Pod's connect subresources in [`registry::pod`]: `log` to the [`PodLogs`] provider,
 //!   `exec` over WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`) to [`PodExec`],
@@ -68,6 +69,7 @@ pub mod admission;
 pub mod api;
 pub mod crds;
 pub mod discovery;
+pub mod endpoints;
 pub mod error;
 pub mod gc;
 pub mod patch;
@@ -340,12 +342,26 @@ impl ApiServer {
         bootstrap(&app).await?;
         let creds = access::load_or_create(&pki)?;
         let (shutdown, sd_rx) = twatch::channel(false);
-        let mut tasks = vec![tokio::spawn(gc::run(
-            app.clone(),
-            changes,
-            sd_rx.clone(),
-            cfg.event_ttl,
-        ))];
+        // Every change goes to the garbage collector; those of Services and Pods also to the
+        // EndpointSlice controller.
+        let (to_gc, gc_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (to_endpoints, endpoints_rx) = tokio::sync::mpsc::unbounded_channel();
+        let fan_out = async move {
+            let mut changes = changes;
+            while let Some(c) = changes.recv().await {
+                if matches!(c.res.as_str(), "pods" | "services") {
+                    let _ = to_endpoints.send(c.clone());
+                }
+                if c.concerns_gc() && to_gc.send(c).is_err() {
+                    return;
+                }
+            }
+        };
+        let mut tasks = vec![
+            tokio::spawn(fan_out),
+            tokio::spawn(gc::run(app.clone(), gc_rx, sd_rx.clone(), cfg.event_ttl)),
+            tokio::spawn(endpoints::run(app.clone(), endpoints_rx, sd_rx.clone())),
+        ];
         let authed = server::authed_router(app.clone(), creds.token.clone());
         let mut tcp_addr = None;
         if let Some(addr) = cfg.tcp_addr {

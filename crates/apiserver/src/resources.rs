@@ -306,6 +306,16 @@ pub fn builtin() -> Vec<ResourceDef> {
             registry::Event,
         ),
         core(
+            "discovery.k8s.io",
+            &["v1"],
+            "EndpointSlice",
+            "endpointslices",
+            &[],
+            true,
+            false,
+            registry::EndpointSlice,
+        ),
+        core(
             "coordination.k8s.io",
             &["v1"],
             "Lease",

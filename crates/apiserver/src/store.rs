@@ -164,7 +164,9 @@ pub struct Event {
     pub prev: Option<Arc<Value>>,
 }
 
-/// A change published to the garbage collector.
+/// A change published to the API server's controllers: deletions, objects with owners or
+/// being deleted (the garbage collector), and every change of Pods and Services (the
+/// EndpointSlice controller).
 #[derive(Debug, Clone)]
 pub struct Change {
     /// Resource key.
@@ -175,6 +177,16 @@ pub struct Change {
     pub kind: EventKind,
     /// Object after.
     pub obj: Arc<Value>,
+}
+
+impl Change {
+    /// Whether the garbage collector has anything to do with this change.
+    pub fn concerns_gc(&self) -> bool {
+        let m = &self.obj["metadata"];
+        self.kind == EventKind::Deleted
+            || m.get("ownerReferences").is_some()
+            || m.get("deletionTimestamp").is_some()
+    }
 }
 
 struct ResState {
@@ -1046,6 +1058,7 @@ fn writer(
             if p.kind == EventKind::Deleted
                 || m.get("ownerReferences").is_some()
                 || m.get("deletionTimestamp").is_some()
+                || matches!(p.res.as_str(), "pods" | "services")
             {
                 let _ = inner.changes.send(Change {
                     res: p.res.clone(),

@@ -10,6 +10,7 @@
 
 pub mod config_data;
 mod custom;
+mod endpointslice;
 mod event;
 mod generic;
 mod namespace;
@@ -19,6 +20,7 @@ mod storage;
 
 pub use config_data::ConfigData;
 pub use custom::{Crd, Custom};
+pub use endpointslice::EndpointSlice;
 pub use event::Event;
 pub use generic::{Generic, Lease, Node};
 pub use namespace::Namespace;

@@ -1167,3 +1167,96 @@ async fn secrets_string_data_base64_type_and_immutable() {
         }
     }
 }
+
+/// A Service's EndpointSlices follow the Pods it selects (readiness, labels, deletion) and go
+/// with the Service, as kube-controller-manager keeps them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_slices_follow_the_selected_pods() {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let ts = common::start().await;
+    let client = ts.https_client().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    for (name, ip) in [("web-a", "10.1.0.1"), ("web-b", "10.1.0.2")] {
+        pods.create(&PostParams::default(), &pod(name, json!({"app": "web"})))
+            .await
+            .unwrap();
+        let status = json!({"status": {"phase": "Running", "podIP": ip,
+            "conditions": [{"type": "Ready", "status": "True"}]}});
+        pods.patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+            .await
+            .unwrap();
+    }
+    let svc: Service = serde_json::from_value(json!({"metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}))
+    .unwrap();
+    svcs.create(&PostParams::default(), &svc).await.unwrap();
+    let by_service = ListParams::default().labels("kubernetes.io/service-name=web");
+    let addresses = || async {
+        let list = slices.list(&by_service).await.unwrap();
+        let mut out: Vec<(String, bool)> = list
+            .items
+            .iter()
+            .flat_map(|s| s.endpoints.clone())
+            .map(|e| {
+                (
+                    e.addresses[0].clone(),
+                    e.conditions.and_then(|c| c.ready).unwrap_or(false),
+                )
+            })
+            .collect();
+        out.sort();
+        (list.items.len(), out)
+    };
+    let wait_for = |want: Vec<(&'static str, bool)>| {
+        let addresses = &addresses;
+        async move {
+            let want: Vec<(String, bool)> =
+                want.into_iter().map(|(a, r)| (a.to_string(), r)).collect();
+            for _ in 0..100 {
+                if addresses().await.1 == want {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("slices stayed at {:?}, wanted {want:?}", addresses().await);
+        }
+    };
+    wait_for(vec![("10.1.0.1", true), ("10.1.0.2", true)]).await;
+    let list = slices.list(&by_service).await.unwrap();
+    assert_eq!(list.items.len(), 1);
+    let s = &list.items[0];
+    assert_eq!(s.address_type, "IPv4");
+    assert_eq!(s.ports.as_ref().unwrap()[0].port, Some(8080));
+    assert_eq!(
+        s.labels()
+            .get("endpointslice.kubernetes.io/managed-by")
+            .map(String::as_str),
+        Some("endpointslice-controller.k8s.io")
+    );
+    assert_eq!(s.owner_references()[0].name, "web");
+    // Not ready, then relabelled out of the selector.
+    let unready = json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}});
+    pods.patch_status("web-b", &PatchParams::default(), &Patch::Merge(unready))
+        .await
+        .unwrap();
+    wait_for(vec![("10.1.0.1", true), ("10.1.0.2", false)]).await;
+    pods.patch(
+        "web-a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"app": "other"}}})),
+    )
+    .await
+    .unwrap();
+    wait_for(vec![("10.1.0.2", false)]).await;
+    // The slices go with their Service.
+    svcs.delete("web", &DeleteParams::default()).await.unwrap();
+    for _ in 0..100 {
+        if slices.list(&by_service).await.unwrap().items.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the slices outlived their Service");
+}
