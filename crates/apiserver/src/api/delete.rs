@@ -11,12 +11,7 @@ impl App {
         body: &[u8],
         req: &mut Req,
     ) -> ApiResult<(StatusCode, Value)> {
-        if t.rd.read_only {
-            return Err(ApiError::method_not_allowed(format!(
-                "{} are read-only on this server",
-                t.rd.plural
-            )));
-        }
+        t.refuse_if_read_only()?;
         let opts = delete_options(body, req)?;
         let dry = req.dry_run() || opts["dryRun"] == json!(["All"]);
         self.delete_with(t, &opts, dry).await
@@ -180,12 +175,7 @@ impl App {
         body: &[u8],
         req: &mut Req,
     ) -> ApiResult<Value> {
-        if t.rd.read_only {
-            return Err(ApiError::method_not_allowed(format!(
-                "{} are read-only on this server",
-                t.rd.plural
-            )));
-        }
+        t.refuse_if_read_only()?;
         let opts = delete_options(body, req)?;
         let list = self.list(t, req)?;
         let mut deleted = vec![];

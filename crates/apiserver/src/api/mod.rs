@@ -80,6 +80,16 @@ impl Target {
             ""
         }
     }
+    /// Creating or deleting objects of a read-only kind (the built-in CRDs) is refused.
+    pub(crate) fn refuse_if_read_only(&self) -> ApiResult<()> {
+        if !self.rd.read_only {
+            return Ok(());
+        }
+        Err(ApiError::method_not_allowed(format!(
+            "{} are read-only on this server",
+            self.rd.plural
+        )))
+    }
     pub(crate) fn not_found(&self) -> ApiError {
         ApiError::not_found(&self.rd.group, &self.rd.plural, self.name())
     }

@@ -12,12 +12,7 @@ impl App {
         body: &[u8],
         req: &mut Req,
     ) -> ApiResult<(StatusCode, Reply)> {
-        if t.rd.read_only {
-            return Err(ApiError::method_not_allowed(format!(
-                "{} are read-only on this server",
-                t.rd.plural
-            )));
-        }
+        t.refuse_if_read_only()?;
         let mut obj = self.decode(t, body)?;
         obj["apiVersion"] = json!(t.api_version());
         obj["kind"] = json!(t.rd.kind);
