@@ -69,7 +69,9 @@ def _wait_pods_gone(kube: KubeApi, timeout: float) -> list[str]:
     deadline = time.monotonic() + timeout
     names: list[str] = []
     while time.monotonic() < deadline:
-        names = [p["metadata"]["name"] for p in kube.list("pods", None).get("items", [])]
+        # The router's mirror Pods stand for `up` itself and stay while it runs.
+        pods = kube.list("pods", None, label_selector="app!=sandbox-router")
+        names = [p["metadata"]["name"] for p in pods.get("items", [])]
         if not names:
             return []
         time.sleep(0.25)

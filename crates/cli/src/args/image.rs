@@ -10,6 +10,7 @@ pub(crate) struct ImageArgs {
     /// The data directory of `agent-sandbox up`.
     #[arg(
         long,
+        value_parser = crate::args::absolute_path,
         global = true,
         env = "AGENT_SANDBOX_DATA_DIR",
         default_value = "/var/lib/agent-sandbox"

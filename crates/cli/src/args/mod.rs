@@ -143,11 +143,19 @@ impl ApiVersion {
     }
 }
 
+/// A directory argument made absolute against the current directory: runtimes, network
+/// namespaces and the kubeconfig are handed these paths, and `--data-dir data` must mean the
+/// same wherever they are used.
+pub(crate) fn absolute_path(s: &str) -> Result<PathBuf, String> {
+    std::path::absolute(s).map_err(|e| format!("{s}: {e}"))
+}
+
 #[derive(Clone, Debug, Args)]
 pub(crate) struct UpArgs {
     /// Where state lives: the API server's database, credentials, images, sandboxes, volumes.
     #[arg(
         long,
+        value_parser = crate::args::absolute_path,
         env = "AGENT_SANDBOX_DATA_DIR",
         default_value = "/var/lib/agent-sandbox"
     )]
@@ -155,6 +163,7 @@ pub(crate) struct UpArgs {
     /// Volatile runtime state (runtime roots, network namespaces).
     #[arg(
         long,
+        value_parser = crate::args::absolute_path,
         env = "AGENT_SANDBOX_RUN_DIR",
         default_value = "/run/agent-sandbox"
     )]
@@ -282,5 +291,24 @@ mod tests {
         assert_eq!(up("1h30m").unwrap(), std::time::Duration::from_secs(5400));
         let err = up("ten").unwrap_err().to_string();
         assert!(err.contains("--event-ttl"), "{err}");
+    }
+
+    #[test]
+    fn state_directories_are_made_absolute() {
+        use clap::Parser;
+        let cli = super::Cli::try_parse_from([
+            "agent-sandbox",
+            "up",
+            "--data-dir",
+            "data",
+            "--run-dir",
+            "run",
+        ])
+        .unwrap();
+        let super::Command::Up(a) = cli.command else {
+            unreachable!()
+        };
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!((a.data_dir, a.run_dir), (cwd.join("data"), cwd.join("run")));
     }
 }

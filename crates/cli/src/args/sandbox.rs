@@ -16,6 +16,7 @@ pub(crate) struct ConnectArgs {
     /// The data directory of `agent-sandbox up`, where endpoints.json is.
     #[arg(
         long,
+        value_parser = crate::args::absolute_path,
         env = "AGENT_SANDBOX_DATA_DIR",
         default_value = "/var/lib/agent-sandbox"
     )]

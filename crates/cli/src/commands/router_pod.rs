@@ -1,8 +1,11 @@
-//! The embedded router as upstream deploys it: namespace `agent-sandbox-system`, Service
-//! `sandbox-router-svc` (port 8080, selector `app: sandbox-router`) and a mirror Pod of the
-//! router that this process runs (a static Pod in kubelet's terms), so `kubectl port-forward
-//! svc/sandbox-router-svc` — upstream SDKs' default connection — reaches it. Also the node's
-//! port-forward provider, which serves that Pod's port in process.
+//! The embedded router as upstream deploys it: Service `sandbox-router-svc` (port 8080,
+//! selector `app: sandbox-router`) and a mirror Pod of the router that this process runs (a
+//! static Pod in kubelet's terms), so `kubectl port-forward svc/sandbox-router-svc` —
+//! upstream SDKs' default connection — reaches it. Upstream's Python SDK looks for them in
+//! namespace `agent-sandbox-system`, its Go client (through the Service's EndpointSlices) in
+//! the sandbox's own namespace, so both are published in `agent-sandbox-system` and in
+//! `default`, the quick start's namespace. Also the node's port-forward provider, which serves
+//! the mirror Pods' port in process.
 //!
 //! A connection that arrives through the API server's port-forward was authenticated and
 //! authorized by the API server, so it enters the router without the router's bearer token;
@@ -23,6 +26,9 @@ use serde_json::{Value, json};
 
 /// The namespace upstream deploys the router into.
 pub(crate) const NAMESPACE: &str = "agent-sandbox-system";
+/// The namespaces the router is published in: upstream's, and the quick start's (where
+/// upstream's Go client looks for it, beside the sandboxes).
+pub(crate) const NAMESPACES: [&str; 2] = [NAMESPACE, "default"];
 /// The router's Service, as upstream's SDKs name it.
 pub(crate) const SERVICE: &str = "sandbox-router-svc";
 /// The router's port in its Pod and Service.
@@ -35,23 +41,30 @@ pub(crate) fn pod_name(node: &str) -> String {
     format!("sandbox-router-{node}")
 }
 
-/// Creates (or brings up to date) the namespace, the Service and the router's mirror Pod with
-/// a Running, Ready status.
+/// Creates (or brings up to date), in each of [`NAMESPACES`], the namespace, the Service and
+/// the router's mirror Pod with a Running, Ready status.
 pub(crate) async fn publish(client: &kube::Client, node: &str) -> anyhow::Result<()> {
+    for namespace in NAMESPACES {
+        publish_in(client, node, namespace).await?;
+    }
+    Ok(())
+}
+
+async fn publish_in(client: &kube::Client, node: &str, namespace: &str) -> anyhow::Result<()> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     ensure(
         &namespaces,
-        NAMESPACE,
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}),
+        namespace,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}),
     )
     .await?;
-    let services: Api<Service> = Api::namespaced(client.clone(), NAMESPACE);
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
     ensure(
         &services,
         SERVICE,
         json!({
             "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": SERVICE, "namespace": NAMESPACE, "labels": {APP.0: APP.1}},
+            "metadata": {"name": SERVICE, "namespace": namespace, "labels": {APP.0: APP.1}},
             "spec": {
                 "selector": {APP.0: APP.1},
                 "ports": [{"name": "http", "port": PORT, "targetPort": PORT, "protocol": "TCP"}],
@@ -59,7 +72,7 @@ pub(crate) async fn publish(client: &kube::Client, node: &str) -> anyhow::Result
         }),
     )
     .await?;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let name = pod_name(node);
     ensure(
         &pods,
@@ -67,7 +80,7 @@ pub(crate) async fn publish(client: &kube::Client, node: &str) -> anyhow::Result
         json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {
-                "name": name, "namespace": NAMESPACE, "labels": {APP.0: APP.1},
+                "name": name, "namespace": namespace, "labels": {APP.0: APP.1},
                 "annotations": {
                     MIRROR_ANNOTATION: "agent-sandbox-up",
                     "kubernetes.io/config.source": "file",
@@ -111,7 +124,7 @@ pub(crate) async fn publish(client: &kube::Client, node: &str) -> anyhow::Result
     }});
     pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
         .await
-        .with_context(|| format!("setting the status of Pod {NAMESPACE}/{name}"))?;
+        .with_context(|| format!("setting the status of Pod {namespace}/{name}"))?;
     Ok(())
 }
 
@@ -142,7 +155,9 @@ pub(crate) struct NodePortForward {
 }
 
 fn is_router(pod: &Value) -> bool {
-    pod["metadata"]["namespace"] == NAMESPACE
+    NAMESPACES
+        .iter()
+        .any(|ns| pod["metadata"]["namespace"] == *ns)
         && pod["metadata"]["annotations"][MIRROR_ANNOTATION].is_string()
         && pod["metadata"]["labels"][APP.0] == APP.1
 }

@@ -186,11 +186,11 @@ async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
     tokio::spawn(serve_metrics(metrics, router.metrics(), controller_state));
     tokio::spawn(router_server::serve(router, listener));
     println!(
-        "router:      http://{}  (token: {}; also svc/{} in namespace {} through kubectl port-forward)",
+        "router:      http://{}  (token: {}; also svc/{} in namespaces {} through kubectl port-forward)",
         args.router_listen,
         args.data_dir.join("router-token").display(),
         router_pod::SERVICE,
-        router_pod::NAMESPACE,
+        router_pod::NAMESPACES.join(" and "),
     );
     write_endpoints(args)?;
     println!(

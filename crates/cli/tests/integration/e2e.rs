@@ -144,8 +144,9 @@ impl Drop for Up {
             "--wait=false",
         ]);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline && !self.kubectl(&["get", "pods", "-o", "name"]).is_empty()
-        {
+        // The router's mirror Pod stands for `up` itself and stays while it runs.
+        let sandbox_pods = ["get", "pods", "-o", "name", "-l", "app!=sandbox-router"];
+        while Instant::now() < deadline && !self.kubectl(&sandbox_pods).is_empty() {
             std::thread::sleep(Duration::from_millis(100));
         }
         let _ = nix_kill(self.child.id());
