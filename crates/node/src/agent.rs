@@ -724,6 +724,11 @@ impl NodeAgent {
             return Ok(());
         }
         let rt = self.pod_rt(pod);
+        if lock(&rt).terminal() {
+            // Finished on this node, though the Pod read here may not say so yet: nothing is
+            // started again (a stopped sidecar would otherwise be restarted per its policy).
+            return self.write_status(pod, &api, &rt).await;
+        }
 
         // The spec, with every refused field named.
         let checks = match self.checks_of(pod) {

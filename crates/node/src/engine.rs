@@ -1727,7 +1727,17 @@ impl SandboxEngine {
         let mut paused = Vec::new();
         for c in &all {
             if self.state_of(&rec, c).await?.phase == Phase::Running {
-                rt.pause(&c.runtime_id).await?;
+                // runc gives up freezing a cgroup whose tasks keep changing ("unable to
+                // freeze", seen under load) and thaws it again; a later attempt holds.
+                let mut attempt = 0;
+                while let Err(e) = rt.pause(&c.runtime_id).await {
+                    attempt += 1;
+                    if attempt > 3 || !matches!(e, NodeError::Runtime { .. }) {
+                        return Err(e);
+                    }
+                    tracing::debug!(sandbox = %id, container = %c.name, attempt, error = %e, "pause failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                }
                 paused.push(c);
                 if let Some(x) = rec.container_mut(&c.name) {
                     x.paused = true;
