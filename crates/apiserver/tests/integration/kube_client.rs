@@ -1198,7 +1198,7 @@ async fn endpoint_slices_follow_the_selected_pods() {
         let mut out: Vec<(String, bool)> = list
             .items
             .iter()
-            .flat_map(|s| s.endpoints.clone())
+            .flat_map(|s| s.endpoints.clone().unwrap_or_default())
             .map(|e| {
                 (
                     e.addresses[0].clone(),
