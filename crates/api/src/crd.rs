@@ -1,15 +1,26 @@
 //! The four CustomResourceDefinitions, generated from the Rust types (upstream-core §2).
 //!
-//! Each CRD is built in four steps:
+//! Each CRD is built in five steps:
 //! 1. kube's derive produces one single-version CRD per Rust type;
 //! 2. the two versions are merged, v1beta1 first and marked as the storage version, v1alpha1
 //!    marked deprecated with upstream's warning text;
 //! 3. the schemas are finished the way controller-gen finishes upstream's: `nullable` is
-//!    dropped (Go pointers are not nullable), the PodSpec lists that Kubernetes declares as maps
-//!    get their `x-kubernetes-list-type`/`x-kubernetes-list-map-keys` markers and the `TCP`
-//!    protocol default their keys need, and v1beta1 Sandbox gets the CEL rule that makes
-//!    `volumeClaimTemplates` immutable;
-//! 4. the webhook conversion stanza is added.
+//!    dropped (Go pointers are not nullable), our own lists get their list types, and v1beta1
+//!    Sandbox gets the CEL rule that makes `volumeClaimTemplates` immutable;
+//! 4. the markers of the embedded Kubernetes types are applied (see below);
+//! 5. the webhook conversion stanza is added.
+//!
+//! Step 4: k8s-openapi's schemas lack what controller-gen reads from the Go markers of the
+//! Kubernetes types (`+listType`, `+listMapKey`, `+mapType`/`+structType`, `+default`, the
+//! int-or-string and Quantity forms, `metav1.Condition`'s bounds). kube's derive inlines every
+//! subschema, so its output no longer says which node is which type. schemars generates the same
+//! schema a second time with every named type kept as a `$ref` to a definition named as in the
+//! Kubernetes OpenAPI document (e.g. `io.k8s.api.core.v1.Container`); `typed` walks both side by
+//! side and reports each node's type and field, and `markers` holds one table, a line per
+//! (type, field, marker), restating the markers from the Kubernetes API types. Marking kube's own
+//! output (rather than inlining ourselves) keeps every other detail of the derive unchanged.
+//! Compared with upstream's controller-gen output, descriptions aside, the schemas are the same
+//! (docs/upstream.md, "CRD schemas").
 //!
 //! `agent-sandbox crd` prints them; `deploy/crds/` holds the committed copies.
 
@@ -21,8 +32,16 @@ use kube::CustomResourceExt;
 use kube::core::crd::merge_crds;
 use serde_json::{Value, json};
 
+use schemars::JsonSchema;
+
 use crate::constants::{self, deprecation, webhook};
+
+mod markers;
+mod typed;
+
 use crate::{v1alpha1, v1beta1};
+pub use markers::QUANTITY_PATTERN;
+use typed::Typed;
 
 /// The four CRDs in file-name order: sandboxes, sandboxclaims, sandboxtemplates,
 /// sandboxwarmpools.
@@ -37,11 +56,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
 
 /// `sandboxes.agents.x-k8s.io`.
 pub fn sandbox() -> CustomResourceDefinition {
-    let mut crd = build(
-        v1beta1::Sandbox::crd(),
-        v1alpha1::Sandbox::crd(),
-        deprecation::SANDBOX,
-    );
+    let mut crd = build::<v1beta1::Sandbox, v1alpha1::Sandbox>(deprecation::SANDBOX);
     let spec = &mut crd.spec.versions[0]
         .schema
         .as_mut()
@@ -61,29 +76,17 @@ pub fn sandbox() -> CustomResourceDefinition {
 
 /// `sandboxtemplates.extensions.agents.x-k8s.io`.
 pub fn sandbox_template() -> CustomResourceDefinition {
-    build(
-        v1beta1::SandboxTemplate::crd(),
-        v1alpha1::SandboxTemplate::crd(),
-        deprecation::SANDBOX_TEMPLATE,
-    )
+    build::<v1beta1::SandboxTemplate, v1alpha1::SandboxTemplate>(deprecation::SANDBOX_TEMPLATE)
 }
 
 /// `sandboxclaims.extensions.agents.x-k8s.io`.
 pub fn sandbox_claim() -> CustomResourceDefinition {
-    build(
-        v1beta1::SandboxClaim::crd(),
-        v1alpha1::SandboxClaim::crd(),
-        deprecation::SANDBOX_CLAIM,
-    )
+    build::<v1beta1::SandboxClaim, v1alpha1::SandboxClaim>(deprecation::SANDBOX_CLAIM)
 }
 
 /// `sandboxwarmpools.extensions.agents.x-k8s.io`.
 pub fn sandbox_warm_pool() -> CustomResourceDefinition {
-    build(
-        v1beta1::SandboxWarmPool::crd(),
-        v1alpha1::SandboxWarmPool::crd(),
-        deprecation::SANDBOX_WARM_POOL,
-    )
+    build::<v1beta1::SandboxWarmPool, v1alpha1::SandboxWarmPool>(deprecation::SANDBOX_WARM_POOL)
 }
 
 /// The CRD serving `group`/`kind`, if it is one of ours.
@@ -108,14 +111,20 @@ pub fn file_name(crd: &CustomResourceDefinition) -> String {
     format!("{}_{}.yaml", crd.spec.group, crd.spec.names.plural)
 }
 
-fn build(
-    storage: CustomResourceDefinition,
-    deprecated: CustomResourceDefinition,
-    warning: &str,
-) -> CustomResourceDefinition {
-    let mut crd = merge_crds(vec![storage, deprecated], constants::STORAGE_VERSION)
+/// Merges the CRDs of `S` (the storage version) and `D` (the deprecated one) and finishes them.
+fn build<S, D>(warning: &str) -> CustomResourceDefinition
+where
+    S: CustomResourceExt + JsonSchema,
+    D: CustomResourceExt + JsonSchema,
+{
+    let mut crd = merge_crds(vec![S::crd(), D::crd()], constants::STORAGE_VERSION)
         .expect("both versions describe the same kind");
     for version in &mut crd.spec.versions {
+        let typed = if version.name == constants::STORAGE_VERSION {
+            Typed::of::<S>()
+        } else {
+            Typed::of::<D>()
+        };
         if version.name == constants::DEPRECATED_VERSION {
             version.deprecated = Some(true);
             version.deprecation_warning = Some(warning.to_owned());
@@ -127,6 +136,7 @@ fn build(
         {
             let mut value = serde_json::to_value(&*schema).expect("schema serialises");
             finish_schema(&mut value);
+            markers::apply(&mut value, &typed);
             *schema = serde_json::from_value(value).expect("finished schema is still a schema");
         }
     }
@@ -169,14 +179,15 @@ fn finish_schema(root: &mut Value) {
     );
     props.insert("metadata".into(), json!({"type": "object"}));
     let spec = &mut root["properties"]["spec"]["properties"];
-    if let Some(pod_spec) = spec.pointer_mut("/podTemplate/properties/spec") {
-        mark_pod_spec(pod_spec);
-    }
     if let Some(vcts) = spec.get_mut("volumeClaimTemplates") {
         vcts["x-kubernetes-list-type"] = json!("atomic");
     }
     if let Some(env) = spec.get_mut("env") {
         env["x-kubernetes-list-type"] = json!("atomic");
+    }
+    // Upstream's marker lists this field's values in another order than the Go constants.
+    if let Some(policy) = spec.get_mut("volumeClaimTemplatesPolicy") {
+        policy["enum"] = json!(["Disallowed", "Allowed", "Overrides"]);
     }
 }
 
@@ -196,61 +207,5 @@ fn strip_derive_artifacts(v: &mut Value) {
         }
         Value::Array(items) => items.iter_mut().for_each(strip_derive_artifacts),
         _ => {}
-    }
-}
-
-/// Lists of a PodSpec that Kubernetes declares `listType=map`, with their keys.
-const POD_SPEC_MAP_LISTS: &[(&str, &[&str])] = &[
-    ("hostAliases", &["ip"]),
-    ("imagePullSecrets", &["name"]),
-    ("resourceClaims", &["name"]),
-    ("schedulingGates", &["name"]),
-    (
-        "topologySpreadConstraints",
-        &["topologyKey", "whenUnsatisfiable"],
-    ),
-    ("volumes", &["name"]),
-];
-
-/// Lists of a Container that Kubernetes declares `listType=map`, with their keys.
-const CONTAINER_MAP_LISTS: &[(&str, &[&str])] = &[
-    ("env", &["name"]),
-    ("ports", &["containerPort", "protocol"]),
-    ("volumeDevices", &["devicePath"]),
-    ("volumeMounts", &["mountPath"]),
-];
-
-fn mark_map_list(list: &mut Value, keys: &[&str]) {
-    list["x-kubernetes-list-type"] = json!("map");
-    list["x-kubernetes-list-map-keys"] = json!(keys);
-}
-
-fn mark_pod_spec(pod_spec: &mut Value) {
-    let props = &mut pod_spec["properties"];
-    for (field, keys) in POD_SPEC_MAP_LISTS {
-        if let Some(list) = props.get_mut(*field) {
-            mark_map_list(list, keys);
-        }
-    }
-    if let Some(claims) = props.pointer_mut("/resources/properties/claims") {
-        mark_map_list(claims, &["name"]);
-    }
-    for containers in ["containers", "initContainers", "ephemeralContainers"] {
-        let Some(list) = props.get_mut(containers) else {
-            continue;
-        };
-        mark_map_list(list, &["name"]);
-        let container = &mut list["items"]["properties"];
-        for (field, keys) in CONTAINER_MAP_LISTS {
-            if let Some(l) = container.get_mut(*field) {
-                mark_map_list(l, keys);
-            }
-        }
-        if let Some(protocol) = container.pointer_mut("/ports/items/properties/protocol") {
-            protocol["default"] = json!("TCP");
-        }
-        if let Some(claims) = container.pointer_mut("/resources/properties/claims") {
-            mark_map_list(claims, &["name"]);
-        }
     }
 }
