@@ -8,18 +8,21 @@
 //!    dropped;
 //! 2. defaulting: `default`s of absent fields are filled in, inside objects that exist;
 //! 3. validation: types, `enum`, `required`, `minimum`/`maximum`, `minLength`/`maxLength`,
-//!    `minItems`/`maxItems`, `format: date-time`, and key uniqueness of `listType=map|set`;
+//!    `pattern` (compiled once per CRD), `minItems`/`maxItems`, `format: date-time`,
+//!    `x-kubernetes-int-or-string` (an integer, or a string held to the string rules, as a
+//!    Quantity's pattern), `anyOf` and key uniqueness of `listType=map|set`;
 //! 4. CEL: `x-kubernetes-validations`, including transition rules against the old object, when
 //!    the object is structurally valid; only the fields the rules read are converted into CEL
 //!    values (see `cel_plan`).
 //!
 //! `metadata` of the root object is left to the API server (ObjectMeta has its own rules).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::core::cel::{CompiledSchema, Validator, compile_schema};
+use regex::Regex;
 
 use crate::cel_plan::CelPlan;
 use serde_json::{Map, Value};
@@ -81,6 +84,29 @@ struct PreparedVersion {
     cel: Option<CompiledSchema>,
     /// What of an object the CEL rules read.
     cel_plan: CelPlan,
+    /// Every `pattern` of the schema, compiled.
+    patterns: Patterns,
+}
+
+/// Compiled `pattern`s by their source text.
+type Patterns = HashMap<String, Regex>;
+
+/// Compiles every `pattern` in `schema` (one that does not compile is left out: kube-apiserver
+/// would have refused the CRD).
+fn compile_patterns(schema: &Value, out: &mut Patterns) {
+    match schema {
+        Value::Object(map) => {
+            if let Some(Value::String(pattern)) = map.get("pattern")
+                && !out.contains_key(pattern)
+                && let Ok(re) = Regex::new(pattern)
+            {
+                out.insert(pattern.clone(), re);
+            }
+            map.values().for_each(|v| compile_patterns(v, out));
+        }
+        Value::Array(items) => items.iter().for_each(|v| compile_patterns(v, out)),
+        _ => {}
+    }
 }
 
 /// The admission error for a version that the CRD does not serve.
@@ -110,11 +136,14 @@ impl Admission {
                 let schema = serde_json::to_value(schema).expect("schemas serialise");
                 let cel = has_cel_rules(&schema).then(|| compile_schema(&schema));
                 let cel_plan = CelPlan::new(&schema);
+                let mut patterns = Patterns::new();
+                compile_patterns(&schema, &mut patterns);
                 Some(PreparedVersion {
                     name: v.name.clone(),
                     schema,
                     cel,
                     cel_plan,
+                    patterns,
                 })
             })
             .collect();
@@ -150,7 +179,7 @@ impl Admission {
                         .join(", "),
                 })
             })?;
-        let mut walker = Walker::default();
+        let mut walker = Walker::new(&prepared.patterns);
         walker.object(obj, &prepared.schema, "", true, old);
         if !walker.errors.is_empty() {
             return Err(AdmitError::Invalid(walker.errors));
@@ -240,10 +269,10 @@ thread_local! {
     static VALIDATOR: Validator = Validator::new();
 }
 
-#[derive(Default)]
-struct Walker {
+struct Walker<'p> {
     errors: Vec<FieldError>,
     unknown: Vec<String>,
+    patterns: &'p Patterns,
 }
 
 fn child_path(parent: &str, key: &str) -> String {
@@ -266,7 +295,15 @@ fn json_type(v: &Value) -> &'static str {
     }
 }
 
-impl Walker {
+impl<'p> Walker<'p> {
+    fn new(patterns: &'p Patterns) -> Self {
+        Self {
+            errors: Vec::new(),
+            unknown: Vec::new(),
+            patterns,
+        }
+    }
+
     fn error(&mut self, field: &str, reason: &'static str, message: String) {
         self.errors.push(FieldError {
             field: field.to_owned(),
@@ -301,10 +338,19 @@ impl Walker {
             .and_then(Value::as_bool)
             == Some(true)
         {
-            if !(value.is_string() || json_type(value) == "integer") {
-                self.type_error(path, value, "integer or string");
+            // An integer, or a string held to the string rules (a Quantity's pattern); the
+            // `anyOf: [integer, string]` beside the marker says the same.
+            match &*value {
+                Value::String(s) => self.string(s, schema, path),
+                v if json_type(v) == "integer" => {
+                    self.number(v.as_f64().unwrap_or_default(), v, schema, path);
+                }
+                _ => return self.type_error(path, value, "integer or string"),
             }
-            return;
+            return self.enumeration(value, schema, path);
+        }
+        if let Some(branches) = schema.get("anyOf").and_then(Value::as_array) {
+            self.any_of(value, branches, path);
         }
         let preserve = schema
             .get("x-kubernetes-preserve-unknown-fields")
@@ -515,6 +561,20 @@ impl Walker {
                 ),
             );
         }
+        if let Some(pattern) = schema.get("pattern").and_then(Value::as_str)
+            && let Some(re) = self.patterns.get(pattern)
+            && !re.is_match(s)
+        {
+            // kube-openapi's pattern failure, as apiextensions-apiserver words it.
+            self.error(
+                path,
+                cause::INVALID,
+                format!(
+                    "Invalid value: {shown}: {path} in body should match '{pattern}'",
+                    shown = Value::from(s)
+                ),
+            );
+        }
         if schema.get("format").and_then(Value::as_str) == Some("date-time")
             && s.parse::<k8s_openapi::jiff::Timestamp>().is_err()
         {
@@ -524,6 +584,23 @@ impl Walker {
                 format!(
                     "Invalid value: \"{s}\": {path} in body must be of type date-time: \"{s}\""
                 ),
+            );
+        }
+    }
+
+    /// `anyOf`: the value must pass at least one branch (in a structural schema the branches
+    /// hold value validations only, so checking a copy is cheap and changes nothing).
+    fn any_of(&mut self, value: &Value, branches: &[Value], path: &str) {
+        let passes = |branch: &Value| {
+            let mut walker = Walker::new(self.patterns);
+            walker.object(&mut value.clone(), branch, path, false, None);
+            walker.errors.is_empty()
+        };
+        if !branches.is_empty() && !branches.iter().any(passes) {
+            self.error(
+                path,
+                cause::INVALID,
+                format!("Invalid value: {value}: {path} must validate at least one schema (anyOf)"),
             );
         }
     }
