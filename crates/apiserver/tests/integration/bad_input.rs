@@ -426,6 +426,66 @@ async fn annotations_over_256_kib_are_refused_as_kube_apiserver_refuses_them() {
     assert_eq!(r.code, 201, "{}", String::from_utf8_lossy(&r.body));
 }
 
+/// The schema rules of the embedded Kubernetes types apply as in kube-apiserver: a malformed
+/// Quantity is refused with the pattern it fails, and defaults (a port's protocol) are written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quantities_are_checked_and_kubernetes_defaults_written() {
+    let ts = common::start().await;
+    let sock = ts.server.socket_path().unwrap().to_path_buf();
+    let tok = ts.server.token().to_string();
+    let t = Some(tok.as_str());
+    let j = "application/json";
+    let path = "/apis/agents.x-k8s.io/v1beta1/namespaces/default/sandboxes";
+    let sandbox = |name: &str, container: Value| {
+        json!({"apiVersion": "agents.x-k8s.io/v1beta1", "kind": "Sandbox",
+            "metadata": {"name": name},
+            "spec": {"podTemplate": {"spec": {"containers": [container]}}}})
+    };
+    let rv_before = ts.server.store().current_rv();
+    let bad = sandbox(
+        "lots",
+        json!({"name": "c", "image": "busybox:1", "resources": {"limits": {"cpu": "lots"}}}),
+    );
+    let r = http(&sock, "POST", path, t, j, bad.to_string().as_bytes()).await;
+    assert_eq!(r.code, 422, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    let field = "spec.podTemplate.spec.containers[0].resources.limits.cpu";
+    let pattern = agent_sandbox_api::crd::QUANTITY_PATTERN;
+    assert_eq!(v["reason"], "Invalid");
+    assert_eq!(
+        v["message"],
+        format!(
+            "Sandbox.agents.x-k8s.io \"lots\" is invalid: {field}: Invalid value: \"lots\": {field} in body should match '{pattern}'"
+        )
+    );
+    assert_eq!(v["details"]["causes"][0]["reason"], "FieldValueInvalid");
+    assert_eq!(v["details"]["causes"][0]["field"], field);
+    assert_eq!(
+        ts.server.store().current_rv(),
+        rv_before,
+        "nothing was written"
+    );
+
+    let good = sandbox(
+        "ported",
+        json!({"name": "c", "image": "busybox:1", "ports": [{"containerPort": 8080}],
+            "resources": {"limits": {"cpu": 2, "memory": "64Mi"}}}),
+    );
+    let r = http(&sock, "POST", path, t, j, good.to_string().as_bytes()).await;
+    assert_eq!(r.code, 201, "{}", String::from_utf8_lossy(&r.body));
+    let created = r.json();
+    let container = &created["spec"]["podTemplate"]["spec"]["containers"][0];
+    assert_eq!(container["ports"][0]["protocol"], "TCP");
+    assert_eq!(container["resources"]["limits"]["cpu"], 2);
+    let r = http(&sock, "GET", &format!("{path}/ported"), t, j, b"").await;
+    assert_eq!(r.code, 200);
+    assert_eq!(
+        r.json()["spec"]["podTemplate"]["spec"]["containers"][0]["ports"][0]["protocol"],
+        "TCP",
+        "the default is stored"
+    );
+}
+
 /// Query parameters of list, watch, get, delete and patch, read as kube-apiserver reads them:
 /// booleans true unless absent, `0` or `false` (any case); integers with Go's errors.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
