@@ -1,5 +1,5 @@
 //! The audit of Pod fields against what the embedded node implements. Every field of
-//! `PodSpec`, `Container`, `SecurityContext` and `PodSecurityContext` (core/v1, 1.33) falls in
+//! `PodSpec`, `Container`, `SecurityContext` and `PodSecurityContext` (core/v1, 1.36) falls in
 //! one of four classes:
 //! - implemented (see [`crate::spec`], [`crate::bundle`] and [`crate::agent`]);
 //! - refused: honouring it is impossible or would weaken isolation, and ignoring it would
@@ -9,7 +9,7 @@
 //!   such field and why ([`ignored_fields`]);
 //! - not applicable on one node (scheduling: `nodeSelector`, `affinity`, `tolerations`,
 //!   `topologySpreadConstraints`, `schedulerName`, `priority*`, `preemptionPolicy`,
-//!   `schedulingGates`, `overhead`; in-place resize: `resizePolicy`; Windows options;
+//!   `schedulingGates`, `schedulingGroup`, `overhead`; in-place resize: `resizePolicy`; Windows options;
 //!   `enableServiceLinks`, as the node has no Services): accepted silently, listed in the docs.
 
 use k8s_openapi::api::core::v1::{Container, PodSpec, SeccompProfile};
@@ -64,6 +64,12 @@ pub fn unsupported_pod_field(spec: &PodSpec) -> Option<(String, String)> {
         return r(
             "spec.hostUsers",
             "user-namespaced Pods are not supported by the embedded node; remove the field",
+        );
+    }
+    if spec.hostname_override.is_some() {
+        return r(
+            "spec.hostnameOverride",
+            "the sandbox's hostname comes from spec.hostname or the Pod name; use spec.hostname",
         );
     }
     if spec.share_process_namespace == Some(true) {
@@ -150,6 +156,15 @@ pub fn unsupported_pod_field(spec: &PodSpec) -> Option<(String, String)> {
 /// (`securityContext.procMount`), with the reason.
 pub fn unsupported_container_field(c: &Container) -> Option<(String, String)> {
     let r = |f: &str, why: &str| Some((f.to_string(), why.to_string()));
+    if c.restart_policy_rules
+        .as_ref()
+        .is_some_and(|v| !v.is_empty())
+    {
+        return r(
+            "restartPolicyRules",
+            "per-exit-code restart rules are not supported; use the Pod's restartPolicy",
+        );
+    }
     if c.volume_devices.as_ref().is_some_and(|v| !v.is_empty()) {
         return r("volumeDevices", "raw block devices are not supported");
     }
@@ -280,4 +295,33 @@ pub fn ignored_fields(spec: &PodSpec) -> Vec<(String, String)> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn fields_of_newer_kubernetes_the_node_cannot_honour_are_refused() {
+        let spec: PodSpec = serde_json::from_value(json!({"hostnameOverride": "h",
+            "containers": [{"name": "c", "image": "img:1"}]}))
+        .unwrap();
+        assert_eq!(
+            unsupported_pod_field(&spec).unwrap().0,
+            "spec.hostnameOverride"
+        );
+        let c: Container = serde_json::from_value(json!({"name": "c", "image": "img:1",
+            "restartPolicyRules": [{"action": "Restart",
+                "exitCodes": {"operator": "In", "values": [42]}}]}))
+        .unwrap();
+        assert_eq!(
+            unsupported_container_field(&c).unwrap().0,
+            "restartPolicyRules"
+        );
+        let spec: PodSpec = serde_json::from_value(json!({"schedulingGroup": {},
+            "containers": [{"name": "c", "image": "img:1"}]}))
+        .unwrap();
+        assert_eq!(unsupported_pod_field(&spec), None);
+    }
 }
