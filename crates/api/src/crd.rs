@@ -20,7 +20,7 @@
 //! (type, field, marker), restating the markers from the Kubernetes API types. Marking kube's own
 //! output (rather than inlining ourselves) keeps every other detail of the derive unchanged.
 //! Compared with upstream's controller-gen output, descriptions aside, the schemas are the same
-//! (docs/upstream.md, "CRD schemas").
+//! (docs/api.md, "CRD schemas").
 //!
 //! `agent-sandbox crd` prints them; `deploy/crds/` holds the committed copies.
 
