@@ -17,7 +17,7 @@
 //!
 //! `metadata` of the root object is left to the API server (ObjectMeta has its own rules).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -88,8 +88,19 @@ struct PreparedVersion {
     patterns: Patterns,
 }
 
-/// Compiled `pattern`s by their source text.
-type Patterns = HashMap<String, Regex>;
+/// Compiled `pattern`s with their source text (a CRD has a handful: a linear search comparing
+/// lengths first is cheaper than hashing the long pattern text on every string checked).
+#[derive(Default)]
+struct Patterns(Vec<(String, Regex)>);
+
+impl Patterns {
+    fn get(&self, pattern: &str) -> Option<&Regex> {
+        self.0
+            .iter()
+            .find(|(p, _)| p.len() == pattern.len() && p == pattern)
+            .map(|(_, re)| re)
+    }
+}
 
 /// Compiles every `pattern` in `schema` (one that does not compile is left out: kube-apiserver
 /// would have refused the CRD).
@@ -97,10 +108,10 @@ fn compile_patterns(schema: &Value, out: &mut Patterns) {
     match schema {
         Value::Object(map) => {
             if let Some(Value::String(pattern)) = map.get("pattern")
-                && !out.contains_key(pattern)
+                && out.get(pattern).is_none()
                 && let Ok(re) = Regex::new(pattern)
             {
-                out.insert(pattern.clone(), re);
+                out.0.push((pattern.clone(), re));
             }
             map.values().for_each(|v| compile_patterns(v, out));
         }
@@ -136,7 +147,7 @@ impl Admission {
                 let schema = serde_json::to_value(schema).expect("schemas serialise");
                 let cel = has_cel_rules(&schema).then(|| compile_schema(&schema));
                 let cel_plan = CelPlan::new(&schema);
-                let mut patterns = Patterns::new();
+                let mut patterns = Patterns::default();
                 compile_patterns(&schema, &mut patterns);
                 Some(PreparedVersion {
                     name: v.name.clone(),
