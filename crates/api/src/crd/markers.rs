@@ -324,3 +324,54 @@ fn make_optional(node: &mut Value, field: &str) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::{v1alpha1, v1beta1};
+
+    /// The `(type, field)` sites of one version of a CRD (`field` empty for the type itself).
+    fn sites<T: schemars::JsonSchema>(
+        crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+        version: usize,
+        out: &mut HashSet<(String, String)>,
+    ) {
+        let schema = crd.spec.versions[version].schema.as_ref().unwrap();
+        let mut schema = serde_json::to_value(schema.open_api_v3_schema.as_ref().unwrap()).unwrap();
+        typed::walk(&mut schema, &Typed::of::<T>(), &mut |_, site| {
+            let (ty, field) = match site {
+                Site::Type(ty) => (ty, ""),
+                Site::Field { owner, field } => (owner, field),
+            };
+            out.insert((short_name(ty).to_owned(), field.to_owned()));
+        });
+    }
+
+    /// A misspelt type or field in the table would silently mark nothing.
+    #[test]
+    fn every_rule_meets_its_type_and_field() {
+        let mut seen = HashSet::new();
+        let (sb, t, c, p) = (
+            super::super::sandbox(),
+            super::super::sandbox_template(),
+            super::super::sandbox_claim(),
+            super::super::sandbox_warm_pool(),
+        );
+        sites::<v1beta1::Sandbox>(&sb, 0, &mut seen);
+        sites::<v1alpha1::Sandbox>(&sb, 1, &mut seen);
+        sites::<v1beta1::SandboxTemplate>(&t, 0, &mut seen);
+        sites::<v1alpha1::SandboxTemplate>(&t, 1, &mut seen);
+        sites::<v1beta1::SandboxClaim>(&c, 0, &mut seen);
+        sites::<v1alpha1::SandboxClaim>(&c, 1, &mut seen);
+        sites::<v1beta1::SandboxWarmPool>(&p, 0, &mut seen);
+        sites::<v1alpha1::SandboxWarmPool>(&p, 1, &mut seen);
+        let unmet: Vec<_> = RULES
+            .iter()
+            .filter(|r| !seen.contains(&(r.ty.to_owned(), r.field.to_owned())))
+            .map(|r| format!("{}.{} {:?}", r.ty, r.field, r.mark))
+            .collect();
+        assert!(unmet.is_empty(), "rules that mark nothing: {unmet:?}");
+    }
+}
