@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 /// `/version`.
 pub fn version() -> Value {
     json!({
-        "major": "1", "minor": "33", "gitVersion": "v1.33.0", "gitCommit": "agent-sandbox",
+        "major": "1", "minor": "36", "gitVersion": "v1.36.0", "gitCommit": "agent-sandbox",
         "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24.0",
-        "compiler": "gc", "platform": "linux/amd64", "emulationMajor": "1", "emulationMinor": "33",
-        "minCompatibilityMajor": "1", "minCompatibilityMinor": "32"
+        "compiler": "gc", "platform": "linux/amd64", "emulationMajor": "1", "emulationMinor": "36",
+        "minCompatibilityMajor": "1", "minCompatibilityMinor": "35"
     })
 }
 
@@ -266,7 +266,7 @@ pub fn openapi_v3_doc(app: &App, group: &str, version: &str) -> Option<Value> {
     }
     Some(json!({
         "openapi": "3.0.0",
-        "info": {"title": "Kubernetes", "version": "v1.33.0"},
+        "info": {"title": "Kubernetes", "version": "v1.36.0"},
         "paths": paths,
         "components": {"schemas": schemas}
     }))
@@ -275,5 +275,5 @@ pub fn openapi_v3_doc(app: &App, group: &str, version: &str) -> Option<Value> {
 /// `/openapi/v2` as JSON (no definitions: client-side validation is skipped and kubectl relies
 /// on server-side field validation).
 pub fn openapi_v2() -> Value {
-    json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.33.0"}, "paths": {}, "definitions": {}})
+    json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.36.0"}, "paths": {}, "definitions": {}})
 }

@@ -329,7 +329,7 @@ pub async fn run(t: &Target<'_>, action: &Action, timeout: Duration) -> Result<(
                     .await
                     .map_err(|e| format!("Get \"http://{addr}{path}\": dial tcp {addr}: {e}"))?;
                 let mut req = format!(
-                    "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n"
+                    "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kube-probe/1.36\r\nAccept: */*\r\nConnection: close\r\n"
                 );
                 for (k, v) in headers {
                     req.push_str(&format!("{k}: {v}\r\n"));

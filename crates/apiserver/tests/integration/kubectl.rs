@@ -416,7 +416,7 @@ async fn discovery_api_resources_and_explain() {
     }
     let v = ok(&kc, &["version", "-o", "json"]).await;
     let v: Value = serde_json::from_str(&v).unwrap();
-    assert_eq!(v["serverVersion"]["minor"], json!("33"));
+    assert_eq!(v["serverVersion"]["minor"], json!("36"));
     let e = ok(&kc, &["explain", "pods.spec.containers"]).await;
     assert!(e.contains("KIND:") && e.contains("Pod"), "{e}");
     let e = ok(&kc, &["explain", "secrets.stringData"]).await;
