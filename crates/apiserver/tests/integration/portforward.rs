@@ -420,8 +420,10 @@ fn assert_quiet(stderr: &str) {
 fn over_websocket(stderr: &str) -> bool {
     let websocket = stderr.contains("tunneling_dialer.go")
         && stderr.contains("negotiated protocol: portforward.k8s.io");
+    // kubectl 1.33 logs `verb="POST" ... status="101 Switching Protocols"`, earlier ones
+    // `POST https://.../portforward 101 Switching Protocols`.
     let spdy = stderr.lines().any(|l| {
-        l.contains("verb=\"POST\"")
+        (l.contains("verb=\"POST\"") || l.contains("] POST https://"))
             && l.contains("/pods/p/portforward")
             && l.contains("101 Switching Protocols")
     });
