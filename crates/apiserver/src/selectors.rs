@@ -242,6 +242,11 @@ fn field_pointer(special: Special, field: &str) -> Option<String> {
                 "type" => "/type".into(),
                 _ => return None,
             },
+            Special::Service => match field {
+                "spec.clusterIP" => "/spec/clusterIP".into(),
+                "spec.type" => "/spec/type".into(),
+                _ => return None,
+            },
             Special::Event => {
                 if let Some(rest) = field.strip_prefix("involvedObject.") {
                     format!("/regarding/{rest}")
@@ -262,6 +267,23 @@ fn field_pointer(special: Special, field: &str) -> Option<String> {
     Some(p)
 }
 
+/// kube-apiserver's refusal of a field it cannot select on: kinds with their own field label
+/// conversion (and custom resources) say "field label not supported", the others fall back to
+/// apimachinery's default conversion and its message.
+fn unknown_field(special: Special, field: &str) -> ApiError {
+    ApiError::bad_request(match special {
+        Special::Pod
+        | Special::Namespace
+        | Special::Secret
+        | Special::Service
+        | Special::Event
+        | Special::Custom => format!("field label not supported: {field}"),
+        _ => format!(
+            "{field:?} is not a known field selector: only \"metadata.name\", \"metadata.namespace\""
+        ),
+    })
+}
+
 impl FieldSelector {
     /// Parses the `fieldSelector` query parameter for a kind.
     pub fn parse(s: &str, special: Special) -> Result<Self, ApiError> {
@@ -279,8 +301,7 @@ impl FieldSelector {
                 )));
             };
             let k = k.trim();
-            let ptr = field_pointer(special, k)
-                .ok_or_else(|| ApiError::bad_request(format!("field label not supported: {k}")))?;
+            let ptr = field_pointer(special, k).ok_or_else(|| unknown_field(special, k))?;
             terms.push((ptr, v.trim().to_string(), eq));
         }
         Ok(FieldSelector(terms))
@@ -366,5 +387,25 @@ mod tests {
         assert!(f.matches(&o));
         assert_eq!(f.exact_name(), Some("p"));
         assert!(FieldSelector::parse("status.phase=Running", Special::None).is_err());
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_kube_apiservers_messages() {
+        let msg = |s: &str, special| FieldSelector::parse(s, special).unwrap_err().message;
+        assert_eq!(
+            msg("data.k=v", Special::ConfigMap),
+            r#""data.k" is not a known field selector: only "metadata.name", "metadata.namespace""#
+        );
+        assert_eq!(
+            msg("spec.x=1", Special::Pod),
+            "field label not supported: spec.x"
+        );
+        assert_eq!(
+            msg("spec.x=1", Special::Custom),
+            "field label not supported: spec.x"
+        );
+        let svc = json!({"metadata": {"name": "s"}, "spec": {"type": "ClusterIP"}});
+        let f = FieldSelector::parse("spec.type=ClusterIP", Special::Service).unwrap();
+        assert!(f.matches(&svc));
     }
 }
