@@ -146,6 +146,26 @@ fn store_err(t: &Target, name: &str, e: StoreError) -> ApiError {
     }
 }
 
+/// kube-apiserver's answer to a delete that removed the object at once (no finalizers, no
+/// grace period): a `Status` naming it, with the resource in `details.kind`.
+fn deleted_status(rd: &ResourceDef, obj: &Value) -> Value {
+    let mut details =
+        json!({"name": meta(obj)["name"], "kind": rd.plural, "uid": meta(obj)["uid"]});
+    if !rd.group.is_empty() {
+        details["group"] = json!(rd.group);
+    }
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details})
+}
+
+/// Go's `%#v` of a sorted `[]string`, as kube-apiserver's messages print them.
+fn go_strings(v: &[String]) -> String {
+    let mut v: Vec<&String> = v.iter().collect();
+    v.sort();
+    v.dedup();
+    let quoted: Vec<String> = v.iter().map(|s| format!("{s:?}")).collect();
+    format!("[]string{{{}}}", quoted.join(", "))
+}
+
 fn meta(obj: &Value) -> &Value {
     &obj["metadata"]
 }
@@ -698,7 +718,11 @@ impl App {
         };
         m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
         m.insert("creationTimestamp".into(), json!(now()));
-        m.insert("generation".into(), json!(1));
+        if t.rd.tracks_generation() {
+            m.insert("generation".into(), json!(1));
+        } else {
+            m.remove("generation");
+        }
         m.remove("deletionTimestamp");
         m.remove("deletionGracePeriodSeconds");
         m.remove("managedFields");
@@ -827,10 +851,14 @@ impl App {
             }
             m.remove("managedFields");
             m.remove("selfLink");
-            m.insert(
-                "generation".into(),
-                om.get("generation").cloned().unwrap_or(json!(1)),
-            );
+            if t.rd.tracks_generation() {
+                m.insert(
+                    "generation".into(),
+                    om.get("generation").cloned().unwrap_or(json!(1)),
+                );
+            } else {
+                m.remove("generation");
+            }
         }
         self.admit_config_data(t, &mut new, Some(&old_ext))?;
         self.decode_core(t, &mut new, req)?;
@@ -878,7 +906,8 @@ impl App {
                     vec![Cause {
                         reason: "FieldValueForbidden".into(),
                         message: format!(
-                            "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {added:?}"
+                            "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {}",
+                            go_strings(&added)
                         ),
                         field: "metadata.finalizers".into(),
                     }],
@@ -888,7 +917,7 @@ impl App {
         self.admit_custom(t, &mut new, Some(&old_ext), req)?;
         // Compared after defaulting, so that re-sending an object without its defaults is no
         // change.
-        if !spec_equal(&new, &old_ext) {
+        if t.rd.tracks_generation() && !spec_equal(&new, &old_ext) {
             let g = meta(&old_ext)["generation"].as_i64().unwrap_or(1);
             meta_mut(&mut new).insert("generation".into(), json!(g + 1));
         }
@@ -1199,10 +1228,10 @@ impl App {
             {
                 return Err(ApiError::conflict_msg(
                     &t.rd.group,
-                    &t.rd.plural,
+                    &t.rd.kind,
                     t.name(),
                     &format!(
-                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        "the UID in the precondition ({uid}) does not match the UID in record ({}). The object might have been deleted and then recreated",
                         m["uid"].as_str().unwrap_or("")
                     ),
                 ));
@@ -1214,10 +1243,10 @@ impl App {
             {
                 return Err(ApiError::conflict_msg(
                     &t.rd.group,
-                    &t.rd.plural,
+                    &t.rd.kind,
                     t.name(),
                     &format!(
-                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                        "the ResourceVersion in the precondition ({rv}) does not match the ResourceVersion in record ({}). The object might have been modified",
                         old.rv
                     ),
                 ));
@@ -1319,9 +1348,10 @@ impl App {
                     })
                     .await;
                 match s {
-                    Ok(s) => {
+                    Ok(s) if t.rd.special == Special::Pod => {
                         return Ok((StatusCode::OK, self.to_external(&t.rd, &t.version, &s.obj)?));
                     }
+                    Ok(s) => return Ok((StatusCode::OK, deleted_status(&t.rd, &s.obj))),
                     Err(StoreError::Conflict) => continue,
                     Err(e) => return Err(store_err(t, t.name(), e)),
                 }
@@ -1405,7 +1435,7 @@ impl App {
         if let Some(rv) = rv_param {
             let n = rv
                 .parse::<u64>()
-                .map_err(|_| ApiError::bad_resource_version(rv))?;
+                .map_err(|_| ApiError::bad_list_resource_version(rv))?;
             if rv_match == Some("Exact") && n != self.store.current_rv() {
                 return Err(ApiError::gone(format!(
                     "too old resource version: {n} ({})",
@@ -1496,6 +1526,7 @@ impl App {
                 .pointer("/metadata/namespace")
                 .and_then(Value::as_str)
                 .map(String::from);
+            // The answer lists the objects as they were listed, as kube-apiserver's does.
             match self
                 .delete_with(
                     &tt,
@@ -1504,8 +1535,8 @@ impl App {
                 )
                 .await
             {
-                Ok((_, o)) => deleted.push(o),
-                Err(e) if e.code == 404 => {}
+                Ok(_) => deleted.push(item),
+                Err(e) if e.code == 404 => deleted.push(item),
                 Err(e) => return Err(e),
             }
         }

@@ -130,6 +130,14 @@ impl ResourceDef {
         self.versions.iter().any(|v| v == version)
     }
 
+    /// Whether `metadata.generation` is kept (1 at creation, raised by spec changes), as
+    /// kube-apiserver's strategy for the kind does: Pods, NetworkPolicies, CRDs and custom
+    /// resources; ConfigMaps, Secrets, Services, Namespaces, Events, Leases and the like have none.
+    pub fn tracks_generation(&self) -> bool {
+        matches!(self.special, Special::Pod | Special::Crd | Special::Custom)
+            || (self.group == "networking.k8s.io" && self.kind == "NetworkPolicy")
+    }
+
     /// Whether names are validated as DNS-1123 labels (not subdomains).
     pub fn label_names(&self) -> bool {
         matches!(self.special, Special::Namespace | Special::Service)
