@@ -602,6 +602,22 @@ async fn reconcile_expired(ctx: &Context, claim: &SandboxClaim) -> Outcome {
     }
 }
 
+/// How long a reconcile that saw a stale claim waits before it looks again.
+const STALE_CLAIM_RETRY: Duration = Duration::from_millis(50);
+
+/// Before a cold creation (which nothing undoes): whether the cache's claim is older than the API
+/// server's. The cache can lag behind this controller's own writes, and a claim that adopted a
+/// warm sandbox a moment ago may still look unassigned there; creating a cold sandbox for it
+/// would leave it owning two. The next pass sees the newer claim (and its sandbox). A failed
+/// read keeps the cached view.
+async fn stale_claim(ctx: &Context, claim: &SandboxClaim) -> Option<Duration> {
+    let api: Api<SandboxClaim> =
+        Api::namespaced(ctx.client.clone(), &claim.namespace().unwrap_or_default());
+    let fresh = api.get_opt(&claim.name_any()).await.ok()??;
+    (fresh.metadata.resource_version != claim.metadata.resource_version)
+        .then_some(STALE_CLAIM_RETRY)
+}
+
 /// The pool and template a claim points at.
 fn get_template(
     ctx: &Context,
@@ -655,6 +671,9 @@ async fn reconcile_active(ctx: &Context, claim: &mut SandboxClaim) -> Outcome {
         }
     }
     // Cold path.
+    if let Some(d) = stale_claim(ctx, claim).await {
+        return Outcome::Pending(d);
+    }
     let (pool, tpl) = match get_template(ctx, claim) {
         Ok(v) => v,
         Err(e) => return Outcome::Done(None, Some(e)),
