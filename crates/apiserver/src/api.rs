@@ -1360,6 +1360,11 @@ impl App {
             let nm = meta_mut(&mut new);
             let ts_now = chrono::Utc::now();
             let already = nm.get("deletionTimestamp").is_some();
+            // The first deletionTimestamp raises the generation (of kinds that keep one), as
+            // kube-apiserver does: the object's controllers see a new desired state.
+            if !already && let Some(g) = nm.get("generation").and_then(Value::as_i64) {
+                nm.insert("generation".into(), json!(g + 1));
+            }
             if !already
                 || grace
                     < nm.get("deletionGracePeriodSeconds")

@@ -783,4 +783,11 @@ async fn answers_match_kube_apiserver_side_by_side() {
     .await;
     assert_eq!(r.code, 200);
     assert_eq!(r.json()["status"]["podIPs"], json!([{"ip": "10.1.2.3"}]));
+    assert_eq!(r.json()["metadata"]["generation"], 1);
+    // A graceful delete raises the generation once.
+    for _ in 0..2 {
+        let r = http(&sock, "DELETE", &format!("{pods}/p"), t, j, b"").await;
+        assert_eq!(r.code, 200);
+        assert_eq!(r.json()["metadata"]["generation"], 2);
+    }
 }
