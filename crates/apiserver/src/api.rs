@@ -310,8 +310,9 @@ fn event_to_core(mut e: Value) -> Value {
         m.insert("involvedObject".into(), json!({}));
     }
     if !m.contains_key("source") {
-        let c = m.get("reportingComponent").cloned().unwrap_or(json!(""));
-        m.insert("source".into(), json!({"component": c}));
+        // kube-apiserver serves an Event without a source with an empty one (not filled from
+        // reportingController).
+        m.insert("source".into(), json!({}));
     }
     m.insert("apiVersion".into(), json!("v1"));
     e
@@ -583,6 +584,20 @@ impl App {
             && t.sub.as_deref() != Some("scale")
             && k != "DeleteOptions"
         {
+            if t.rd.special == Special::Custom {
+                // kube-apiserver validates a custom resource's kind as a field.
+                let name = v.pointer("/metadata/name").and_then(Value::as_str);
+                return Err(ApiError::invalid(
+                    &t.rd.group,
+                    k,
+                    name.unwrap_or(""),
+                    vec![Cause {
+                        reason: "FieldValueInvalid".into(),
+                        message: format!("Invalid value: {k:?}: must be {}", t.rd.kind),
+                        field: "kind".into(),
+                    }],
+                ));
+            }
             return Err(ApiError::bad_request(format!(
                 "the kind in the data ({k}) does not match the expected kind ({})",
                 t.rd.kind

@@ -784,6 +784,34 @@ async fn answers_match_kube_apiserver_side_by_side() {
     assert_eq!(r.code, 200);
     assert_eq!(r.json()["status"]["podIPs"], json!([{"ip": "10.1.2.3"}]));
     assert_eq!(r.json()["metadata"]["generation"], 1);
+    // An events.k8s.io Event read as a core Event: an empty source, as kube-apiserver serves it.
+    let ev = json!({"metadata": {"name": "e"}, "regarding": {"kind": "Pod", "name": "p", "namespace": "default"},
+        "reason": "R", "note": "n", "type": "Normal", "action": "A", "reportingController": "x/y",
+        "reportingInstance": "i", "eventTime": "2026-01-01T00:00:00.000000Z"});
+    let evs = "/apis/events.k8s.io/v1/namespaces/default/events";
+    let r = http(&sock, "POST", evs, t, j, ev.to_string().as_bytes()).await;
+    assert_eq!(r.code, 201, "{}", String::from_utf8_lossy(&r.body));
+    let r = http(
+        &sock,
+        "GET",
+        "/api/v1/namespaces/default/events/e",
+        t,
+        j,
+        b"",
+    )
+    .await;
+    assert_eq!(r.json()["source"], json!({}));
+    assert_eq!(r.json()["reportingComponent"], "x/y");
+    // A custom resource of the wrong kind: 422 with the kind as the invalid field.
+    let sbs = "/apis/agents.x-k8s.io/v1beta1/namespaces/default/sandboxes";
+    let other = json!({"apiVersion": "agents.x-k8s.io/v1beta1", "kind": "Other", "metadata": {"name": "x"}});
+    let r = http(&sock, "POST", sbs, t, j, other.to_string().as_bytes()).await;
+    assert_eq!(r.code, 422);
+    assert_eq!(
+        r.json()["message"],
+        "Other.agents.x-k8s.io \"x\" is invalid: kind: Invalid value: \"Other\": must be Sandbox"
+    );
+    assert_eq!(r.json()["details"]["causes"][0]["field"], "kind");
     // A graceful delete raises the generation once.
     for _ in 0..2 {
         let r = http(&sock, "DELETE", &format!("{pods}/p"), t, j, b"").await;
