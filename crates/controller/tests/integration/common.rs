@@ -129,25 +129,11 @@ async fn empty_namespace(client: &Client) {
         Err(kube::Error::Api(s)) if s.code == 409 => {}
         Err(e) => panic!("create namespace {NS}: {e}"),
     }
+    const EXT: &str = "extensions.agents.x-k8s.io";
     let kinds = [
-        (
-            "extensions.agents.x-k8s.io",
-            "v1beta1",
-            "SandboxClaim",
-            "sandboxclaims",
-        ),
-        (
-            "extensions.agents.x-k8s.io",
-            "v1beta1",
-            "SandboxWarmPool",
-            "sandboxwarmpools",
-        ),
-        (
-            "extensions.agents.x-k8s.io",
-            "v1beta1",
-            "SandboxTemplate",
-            "sandboxtemplates",
-        ),
+        (EXT, "v1beta1", "SandboxClaim", "sandboxclaims"),
+        (EXT, "v1beta1", "SandboxWarmPool", "sandboxwarmpools"),
+        (EXT, "v1beta1", "SandboxTemplate", "sandboxtemplates"),
         ("agents.x-k8s.io", "v1beta1", "Sandbox", "sandboxes"),
         ("", "v1", "Pod", "pods"),
         ("", "v1", "Service", "services"),
