@@ -837,13 +837,27 @@ async fn get_or_create_sandbox(
 ) -> Result<Found, ClaimError> {
     let ns = claim.namespace().unwrap_or_default();
     let name = claim.name_any();
-    // 1. status.sandbox.name.
-    if let Some(sname) = claim
+    // 1. status.sandbox.name (read from the API server when the cache does not have it yet:
+    // the cache can lag behind the creation by tens of seconds on a busy kube-apiserver, and
+    // the claim must not then adopt a second sandbox).
+    let status_name = claim
         .status
         .as_ref()
         .map(|s| s.sandbox.name.clone())
-        .filter(|s| !s.is_empty())
-        && let Some(sb) = get(&ctx.stores.sandboxes, &ns, &sname)
+        .filter(|s| !s.is_empty());
+    let named = match &status_name {
+        Some(sname) => match get(&ctx.stores.sandboxes, &ns, sname) {
+            Some(sb) => Some(sb),
+            None => Api::<Sandbox>::namespaced(ctx.client.clone(), &ns)
+                .get_opt(sname)
+                .await
+                .ok()
+                .flatten()
+                .map(Arc::new),
+        },
+        None => None,
+    };
+    if let (Some(sname), Some(sb)) = (status_name, named)
         && is_controlled_by(&sb.metadata, claim)
     {
         let warm = assigned_ref(claim).is_some_and(|(n, _)| n == sname) || sname != name;
@@ -1034,6 +1048,25 @@ async fn adopt(
                 {
                     return Err(ClaimError::AdoptionConflict(format!(
                         "claim is already assigned to sandbox {other:?}"
+                    )));
+                }
+                // A claim whose cached copy was stale may already have a (cold) sandbox.
+                if let Some(other) = fresh
+                    .status
+                    .as_ref()
+                    .map(|s| s.sandbox.name.as_str())
+                    .filter(|s| !s.is_empty() && *s != sname)
+                {
+                    ctx.queue.add(
+                        &pool_key(&ns, &claim.spec.warm_pool_ref.name),
+                        SandboxKey {
+                            namespace: ns.clone(),
+                            name: sname.clone(),
+                            node_name: String::new(),
+                        },
+                    );
+                    return Err(ClaimError::AdoptionConflict(format!(
+                        "claim already has sandbox {other:?}"
                     )));
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
