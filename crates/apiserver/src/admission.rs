@@ -272,6 +272,10 @@ fn default(obj: &mut Value, key: &str, v: Value) {
 
 /// Pod defaults applied by kube-apiserver that controllers and kubectl rely on.
 pub fn default_pod(pod: &mut Value) {
+    if let Some(status) = pod.get_mut("status").filter(|s| s.is_object()) {
+        pair_ips(status, "podIP", "podIPs");
+        pair_ips(status, "hostIP", "hostIPs");
+    }
     let Some(spec) = pod.get_mut("spec") else {
         return;
     };
@@ -306,6 +310,24 @@ pub fn default_pod(pod: &mut Value) {
                 }
             }
         }
+    }
+}
+
+/// Keeps a Pod status's single IP and its list in step, as kube-apiserver's conversion does: a
+/// single IP that differs from the list's first entry replaces the list, a missing list is made
+/// from the single IP, and a missing single IP is the list's first entry.
+fn pair_ips(status: &mut Value, one: &str, list: &str) {
+    let ip = status[one]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(String::from);
+    let first = status[list][0]["ip"].as_str().map(String::from);
+    match (ip, first) {
+        (Some(ip), first) if first.as_deref() != Some(ip.as_str()) => {
+            status[list] = json!([{ "ip": ip }]);
+        }
+        (None, Some(first)) => status[one] = json!(first),
+        _ => {}
     }
 }
 
@@ -403,6 +425,35 @@ pub fn core_roundtrip(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_status_ips_are_paired_as_kube_apiserver_converts_them() {
+        let status = |st: Value| {
+            let mut p = json!({ "status": st });
+            default_pod(&mut p);
+            p["status"].clone()
+        };
+        assert_eq!(
+            status(json!({"podIP": "10.0.0.1"})),
+            json!({"podIP": "10.0.0.1", "podIPs": [{"ip": "10.0.0.1"}]})
+        );
+        assert_eq!(
+            status(json!({"podIPs": [{"ip": "10.0.0.2"}, {"ip": "fd00::2"}]})),
+            json!({"podIP": "10.0.0.2", "podIPs": [{"ip": "10.0.0.2"}, {"ip": "fd00::2"}]})
+        );
+        assert_eq!(
+            status(json!({"podIP": "10.0.0.3", "podIPs": [{"ip": "10.0.0.2"}, {"ip": "fd00::2"}]})),
+            json!({"podIP": "10.0.0.3", "podIPs": [{"ip": "10.0.0.3"}]})
+        );
+        assert_eq!(
+            status(json!({"hostIP": "192.0.2.1", "phase": "Running"})),
+            json!({"hostIP": "192.0.2.1", "hostIPs": [{"ip": "192.0.2.1"}], "phase": "Running"})
+        );
+        assert_eq!(
+            status(json!({"phase": "Pending"})),
+            json!({"phase": "Pending"})
+        );
+    }
 
     #[test]
     fn names() {

@@ -206,7 +206,7 @@ impl ApiError {
         s
     }
 
-    /// kube-apiserver's answer to an unparsable `resourceVersion` on list and watch: a 500
+    /// kube-apiserver's answer to an unparsable `resourceVersion` on watch and get: a 500
     /// without a reason (kubernetes/kubernetes#139485 tracks changing it to 400).
     pub fn bad_resource_version(rv: &str) -> Self {
         Self::new(
@@ -216,6 +216,13 @@ impl ApiError {
                 "resourceVersion: Invalid value: {rv:?}: strconv.ParseUint: parsing {rv:?}: invalid syntax"
             ),
         )
+    }
+
+    /// kube-apiserver's answer to an unparsable `resourceVersion` on list: a 400.
+    pub fn bad_list_resource_version(rv: &str) -> Self {
+        Self::bad_request(format!(
+            "invalid resource version: resourceVersion: Invalid value: {rv:?}: strconv.ParseUint: parsing {rv:?}: invalid syntax"
+        ))
     }
 }
 

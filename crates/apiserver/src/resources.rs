@@ -109,6 +109,11 @@ impl ResourceDef {
         self.versions.iter().any(|v| v == version)
     }
 
+    /// Whether `metadata.generation` is kept (the kind's strategy decides).
+    pub fn tracks_generation(&self) -> bool {
+        self.strategy.tracks_generation()
+    }
+
     /// `verbs` for discovery.
     pub fn verbs(&self) -> Vec<&'static str> {
         if self.read_only {
@@ -283,7 +288,7 @@ pub fn builtin() -> Vec<ResourceDef> {
             &["netpol"],
             true,
             false,
-            registry::Generic,
+            registry::NetworkPolicy,
         ),
         core(
             "node.k8s.io",

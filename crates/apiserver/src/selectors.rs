@@ -437,6 +437,19 @@ fn field_pointer(strategy: &dyn Strategy, field: &str) -> Option<String> {
     }
 }
 
+/// kube-apiserver's refusal of a field it cannot select on: kinds with their own field label
+/// conversion (and custom resources) say "field label not supported", the others fall back to
+/// apimachinery's default conversion and its message.
+fn unknown_field(strategy: &dyn Strategy, field: &str) -> ApiError {
+    ApiError::bad_request(if strategy.converts_field_labels() {
+        format!("field label not supported: {field}")
+    } else {
+        format!(
+            "{field:?} is not a known field selector: only \"metadata.name\", \"metadata.namespace\""
+        )
+    })
+}
+
 /// Splits a field selector at the commas that are not escaped.
 fn split_terms(s: &str) -> Vec<&str> {
     if s.is_empty() {
@@ -523,9 +536,8 @@ impl FieldSelector {
         }
         let mut terms = vec![];
         for (field, value, eq) in parsed {
-            let ptr = field_pointer(strategy, field).ok_or_else(|| {
-                ApiError::bad_request(format!("field label not supported: {field}"))
-            })?;
+            let ptr =
+                field_pointer(strategy, field).ok_or_else(|| unknown_field(strategy, field))?;
             terms.push((ptr, value, eq));
         }
         Ok(FieldSelector(terms))
@@ -713,5 +725,25 @@ mod tests {
                 ("/status/phase".to_string(), "Failed".to_string(), false)
             ]
         );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_kube_apiservers_messages() {
+        use crate::registry::{ConfigData, Custom, Pod, Service, config_data::Kind};
+        let msg = |s: &str, strategy: &dyn Strategy| {
+            FieldSelector::parse(s, strategy).unwrap_err().message
+        };
+        assert_eq!(
+            msg("data.k=v", &ConfigData(Kind::ConfigMap)),
+            r#""data.k" is not a known field selector: only "metadata.name", "metadata.namespace""#
+        );
+        assert_eq!(msg("spec.x=1", &Pod), "field label not supported: spec.x");
+        assert_eq!(
+            msg("spec.x=1", &Custom),
+            "field label not supported: spec.x"
+        );
+        let svc = json!({"metadata": {"name": "s"}, "spec": {"type": "ClusterIP"}});
+        let f = FieldSelector::parse("spec.type=ClusterIP", &Service::default()).unwrap();
+        assert!(f.matches(&svc));
     }
 }

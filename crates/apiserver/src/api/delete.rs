@@ -34,10 +34,10 @@ impl App {
             {
                 return Err(ApiError::conflict_msg(
                     &t.rd.group,
-                    &t.rd.plural,
+                    &t.rd.kind,
                     t.name(),
                     &format!(
-                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        "the UID in the precondition ({uid}) does not match the UID in record ({}). The object might have been deleted and then recreated",
                         m["uid"].as_str().unwrap_or("")
                     ),
                 ));
@@ -49,10 +49,10 @@ impl App {
             {
                 return Err(ApiError::conflict_msg(
                     &t.rd.group,
-                    &t.rd.plural,
+                    &t.rd.kind,
                     t.name(),
                     &format!(
-                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                        "the ResourceVersion in the precondition ({rv}) does not match the ResourceVersion in record ({}). The object might have been modified",
                         old.rv
                     ),
                 ));
@@ -115,9 +115,10 @@ impl App {
                     })
                     .await;
                 match s {
-                    Ok(s) => {
+                    Ok(s) if t.rd.strategy.returns_deleted_object() => {
                         return Ok((StatusCode::OK, self.to_external(&t.rd, &t.version, &s.obj)?));
                     }
+                    Ok(s) => return Ok((StatusCode::OK, deleted_status(&t.rd, &s.obj))),
                     Err(StoreError::Conflict) => continue,
                     Err(e) => return Err(store_err(t, t.name(), e)),
                 }
@@ -126,6 +127,11 @@ impl App {
             let nm = meta_mut(&mut new);
             let ts_now = chrono::Utc::now();
             let already = nm.get("deletionTimestamp").is_some();
+            // The first deletionTimestamp raises the generation (of kinds that keep one), as
+            // kube-apiserver does: the object's controllers see a new desired state.
+            if !already && let Some(g) = nm.get("generation").and_then(Value::as_i64) {
+                nm.insert("generation".into(), json!(g + 1));
+            }
             if !already
                 || grace
                     < nm.get("deletionGracePeriodSeconds")
@@ -197,8 +203,9 @@ impl App {
                 )
                 .await
             {
-                Ok((_, o)) => deleted.push(o),
-                Err(e) if e.code == 404 => {}
+                // The answer lists the objects as they were listed, as kube-apiserver's does.
+                Ok(_) => deleted.push(item),
+                Err(e) if e.code == 404 => deleted.push(item),
                 Err(e) => return Err(e),
             }
         }
@@ -236,4 +243,16 @@ fn delete_options(body: &[u8], req: &Req) -> ApiResult<Value> {
         opts["dryRun"] = json!(["All"]);
     }
     Ok(opts)
+}
+
+/// kube-apiserver's answer to a delete that removed the object at once (no finalizers, no
+/// grace period) of a kind that does not return the object: a `Status` naming it, with the
+/// resource in `details.kind`.
+fn deleted_status(rd: &ResourceDef, obj: &Value) -> Value {
+    let mut details =
+        json!({"name": meta(obj)["name"], "kind": rd.plural, "uid": meta(obj)["uid"]});
+    if !rd.group.is_empty() {
+        details["group"] = json!(rd.group);
+    }
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details})
 }

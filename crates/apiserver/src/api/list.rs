@@ -50,7 +50,7 @@ impl App {
         } else if let Some(rv) = rv_param {
             let n = rv
                 .parse::<u64>()
-                .map_err(|_| ApiError::bad_resource_version(rv))?;
+                .map_err(|_| ApiError::bad_list_resource_version(rv))?;
             if req.q("resourceVersionMatch") == Some("Exact") && n != self.store.current_rv() {
                 return Err(ApiError::gone(format!(
                     "too old resource version: {n} ({})",

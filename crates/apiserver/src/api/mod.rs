@@ -414,6 +414,19 @@ impl App {
             && t.sub.as_deref() != Some("scale")
             && k != "DeleteOptions"
         {
+            if t.rd.strategy.validates_kind_as_field() {
+                let name = v.pointer("/metadata/name").and_then(Value::as_str);
+                return Err(ApiError::invalid(
+                    &t.rd.group,
+                    k,
+                    name.unwrap_or(""),
+                    vec![Cause {
+                        reason: "FieldValueInvalid".into(),
+                        message: format!("Invalid value: {k:?}: must be {}", t.rd.kind),
+                        field: "kind".into(),
+                    }],
+                ));
+            }
             return Err(ApiError::bad_request(format!(
                 "the kind in the data ({k}) does not match the expected kind ({})",
                 t.rd.kind

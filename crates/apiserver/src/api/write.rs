@@ -65,7 +65,11 @@ impl App {
         };
         m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
         m.insert("creationTimestamp".into(), json!(now()));
-        m.insert("generation".into(), json!(1));
+        if t.rd.tracks_generation() {
+            m.insert("generation".into(), json!(1));
+        } else {
+            m.remove("generation");
+        }
         m.remove("deletionTimestamp");
         m.remove("deletionGracePeriodSeconds");
         m.remove("managedFields");
@@ -180,10 +184,14 @@ impl App {
             }
             m.remove("managedFields");
             m.remove("selfLink");
-            m.insert(
-                "generation".into(),
-                om.get("generation").cloned().unwrap_or(json!(1)),
-            );
+            if t.rd.tracks_generation() {
+                m.insert(
+                    "generation".into(),
+                    om.get("generation").cloned().unwrap_or(json!(1)),
+                );
+            } else {
+                m.remove("generation");
+            }
         }
         self.admit_raw(t, &mut new, Some(&old_ext))?;
         self.decode_core(t, &mut new, req)?;
@@ -211,7 +219,8 @@ impl App {
                     vec![Cause {
                         reason: "FieldValueForbidden".into(),
                         message: format!(
-                            "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {added:?}"
+                            "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {}",
+                            go_strings(&added)
                         ),
                         field: "metadata.finalizers".into(),
                     }],
@@ -222,7 +231,7 @@ impl App {
             .admit(self, t, &mut new, Some(&old_ext), req)?;
         // Compared after defaulting, so that re-sending an object without its defaults is no
         // change.
-        if !spec_equal(&new, &old_ext) {
+        if t.rd.tracks_generation() && !spec_equal(&new, &old_ext) {
             let g = meta(&old_ext)["generation"].as_i64().unwrap_or(1);
             meta_mut(&mut new).insert("generation".into(), json!(g + 1));
         }
@@ -481,6 +490,15 @@ fn keep_all_but_status(new: &mut Value, old: &Value) {
             n.insert(k.clone(), v.clone());
         }
     }
+}
+
+/// Go's `%#v` of a sorted `[]string`, as kube-apiserver's messages print them.
+fn go_strings(v: &[String]) -> String {
+    let mut v: Vec<&String> = v.iter().collect();
+    v.sort();
+    v.dedup();
+    let quoted: Vec<String> = v.iter().map(|s| format!("{s:?}")).collect();
+    format!("[]string{{{}}}", quoted.join(", "))
 }
 
 #[cfg(test)]

@@ -37,6 +37,10 @@ impl Strategy for ConfigData {
         admit(self.0, obj, old)
     }
 
+    fn converts_field_labels(&self) -> bool {
+        self.0 == Kind::Secret
+    }
+
     fn field_pointer(&self, field: &str) -> Option<String> {
         (self.0 == Kind::Secret && field == "type").then(|| "/type".into())
     }

@@ -80,6 +80,18 @@ impl Strategy for Custom {
         false
     }
 
+    fn tracks_generation(&self) -> bool {
+        true
+    }
+
+    fn validates_kind_as_field(&self) -> bool {
+        true
+    }
+
+    fn converts_field_labels(&self) -> bool {
+        true
+    }
+
     /// NAME, the version's `additionalPrinterColumns` (dates shown as ages), then AGE only
     /// when the CRD declares no columns, as kube-apiserver prints custom resources.
     fn columns(&self, rd: &ResourceDef, version: &str) -> Vec<Value> {
@@ -170,6 +182,10 @@ impl Strategy for Crd {
 
     fn strategic_merge(&self) -> bool {
         false
+    }
+
+    fn tracks_generation(&self) -> bool {
+        true
     }
 
     fn openapi_definition(

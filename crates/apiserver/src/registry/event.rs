@@ -41,6 +41,10 @@ impl Strategy for Event {
         })
     }
 
+    fn converts_field_labels(&self) -> bool {
+        true
+    }
+
     fn field_pointer(&self, field: &str) -> Option<String> {
         if let Some(rest) = field
             .strip_prefix("involvedObject.")
@@ -122,8 +126,9 @@ fn event_to_core(mut e: Value) -> Value {
         m.insert("involvedObject".into(), json!({}));
     }
     if !m.contains_key("source") {
-        let c = m.get("reportingComponent").cloned().unwrap_or(json!(""));
-        m.insert("source".into(), json!({"component": c}));
+        // kube-apiserver serves an Event without a source with an empty one (not filled from
+        // reportingController).
+        m.insert("source".into(), json!({}));
     }
     m.insert("apiVersion".into(), json!("v1"));
     e

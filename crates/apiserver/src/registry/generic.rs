@@ -1,5 +1,5 @@
 //! Kinds with no behaviour of their own beyond their printer columns: the [`Generic`] strategy
-//! (NetworkPolicy, RuntimeClass, ...), Nodes and Leases.
+//! (RuntimeClass, ...), NetworkPolicies (which keep a generation), Nodes and Leases.
 
 use serde_json::{Value, json};
 
@@ -11,6 +11,16 @@ use crate::resources::ResourceDef;
 pub struct Generic;
 
 impl Strategy for Generic {}
+
+/// The NetworkPolicy strategy: a plain object that keeps a generation.
+#[derive(Debug, Default)]
+pub struct NetworkPolicy;
+
+impl Strategy for NetworkPolicy {
+    fn tracks_generation(&self) -> bool {
+        true
+    }
+}
 
 /// The Node strategy (its printer columns).
 #[derive(Debug, Default)]

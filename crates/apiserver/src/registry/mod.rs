@@ -22,7 +22,7 @@ pub use config_data::ConfigData;
 pub use custom::{Crd, Custom};
 pub use endpointslice::EndpointSlice;
 pub use event::Event;
-pub use generic::{Generic, Lease, Node};
+pub use generic::{Generic, Lease, NetworkPolicy, Node};
 pub use namespace::Namespace;
 pub use pod::Pod;
 pub use service::Service;
@@ -130,6 +130,18 @@ pub trait Strategy: Send + Sync + fmt::Debug {
         Ok(())
     }
 
+    /// Whether `metadata.generation` is kept (1 at creation, raised by spec changes and by the
+    /// start of a deletion), as kube-apiserver's strategy for the kind does.
+    fn tracks_generation(&self) -> bool {
+        false
+    }
+
+    /// Whether a body of another kind is refused as an invalid `kind` field (422), as
+    /// kube-apiserver validates custom resources, rather than as a bad request.
+    fn validates_kind_as_field(&self) -> bool {
+        false
+    }
+
     /// Whether strategic merge patches apply (kube-apiserver refuses them for custom
     /// resources, which carry no patch strategy).
     fn strategic_merge(&self) -> bool {
@@ -141,6 +153,12 @@ pub trait Strategy: Send + Sync + fmt::Debug {
     /// Refuses the deletion of `name` outright (protected objects).
     fn check_delete(&self, _name: &str) -> ApiResult<()> {
         Ok(())
+    }
+
+    /// Whether a delete that removes the object at once answers with the object (else with a
+    /// `Status` naming it).
+    fn returns_deleted_object(&self) -> bool {
+        false
     }
 
     /// The grace period of a deletion of `old` with `opts` (DeleteOptions); 0 deletes at once.
@@ -162,6 +180,12 @@ pub trait Strategy: Send + Sync + fmt::Debug {
     /// `metadata.namespace`, which every kind supports; None refuses the field.
     fn field_pointer(&self, _field: &str) -> Option<String> {
         None
+    }
+
+    /// Whether the kind converts field labels itself (its unknown fields are "field label not
+    /// supported"); kinds without their own conversion get apimachinery's default message.
+    fn converts_field_labels(&self) -> bool {
+        false
     }
 
     /// The Table columns of `kubectl get`.

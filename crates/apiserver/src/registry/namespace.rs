@@ -54,6 +54,10 @@ impl Strategy for Namespace {
         obj["status"]["phase"] = json!("Terminating");
     }
 
+    fn converts_field_labels(&self) -> bool {
+        true
+    }
+
     fn field_pointer(&self, field: &str) -> Option<String> {
         (field == "status.phase").then(|| "/status/phase".into())
     }

@@ -48,6 +48,15 @@ impl Strategy for Service {
         vec![]
     }
 
+    fn converts_field_labels(&self) -> bool {
+        true
+    }
+
+    fn field_pointer(&self, field: &str) -> Option<String> {
+        matches!(field, "spec.clusterIP" | "spec.type")
+            .then(|| format!("/{}", field.replace('.', "/")))
+    }
+
     fn columns(&self, _rd: &ResourceDef, _version: &str) -> Vec<Value> {
         vec![
             name_column(),

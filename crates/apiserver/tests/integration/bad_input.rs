@@ -318,6 +318,22 @@ async fn bad_input_gets_kubernetes_status_and_leaves_store_unchanged() {
         r.json()["message"],
         "resourceVersion: Invalid value: \"abc\": strconv.ParseUint: parsing \"abc\": invalid syntax"
     );
+    // A list with a bogus resourceVersion: 400 with this message (kube-apiserver 1.36).
+    let r = http(
+        &sock,
+        "GET",
+        &format!("{pods}?resourceVersion=abc"),
+        t,
+        j,
+        b"",
+    )
+    .await;
+    assert_eq!(r.code, 400);
+    assert_eq!(r.json()["reason"], "BadRequest");
+    assert_eq!(
+        r.json()["message"],
+        "invalid resource version: resourceVersion: Invalid value: \"abc\": strconv.ParseUint: parsing \"abc\": invalid syntax"
+    );
     // Bad selectors: 400.
     let r = http(
         &sock,
@@ -751,7 +767,7 @@ async fn list_options_are_validated_as_kube_apiserver_validates_them() {
         (
             "fieldSelector=spec.foo%3D1",
             400,
-            "field label not supported: spec.foo".into(),
+            "\"spec.foo\" is not a known field selector: only \"metadata.name\", \"metadata.namespace\"".into(),
         ),
         (
             "fieldSelector=metadata.name",
@@ -844,4 +860,194 @@ async fn list_options_are_validated_as_kube_apiserver_validates_them() {
         );
     }
     assert_eq!(seen, ["a", "b", "c"]);
+}
+
+/// Answers compared side by side with kube-apiserver 1.36 (see docs/cluster.md): deletes,
+/// their preconditions and finalizers, `metadata.generation` per kind, Pod status IPs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_match_kube_apiserver_side_by_side() {
+    let ts = common::start().await;
+    let sock = ts.server.socket_path().unwrap().to_path_buf();
+    let tok = ts.server.token().to_string();
+    let t = Some(tok.as_str());
+    let j = "application/json";
+    let merge = "application/merge-patch+json";
+    let cms = "/api/v1/namespaces/default/configmaps";
+    let cm = |name: &str| {
+        json!({"metadata": {"name": name, "labels": {"tier": "x"}}, "data": {"k": "v"}}).to_string()
+    };
+    for name in ["a", "b", "c", "d"] {
+        let r = http(&sock, "POST", cms, t, j, cm(name).as_bytes()).await;
+        assert_eq!(r.code, 201);
+        // ConfigMaps have no generation.
+        assert_eq!(r.json()["metadata"].get("generation"), None, "{name}");
+    }
+
+    // A delete that removes the object at once answers a Status naming it.
+    let r = http(&sock, "DELETE", &format!("{cms}/a"), t, j, b"").await;
+    assert_eq!(r.code, 200);
+    let uid = r.json()["details"]["uid"].clone();
+    assert!(uid.is_string());
+    assert_eq!(
+        r.json(),
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+            "details": {"name": "a", "kind": "configmaps", "uid": uid}})
+    );
+
+    // Preconditions that do not hold: 409 with the kind in the message and the details.
+    let wrong = json!({"preconditions": {"uid": "00000000-0000-0000-0000-000000000000"}});
+    let r = http(
+        &sock,
+        "DELETE",
+        &format!("{cms}/b"),
+        t,
+        j,
+        wrong.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(r.code, 409);
+    let got = r.json();
+    let msg = got["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("Operation cannot be fulfilled on ConfigMap \"b\": the UID in the precondition (00000000-0000-0000-0000-000000000000) does not match the UID in record ("),
+        "{msg}"
+    );
+    assert!(
+        msg.ends_with("). The object might have been deleted and then recreated"),
+        "{msg}"
+    );
+    assert_eq!(got["details"]["kind"], "ConfigMap");
+    let wrong = json!({"preconditions": {"resourceVersion": "1"}});
+    let r = http(
+        &sock,
+        "DELETE",
+        &format!("{cms}/b"),
+        t,
+        j,
+        wrong.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(r.code, 409);
+    let got = r.json();
+    let msg = got["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("Operation cannot be fulfilled on ConfigMap \"b\": the ResourceVersion in the precondition (1) does not match the ResourceVersion in record ("),
+        "{msg}"
+    );
+
+    // A finalizer keeps the object (the answer is the object); none may be added meanwhile,
+    // said with Go's %#v of the new ones.
+    let hold = json!({"metadata": {"finalizers": ["example.com/hold"]}});
+    let r = http(
+        &sock,
+        "PATCH",
+        &format!("{cms}/b"),
+        t,
+        merge,
+        hold.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(r.code, 200);
+    let r = http(&sock, "DELETE", &format!("{cms}/b"), t, j, b"").await;
+    assert_eq!(r.code, 200);
+    assert_eq!(r.json()["kind"], "ConfigMap");
+    let more = json!({"metadata": {"finalizers": ["example.com/hold", "example.com/z", "example.com/more"]}});
+    let r = http(
+        &sock,
+        "PATCH",
+        &format!("{cms}/b"),
+        t,
+        merge,
+        more.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(r.code, 422);
+    assert_eq!(
+        r.json()["message"],
+        "ConfigMap \"b\" is invalid: metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{\"example.com/more\", \"example.com/z\"}"
+    );
+    let release = json!({"metadata": {"finalizers": null}});
+    let r = http(
+        &sock,
+        "PATCH",
+        &format!("{cms}/b"),
+        t,
+        merge,
+        release.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(r.code, 200);
+
+    // deletecollection answers the objects as listed.
+    let r = http(
+        &sock,
+        "DELETE",
+        &format!("{cms}?labelSelector=tier"),
+        t,
+        j,
+        b"",
+    )
+    .await;
+    assert_eq!(r.code, 200);
+    let names: Vec<Value> = r.json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].clone())
+        .collect();
+    assert_eq!(names, [json!("c"), json!("d")]);
+
+    // Pods keep a generation; a status with podIP gets podIPs as kube-apiserver converts it.
+    let pods = "/api/v1/namespaces/default/pods";
+    let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "busybox:1"}]}});
+    let r = http(&sock, "POST", pods, t, j, pod.to_string().as_bytes()).await;
+    assert_eq!(r.code, 201);
+    assert_eq!(r.json()["metadata"]["generation"], 1);
+    let st = json!({"status": {"podIP": "10.1.2.3"}});
+    let r = http(
+        &sock,
+        "PATCH",
+        &format!("{pods}/p/status"),
+        t,
+        merge,
+        st.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(r.code, 200);
+    assert_eq!(r.json()["status"]["podIPs"], json!([{"ip": "10.1.2.3"}]));
+    assert_eq!(r.json()["metadata"]["generation"], 1);
+    // An events.k8s.io Event read as a core Event: an empty source, as kube-apiserver serves it.
+    let ev = json!({"metadata": {"name": "e"}, "regarding": {"kind": "Pod", "name": "p", "namespace": "default"},
+        "reason": "R", "note": "n", "type": "Normal", "action": "A", "reportingController": "x/y",
+        "reportingInstance": "i", "eventTime": "2026-01-01T00:00:00.000000Z"});
+    let evs = "/apis/events.k8s.io/v1/namespaces/default/events";
+    let r = http(&sock, "POST", evs, t, j, ev.to_string().as_bytes()).await;
+    assert_eq!(r.code, 201, "{}", String::from_utf8_lossy(&r.body));
+    let r = http(
+        &sock,
+        "GET",
+        "/api/v1/namespaces/default/events/e",
+        t,
+        j,
+        b"",
+    )
+    .await;
+    assert_eq!(r.json()["source"], json!({}));
+    assert_eq!(r.json()["reportingComponent"], "x/y");
+    // A custom resource of the wrong kind: 422 with the kind as the invalid field.
+    let sbs = "/apis/agents.x-k8s.io/v1beta1/namespaces/default/sandboxes";
+    let other = json!({"apiVersion": "agents.x-k8s.io/v1beta1", "kind": "Other", "metadata": {"name": "x"}});
+    let r = http(&sock, "POST", sbs, t, j, other.to_string().as_bytes()).await;
+    assert_eq!(r.code, 422);
+    assert_eq!(
+        r.json()["message"],
+        "Other.agents.x-k8s.io \"x\" is invalid: kind: Invalid value: \"Other\": must be Sandbox"
+    );
+    assert_eq!(r.json()["details"]["causes"][0]["field"], "kind");
+    // A graceful delete raises the generation once.
+    for _ in 0..2 {
+        let r = http(&sock, "DELETE", &format!("{pods}/p"), t, j, b"").await;
+        assert_eq!(r.code, 200);
+        assert_eq!(r.json()["metadata"]["generation"], 2);
+    }
 }

@@ -602,6 +602,22 @@ async fn reconcile_expired(ctx: &Context, claim: &SandboxClaim) -> Outcome {
     }
 }
 
+/// How long a reconcile that saw a stale claim waits before it looks again.
+const STALE_CLAIM_RETRY: Duration = Duration::from_millis(50);
+
+/// Before a cold creation (which nothing undoes): whether the cache's claim is older than the API
+/// server's. The cache can lag behind this controller's own writes, and a claim that adopted a
+/// warm sandbox a moment ago may still look unassigned there; creating a cold sandbox for it
+/// would leave it owning two. The next pass sees the newer claim (and its sandbox). A failed
+/// read keeps the cached view.
+async fn stale_claim(ctx: &Context, claim: &SandboxClaim) -> Option<Duration> {
+    let api: Api<SandboxClaim> =
+        Api::namespaced(ctx.client.clone(), &claim.namespace().unwrap_or_default());
+    let fresh = api.get_opt(&claim.name_any()).await.ok()??;
+    (fresh.metadata.resource_version != claim.metadata.resource_version)
+        .then_some(STALE_CLAIM_RETRY)
+}
+
 /// The pool and template a claim points at.
 fn get_template(
     ctx: &Context,
@@ -655,6 +671,9 @@ async fn reconcile_active(ctx: &Context, claim: &mut SandboxClaim) -> Outcome {
         }
     }
     // Cold path.
+    if let Some(d) = stale_claim(ctx, claim).await {
+        return Outcome::Pending(d);
+    }
     let (pool, tpl) = match get_template(ctx, claim) {
         Ok(v) => v,
         Err(e) => return Outcome::Done(None, Some(e)),
@@ -818,13 +837,27 @@ async fn get_or_create_sandbox(
 ) -> Result<Found, ClaimError> {
     let ns = claim.namespace().unwrap_or_default();
     let name = claim.name_any();
-    // 1. status.sandbox.name.
-    if let Some(sname) = claim
+    // 1. status.sandbox.name (read from the API server when the cache does not have it yet:
+    // the cache can lag behind the creation by tens of seconds on a busy kube-apiserver, and
+    // the claim must not then adopt a second sandbox).
+    let status_name = claim
         .status
         .as_ref()
         .map(|s| s.sandbox.name.clone())
-        .filter(|s| !s.is_empty())
-        && let Some(sb) = get(&ctx.stores.sandboxes, &ns, &sname)
+        .filter(|s| !s.is_empty());
+    let named = match &status_name {
+        Some(sname) => match get(&ctx.stores.sandboxes, &ns, sname) {
+            Some(sb) => Some(sb),
+            None => Api::<Sandbox>::namespaced(ctx.client.clone(), &ns)
+                .get_opt(sname)
+                .await
+                .ok()
+                .flatten()
+                .map(Arc::new),
+        },
+        None => None,
+    };
+    if let (Some(sname), Some(sb)) = (status_name, named)
         && is_controlled_by(&sb.metadata, claim)
     {
         let warm = assigned_ref(claim).is_some_and(|(n, _)| n == sname) || sname != name;
@@ -1015,6 +1048,25 @@ async fn adopt(
                 {
                     return Err(ClaimError::AdoptionConflict(format!(
                         "claim is already assigned to sandbox {other:?}"
+                    )));
+                }
+                // A claim whose cached copy was stale may already have a (cold) sandbox.
+                if let Some(other) = fresh
+                    .status
+                    .as_ref()
+                    .map(|s| s.sandbox.name.as_str())
+                    .filter(|s| !s.is_empty() && *s != sname)
+                {
+                    ctx.queue.add(
+                        &pool_key(&ns, &claim.spec.warm_pool_ref.name),
+                        SandboxKey {
+                            namespace: ns.clone(),
+                            name: sname.clone(),
+                            node_name: String::new(),
+                        },
+                    );
+                    return Err(ClaimError::AdoptionConflict(format!(
+                        "claim already has sandbox {other:?}"
                     )));
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;

@@ -1,5 +1,11 @@
 //! Shared conformance-test harness: an embedded API server in a temp directory, the controllers
 //! over its in-process client, and a test kubelet that moves Pods to Running/Ready.
+//!
+//! With `AGENT_SANDBOX_TEST_KUBECONFIG` set to a kubeconfig, the same tests run against that
+//! (external) API server instead: the controllers and the test kubelet are its clients, and each
+//! test empties namespace `e2e` before it starts. Tests then take turns (one at a time in this
+//! process); the server needs the CRDs installed and a garbage collector (kube-controller-manager)
+//! running. See docs/cluster.md.
 #![allow(dead_code, unreachable_pub)]
 
 use std::future::Future;
@@ -15,6 +21,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
+use tokio::sync::{Mutex, MutexGuard};
 use tokio::task::JoinHandle;
 
 pub const NS: &str = "e2e";
@@ -29,11 +36,13 @@ pub enum KubeletMode {
 }
 
 pub struct Env {
-    pub server: RunningApiServer,
+    /// The embedded API server; `None` against an external one.
+    pub server: Option<RunningApiServer>,
     pub client: Client,
     pub state: State,
     _dir: tempfile::TempDir,
     tasks: Vec<JoinHandle<()>>,
+    _turn: Option<MutexGuard<'static, ()>>,
 }
 
 impl Drop for Env {
@@ -57,17 +66,28 @@ pub async fn start_with(f: impl FnOnce(&mut Config), mode: KubeletMode) -> Env {
         .with_test_writer()
         .try_init();
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cfg = ServerConfig::new(dir.path());
-    cfg.tcp_addr = None;
-    cfg.socket_path = None;
-    cfg.node_name = "test-node".into();
-    let server = ApiServer::start(cfg).await.expect("start api server");
-    let client = server.client();
-    let nss: Api<Namespace> = Api::all(client.clone());
-    let n: Namespace = serde_json::from_value(json!({"metadata": {"name": NS}})).unwrap();
-    nss.create(&PostParams::default(), &n)
-        .await
-        .expect("create namespace");
+    let (server, client, turn) = match std::env::var_os(EXTERNAL) {
+        Some(path) => {
+            let turn = TURN.lock().await;
+            let client = external_client(&path).await;
+            empty_namespace(&client).await;
+            (None, client, Some(turn))
+        }
+        None => {
+            let mut cfg = ServerConfig::new(dir.path());
+            cfg.tcp_addr = None;
+            cfg.socket_path = None;
+            cfg.node_name = "test-node".into();
+            let server = ApiServer::start(cfg).await.expect("start api server");
+            let client = server.client();
+            let nss: Api<Namespace> = Api::all(client.clone());
+            let n: Namespace = serde_json::from_value(json!({"metadata": {"name": NS}})).unwrap();
+            nss.create(&PostParams::default(), &n)
+                .await
+                .expect("create namespace");
+            (Some(server), client, None)
+        }
+    };
     let mut config = Config::default();
     f(&mut config);
     let (state, fut) = agent_sandbox_controller::start(client.clone(), config);
@@ -81,6 +101,89 @@ pub async fn start_with(f: impl FnOnce(&mut Config), mode: KubeletMode) -> Env {
         state,
         _dir: dir,
         tasks,
+        _turn: turn,
+    }
+}
+
+/// Names a kubeconfig of an external API server to run the tests against (see the module doc).
+pub const EXTERNAL: &str = "AGENT_SANDBOX_TEST_KUBECONFIG";
+
+/// Against an external server the tests share namespace `e2e`, so they take turns.
+static TURN: Mutex<()> = Mutex::const_new(());
+
+async fn external_client(path: &std::ffi::OsStr) -> Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).expect("read the kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("use the kubeconfig");
+    Client::try_from(config).expect("client of the external API server")
+}
+
+/// Creates namespace `e2e` if missing and removes what an earlier test left in it (finalizers
+/// included), waiting until it is gone.
+async fn empty_namespace(client: &Client) {
+    let nss: Api<Namespace> = Api::all(client.clone());
+    let n: Namespace = serde_json::from_value(json!({"metadata": {"name": NS}})).unwrap();
+    match nss.create(&PostParams::default(), &n).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("create namespace {NS}: {e}"),
+    }
+    const EXT: &str = "extensions.agents.x-k8s.io";
+    let kinds = [
+        (EXT, "v1beta1", "SandboxClaim", "sandboxclaims"),
+        (EXT, "v1beta1", "SandboxWarmPool", "sandboxwarmpools"),
+        (EXT, "v1beta1", "SandboxTemplate", "sandboxtemplates"),
+        ("agents.x-k8s.io", "v1beta1", "Sandbox", "sandboxes"),
+        ("", "v1", "Pod", "pods"),
+        ("", "v1", "Service", "services"),
+        ("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
+        (
+            "networking.k8s.io",
+            "v1",
+            "NetworkPolicy",
+            "networkpolicies",
+        ),
+    ];
+    let now = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    for (group, version, kind, plural) in kinds {
+        let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
+        let ar = kube::api::ApiResource::from_gvk_with_plural(&gvk, plural);
+        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), NS, &ar);
+        eventually(
+            &format!("{plural} of {NS} removed"),
+            Duration::from_secs(60),
+            || {
+                let api = api.clone();
+                let now = now.clone();
+                async move {
+                    let list = api.list(&Default::default()).await.expect("list");
+                    if list.items.is_empty() {
+                        return Some(());
+                    }
+                    for o in list.items {
+                        let name = o.name_any();
+                        if o.metadata
+                            .finalizers
+                            .as_ref()
+                            .is_some_and(|f| !f.is_empty())
+                        {
+                            let clear = json!({"metadata": {"finalizers": null}});
+                            let _ = api
+                                .patch(&name, &PatchParams::default(), &Patch::Merge(clear))
+                                .await;
+                        }
+                        let _ = api.delete(&name, &now).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    None
+                }
+            },
+        )
+        .await;
     }
 }
 
@@ -98,7 +201,7 @@ fn pod_succeeds(p: &Pod) -> bool {
 /// A test kubelet: new Pods become Running and Ready with an IP (or Succeeded when their
 /// command is `exit 0`); terminating Pods without finalizers are removed.
 pub async fn kubelet(client: Client) {
-    let api: Api<Pod> = Api::namespaced(client, NS);
+    let api: Api<Pod> = Api::namespaced(client.clone(), NS);
     let mut w = watcher(api.clone(), watcher::Config::default()).boxed();
     while let Some(ev) = w.next().await {
         let pods = match ev {
@@ -149,13 +252,37 @@ pub async fn kubelet(client: Client) {
                 ]}})
             };
             let api = api.clone();
+            let client = client.clone();
+            let unbound = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_deref())
+                .is_none_or(str::is_empty);
             tokio::spawn(async move {
+                if unbound {
+                    // An external API server has no scheduler: bind the Pod as one would (the
+                    // embedded server binds Pods to its node at creation).
+                    bind(&client, &name).await;
+                }
                 let _ = api
                     .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
                     .await;
             });
         }
     }
+}
+
+/// Binds Pod `name` to node `test-node` through the `binding` subresource.
+async fn bind(client: &Client, name: &str) {
+    let body = json!({
+        "apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": "test-node"},
+    });
+    let req = http::Request::post(format!("/api/v1/namespaces/{NS}/pods/{name}/binding"))
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&body).expect("binding"))
+        .expect("binding request");
+    let _ = client.request_text(req).await;
 }
 
 /// Polls `f` until it returns `Some`, failing the test after `timeout`.

@@ -624,15 +624,19 @@ async fn sandbox_volume_claim_templates_immutable() {
         sbs.create(&PostParams::default(), &sandbox_json(name, extra))
             .await
             .unwrap();
-        let mut sb = sbs.get(name).await.unwrap();
-        sb.spec.volume_claim_templates = match &after {
-            Some(v) => serde_json::from_value(v.clone()).unwrap(),
-            None => vec![],
+        // The controller may write the Sandbox between the read and the replace: a conflict
+        // (checked before validation, as kube-apiserver does) is retried on a fresh read.
+        let err = loop {
+            let mut sb = sbs.get(name).await.unwrap();
+            sb.spec.volume_claim_templates = match &after {
+                Some(v) => serde_json::from_value(v.clone()).unwrap(),
+                None => vec![],
+            };
+            match sbs.replace(name, &PostParams::default(), &sb).await {
+                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                r => break r.expect_err("update must be rejected"),
+            }
         };
-        let err = sbs
-            .replace(name, &PostParams::default(), &sb)
-            .await
-            .expect_err("update must be rejected");
         assert!(
             err.to_string()
                 .contains("volumeClaimTemplates is immutable"),

@@ -57,6 +57,18 @@ impl Strategy for Pod {
         admission::validate_pod(obj)
     }
 
+    fn tracks_generation(&self) -> bool {
+        true
+    }
+
+    fn returns_deleted_object(&self) -> bool {
+        true
+    }
+
+    fn converts_field_labels(&self) -> bool {
+        true
+    }
+
     /// DeleteOptions' `gracePeriodSeconds`, else the Pod's `terminationGracePeriodSeconds`
     /// (30); none for a Pod that finished or never reached a node; never longer than a
     /// deletion already under way.
