@@ -11,9 +11,11 @@
 //!    `pattern` (compiled once per CRD), `minItems`/`maxItems`, `format: date-time`,
 //!    `x-kubernetes-int-or-string` (an integer, or a string held to the string rules, as a
 //!    Quantity's pattern), `anyOf` and key uniqueness of `listType=map|set`;
-//! 4. CEL: `x-kubernetes-validations`, including transition rules against the old object, when
-//!    the object is structurally valid; only the fields the rules read are converted into CEL
-//!    values (see `cel_plan`).
+//! 4. CEL: `x-kubernetes-validations`, including transition rules against the old object,
+//!    unless an error above is of a blocking type (required, not supported, too long, too many,
+//!    wrong type), which then adds apiextensions-apiserver's "some validation rules were not
+//!    checked" cause; only the fields the rules read are converted into CEL values (see
+//!    `cel_plan`).
 //!
 //! `metadata` of the root object is left to the API server (ObjectMeta has its own rules).
 
@@ -41,6 +43,19 @@ pub mod cause {
     pub const DUPLICATE: &str = "FieldValueDuplicate";
     /// A field is not allowed.
     pub const FORBIDDEN: &str = "FieldValueForbidden";
+    /// A string is longer than its `maxLength`.
+    pub const TOO_LONG: &str = "FieldValueTooLong";
+    /// A list has more items than its `maxItems`.
+    pub const TOO_MANY: &str = "FieldValueTooMany";
+
+    /// Whether an error of this type stops the CEL rules from being evaluated, as
+    /// apiextensions-apiserver decides (`hasBlockingErr`).
+    pub fn blocks_cel(reason: &str) -> bool {
+        matches!(
+            reason,
+            REQUIRED | NOT_SUPPORTED | TOO_LONG | TOO_MANY | TYPE_INVALID
+        )
+    }
 }
 
 /// One field that failed admission, worded as kube-apiserver words it.
@@ -192,25 +207,31 @@ impl Admission {
             })?;
         let mut walker = Walker::new(&prepared.patterns);
         walker.object(obj, &prepared.schema, "", true, old);
-        if !walker.errors.is_empty() {
-            return Err(AdmitError::Invalid(walker.errors));
-        }
-        // What the rules read is unchanged on this update: they held when it was written
-        // (ratcheting, as for the schema walk), so they are not evaluated again.
-        if let Some(cel) = &prepared.cel
-            && let Some((obj, old)) = prepared.cel_plan.project(obj, old)
-            && old.as_deref() != Some(&*obj)
-            && let Err(errs) = VALIDATOR.with(|v| v.validate_compiled(cel, &obj, old.as_deref()))
-        {
-            let errors = errs
-                .into_vec()
-                .into_iter()
-                .map(|e| FieldError {
+        let mut errors = walker.errors;
+        if let Some(cel) = &prepared.cel {
+            if errors.iter().any(|e| cause::blocks_cel(e.reason)) {
+                // As apiextensions-apiserver: the rules are not run on an object missing
+                // what they may read, and the answer says so.
+                errors.push(FieldError {
+                    field: "<nil>".into(),
+                    reason: cause::INVALID,
+                    message: "Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation".into(),
+                });
+            } else if let Some((obj, old)) = prepared.cel_plan.project(obj, old)
+                // What the rules read is unchanged on this update: they held when it was
+                // written (ratcheting, as for the schema walk), so they are not run again.
+                && old.as_deref() != Some(&*obj)
+                && let Err(errs) =
+                    VALIDATOR.with(|v| v.validate_compiled(cel, &obj, old.as_deref()))
+            {
+                errors.extend(errs.into_vec().into_iter().map(|e| FieldError {
                     field: e.field_path.clone(),
                     reason: cause::INVALID,
                     message: format!("Invalid value: \"object\": {}", e.message),
-                })
-                .collect();
+                }));
+            }
+        }
+        if !errors.is_empty() {
             return Err(AdmitError::Invalid(errors));
         }
         Ok(Admitted {
@@ -447,19 +468,8 @@ impl<'p> Walker<'p> {
                 }
             }
         }
-        // 3. required
-        if let Some(required) = schema.get("required").and_then(Value::as_array) {
-            for key in required.iter().filter_map(Value::as_str) {
-                if !map.contains_key(key) {
-                    self.error(
-                        &child_path(path, key),
-                        cause::REQUIRED,
-                        "Required value".to_owned(),
-                    );
-                }
-            }
-        }
-        // 4. recurse
+        // 3. the properties, whose errors come before the object's own `required` ones, as
+        //    kube-apiserver lists them
         for (key, child) in map.iter_mut() {
             if root && matches!(key.as_str(), "apiVersion" | "kind" | "metadata") {
                 continue;
@@ -470,6 +480,18 @@ impl<'p> Walker<'p> {
             }
             if let Some(sub) = props.and_then(|p| p.get(key)).or(additional) {
                 self.object(child, sub, &child_path(path, key), false, old_child);
+            }
+        }
+        // 4. required
+        if let Some(required) = schema.get("required").and_then(Value::as_array) {
+            for key in required.iter().filter_map(Value::as_str) {
+                if !map.contains_key(key) {
+                    self.error(
+                        &child_path(path, key),
+                        cause::REQUIRED,
+                        "Required value".to_owned(),
+                    );
+                }
             }
         }
     }
@@ -490,7 +512,7 @@ impl<'p> Walker<'p> {
         {
             self.error(
                 path,
-                cause::INVALID,
+                cause::TOO_MANY,
                 format!("Too many: {count}: must have at most {max} items"),
             );
         }
@@ -557,7 +579,7 @@ impl<'p> Walker<'p> {
         {
             self.error(
                 path,
-                cause::INVALID,
+                cause::TOO_LONG,
                 format!("Too long: may not be more than {max} bytes"),
             );
         }

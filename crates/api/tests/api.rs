@@ -798,3 +798,33 @@ fn committed_crds_are_up_to_date() {
         );
     }
 }
+
+/// The causes kube-apiserver 1.36.3 gives for the same objects (checked against it): an
+/// object's own `required` errors after its properties' errors, and a cause saying the CEL rules
+/// were not run once a blocking error was found.
+#[test]
+fn causes_come_in_kube_apiservers_order() {
+    let message = |crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+                   mut obj: serde_json::Value| {
+        match Admission::new(crd).admit("v1beta1", &mut obj, None) {
+            Err(e) => e.to_string(),
+            Ok(_) => "admitted".into(),
+        }
+    };
+    let claim = json!({
+        "apiVersion": "extensions.agents.x-k8s.io/v1beta1", "kind": "SandboxClaim",
+        "metadata": {"name": "c"}, "spec": {"lifecycle": {"shutdownPolicy": "Never"}}
+    });
+    assert_eq!(
+        message(&crd::sandbox_claim(), claim),
+        "[spec.lifecycle.shutdownPolicy: Unsupported value: \"Never\": supported values: \"Delete\", \"DeleteForeground\", \"Retain\", spec.warmPoolRef: Required value]"
+    );
+    let sandbox = json!({
+        "apiVersion": "agents.x-k8s.io/v1beta1", "kind": "Sandbox",
+        "metadata": {"name": "e"}, "spec": {}
+    });
+    assert_eq!(
+        message(&crd::sandbox(), sandbox),
+        "[spec.podTemplate: Required value, <nil>: Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation]"
+    );
+}
