@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use super::{Strategy, column};
 use crate::api::App;
-use crate::error::ApiResult;
+use crate::error::{ApiResult, Cause};
 use crate::resources::ResourceDef;
 
 /// The Event strategy, for both groups.
@@ -43,6 +43,36 @@ impl Strategy for Event {
 
     fn converts_field_labels(&self) -> bool {
         true
+    }
+
+    /// A core/v1 Event's `involvedObject.namespace` must be its own namespace (or, when empty,
+    /// the Event lives in `default` or no namespace), as kube-apiserver's legacy Event
+    /// validation requires.
+    fn validate(&self, obj: &Value) -> Vec<Cause> {
+        if obj["apiVersion"] != "v1" {
+            return vec![];
+        }
+        let own = obj
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let involved = obj
+            .pointer("/involvedObject/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let fine = if involved.is_empty() {
+            matches!(own, "" | "default")
+        } else {
+            involved == own
+        };
+        if fine {
+            return vec![];
+        }
+        vec![Cause {
+            reason: "FieldValueInvalid".into(),
+            message: format!("Invalid value: {involved:?}: does not match event.namespace"),
+            field: "involvedObject.namespace".into(),
+        }]
     }
 
     fn field_pointer(&self, field: &str) -> Option<String> {

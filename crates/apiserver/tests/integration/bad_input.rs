@@ -1051,3 +1051,47 @@ async fn answers_match_kube_apiserver_side_by_side() {
         assert_eq!(r.json()["metadata"]["generation"], 2);
     }
 }
+
+/// A core/v1 Event about an object of another namespace is refused as kube-apiserver 1.36
+/// refuses it (checked against it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_about_another_namespace_is_refused() {
+    let ts = common::start().await;
+    let sock = ts.server.socket_path().unwrap().to_path_buf();
+    let tok = ts.server.token().to_string();
+    let event = |ns: &str| {
+        json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": format!("ev-{ns}")},
+            "involvedObject": {"kind": "Pod", "name": "p", "namespace": ns},
+            "reason": "R", "message": "m", "type": "Normal"})
+        .to_string()
+    };
+    let path = "/api/v1/namespaces/default/events";
+    let r = http(
+        &sock,
+        "POST",
+        path,
+        Some(&tok),
+        "application/json",
+        event("other").as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        (r.code, r.json()["message"].as_str()),
+        (
+            422,
+            Some(
+                "Event \"ev-other\" is invalid: involvedObject.namespace: Invalid value: \"other\": does not match event.namespace"
+            )
+        )
+    );
+    let r = http(
+        &sock,
+        "POST",
+        path,
+        Some(&tok),
+        "application/json",
+        event("default").as_bytes(),
+    )
+    .await;
+    assert_eq!(r.code, 201, "{}", String::from_utf8_lossy(&r.body));
+}

@@ -810,8 +810,12 @@ async fn custom_resources_columns_scale_conversion_and_validation() {
     )
     .await;
     assert!(!o.ok);
+    // The value is refused, and (the Sandbox having CEL rules) kube-apiserver says they were
+    // not run; kubectl lists the two causes.
     assert!(
-        o.stderr.contains(r#"The Sandbox "sb1" is invalid: spec.operatingMode: Unsupported value: "Weird": supported values: "Running", "Suspended""#),
+        o.stderr.contains(r#"The Sandbox "sb1" is invalid: "#)
+            && o.stderr.contains(r#"* spec.operatingMode: Unsupported value: "Weird": supported values: "Running", "Suspended""#)
+            && o.stderr.contains("* <nil>: Invalid value: null: some validation rules were not checked"),
         "{}",
         o.stderr
     );
