@@ -56,7 +56,7 @@ fn target_port(svc_port: &Value, pod: &Value) -> Option<i64> {
 /// The EndpointSlices Service `svc` should have, given the Pods of its namespace: one per set
 /// of resolved ports (Pods that name their ports differently land in different slices), each
 /// named `<service>-<hash of its ports>`.
-pub fn desired(svc: &Value, pods: &[Value]) -> Vec<Value> {
+pub fn desired(svc: &Value, pods: &[&Value]) -> Vec<Value> {
     let Some(selector) = svc
         .pointer("/spec/selector")
         .filter(|s| s.as_object().is_some_and(|m| !m.is_empty()))
@@ -185,8 +185,22 @@ fn request() -> Req {
 /// Brings the slices of Service `ns/name` (absent: deleted) to what [`desired`] says.
 pub async fn reconcile(app: &App, ns: &str, name: &str) {
     let svc = app.store.get("services", ns, name);
-    let (pods, _, _) = app.store.list("pods", Some(ns), None, None, &|_| true);
-    let pods: Vec<Value> = pods.iter().map(|p| (*p.obj).clone()).collect();
+    // Only the Pods the Service selects, borrowed from the store (a namespace's Pods change
+    // far more often than its Services).
+    let selector = svc
+        .as_ref()
+        .and_then(|s| s.obj.pointer("/spec/selector"))
+        .cloned();
+    let selects = |o: &Value| {
+        selector
+            .as_ref()
+            .and_then(Value::as_object)
+            .is_some_and(|m| {
+                !m.is_empty() && m.iter().all(|(k, v)| o["metadata"]["labels"][k] == *v)
+            })
+    };
+    let (pods, _, _) = app.store.list("pods", Some(ns), None, None, &selects);
+    let pods: Vec<&Value> = pods.iter().map(|p| &*p.obj).collect();
     let want = match &svc {
         Some(s) if s.obj.pointer("/metadata/deletionTimestamp").is_none() => desired(&s.obj, &pods),
         _ => vec![],
@@ -319,7 +333,7 @@ mod tests {
             pod("c", json!({"app": "db"}), "10.0.0.3", true),
             pod("d", json!({"app": "web"}), "", true),
         ];
-        let slices = desired(&svc, &pods);
+        let slices = desired(&svc, &pods.iter().collect::<Vec<_>>());
         assert_eq!(slices.len(), 1);
         let s = &slices[0];
         assert!(s["metadata"]["name"].as_str().unwrap().starts_with("web-"));
@@ -343,7 +357,7 @@ mod tests {
         );
         assert_eq!(eps[1]["conditions"]["ready"], false);
         assert_eq!(
-            desired(&svc, &pods)[0]["metadata"]["name"],
+            desired(&svc, &pods.iter().collect::<Vec<_>>())[0]["metadata"]["name"],
             s["metadata"]["name"],
             "stable name"
         );
