@@ -66,7 +66,7 @@ pub(super) async fn warm_claim(f: &Fixture, args: &BenchArgs) -> anyhow::Result<
             "claim create → Ready with pod IP",
             &claims,
         )
-        .target("p50 ≤ 5, p99 ≤ 25")
+        .target("p50 ≤ 3, p99 ≤ 10")
         .note(format!("{cold} served cold")),
         Row::latencies(Scenario::WarmClaim, "baseline: API GET round trip", &gets),
     ];
