@@ -190,14 +190,11 @@ pub async fn reconcile(app: &App, ns: &str, name: &str) {
     let selector = svc
         .as_ref()
         .and_then(|s| s.obj.pointer("/spec/selector"))
-        .cloned();
+        .map(|m| LabelSelector::from_label_selector(&json!({"matchLabels": m})));
     let selects = |o: &Value| {
         selector
             .as_ref()
-            .and_then(Value::as_object)
-            .is_some_and(|m| {
-                !m.is_empty() && m.iter().all(|(k, v)| o["metadata"]["labels"][k] == *v)
-            })
+            .is_some_and(|s| !s.0.is_empty() && s.matches(o))
     };
     let (pods, _, _) = app.store.list("pods", Some(ns), None, None, &selects);
     let pods: Vec<&Value> = pods.iter().map(|p| &*p.obj).collect();

@@ -22,11 +22,7 @@ impl Strategy for Custom {
         version: &str,
         obj: Value,
     ) -> ApiResult<Value> {
-        if version == rd.storage_version() {
-            return Ok(obj);
-        }
-        app.crd
-            .convert(obj, &rd.api_version(version))
+        convert(app, rd, obj, version, version)
             .map_err(|e| ApiError::internal(format!("conversion to {version} failed: {e}")))
     }
 
@@ -37,11 +33,7 @@ impl Strategy for Custom {
         version: &str,
         obj: Value,
     ) -> ApiResult<Value> {
-        if version == rd.storage_version() {
-            return Ok(obj);
-        }
-        app.crd
-            .convert(obj, &rd.api_version(rd.storage_version()))
+        convert(app, rd, obj, version, rd.storage_version())
             .map_err(|e| ApiError::bad_request(format!("conversion from {version} failed: {e}")))
     }
 
@@ -155,6 +147,21 @@ impl Strategy for Custom {
             schema,
         ))
     }
+}
+
+/// `obj` converted between the storage version and a request's `version`, into `to` (one of
+/// the two), through the CRD support; nothing to do when `version` is the storage version.
+fn convert(
+    app: &App,
+    rd: &ResourceDef,
+    obj: Value,
+    version: &str,
+    to: &str,
+) -> Result<Value, String> {
+    if version == rd.storage_version() {
+        return Ok(obj);
+    }
+    app.crd.convert(obj, &rd.api_version(to))
 }
 
 /// The strategy of the built-in CustomResourceDefinitions: created with the server, never

@@ -1014,6 +1014,17 @@ async fn adopt(
     let ns = claim.namespace().unwrap_or_default();
     let sname = sb.name_any();
     let api: Api<SandboxClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    // An adoption that does not happen hands the sandbox back to its pool's reconcile.
+    let requeue_pool = |claim: &SandboxClaim| {
+        ctx.queue.add(
+            &pool_key(&ns, &claim.spec.warm_pool_ref.name),
+            SandboxKey {
+                namespace: ns.clone(),
+                name: sname.clone(),
+                node_name: String::new(),
+            },
+        );
+    };
     // Lock step 1: the claim names the sandbox (optimistic Update).
     let mut attempt = claim.clone();
     let mut tries = 0;
@@ -1057,14 +1068,7 @@ async fn adopt(
                     .map(|s| s.sandbox.name.as_str())
                     .filter(|s| !s.is_empty() && *s != sname)
                 {
-                    ctx.queue.add(
-                        &pool_key(&ns, &claim.spec.warm_pool_ref.name),
-                        SandboxKey {
-                            namespace: ns.clone(),
-                            name: sname.clone(),
-                            node_name: String::new(),
-                        },
-                    );
+                    requeue_pool(claim);
                     return Err(ClaimError::AdoptionConflict(format!(
                         "claim already has sandbox {other:?}"
                     )));
@@ -1073,27 +1077,13 @@ async fn adopt(
                 attempt = fresh;
             }
             Err(e) if is_conflict(&e) => {
-                ctx.queue.add(
-                    &pool_key(&ns, &claim.spec.warm_pool_ref.name),
-                    SandboxKey {
-                        namespace: ns.clone(),
-                        name: sname.clone(),
-                        node_name: String::new(),
-                    },
-                );
+                requeue_pool(claim);
                 return Err(ClaimError::AdoptionConflict(format!(
                     "assigning sandbox {sname:?} to the claim (conflicting concurrent write)"
                 )));
             }
             Err(e) => {
-                ctx.queue.add(
-                    &pool_key(&ns, &claim.spec.warm_pool_ref.name),
-                    SandboxKey {
-                        namespace: ns.clone(),
-                        name: sname.clone(),
-                        node_name: String::new(),
-                    },
-                );
+                requeue_pool(claim);
                 return Err(ClaimError::Other(format!(
                     "failed to assign sandbox {sname:?} to the claim: {e}"
                 )));
