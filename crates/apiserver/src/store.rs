@@ -802,6 +802,7 @@ fn writer(
         })
         .unwrap_or(0) as usize;
     while let Ok(first) = rx.recv() {
+        let started = std::time::Instant::now();
         let mut batch = vec![first];
         while batch.len() < 1024 {
             match rx.try_recv() {
@@ -924,6 +925,7 @@ fn writer(
             }
         }
         // Commit.
+        let planned_at = started.elapsed();
         let mut purged = None;
         if !planned.is_empty() {
             let commit = (|| -> rusqlite::Result<()> {
@@ -997,6 +999,7 @@ fn writer(
                 continue;
             }
         }
+        let committed_at = started.elapsed();
         // Publish to memory, the watch cache and the GC.
         {
             let mut st = match inner.state.write() {
@@ -1068,6 +1071,14 @@ fn writer(
                 });
             }
         }
+        tracing::debug!(
+            target: "apiserver::commit",
+            writes = batch.len(),
+            plan_micros = planned_at.as_micros() as u64,
+            commit_micros = (committed_at - planned_at).as_micros() as u64,
+            publish_micros = (started.elapsed() - committed_at).as_micros() as u64,
+            "commit"
+        );
         for (req, r) in batch.into_iter().zip(results) {
             let _ = req.reply.send(r.map(|i| planned[i].stored.clone()));
         }

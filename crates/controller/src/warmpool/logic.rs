@@ -2,6 +2,7 @@
 //! Sandboxes, blueprint hashes, staleness with a semantic fallback, scale-down order and
 //! slow-start batches. No I/O.
 
+use std::borrow::Borrow;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 
@@ -179,8 +180,9 @@ impl<'a> StaleChecker<'a> {
 }
 
 /// The order pool members are deleted in when scaling down: unready first, then newest first.
-pub fn scale_down_order(members: &mut [&Sandbox]) {
+pub fn scale_down_order<S: Borrow<Sandbox>>(members: &mut [S]) {
     members.sort_by_key(|sb| {
+        let sb: &Sandbox = sb.borrow();
         (
             is_ready(sb),
             Reverse(sb.metadata.creation_timestamp.as_ref().map(|t| t.0)),
