@@ -102,6 +102,10 @@ struct Applied {
     generation: u64,
     result: std::result::Result<(), String>,
     took: Option<Duration>,
+    /// The ruleset in place (the last one `nft` accepted): a rebuild that compiles to the same
+    /// script runs nothing. A label change that no policy selects on, a Pod without a policy
+    /// leaving, or a second rebuild request for the same state cost no `nft` run.
+    script: Option<String>,
 }
 
 /// The node's NetworkPolicy enforcer (see the module docs).
@@ -166,6 +170,7 @@ impl PolicyEnforcer {
                 generation: 0,
                 result: Ok(()),
                 took: None,
+                script: None,
             }),
             closed: Default::default(),
         }))
@@ -259,7 +264,7 @@ impl PolicyEnforcer {
     /// Compile the current state.
     pub fn compile(&self) -> netpol::Compiled {
         let st = lock(&self.state);
-        let pods: Vec<PodEndpoint> = st
+        let mut pods: Vec<PodEndpoint> = st
             .endpoints
             .iter()
             .map(|(uid, ep)| {
@@ -276,6 +281,8 @@ impl PolicyEnforcer {
                 }
             })
             .collect();
+        // One order for one state, so that the same state compiles to the same script.
+        pods.sort_unstable_by(|a, b| a.uid.cmp(&b.uid));
         let policies: Vec<NetworkPolicy> = st.policies.values().cloned().collect();
         netpol::compile(
             &self.cfg,
@@ -328,14 +335,18 @@ impl PolicyEnforcer {
                 table: self.cfg.table.clone(),
                 message: reason.clone(),
             }),
-            Ok(nft) => {
+            Ok(nft) => 'apply: {
                 let compiled = self.compile();
+                if applied.script.as_deref() == Some(compiled.script.as_str()) {
+                    break 'apply Ok(());
+                }
                 let t = Instant::now();
                 host::enable_bridge_netfilter(&self.cfg.bridge);
                 let r = host::nft_apply(nft, &compiled.script).await;
                 applied.took = Some(t.elapsed());
                 tracing::debug!(target: "node::firewall", table = %self.cfg.table, took_ms = t.elapsed().as_secs_f64() * 1e3,
                     ingress_isolated = compiled.ingress_isolated.len(), egress_isolated = compiled.egress_isolated.len(), "applied ruleset");
+                applied.script = r.is_ok().then_some(compiled.script);
                 r.map_err(|message| NodeError::Firewall {
                     table: self.cfg.table.clone(),
                     message,
@@ -425,5 +436,76 @@ impl NetworkHook for PolicyEnforcer {
                 tracing::warn!(target: "node::firewall", sandbox = %id, error = %e, "updating the firewall after a sandbox left failed");
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attachment(ip: [u8; 4]) -> Attachment {
+        Attachment {
+            ip: Ipv4Addr::from(ip),
+            result: serde_json::json!({}),
+        }
+    }
+
+    fn meta(name: &str, team: &str) -> PodMeta {
+        PodMeta {
+            namespace: "default".into(),
+            name: name.into(),
+            labels: [("team".to_string(), team.to_string())].into(),
+            ports: vec![],
+        }
+    }
+
+    fn enforcer() -> Arc<PolicyEnforcer> {
+        PolicyEnforcer::new(&NetworkConfig::default()).expect("the default network config")
+    }
+
+    /// The enforcer skips `nft` when a rebuild compiles to the script in place, so one state
+    /// must give one script however it was reached.
+    #[test]
+    fn one_state_compiles_to_one_script() {
+        let (a, b) = (enforcer(), enforcer());
+        for (uid, ip) in [
+            ("u1", [10, 88, 0, 2]),
+            ("u2", [10, 88, 0, 3]),
+            ("u3", [10, 88, 0, 4]),
+        ] {
+            a.set_pod(uid, meta(uid, "x"));
+            a.set_endpoint(uid, &attachment(ip));
+        }
+        for (uid, ip) in [
+            ("u3", [10, 88, 0, 4]),
+            ("u1", [10, 88, 0, 2]),
+            ("u2", [10, 88, 0, 3]),
+        ] {
+            b.set_pod(uid, meta(uid, "x"));
+            b.set_endpoint(uid, &attachment(ip));
+        }
+        assert_eq!(a.compile().script, b.compile().script);
+    }
+
+    /// Without a policy that selects on labels, a label change leaves the ruleset as it is (an
+    /// adopted sandbox's Pod gets new labels at every warm claim); with one, it changes it.
+    #[test]
+    fn a_label_change_rebuilds_only_what_a_policy_selects_on() {
+        let e = enforcer();
+        e.set_pod("u1", meta("p1", "x"));
+        e.set_endpoint("u1", &attachment([10, 88, 0, 2]));
+        let before = e.compile().script;
+        assert!(e.set_pod("u1", meta("p1", "y")), "the labels changed");
+        assert_eq!(e.compile().script, before);
+
+        let np: NetworkPolicy = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "only-x", "namespace": "default"},
+            "spec": {"podSelector": {"matchLabels": {"team": "x"}}, "policyTypes": ["Ingress"]}
+        }))
+        .expect("a NetworkPolicy");
+        e.set_policy(np);
+        let selected_y = e.compile().script;
+        e.set_pod("u1", meta("p1", "x"));
+        assert_ne!(e.compile().script, selected_y);
     }
 }
