@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::bundle::{self, BundleInputs};
 use crate::cni::{Attachment, Cni, NetworkConfig};
 use crate::error::{NodeError, Result};
-use crate::host;
+use crate::host::{self, Host};
 use crate::image::{Image, ImageStore, RegistryConfig};
 use crate::runtime::{ContainerStatus, HandlerKind, HandlerStatus, OciRuntime, find_binary};
 use crate::spec::{DnsSpec, SandboxSpec, VolumeSource, VolumeSpec};
@@ -311,6 +311,8 @@ pub struct SandboxEngine {
     cni: Option<Cni>,
     sandboxes: Mutex<HashMap<String, Arc<Entry>>>,
     network_hook: Mutex<Option<Arc<dyn NetworkHook>>>,
+    /// Mounts, network namespaces and cgroups.
+    host: Arc<dyn Host>,
 }
 
 /// Pod-level paths of a sandbox.
@@ -488,6 +490,7 @@ struct NetOutcome {
 /// The sandbox's network namespace (`ready` says when it exists), CNI ADD in it, then the
 /// network hook (the firewall's rebuild starts).
 async fn attach(
+    host: Arc<dyn Host>,
     cni: Cni,
     hook: Option<Arc<dyn NetworkHook>>,
     spec: SandboxSpec,
@@ -497,7 +500,7 @@ async fn attach(
 ) -> NetOutcome {
     let t = Instant::now();
     let ns = netns.clone();
-    let made = tokio::task::spawn_blocking(move || host::create_netns(&ns))
+    let made = tokio::task::spawn_blocking(move || host.create_netns(&ns))
         .await
         .unwrap_or_else(|e| {
             Err(NodeError::Config(format!(
@@ -539,6 +542,11 @@ impl SandboxEngine {
     /// Open the engine: create directories, probe the handlers, open the image store and the
     /// network. Does not touch existing sandboxes: call [`SandboxEngine::recover`] for that.
     pub async fn new(config: EngineConfig) -> Result<Self> {
+        Self::with_host(config, Arc::new(host::SystemHost)).await
+    }
+
+    /// [`SandboxEngine::new`] with the host effects of sandboxes going through `host`.
+    pub async fn with_host(config: EngineConfig, host: Arc<dyn Host>) -> Result<Self> {
         for d in [
             config.root.join("sandboxes"),
             config.root.join("volumes"),
@@ -578,7 +586,7 @@ impl SandboxEngine {
                 config.run_dir.join("runtime").join(kind.name()),
             );
             fs_err::create_dir_all(rt.root())?;
-            let status = probe(&rt, &config).await;
+            let status = probe(&rt, &config, host.as_ref()).await;
             if status.usable {
                 runtimes.insert(kind, rt);
             }
@@ -620,6 +628,7 @@ impl SandboxEngine {
             cni,
             sandboxes: Mutex::new(HashMap::new()),
             network_hook: Mutex::new(None),
+            host,
         })
     }
 
@@ -1120,8 +1129,8 @@ impl SandboxEngine {
                     // ConfigMap, Secret and downward API files live in memory only, as kubelet
                     // keeps secret and projected volumes (each container mounting the volume
                     // shares the one filesystem).
-                    if v.source == VolumeSource::Projected && !host::is_mounted(&host_dir) {
-                        host::mount_tmpfs(&host_dir, PROJECTED_VOLUME_BYTES)?;
+                    if v.source == VolumeSource::Projected && !self.host.is_mounted(&host_dir) {
+                        self.host.mount_tmpfs(&host_dir, PROJECTED_VOLUME_BYTES)?;
                     }
                 } else if !host_dir.exists() {
                     return Err(NodeError::InvalidSpec {
@@ -1144,6 +1153,7 @@ impl SandboxEngine {
             let (ready, netns_ready) = tokio::sync::watch::channel(None);
             *lock(&entry.netns_ready) = Some(netns_ready);
             let task = tokio::spawn(attach(
+                Arc::clone(&self.host),
                 cni.clone(),
                 self.hook(),
                 rec.spec.clone(),
@@ -1158,7 +1168,7 @@ impl SandboxEngine {
             }
         } else {
             let t = Instant::now();
-            host::create_netns(&rec.netns)?;
+            self.host.create_netns(&rec.netns)?;
             tl.record("netns", t);
         }
         let t = Instant::now();
@@ -1297,7 +1307,8 @@ impl SandboxEngine {
             .container(name)
             .cloned()
             .unwrap_or_else(|| unreachable!());
-        host::mount_overlay(&cr.lowers, &cp.upper(), &cp.work(), &cp.rootfs())?;
+        self.host
+            .mount_overlay(&cr.lowers, &cp.upper(), &cp.work(), &cp.rootfs())?;
         tl.record("rootfs", t);
         let t = Instant::now();
 
@@ -1936,7 +1947,7 @@ impl SandboxEngine {
         self.teardown_container_with(handler, c).await?;
         let cp = CPaths { dir: c.dir.clone() };
         // One read of the mount table: its cost grows with the host's mounts.
-        if !host::mounts_under(&cp.bundle()).is_empty() {
+        if !self.host.mounts_under(&cp.bundle()).is_empty() {
             return Err(NodeError::Config(format!(
                 "container {}: mounts still present under {}",
                 c.runtime_id,
@@ -1990,16 +2001,21 @@ impl SandboxEngine {
                 hook.detached(id).await;
             }
         }
-        note(host::remove_netns(&rec.netns));
+        note(self.host.remove_netns(&rec.netns));
         // The memory-backed volumes (see `prepare_steps`).
-        for m in host::mounts_under(&paths.dir.join("volumes")).iter().rev() {
-            note(host::unmount(m));
+        for m in self
+            .host
+            .mounts_under(&paths.dir.join("volumes"))
+            .iter()
+            .rev()
+        {
+            note(self.host.unmount(m));
         }
         if let Some(e) = first_err {
             return Err(e);
         }
         if paths.dir.exists() {
-            let leftover = host::mounts_under(&paths.dir);
+            let leftover = self.host.mounts_under(&paths.dir);
             if !leftover.is_empty() {
                 return Err(NodeError::Config(format!(
                     "sandbox {id}: mounts still present under {}: {leftover:?}",
@@ -2048,8 +2064,8 @@ impl SandboxEngine {
             note(pid_exited(shim, Duration::from_secs(10)).await.map(drop));
         }
         let cp = CPaths { dir: c.dir.clone() };
-        note(host::unmount(&cp.rootfs()));
-        note(host::remove_cgroup(&c.cgroup_path));
+        note(self.host.unmount(&cp.rootfs()));
+        note(self.host.remove_cgroup(&c.cgroup_path));
         match first_err {
             Some(e) => Err(e),
             None => Ok(()),
@@ -2074,11 +2090,11 @@ impl SandboxEngine {
             let paths = self.paths(&id);
             let Some((generation, mut rec)) = crate::record_file::read::<Record>(&paths.dir) else {
                 // No record: a create that never got far. Remove what can be removed.
-                for m in host::mounts_under(&paths.dir).iter().rev() {
-                    host::unmount(m)?;
+                for m in self.host.mounts_under(&paths.dir).iter().rev() {
+                    self.host.unmount(m)?;
                 }
-                host::remove_netns(&self.netns_path(&id))?;
-                if host::mounts_under(&paths.dir).is_empty() {
+                self.host.remove_netns(&self.netns_path(&id))?;
+                if self.host.mounts_under(&paths.dir).is_empty() {
                     fs_err::remove_dir_all(&paths.dir)?;
                 }
                 report.cleaned.push(id);
@@ -2093,7 +2109,8 @@ impl SandboxEngine {
                 for c in &rec.containers {
                     let known = rt.state(&c.runtime_id).await.ok().flatten().is_some();
                     let cp = CPaths { dir: c.dir.clone() };
-                    intact &= known && host::is_mounted(&cp.rootfs()) && c.container_pid.is_some();
+                    intact &=
+                        known && self.host.is_mounted(&cp.rootfs()) && c.container_pid.is_some();
                 }
             } else {
                 intact = false;
@@ -2168,7 +2185,7 @@ async fn spawn_create(
 
 /// Probe one handler: create and delete a container from a minimal bundle in its own network
 /// namespace, timing it.
-async fn probe(rt: &OciRuntime, config: &EngineConfig) -> HandlerStatus {
+async fn probe(rt: &OciRuntime, config: &EngineConfig, host: &dyn Host) -> HandlerStatus {
     let version = rt.version().await.ok();
     let id = format!("probe-{}-{}", rt.kind().name(), std::process::id());
     let dir = config.run_dir.join("probe").join(&id);
@@ -2184,7 +2201,7 @@ async fn probe(rt: &OciRuntime, config: &EngineConfig) -> HandlerStatus {
             fs_err::write(&p, b"")?;
             fs_err::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
         }
-        host::create_netns(&netns)?;
+        host.create_netns(&netns)?;
         let mut namespaces = vec![
             serde_json::json!({"type": "pid"}),
             serde_json::json!({"type": "ipc"}),
@@ -2229,8 +2246,8 @@ async fn probe(rt: &OciRuntime, config: &EngineConfig) -> HandlerStatus {
     }
     .await;
     let _ = rt.delete(&id).await;
-    let _ = host::remove_netns(&netns);
-    let _ = host::remove_cgroup(&format!("/{}/{id}", config.cgroup_parent));
+    let _ = host.remove_netns(&netns);
+    let _ = host.remove_cgroup(&format!("/{}/{id}", config.cgroup_parent));
     let _ = fs_err::remove_dir_all(&dir);
     match res {
         Ok(t) => HandlerStatus {

@@ -4,7 +4,9 @@
 //! The entry point is [`SandboxEngine`]: `create` a sandbox from a [`SandboxSpec`] (derived from
 //! a Pod with [`SandboxSpec::from_pod`]), then `start`, `state`, `wait`, `pause`, `resume`,
 //! `stop`, `remove`; `recover` re-adopts sandboxes after a restart. Every host side effect goes
-//! through [`host`]; the only `unsafe` code is in the private `sys` module.
+//! through [`host`] (the engine's mounts, network namespaces and cgroups through its
+//! [`host::Host`] trait, with a recording double for tests); the only `unsafe` code is in the
+//! private `sys` module.
 
 pub mod agent;
 pub mod audit;

@@ -3,6 +3,15 @@
 //! creation, running external programs (OCI runtimes, CNI plugins), cgroup directory removal.
 //! Each function logs what it does at `debug` level under the `node::host` target, so one
 //! filter shows the full audit trail.
+//!
+//! The sandbox engine reaches the mount, network-namespace and cgroup effects through the
+//! [`Host`] trait: [`SystemHost`] performs them (with the free functions below), and
+//! [`RecordingHost`] records them and returns scripted results, so the engine's steps are
+//! unit-tested without root.
+
+mod recording;
+
+pub use recording::{HostCall, RecordingHost};
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -15,6 +24,69 @@ use tokio::io::AsyncWriteExt;
 use crate::error::{NodeError, Result};
 
 const TARGET: &str = "node::host";
+
+/// The host effects of the sandbox engine: mounts, network namespaces, cgroups.
+pub trait Host: Send + Sync + std::fmt::Debug {
+    /// See [`mount_overlay`].
+    fn mount_overlay(
+        &self,
+        lowers: &[PathBuf],
+        upper: &Path,
+        work: &Path,
+        target: &Path,
+    ) -> Result<()>;
+    /// See [`mount_tmpfs`].
+    fn mount_tmpfs(&self, target: &Path, size: u64) -> Result<()>;
+    /// See [`unmount`].
+    fn unmount(&self, target: &Path) -> Result<()>;
+    /// See [`is_mounted`].
+    fn is_mounted(&self, path: &Path) -> bool;
+    /// See [`mounts_under`].
+    fn mounts_under(&self, dir: &Path) -> Vec<PathBuf>;
+    /// See [`create_netns`].
+    fn create_netns(&self, path: &Path) -> Result<()>;
+    /// See [`remove_netns`].
+    fn remove_netns(&self, path: &Path) -> Result<()>;
+    /// See [`remove_cgroup`].
+    fn remove_cgroup(&self, rel: &str) -> Result<()>;
+}
+
+/// The real host: every call is the free function of the same name.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemHost;
+
+impl Host for SystemHost {
+    fn mount_overlay(
+        &self,
+        lowers: &[PathBuf],
+        upper: &Path,
+        work: &Path,
+        target: &Path,
+    ) -> Result<()> {
+        mount_overlay(lowers, upper, work, target)
+    }
+    fn mount_tmpfs(&self, target: &Path, size: u64) -> Result<()> {
+        mount_tmpfs(target, size)
+    }
+    fn unmount(&self, target: &Path) -> Result<()> {
+        unmount(target)
+    }
+    fn is_mounted(&self, path: &Path) -> bool {
+        is_mounted(path)
+    }
+    fn mounts_under(&self, dir: &Path) -> Vec<PathBuf> {
+        mounts_under(dir)
+    }
+    fn create_netns(&self, path: &Path) -> Result<()> {
+        create_netns(path)
+    }
+    fn remove_netns(&self, path: &Path) -> Result<()> {
+        remove_netns(path)
+    }
+    fn remove_cgroup(&self, rel: &str) -> Result<()> {
+        remove_cgroup(rel)
+    }
+}
 
 /// Mount an overlay with the given lower directories (topmost first) on `target`.
 pub fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<()> {
@@ -366,6 +438,11 @@ mod tests {
     #[test]
     fn netns_is_new_and_removable() {
         if !nix::unistd::geteuid().is_root() {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIP netns_is_new_and_removable: needs root"
+            );
             return;
         }
         let d = tempfile::tempdir().unwrap();

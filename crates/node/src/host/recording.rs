@@ -1,0 +1,246 @@
+//! The recording test double of [`Host`]: records every effect in order, keeps a pretend mount
+//! table (so `is_mounted` and `mounts_under` answer as the host would), and fails the calls a
+//! test scripts to fail. Network namespaces are plain files, so code that checks that a
+//! namespace exists sees it. Nothing needs root.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use super::Host;
+use crate::error::{NodeError, Result};
+
+/// One effect asked of the host, as [`RecordingHost`] records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostCall {
+    /// `mount_overlay` on `target` with `lowers` (topmost first).
+    MountOverlay {
+        /// The lower directories.
+        lowers: Vec<PathBuf>,
+        /// The mount point.
+        target: PathBuf,
+    },
+    /// `mount_tmpfs` on `target`.
+    MountTmpfs {
+        /// The mount point.
+        target: PathBuf,
+        /// Size limit in bytes.
+        size: u64,
+    },
+    /// `unmount` of `target`.
+    Unmount(PathBuf),
+    /// `create_netns` at the path.
+    CreateNetns(PathBuf),
+    /// `remove_netns` at the path.
+    RemoveNetns(PathBuf),
+    /// `remove_cgroup` of the relative cgroup path.
+    RemoveCgroup(String),
+}
+
+impl HostCall {
+    /// The operation's name: `mount_overlay`, `mount_tmpfs`, `unmount`, `create_netns`,
+    /// `remove_netns`, `remove_cgroup`.
+    pub fn op(&self) -> &'static str {
+        match self {
+            HostCall::MountOverlay { .. } => "mount_overlay",
+            HostCall::MountTmpfs { .. } => "mount_tmpfs",
+            HostCall::Unmount(_) => "unmount",
+            HostCall::CreateNetns(_) => "create_netns",
+            HostCall::RemoveNetns(_) => "remove_netns",
+            HostCall::RemoveCgroup(_) => "remove_cgroup",
+        }
+    }
+
+    /// The path the call acts on (for `remove_cgroup`, the cgroup path).
+    pub fn path(&self) -> PathBuf {
+        match self {
+            HostCall::MountOverlay { target, .. } | HostCall::MountTmpfs { target, .. } => {
+                target.clone()
+            }
+            HostCall::Unmount(p) | HostCall::CreateNetns(p) | HostCall::RemoveNetns(p) => p.clone(),
+            HostCall::RemoveCgroup(rel) => PathBuf::from(rel),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    calls: Vec<HostCall>,
+    mounts: BTreeSet<PathBuf>,
+    /// `(op, path)`: calls that fail; `None` as the path fails every call of the op.
+    failures: Vec<(&'static str, Option<PathBuf>)>,
+}
+
+/// A [`Host`] that records instead of acting (see the module documentation).
+#[derive(Debug, Default)]
+pub struct RecordingHost {
+    inner: Mutex<Inner>,
+}
+
+impl RecordingHost {
+    /// An empty host: nothing mounted, nothing recorded, nothing fails.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Pretend `path` is mounted already (left by an earlier run).
+    pub fn with_mount(self, path: impl Into<PathBuf>) -> Self {
+        self.lock().mounts.insert(path.into());
+        self
+    }
+
+    /// Make every call of `op` (see [`HostCall::op`]) fail.
+    pub fn fail(&self, op: &'static str) {
+        self.lock().failures.push((op, None));
+    }
+
+    /// Make the calls of `op` on `path` fail.
+    pub fn fail_at(&self, op: &'static str, path: impl Into<PathBuf>) {
+        self.lock().failures.push((op, Some(path.into())));
+    }
+
+    /// Every effect so far, in order.
+    pub fn calls(&self) -> Vec<HostCall> {
+        self.lock().calls.clone()
+    }
+
+    /// The operation names of every effect so far, in order.
+    pub fn ops(&self) -> Vec<&'static str> {
+        self.lock().calls.iter().map(HostCall::op).collect()
+    }
+
+    /// What the pretend mount table holds now.
+    pub fn mounted(&self) -> Vec<PathBuf> {
+        self.lock().mounts.iter().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Record `call`; the scripted error if it is to fail.
+    fn record(&self, call: HostCall) -> Result<()> {
+        let mut inner = self.lock();
+        let (op, path) = (call.op(), call.path());
+        inner.calls.push(call);
+        let fails = inner
+            .failures
+            .iter()
+            .any(|(o, p)| *o == op && p.as_ref().is_none_or(|p| *p == path));
+        if fails {
+            return Err(NodeError::Config(format!(
+                "{op} {}: scripted failure",
+                path.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Host for RecordingHost {
+    fn mount_overlay(
+        &self,
+        lowers: &[PathBuf],
+        _upper: &Path,
+        _work: &Path,
+        target: &Path,
+    ) -> Result<()> {
+        self.record(HostCall::MountOverlay {
+            lowers: lowers.to_vec(),
+            target: target.to_path_buf(),
+        })?;
+        self.lock().mounts.insert(target.to_path_buf());
+        Ok(())
+    }
+
+    fn mount_tmpfs(&self, target: &Path, size: u64) -> Result<()> {
+        self.record(HostCall::MountTmpfs {
+            target: target.to_path_buf(),
+            size,
+        })?;
+        self.lock().mounts.insert(target.to_path_buf());
+        Ok(())
+    }
+
+    fn unmount(&self, target: &Path) -> Result<()> {
+        self.record(HostCall::Unmount(target.to_path_buf()))?;
+        self.lock().mounts.remove(target);
+        Ok(())
+    }
+
+    fn is_mounted(&self, path: &Path) -> bool {
+        self.lock().mounts.contains(path)
+    }
+
+    fn mounts_under(&self, dir: &Path) -> Vec<PathBuf> {
+        self.lock()
+            .mounts
+            .iter()
+            .filter(|p| p.starts_with(dir))
+            .cloned()
+            .collect()
+    }
+
+    fn create_netns(&self, path: &Path) -> Result<()> {
+        self.record(HostCall::CreateNetns(path.to_path_buf()))?;
+        if let Some(dir) = path.parent() {
+            fs_err::create_dir_all(dir)?;
+        }
+        fs_err::File::create(path)?;
+        self.lock().mounts.insert(path.to_path_buf());
+        Ok(())
+    }
+
+    fn remove_netns(&self, path: &Path) -> Result<()> {
+        self.record(HostCall::RemoveNetns(path.to_path_buf()))?;
+        self.lock().mounts.remove(path);
+        match fs_err::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn remove_cgroup(&self, rel: &str) -> Result<()> {
+        self.record(HostCall::RemoveCgroup(rel.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_in_order_and_tracks_mounts() {
+        let d = tempfile::tempdir().unwrap();
+        let h = RecordingHost::new();
+        let ns = d.path().join("netns/a");
+        h.create_netns(&ns).unwrap();
+        assert!(ns.exists() && h.is_mounted(&ns));
+        h.mount_tmpfs(&d.path().join("v/x"), 10).unwrap();
+        assert_eq!(
+            h.mounts_under(&d.path().join("v")),
+            vec![d.path().join("v/x")]
+        );
+        h.unmount(&d.path().join("v/x")).unwrap();
+        h.remove_netns(&ns).unwrap();
+        assert!(!ns.exists());
+        assert!(h.mounted().is_empty());
+        assert_eq!(
+            h.ops(),
+            ["create_netns", "mount_tmpfs", "unmount", "remove_netns"]
+        );
+    }
+
+    #[test]
+    fn scripted_failures_are_returned_and_recorded() {
+        let h = RecordingHost::new();
+        h.fail_at("remove_cgroup", "/a/b");
+        assert!(h.remove_cgroup("/a/c").is_ok());
+        let e = h.remove_cgroup("/a/b").unwrap_err();
+        assert!(e.to_string().contains("scripted failure"), "{e}");
+        h.fail("unmount");
+        assert!(h.unmount(Path::new("/x")).is_err());
+        assert_eq!(h.calls().len(), 3);
+    }
+}
