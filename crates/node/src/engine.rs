@@ -29,7 +29,9 @@ use crate::cni::{Attachment, Cni, NetworkConfig};
 use crate::error::{NodeError, Result};
 use crate::host::{self, Host};
 use crate::image::{Image, ImageStore, RegistryConfig};
-use crate::runtime::{ContainerStatus, HandlerKind, HandlerStatus, OciRuntime, find_binary};
+pub use crate::lifecycle::Phase;
+use crate::lifecycle::{self, Effect, Op};
+use crate::runtime::{HandlerKind, HandlerStatus, OciRuntime, find_binary};
 use crate::spec::{DnsSpec, SandboxSpec, VolumeSource, VolumeSpec};
 use crate::sys;
 use crate::timeline::{StepTime, Timeline};
@@ -102,25 +104,6 @@ impl EngineConfig {
             default_pids_limit: 4096,
             sandboxd_kit: None,
         }
-    }
-}
-
-/// Lifecycle phase of a sandbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Phase {
-    /// Container created, process not started.
-    Created,
-    /// Running.
-    Running,
-    /// Frozen.
-    Paused,
-    /// The process exited (code in [`SandboxState::exit_code`]).
-    Exited,
-}
-
-impl std::fmt::Display for Phase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self, f)
     }
 }
 
@@ -1516,13 +1499,13 @@ impl SandboxEngine {
             .container(name)
             .cloned()
             .ok_or_else(|| NodeError::NotFound(format!("{id}/{name}")))?;
-        if c.started {
-            return Err(NodeError::InvalidState {
-                sandbox: format!("{id}/{name}"),
-                op: "start",
-                state: "already started".into(),
-            });
-        }
+        let phase = if c.started {
+            Phase::Running
+        } else {
+            Phase::Created
+        };
+        lifecycle::transition(phase, Op::Start)
+            .map_err(|e| lifecycle::refused(format!("{id}/{name}"), e))?;
         if let Err(e) = self.join_network(entry).await {
             self.drop_if_network_failed(entry).await;
             return Err(e);
@@ -1619,12 +1602,7 @@ impl SandboxEngine {
         let rt = &self.runtimes[&rec.handler];
         st.phase = match rt.state(&c.runtime_id).await? {
             None => Phase::Exited,
-            Some(s) => match s.status {
-                ContainerStatus::Creating | ContainerStatus::Created => Phase::Created,
-                ContainerStatus::Running => Phase::Running,
-                ContainerStatus::Paused => Phase::Paused,
-                ContainerStatus::Stopped => Phase::Exited,
-            },
+            Some(s) => s.status.into(),
         };
         if st.phase == Phase::Exited {
             // The shim writes the code right after reaping; give it a moment.
@@ -1726,18 +1704,12 @@ impl SandboxEngine {
             .cloned()
             .ok_or_else(|| NodeError::NotFound(id.into()))?;
         let st = self.state_of(&rec, &main).await?;
-        if st.phase != Phase::Running {
-            return Err(NodeError::InvalidState {
-                sandbox: id.into(),
-                op: "pause",
-                state: st.phase.to_string(),
-            });
-        }
+        lifecycle::transition(st.phase, Op::Pause).map_err(|e| lifecycle::refused(id, e))?;
         let rt = self.runtimes[&rec.handler].clone();
         let all = rec.containers.clone();
         let mut paused = Vec::new();
         for c in &all {
-            if self.state_of(&rec, c).await?.phase == Phase::Running {
+            if lifecycle::can(self.state_of(&rec, c).await?.phase, Op::Pause) {
                 // runc gives up freezing a cgroup whose tasks keep changing ("unable to
                 // freeze", seen under load) and thaws it again; a later attempt holds.
                 let mut attempt = 0;
@@ -1784,17 +1756,11 @@ impl SandboxEngine {
             .cloned()
             .ok_or_else(|| NodeError::NotFound(id.into()))?;
         let st = self.state_of(&rec, &main).await?;
-        if st.phase != Phase::Paused {
-            return Err(NodeError::InvalidState {
-                sandbox: id.into(),
-                op: "resume",
-                state: st.phase.to_string(),
-            });
-        }
+        lifecycle::transition(st.phase, Op::Resume).map_err(|e| lifecycle::refused(id, e))?;
         let rt = self.runtimes[&rec.handler].clone();
         let all = rec.containers.clone();
         for c in &all {
-            if self.state_of(&rec, c).await?.phase == Phase::Paused {
+            if lifecycle::can(self.state_of(&rec, c).await?.phase, Op::Resume) {
                 rt.resume(&c.runtime_id).await?;
                 if let Some(x) = rec.container_mut(&c.name) {
                     x.paused = false;
@@ -1861,26 +1827,32 @@ impl SandboxEngine {
         let rid = &c.runtime_id;
         let rt = &self.runtimes[&rec.handler];
         let st = self.state_of(rec, c).await?;
-        match st.phase {
-            Phase::Exited => return Ok(st.exit_code),
-            Phase::Paused => rt.resume(rid).await?,
-            Phase::Created => {
-                // Never started: nothing to terminate gracefully, and runsc cannot signal a
-                // created container. Deleting it ends its init.
-                rt.delete(rid).await?;
-                return self.wait_exit(c, Duration::from_secs(10)).await;
-            }
-            Phase::Running => {}
+        let plan = lifecycle::transition(
+            st.phase,
+            Op::Stop {
+                graceful: !grace.is_zero(),
+            },
+        )
+        .map_err(|e| lifecycle::refused(rid.as_str(), e))?;
+        if plan.effects.is_empty() {
+            return Ok(st.exit_code);
         }
-        if !grace.is_zero() {
-            rt.kill(rid, "TERM").await?;
-            if let Some(pid) = c.container_pid
-                && pid_exited(pid, grace).await?
-            {
-                return self.wait_exit(c, Duration::from_secs(10)).await;
+        for effect in plan.effects {
+            match effect {
+                Effect::Thaw => rt.resume(rid).await?,
+                Effect::Delete => rt.delete(rid).await?,
+                Effect::Terminate => {
+                    rt.kill(rid, "TERM").await?;
+                    if let Some(pid) = c.container_pid
+                        && pid_exited(pid, grace).await?
+                    {
+                        return self.wait_exit(c, Duration::from_secs(10)).await;
+                    }
+                }
+                Effect::Kill => rt.kill(rid, "KILL").await?,
+                Effect::Start | Effect::Freeze => {}
             }
         }
-        rt.kill(rid, "KILL").await?;
         self.wait_exit(c, Duration::from_secs(10)).await
     }
 
@@ -2045,20 +2017,21 @@ impl SandboxEngine {
         };
         if let Some(rt) = self.runtimes.get(&handler)
             && let Some(st) = rt.state(rid).await.ok().flatten()
+            && let Ok(plan) = lifecycle::transition(st.status.into(), Op::Remove)
         {
-            if st.status == ContainerStatus::Paused {
-                note(rt.resume(rid).await);
-            }
-            if matches!(
-                st.status,
-                ContainerStatus::Running | ContainerStatus::Paused
-            ) {
-                note(rt.kill(rid, "KILL").await);
-                if let Some(pid) = c.container_pid {
-                    note(pid_exited(pid, Duration::from_secs(10)).await.map(drop));
+            for effect in plan.effects {
+                match effect {
+                    Effect::Thaw => note(rt.resume(rid).await),
+                    Effect::Kill => {
+                        note(rt.kill(rid, "KILL").await);
+                        if let Some(pid) = c.container_pid {
+                            note(pid_exited(pid, Duration::from_secs(10)).await.map(drop));
+                        }
+                    }
+                    Effect::Delete => note(rt.delete(rid).await),
+                    Effect::Start | Effect::Freeze | Effect::Terminate => {}
                 }
             }
-            note(rt.delete(rid).await);
         }
         if let Some(shim) = c.shim_pid {
             note(pid_exited(shim, Duration::from_secs(10)).await.map(drop));

@@ -3,10 +3,11 @@
 //!
 //! The entry point is [`SandboxEngine`]: `create` a sandbox from a [`SandboxSpec`] (derived from
 //! a Pod with [`SandboxSpec::from_pod`]), then `start`, `state`, `wait`, `pause`, `resume`,
-//! `stop`, `remove`; `recover` re-adopts sandboxes after a restart. Every host side effect goes
-//! through [`host`] (the engine's mounts, network namespaces and cgroups through its
-//! [`host::Host`] trait, with a recording double for tests); the only `unsafe` code is in the
-//! private `sys` module.
+//! `stop`, `remove`; `recover` re-adopts sandboxes after a restart; which operation is legal in
+//! which phase, and with which runtime effects, is one function ([`lifecycle::transition`]).
+//! Every host side effect goes through [`host`] (the engine's mounts, network namespaces and
+//! cgroups through its [`host::Host`] trait, with a recording double for tests); the only
+//! `unsafe` code is in the private `sys` module.
 
 pub mod agent;
 pub mod audit;
@@ -20,6 +21,7 @@ pub mod exec;
 pub mod firewall;
 pub mod host;
 pub mod image;
+pub mod lifecycle;
 pub mod logs;
 pub mod netpol;
 pub mod pod;
