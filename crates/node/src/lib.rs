@@ -9,7 +9,8 @@
 //!   function ([`lifecycle::transition`]); its mounts, network namespaces and cgroups go
 //!   through the [`host::Host`] trait.
 //! - [`kubelet`]: what kubelet does. [`kubelet::NodeAgent`] watches the Pods bound to the node
-//!   and drives the engine.
+//!   and drives the engine; its decisions (which container to start, restart or give up on,
+//!   back-offs, the Pod's phase) are pure functions in [`kubelet::plan`].
 //!
 //! The only `unsafe` code is in the private `sys` module.
 

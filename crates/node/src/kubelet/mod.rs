@@ -5,7 +5,8 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`agent`] | the [`NodeAgent`]: watches, per-Pod sync, containers, probes, status writes |
+//! | [`agent`] | the [`NodeAgent`]: watches, per-Pod sync, the executor of the plan |
+//! | [`plan`] | the decisions of a sync, as pure functions of the Pod, the agent's memory and the runtime's state |
 //! | [`pod`] | the agent's memory of each Pod and its rendering as the Pod's status |
 //! | [`probe`] | probes and lifecycle hooks |
 //! | [`env`], [`refs`], [`projected`] | environment, ConfigMap/Secret/downward API references and volumes |
@@ -19,6 +20,7 @@ pub mod env;
 pub mod events;
 pub mod exec;
 pub mod logs;
+pub mod plan;
 pub mod pod;
 pub mod portforward;
 pub mod probe;
