@@ -139,38 +139,7 @@ impl SandboxEngine {
         rec: &Record,
         c: &ContainerRecord,
     ) -> Result<ContainerState> {
-        let cp = CPaths { dir: c.dir.clone() };
-        let mut st = ContainerState {
-            name: c.name.clone(),
-            phase: Phase::Created,
-            exit_code: None,
-            pid: c.container_pid,
-        };
-        if let Some(code) = read_exit(&cp.exit()) {
-            st.phase = Phase::Exited;
-            st.exit_code = Some(code);
-            return Ok(st);
-        }
-        let rt = &self.runtimes[&rec.handler];
-        st.phase = match rt.state(&c.runtime_id).await? {
-            None => Phase::Exited,
-            Some(s) => s.status.into(),
-        };
-        if st.phase == Phase::Exited {
-            // The shim writes the code right after reaping; give it a moment.
-            for _ in 0..200 {
-                if let Some(code) = read_exit(&cp.exit()) {
-                    st.exit_code = Some(code);
-                    break;
-                }
-                if !pid_alive(c.shim_pid) {
-                    st.exit_code = read_exit(&cp.exit());
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-        Ok(st)
+        effects::container_state(&self.runtimes[&rec.handler], c).await
     }
 
     /// Wait until the main container's process exits; returns its exit code (`None` if
@@ -376,62 +345,6 @@ impl SandboxEngine {
         c: &ContainerRecord,
         grace: Duration,
     ) -> Result<Option<i32>> {
-        let rid = &c.runtime_id;
-        let rt = &self.runtimes[&rec.handler];
-        let st = self.state_of(rec, c).await?;
-        let plan = lifecycle::transition(
-            st.phase,
-            Op::Stop {
-                graceful: !grace.is_zero(),
-            },
-        )
-        .map_err(|e| lifecycle::refused(rid.as_str(), e))?;
-        if plan.effects.is_empty() {
-            return Ok(st.exit_code);
-        }
-        for effect in plan.effects {
-            match effect {
-                Effect::Thaw => rt.resume(rid).await?,
-                Effect::Delete => rt.delete(rid).await?,
-                Effect::Terminate => {
-                    rt.kill(rid, "TERM").await?;
-                    if let Some(pid) = c.container_pid
-                        && pid_exited(pid, grace).await?
-                    {
-                        return self.wait_exit(c, Duration::from_secs(10)).await;
-                    }
-                }
-                Effect::Kill => rt.kill(rid, "KILL").await?,
-                Effect::Start | Effect::Freeze => {}
-            }
-        }
-        self.wait_exit(c, Duration::from_secs(10)).await
-    }
-
-    pub(super) async fn wait_exit(
-        &self,
-        c: &ContainerRecord,
-        timeout: Duration,
-    ) -> Result<Option<i32>> {
-        let cp = CPaths { dir: c.dir.clone() };
-        if let Some(pid) = c.container_pid
-            && !pid_exited(pid, timeout).await?
-        {
-            return Err(NodeError::Timeout {
-                sandbox: c.runtime_id.clone(),
-                what: "the process to exit after SIGKILL",
-                secs: timeout.as_secs_f64(),
-            });
-        }
-        for _ in 0..500 {
-            if let Some(code) = read_exit(&cp.exit()) {
-                return Ok(Some(code));
-            }
-            if !pid_alive(c.shim_pid) {
-                return Ok(read_exit(&cp.exit()));
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        Ok(None)
+        effects::stop(&self.runtimes[&rec.handler], c, grace).await
     }
 }

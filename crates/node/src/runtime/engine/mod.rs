@@ -23,6 +23,7 @@
 //! | `container.rs` | a container's rootfs, bundle and runtime `create` |
 //! | `network.rs` | the background network attachment and the [`NetworkHook`] |
 //! | `control.rs` | `start`, `state`, `wait`, `exec`, `pause`, `resume`, `stop` |
+//! | `effects.rs` | the lifecycle's runtime effects on one container: state, stop, removal |
 //! | `teardown.rs` | `remove` and `recover` |
 //! | `steps.rs` | the host effects of those steps, as functions of a [`Host`] |
 //! | `etc_files.rs` | `/etc/hosts` and `/etc/resolv.conf` of a sandbox |
@@ -31,6 +32,7 @@
 mod container;
 mod control;
 mod create;
+mod effects;
 mod etc_files;
 mod handlers;
 mod network;
@@ -311,10 +313,11 @@ impl SandboxEngine {
                 });
                 continue;
             };
-            let rt = OciRuntime::new(
+            let rt = OciRuntime::with_host(
                 kind,
                 bin.clone(),
                 config.run_dir.join("runtime").join(kind.name()),
+                Arc::clone(&host),
             );
             fs_err::create_dir_all(rt.root())?;
             let status = probe(&rt, &config, host.as_ref()).await;

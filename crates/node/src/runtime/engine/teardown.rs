@@ -102,26 +102,8 @@ impl SandboxEngine {
                 }
             }
         };
-        if let Some(rt) = self.runtimes.get(&handler)
-            && let Some(st) = rt.state(rid).await.ok().flatten()
-            && let Ok(plan) = lifecycle::transition(st.status.into(), Op::Remove)
-        {
-            for effect in plan.effects {
-                match effect {
-                    Effect::Thaw => note(rt.resume(rid).await),
-                    Effect::Kill => {
-                        note(rt.kill(rid, "KILL").await);
-                        if let Some(pid) = c.container_pid {
-                            note(pid_exited(pid, Duration::from_secs(10)).await.map(drop));
-                        }
-                    }
-                    Effect::Delete => note(rt.delete(rid).await),
-                    Effect::Start | Effect::Freeze | Effect::Terminate => {}
-                }
-            }
-        }
-        if let Some(shim) = c.shim_pid {
-            note(pid_exited(shim, Duration::from_secs(10)).await.map(drop));
+        for e in effects::remove_from_runtime(self.runtimes.get(&handler), c).await {
+            note(Err(e));
         }
         let cp = CPaths { dir: c.dir.clone() };
         for e in steps::release_container(self.host.as_ref(), &cp, &c.cgroup_path) {

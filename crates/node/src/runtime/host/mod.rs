@@ -4,8 +4,8 @@
 //! Each function logs what it does at `debug` level under the `node::host` target, so one
 //! filter shows the full audit trail.
 //!
-//! The sandbox engine reaches the mount, network-namespace and cgroup effects through the
-//! [`Host`] trait: [`SystemHost`] performs them (with the free functions below), and
+//! The sandbox engine reaches the mount, network-namespace and cgroup effects, and its OCI
+//! runtime handlers run their programs, through the [`Host`] trait: [`SystemHost`] performs them (with the free functions below), and
 //! [`RecordingHost`] records them and returns scripted results, so the engine's steps are
 //! unit-tested without root.
 
@@ -49,6 +49,13 @@ pub trait Host: Send + Sync + std::fmt::Debug {
     fn remove_netns(&self, path: &Path) -> Result<()>;
     /// See [`remove_cgroup`].
     fn remove_cgroup(&self, rel: &str) -> Result<()>;
+    /// See [`run`]: run an external program (an OCI runtime, a CNI plugin) to completion.
+    fn run<'a>(
+        &'a self,
+        cmd: tokio::process::Command,
+        stdin: Option<&'a [u8]>,
+        timeout: Duration,
+    ) -> futures::future::BoxFuture<'a, Result<CmdOutput>>;
 }
 
 /// The real host: every call is the free function of the same name.
@@ -85,6 +92,14 @@ impl Host for SystemHost {
     }
     fn remove_cgroup(&self, rel: &str) -> Result<()> {
         remove_cgroup(rel)
+    }
+    fn run<'a>(
+        &'a self,
+        cmd: tokio::process::Command,
+        stdin: Option<&'a [u8]>,
+        timeout: Duration,
+    ) -> futures::future::BoxFuture<'a, Result<CmdOutput>> {
+        Box::pin(run(cmd, stdin, timeout))
     }
 }
 
@@ -342,7 +357,7 @@ pub async fn tcp_connect_in_netns(
 }
 
 /// Output of an external program.
-#[derive(Debug)]
+#[derive(Debug, Clone, Default)]
 pub struct CmdOutput {
     /// Exit code (128+signal when killed).
     pub code: i32,

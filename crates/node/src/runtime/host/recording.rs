@@ -7,7 +7,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::Host;
+use std::time::Duration;
+
+use super::{CmdOutput, Host};
 use crate::error::{NodeError, Result};
 
 /// One effect asked of the host, as [`RecordingHost`] records it.
@@ -35,6 +37,13 @@ pub enum HostCall {
     RemoveNetns(PathBuf),
     /// `remove_cgroup` of the relative cgroup path.
     RemoveCgroup(String),
+    /// `run` of `program` with `args`.
+    Run {
+        /// The program.
+        program: PathBuf,
+        /// Its arguments.
+        args: Vec<String>,
+    },
 }
 
 impl HostCall {
@@ -48,10 +57,12 @@ impl HostCall {
             HostCall::CreateNetns(_) => "create_netns",
             HostCall::RemoveNetns(_) => "remove_netns",
             HostCall::RemoveCgroup(_) => "remove_cgroup",
+            HostCall::Run { .. } => "run",
         }
     }
 
-    /// The path the call acts on (for `remove_cgroup`, the cgroup path).
+    /// The path the call acts on (for `remove_cgroup`, the cgroup path; for `run`, the
+    /// program).
     pub fn path(&self) -> PathBuf {
         match self {
             HostCall::MountOverlay { target, .. } | HostCall::MountTmpfs { target, .. } => {
@@ -59,9 +70,34 @@ impl HostCall {
             }
             HostCall::Unmount(p) | HostCall::CreateNetns(p) | HostCall::RemoveNetns(p) => p.clone(),
             HostCall::RemoveCgroup(rel) => PathBuf::from(rel),
+            HostCall::Run { program, .. } => program.clone(),
+        }
+    }
+
+    /// For `run`, its arguments from the first that is not a flag of the program's own (the
+    /// operation: `state x`, `kill x TERM`); empty for other calls.
+    pub fn command(&self) -> Vec<&str> {
+        match self {
+            HostCall::Run { args, .. } => {
+                let mut rest: &[String] = args;
+                // Global flags come first, some with a value (`--root <dir>`).
+                while let Some(first) = rest.first()
+                    && first.starts_with("--")
+                {
+                    let with_value =
+                        !first.contains('=') && GLOBAL_FLAGS_WITH_VALUE.contains(&first.as_str());
+                    rest = &rest[if with_value { 2 } else { 1 }.min(rest.len())..];
+                }
+                rest.iter().map(String::as_str).collect()
+            }
+            _ => Vec::new(),
         }
     }
 }
+
+/// The OCI runtimes' global flags that take a separate value.
+const GLOBAL_FLAGS_WITH_VALUE: &[&str] =
+    &["--root", "--log", "--log-format", "--platform", "--network"];
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -69,6 +105,9 @@ struct Inner {
     mounts: BTreeSet<PathBuf>,
     /// `(op, path)`: calls that fail; `None` as the path fails every call of the op.
     failures: Vec<(&'static str, Option<PathBuf>)>,
+    /// What `run` returns for a command that starts with the given words (the latest
+    /// scripted first); other commands exit 0 with no output.
+    outputs: Vec<(Vec<String>, CmdOutput)>,
 }
 
 /// A [`Host`] that records instead of acting (see the module documentation).
@@ -97,6 +136,29 @@ impl RecordingHost {
     /// Make the calls of `op` on `path` fail.
     pub fn fail_at(&self, op: &'static str, path: impl Into<PathBuf>) {
         self.lock().failures.push((op, Some(path.into())));
+    }
+
+    /// Make `run` of a command starting with `words` (after the program's global flags, see
+    /// [`HostCall::command`]) return `code` with `stdout` and `stderr`.
+    pub fn script_run(&self, words: &[&str], code: i32, stdout: &str, stderr: &str) {
+        self.lock().outputs.push((
+            words.iter().map(|w| w.to_string()).collect(),
+            CmdOutput {
+                code,
+                stdout: stdout.as_bytes().to_vec(),
+                stderr: stderr.as_bytes().to_vec(),
+            },
+        ));
+    }
+
+    /// The commands run so far (see [`HostCall::command`]), each joined with spaces.
+    pub fn commands(&self) -> Vec<String> {
+        self.lock()
+            .calls
+            .iter()
+            .filter(|c| c.op() == "run")
+            .map(|c| c.command().join(" "))
+            .collect()
     }
 
     /// Every effect so far, in order.
@@ -203,6 +265,33 @@ impl Host for RecordingHost {
 
     fn remove_cgroup(&self, rel: &str) -> Result<()> {
         self.record(HostCall::RemoveCgroup(rel.to_string()))
+    }
+
+    fn run<'a>(
+        &'a self,
+        cmd: tokio::process::Command,
+        _stdin: Option<&'a [u8]>,
+        _timeout: Duration,
+    ) -> futures::future::BoxFuture<'a, Result<CmdOutput>> {
+        let std_cmd = cmd.as_std();
+        let call = HostCall::Run {
+            program: PathBuf::from(std_cmd.get_program()),
+            args: std_cmd
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
+        };
+        let words: Vec<String> = call.command().iter().map(|w| w.to_string()).collect();
+        let result = self.record(call).map(|()| {
+            self.lock()
+                .outputs
+                .iter()
+                .rev()
+                .find(|(prefix, _)| words.starts_with(prefix))
+                .map(|(_, out)| out.clone())
+                .unwrap_or_default()
+        });
+        Box::pin(std::future::ready(result))
     }
 }
 
