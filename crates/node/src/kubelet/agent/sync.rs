@@ -1,4 +1,4 @@
-//! One sync of a Pod: observe the sandbox and the agent's memory, ask [`super::super::plan`]
+//! One sync of a Pod: observe the sandbox and the agent's memory, ask [`crate::kubelet::plan`]
 //! what to do, and do it (create the sandbox, step the init and regular containers, enforce the
 //! deadline, write the status); and the deletion of a Pod.
 
