@@ -296,7 +296,11 @@ impl SandboxEngine {
         }
         let images = ImageStore::open(config.root.join("images"), config.registry.clone())?;
         let cni = match &config.network {
-            Some(n) => Some(Cni::new(n.clone(), &config.root.join("network"))?),
+            Some(n) => Some(Cni::with_host(
+                n.clone(),
+                &config.root.join("network"),
+                Arc::clone(&host),
+            )?),
             None => None,
         };
         let mut runtimes = HashMap::new();

@@ -43,6 +43,8 @@ pub enum HostCall {
         program: PathBuf,
         /// Its arguments.
         args: Vec<String>,
+        /// The environment variables it was given (`CNI_COMMAND`, ...).
+        env: Vec<(String, String)>,
     },
 }
 
@@ -99,15 +101,42 @@ impl HostCall {
 const GLOBAL_FLAGS_WITH_VALUE: &[&str] =
     &["--root", "--log", "--log-format", "--platform", "--network"];
 
+/// Which `run` calls a scripted output is for.
+#[derive(Debug)]
+enum Matcher {
+    /// Commands starting with these words (see [`HostCall::command`]).
+    Words(Vec<String>),
+    /// A program of this file name, given this environment variable when set.
+    Program(String, Option<(String, String)>),
+}
+
+impl Matcher {
+    fn accepts(&self, call: &HostCall) -> bool {
+        let HostCall::Run { program, env, .. } = call else {
+            return false;
+        };
+        match self {
+            Matcher::Words(prefix) => {
+                let words = call.command();
+                words.len() >= prefix.len() && words.iter().zip(prefix).all(|(a, b)| a == b)
+            }
+            Matcher::Program(name, var) => {
+                program.file_name().is_some_and(|f| f == name.as_str())
+                    && var.as_ref().is_none_or(|v| env.contains(v))
+            }
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     calls: Vec<HostCall>,
     mounts: BTreeSet<PathBuf>,
     /// `(op, path)`: calls that fail; `None` as the path fails every call of the op.
     failures: Vec<(&'static str, Option<PathBuf>)>,
-    /// What `run` returns for a command that starts with the given words (the latest
-    /// scripted first); other commands exit 0 with no output.
-    outputs: Vec<(Vec<String>, CmdOutput)>,
+    /// What `run` returns for the commands a matcher accepts (the latest scripted first);
+    /// other commands exit 0 with no output.
+    outputs: Vec<(Matcher, CmdOutput)>,
 }
 
 /// A [`Host`] that records instead of acting (see the module documentation).
@@ -141,14 +170,56 @@ impl RecordingHost {
     /// Make `run` of a command starting with `words` (after the program's global flags, see
     /// [`HostCall::command`]) return `code` with `stdout` and `stderr`.
     pub fn script_run(&self, words: &[&str], code: i32, stdout: &str, stderr: &str) {
+        let m = Matcher::Words(words.iter().map(|w| w.to_string()).collect());
+        self.script(m, code, stdout, stderr);
+    }
+
+    /// Make `run` of a program named `name` (its file name), given the environment variable
+    /// `var` when set, return `code` with `stdout` and `stderr`.
+    pub fn script_program(
+        &self,
+        name: &str,
+        var: Option<(&str, &str)>,
+        code: i32,
+        stdout: &str,
+        stderr: &str,
+    ) {
+        let var = var.map(|(k, v)| (k.to_string(), v.to_string()));
+        self.script(
+            Matcher::Program(name.to_string(), var),
+            code,
+            stdout,
+            stderr,
+        );
+    }
+
+    fn script(&self, m: Matcher, code: i32, stdout: &str, stderr: &str) {
         self.lock().outputs.push((
-            words.iter().map(|w| w.to_string()).collect(),
+            m,
             CmdOutput {
                 code,
                 stdout: stdout.as_bytes().to_vec(),
                 stderr: stderr.as_bytes().to_vec(),
             },
         ));
+    }
+
+    /// The programs run so far (file names), each with the value of `var` it was given.
+    pub fn programs(&self, var: &str) -> Vec<(String, Option<String>)> {
+        self.lock()
+            .calls
+            .iter()
+            .filter_map(|c| match c {
+                HostCall::Run { program, env, .. } => Some((
+                    program
+                        .file_name()
+                        .map(|f| f.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    env.iter().find(|(k, _)| k == var).map(|(_, v)| v.clone()),
+                )),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The commands run so far (see [`HostCall::command`]), each joined with spaces.
@@ -280,17 +351,25 @@ impl Host for RecordingHost {
                 .get_args()
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect(),
+            env: std_cmd
+                .get_envs()
+                .filter_map(|(k, v)| {
+                    Some((
+                        k.to_string_lossy().into_owned(),
+                        v?.to_string_lossy().into_owned(),
+                    ))
+                })
+                .collect(),
         };
-        let words: Vec<String> = call.command().iter().map(|w| w.to_string()).collect();
-        let result = self.record(call).map(|()| {
-            self.lock()
-                .outputs
-                .iter()
-                .rev()
-                .find(|(prefix, _)| words.starts_with(prefix))
-                .map(|(_, out)| out.clone())
-                .unwrap_or_default()
-        });
+        let output = self
+            .lock()
+            .outputs
+            .iter()
+            .rev()
+            .find(|(m, _)| m.accepts(&call))
+            .map(|(_, out)| out.clone())
+            .unwrap_or_default();
+        let result = self.record(call).map(|()| output);
         Box::pin(std::future::ready(result))
     }
 }
