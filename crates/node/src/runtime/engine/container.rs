@@ -168,7 +168,7 @@ impl SandboxEngine {
         let split = start && entry.net.lock().await.is_some();
         let one_call = start && !split;
         self.wait_netns(entry).await?;
-        let started = spawn_create(&rt, &runtime_id, &cp, one_call).await?;
+        let started = spawn_create(Arc::clone(&self.host), &rt, &runtime_id, &cp, one_call).await?;
         tl.record(
             if one_call {
                 "runtime run"
@@ -217,6 +217,7 @@ impl SandboxEngine {
 }
 
 pub(super) async fn spawn_create(
+    host: Arc<dyn Host>,
     rt: &OciRuntime,
     id: &str,
     paths: &CPaths,
@@ -252,7 +253,7 @@ pub(super) async fn spawn_create(
         exit_file: cs(&paths.exit()),
         hide_cgroup2: rt.hides_cgroup2(),
     };
-    tokio::task::spawn_blocking(move || sys::spawn_shim(plan))
+    tokio::task::spawn_blocking(move || host.spawn_shim(plan))
         .await
         .map_err(|e| NodeError::Config(format!("shim task failed: {e}")))?
         .map_err(|e| {

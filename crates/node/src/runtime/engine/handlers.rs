@@ -8,7 +8,7 @@ use super::*;
 pub(super) async fn probe(
     rt: &OciRuntime,
     config: &EngineConfig,
-    host: &dyn Host,
+    host: &Arc<dyn Host>,
 ) -> HandlerStatus {
     let version = rt.version().await.ok();
     let id = format!("probe-{}-{}", rt.kind().name(), std::process::id());
@@ -52,7 +52,7 @@ pub(super) async fn probe(
         bundle::write(&spec, &dir.join("bundle"))?;
         let paths = CPaths { dir: dir.clone() };
         let t = Instant::now();
-        let started = spawn_create(rt, &id, &paths, false).await?;
+        let started = spawn_create(Arc::clone(host), rt, &id, &paths, false).await?;
         if started.create_exit != 0 {
             let log = fs_err::read_to_string(paths.log()).unwrap_or_default();
             return Err(NodeError::Runtime {

@@ -57,7 +57,7 @@ use crate::host::{self, Host};
 use crate::image::{Image, ImageStore, RegistryConfig};
 pub use crate::lifecycle::Phase;
 use crate::lifecycle::{self, Effect, Op};
-use crate::runtime::{HandlerKind, HandlerStatus, OciRuntime, find_binary};
+use crate::runtime::{HandlerKind, HandlerStatus, OciRuntime};
 use crate::spec::{DnsSpec, SandboxSpec, VolumeSource, VolumeSpec};
 use crate::sys;
 use crate::timeline::{StepTime, Timeline};
@@ -306,7 +306,7 @@ impl SandboxEngine {
         let mut runtimes = HashMap::new();
         let mut statuses = Vec::new();
         for &kind in &config.handlers {
-            let Some(bin) = find_binary(kind.name()) else {
+            let Some(bin) = host.find_program(kind.name()) else {
                 statuses.push(HandlerStatus {
                     kind,
                     binary: None,
@@ -324,7 +324,7 @@ impl SandboxEngine {
                 Arc::clone(&host),
             );
             fs_err::create_dir_all(rt.root())?;
-            let status = probe(&rt, &config, host.as_ref()).await;
+            let status = probe(&rt, &config, &host).await;
             if status.usable {
                 runtimes.insert(kind, rt);
             }
@@ -506,3 +506,7 @@ impl SandboxEngine {
         self.save_record(rec, generation)
     }
 }
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

@@ -4,13 +4,14 @@
 //! Each function logs what it does at `debug` level under the `node::host` target, so one
 //! filter shows the full audit trail.
 //!
-//! The sandbox engine reaches the mount, network-namespace and cgroup effects, and its OCI
-//! runtime handlers run their programs, through the [`Host`] trait: [`SystemHost`] performs them (with the free functions below), and
+//! The sandbox engine reaches the mount, network-namespace and cgroup effects, finds and runs
+//! its programs and starts its shims through the [`Host`] trait: [`SystemHost`] performs them (with the free functions below), and
 //! [`RecordingHost`] records them and returns scripted results, so the engine's steps are
 //! unit-tested without root.
 
 mod recording;
 
+pub use crate::sys::{ShimPlan, ShimStarted};
 pub use recording::{HostCall, RecordingHost};
 
 use std::ffi::OsStr;
@@ -49,6 +50,11 @@ pub trait Host: Send + Sync + std::fmt::Debug {
     fn remove_netns(&self, path: &Path) -> Result<()>;
     /// See [`remove_cgroup`].
     fn remove_cgroup(&self, rel: &str) -> Result<()>;
+    /// Find a program on the standard system PATH (see [`crate::runtime::find_binary`]).
+    fn find_program(&self, name: &str) -> Option<PathBuf>;
+    /// Start the shim that runs a runtime's `create` (or `run`) and stays the container's
+    /// parent (see the private `sys` module); blocking.
+    fn spawn_shim(&self, plan: ShimPlan) -> std::io::Result<ShimStarted>;
     /// See [`run`]: run an external program (an OCI runtime, a CNI plugin) to completion.
     fn run<'a>(
         &'a self,
@@ -92,6 +98,12 @@ impl Host for SystemHost {
     }
     fn remove_cgroup(&self, rel: &str) -> Result<()> {
         remove_cgroup(rel)
+    }
+    fn find_program(&self, name: &str) -> Option<PathBuf> {
+        crate::runtime::find_binary(name)
+    }
+    fn spawn_shim(&self, plan: ShimPlan) -> std::io::Result<ShimStarted> {
+        crate::sys::spawn_shim(plan)
     }
     fn run<'a>(
         &'a self,

@@ -1,7 +1,10 @@
 //! The recording test double of [`Host`]: records every effect in order, keeps a pretend mount
 //! table (so `is_mounted` and `mounts_under` answer as the host would), and fails the calls a
 //! test scripts to fail. Network namespaces are plain files, so code that checks that a
-//! namespace exists sees it. Nothing needs root.
+//! namespace exists sees it; an overlay "mount" copies its lower directories into the target
+//! (and its unmount empties it again), so code that reads a rootfs finds the image's files.
+//! Programs are found at `/usr/bin/<name>` and never run: `run` returns scripted outputs and
+//! `spawn_shim` a scripted `create` status with a pid no process has. Nothing needs root.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -9,7 +12,7 @@ use std::sync::Mutex;
 
 use std::time::Duration;
 
-use super::{CmdOutput, Host};
+use super::{CmdOutput, Host, ShimPlan, ShimStarted};
 use crate::error::{NodeError, Result};
 
 /// One effect asked of the host, as [`RecordingHost`] records it.
@@ -37,6 +40,8 @@ pub enum HostCall {
     RemoveNetns(PathBuf),
     /// `remove_cgroup` of the relative cgroup path.
     RemoveCgroup(String),
+    /// `spawn_shim` of a runtime's `create` (or `run`) command line.
+    SpawnShim(Vec<String>),
     /// `run` of `program` with `args`.
     Run {
         /// The program.
@@ -59,6 +64,7 @@ impl HostCall {
             HostCall::CreateNetns(_) => "create_netns",
             HostCall::RemoveNetns(_) => "remove_netns",
             HostCall::RemoveCgroup(_) => "remove_cgroup",
+            HostCall::SpawnShim(_) => "spawn_shim",
             HostCall::Run { .. } => "run",
         }
     }
@@ -72,6 +78,7 @@ impl HostCall {
             }
             HostCall::Unmount(p) | HostCall::CreateNetns(p) | HostCall::RemoveNetns(p) => p.clone(),
             HostCall::RemoveCgroup(rel) => PathBuf::from(rel),
+            HostCall::SpawnShim(argv) => PathBuf::from(argv.first().cloned().unwrap_or_default()),
             HostCall::Run { program, .. } => program.clone(),
         }
     }
@@ -137,6 +144,10 @@ struct Inner {
     /// What `run` returns for the commands a matcher accepts (the latest scripted first);
     /// other commands exit 0 with no output.
     outputs: Vec<(Matcher, CmdOutput)>,
+    /// Targets of overlay "mounts" (emptied again on unmount).
+    overlays: BTreeSet<PathBuf>,
+    /// The exit status `spawn_shim` reports for the runtime's `create`.
+    create_exit: i32,
 }
 
 /// A [`Host`] that records instead of acting (see the module documentation).
@@ -222,6 +233,11 @@ impl RecordingHost {
             .collect()
     }
 
+    /// Make every later `spawn_shim` report that the runtime's `create` exited with `code`.
+    pub fn script_create_exit(&self, code: i32) {
+        self.lock().create_exit = code;
+    }
+
     /// The commands run so far (see [`HostCall::command`]), each joined with spaces.
     pub fn commands(&self) -> Vec<String> {
         self.lock()
@@ -282,7 +298,15 @@ impl Host for RecordingHost {
             lowers: lowers.to_vec(),
             target: target.to_path_buf(),
         })?;
-        self.lock().mounts.insert(target.to_path_buf());
+        // Bottom layer first, so upper layers overwrite.
+        if target.is_dir() {
+            for lower in lowers.iter().rev() {
+                copy_tree(lower, target)?;
+            }
+        }
+        let mut inner = self.lock();
+        inner.mounts.insert(target.to_path_buf());
+        inner.overlays.insert(target.to_path_buf());
         Ok(())
     }
 
@@ -297,7 +321,18 @@ impl Host for RecordingHost {
 
     fn unmount(&self, target: &Path) -> Result<()> {
         self.record(HostCall::Unmount(target.to_path_buf()))?;
-        self.lock().mounts.remove(target);
+        let mut inner = self.lock();
+        inner.mounts.remove(target);
+        if inner.overlays.remove(target) && target.is_dir() {
+            for e in fs_err::read_dir(target)?.flatten() {
+                let p = e.path();
+                if p.is_dir() && !p.is_symlink() {
+                    fs_err::remove_dir_all(&p)?;
+                } else {
+                    fs_err::remove_file(&p)?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -338,6 +373,25 @@ impl Host for RecordingHost {
         self.record(HostCall::RemoveCgroup(rel.to_string()))
     }
 
+    fn find_program(&self, name: &str) -> Option<PathBuf> {
+        Some(Path::new("/usr/bin").join(name))
+    }
+
+    fn spawn_shim(&self, plan: ShimPlan) -> std::io::Result<ShimStarted> {
+        let argv = plan
+            .argv
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        self.record(HostCall::SpawnShim(argv))
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(ShimStarted {
+            create_exit: self.lock().create_exit,
+            // Above any pid_max: no process has it, so waits on it end at once.
+            shim_pid: i32::MAX,
+        })
+    }
+
     fn run<'a>(
         &'a self,
         cmd: tokio::process::Command,
@@ -372,6 +426,27 @@ impl Host for RecordingHost {
         let result = self.record(call).map(|()| output);
         Box::pin(std::future::ready(result))
     }
+}
+
+/// Copy the files, directories and symlinks under `from` into `to`, replacing files.
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    if !from.is_dir() {
+        return Ok(());
+    }
+    for e in fs_err::read_dir(from)?.flatten() {
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        let kind = e.file_type()?;
+        if kind.is_symlink() {
+            let _ = fs_err::remove_file(&dst);
+            std::os::unix::fs::symlink(fs_err::read_link(&src)?, &dst)?;
+        } else if kind.is_dir() {
+            fs_err::create_dir_all(&dst)?;
+            copy_tree(&src, &dst)?;
+        } else {
+            fs_err::copy(&src, &dst)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

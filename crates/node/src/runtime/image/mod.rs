@@ -386,6 +386,49 @@ impl ImageStore {
     }
 }
 
+#[cfg(test)]
+impl ImageStore {
+    /// Record `reference` as a pulled image of one layer holding `files` (path, content,
+    /// mode) with `cmd` as its command: an image for unit tests, without a registry.
+    pub(crate) fn insert_for_tests(
+        &self,
+        reference: &str,
+        files: &[(&str, &[u8], u32)],
+        cmd: &[&str],
+    ) -> Result<Image> {
+        use std::os::unix::fs::PermissionsExt;
+        let reference = parse_reference(reference)?.whole();
+        let digest = sha256_hex(reference.as_bytes());
+        let dir = self.layer_dir(&digest);
+        fs_err::create_dir_all(&dir)?;
+        for (path, data, mode) in files {
+            let p = dir.join(path.trim_start_matches('/'));
+            if let Some(parent) = p.parent() {
+                fs_err::create_dir_all(parent)?;
+            }
+            fs_err::write(&p, data)?;
+            fs_err::set_permissions(&p, std::fs::Permissions::from_mode(*mode))?;
+        }
+        let img = Image {
+            reference,
+            manifest_digest: digest.clone(),
+            config_digest: digest.clone(),
+            config: RunConfig {
+                cmd: Some(cmd.iter().map(|c| c.to_string()).collect()),
+                ..RunConfig::default()
+            },
+            layers: vec![Descriptor {
+                media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+                digest,
+                size: 0,
+                annotations: None,
+            }],
+        };
+        self.save(&img)?;
+        Ok(img)
+    }
+}
+
 /// Registry credentials a Pod brings (the docker configs of its `imagePullSecrets`), each with
 /// where it came from (for messages), tried in order before the node's own.
 #[derive(Debug, Clone, Default)]
