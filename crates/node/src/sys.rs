@@ -34,7 +34,7 @@ use std::sync::OnceLock;
 use nix::libc;
 
 /// Everything the shim needs, prepared before the fork so the child never allocates.
-pub(crate) struct ShimPlan {
+pub struct ShimPlan {
     /// argv of the runtime `create` command, argv\[0\] an absolute path.
     pub argv: Vec<CString>,
     /// Environment of the `create` command.
@@ -95,7 +95,7 @@ pub(crate) fn hide_cgroup2_before_exec(cmd: &mut tokio::process::Command) {
 
 /// What the shim reports once `create` has finished.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct ShimStarted {
+pub struct ShimStarted {
     /// Wait status of the runtime `create` process, as an exit code (128+signal if killed).
     pub create_exit: i32,
     /// Pid of the shim (it stays alive while the container runs).

@@ -211,7 +211,7 @@ async fn one_image_many_sandboxes_stores_layers_once() {
         .into_iter()
         .find(|k| agent_sandbox_node::runtime::find_binary(k.name()).is_some())
     else {
-        println!("SKIP: neither crun nor runc is installed");
+        common::skip_unless(false, "neither crun nor runc is installed");
         return;
     };
     if common::need(Some(kind)) {

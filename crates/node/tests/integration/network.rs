@@ -31,7 +31,7 @@ async fn networking(kind: HandlerKind, salt: u32) {
         return;
     }
     if !Path::new("/usr/lib/cni/bridge").is_file() {
-        println!("SKIP: containernetworking-plugins is not installed");
+        common::skip_unless(false, "containernetworking-plugins is not installed");
         return;
     }
     let (net, _) = test_network(salt).expect("a free /24 under 10.100.0.0/16");
@@ -143,7 +143,7 @@ async fn a_failed_network_attachment_leaves_nothing() {
         return;
     }
     if !Path::new("/usr/lib/cni/host-local").is_file() {
-        println!("SKIP: containernetworking-plugins is not installed");
+        common::skip_unless(false, "containernetworking-plugins is not installed");
         return;
     }
     // A plugin directory whose `bridge` refuses ADD (after a delay, so that the runtime's
@@ -199,7 +199,7 @@ fn subnet_colliding_with_a_host_route_is_refused() {
         .into_iter()
         .find(|(d, _, l)| *l > 0 && *d != bridge)
     else {
-        println!("SKIP: no non-default IPv4 route on this host");
+        common::skip_unless(false, "no non-default IPv4 route on this host");
         return;
     };
     let cfg = NetworkConfig {

@@ -3,6 +3,16 @@
 //! creation, running external programs (OCI runtimes, CNI plugins), cgroup directory removal.
 //! Each function logs what it does at `debug` level under the `node::host` target, so one
 //! filter shows the full audit trail.
+//!
+//! The sandbox engine reaches the mount, network-namespace and cgroup effects, finds and runs
+//! its programs and starts its shims through the [`Host`] trait: [`SystemHost`] performs them (with the free functions below), and
+//! [`RecordingHost`] records them and returns scripted results, so the engine's steps are
+//! unit-tested without root.
+
+mod recording;
+
+pub use crate::sys::{ShimPlan, ShimStarted};
+pub use recording::{HostCall, RecordingHost};
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -15,6 +25,95 @@ use tokio::io::AsyncWriteExt;
 use crate::error::{NodeError, Result};
 
 const TARGET: &str = "node::host";
+
+/// The host effects of the sandbox engine: mounts, network namespaces, cgroups.
+pub trait Host: Send + Sync + std::fmt::Debug {
+    /// See [`mount_overlay`].
+    fn mount_overlay(
+        &self,
+        lowers: &[PathBuf],
+        upper: &Path,
+        work: &Path,
+        target: &Path,
+    ) -> Result<()>;
+    /// See [`mount_tmpfs`].
+    fn mount_tmpfs(&self, target: &Path, size: u64) -> Result<()>;
+    /// See [`unmount`].
+    fn unmount(&self, target: &Path) -> Result<()>;
+    /// See [`is_mounted`].
+    fn is_mounted(&self, path: &Path) -> bool;
+    /// See [`mounts_under`].
+    fn mounts_under(&self, dir: &Path) -> Vec<PathBuf>;
+    /// See [`create_netns`].
+    fn create_netns(&self, path: &Path) -> Result<()>;
+    /// See [`remove_netns`].
+    fn remove_netns(&self, path: &Path) -> Result<()>;
+    /// See [`remove_cgroup`].
+    fn remove_cgroup(&self, rel: &str) -> Result<()>;
+    /// Find a program on the standard system PATH (see [`crate::runtime::find_binary`]).
+    fn find_program(&self, name: &str) -> Option<PathBuf>;
+    /// Start the shim that runs a runtime's `create` (or `run`) and stays the container's
+    /// parent (see the private `sys` module); blocking.
+    fn spawn_shim(&self, plan: ShimPlan) -> std::io::Result<ShimStarted>;
+    /// See [`run`]: run an external program (an OCI runtime, a CNI plugin) to completion.
+    fn run<'a>(
+        &'a self,
+        cmd: tokio::process::Command,
+        stdin: Option<&'a [u8]>,
+        timeout: Duration,
+    ) -> futures::future::BoxFuture<'a, Result<CmdOutput>>;
+}
+
+/// The real host: every call is the free function of the same name.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemHost;
+
+impl Host for SystemHost {
+    fn mount_overlay(
+        &self,
+        lowers: &[PathBuf],
+        upper: &Path,
+        work: &Path,
+        target: &Path,
+    ) -> Result<()> {
+        mount_overlay(lowers, upper, work, target)
+    }
+    fn mount_tmpfs(&self, target: &Path, size: u64) -> Result<()> {
+        mount_tmpfs(target, size)
+    }
+    fn unmount(&self, target: &Path) -> Result<()> {
+        unmount(target)
+    }
+    fn is_mounted(&self, path: &Path) -> bool {
+        is_mounted(path)
+    }
+    fn mounts_under(&self, dir: &Path) -> Vec<PathBuf> {
+        mounts_under(dir)
+    }
+    fn create_netns(&self, path: &Path) -> Result<()> {
+        create_netns(path)
+    }
+    fn remove_netns(&self, path: &Path) -> Result<()> {
+        remove_netns(path)
+    }
+    fn remove_cgroup(&self, rel: &str) -> Result<()> {
+        remove_cgroup(rel)
+    }
+    fn find_program(&self, name: &str) -> Option<PathBuf> {
+        crate::runtime::find_binary(name)
+    }
+    fn spawn_shim(&self, plan: ShimPlan) -> std::io::Result<ShimStarted> {
+        crate::sys::spawn_shim(plan)
+    }
+    fn run<'a>(
+        &'a self,
+        cmd: tokio::process::Command,
+        stdin: Option<&'a [u8]>,
+        timeout: Duration,
+    ) -> futures::future::BoxFuture<'a, Result<CmdOutput>> {
+        Box::pin(run(cmd, stdin, timeout))
+    }
+}
 
 /// Mount an overlay with the given lower directories (topmost first) on `target`.
 pub fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<()> {
@@ -270,7 +369,7 @@ pub async fn tcp_connect_in_netns(
 }
 
 /// Output of an external program.
-#[derive(Debug)]
+#[derive(Debug, Clone, Default)]
 pub struct CmdOutput {
     /// Exit code (128+signal when killed).
     pub code: i32,
@@ -366,6 +465,11 @@ mod tests {
     #[test]
     fn netns_is_new_and_removable() {
         if !nix::unistd::geteuid().is_root() {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIP netns_is_new_and_removable: needs root"
+            );
             return;
         }
         let d = tempfile::tempdir().unwrap();

@@ -11,13 +11,14 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::error::{NodeError, Result};
-use crate::host;
+use crate::host::{self, Host};
 use crate::netpol::HostPeer;
 use crate::spec::HostPort;
 
@@ -185,6 +186,8 @@ impl NetworkConfig {
 pub struct Cni {
     config: NetworkConfig,
     ipam_dir: PathBuf,
+    /// Runs the plugins.
+    host: Arc<dyn Host>,
 }
 
 /// Result of a successful ADD.
@@ -232,10 +235,19 @@ const CNI_VERSION: &str = "1.0.0";
 impl Cni {
     /// A driver keeping IPAM state under `state_dir`.
     pub fn new(config: NetworkConfig, state_dir: &Path) -> Result<Self> {
+        Self::with_host(config, state_dir, Arc::new(host::SystemHost))
+    }
+
+    /// [`Cni::new`] with the plugins run through `host`.
+    pub fn with_host(config: NetworkConfig, state_dir: &Path, host: Arc<dyn Host>) -> Result<Self> {
         config.validate()?;
         let ipam_dir = state_dir.join("ipam");
         fs_err::create_dir_all(&ipam_dir)?;
-        Ok(Cni { config, ipam_dir })
+        Ok(Cni {
+            config,
+            ipam_dir,
+            host,
+        })
     }
 
     /// The configuration.
@@ -261,7 +273,7 @@ impl Cni {
             )
             .env("CNI_PATH", &self.config.plugin_dir);
         let input = serde_json::to_vec(conf).map_err(|e| NodeError::json("CNI config", e))?;
-        let out = host::run(cmd, Some(&input), TIMEOUT).await?;
+        let out = self.host.run(cmd, Some(&input), TIMEOUT).await?;
         if out.code != 0 {
             let msg = serde_json::from_slice::<Value>(&out.stdout)
                 .ok()
@@ -386,7 +398,10 @@ impl Cni {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::host::RecordingHost;
 
     #[test]
     fn cidr_overlap() {
@@ -400,5 +415,131 @@ mod tests {
     fn reads_host_routes() {
         // Every Linux host has at least a loopback-less route table file; parsing must not panic.
         let _ = host_routes();
+    }
+
+    /// A driver whose plugins (empty files in `dir`) run through `host`, on a documentation
+    /// subnet that no host route covers.
+    fn driver(host: &Arc<RecordingHost>, dir: &Path) -> Cni {
+        for p in ["bridge", "host-local", "portmap"] {
+            fs_err::write(dir.join(p), "").unwrap();
+        }
+        let routes = host_routes();
+        let subnet = ["198.51.100.0/24", "203.0.113.0/24", "192.0.2.0/24"]
+            .into_iter()
+            .find(|s| {
+                let net = parse_cidr(s).unwrap();
+                !routes
+                    .iter()
+                    .any(|(_, dst, len)| *len > 0 && overlaps(net, (*dst, *len)))
+            })
+            .expect("a documentation subnet free of host routes");
+        let config = NetworkConfig {
+            subnet: subnet.into(),
+            plugin_dir: dir.to_path_buf(),
+            ..NetworkConfig::default()
+        };
+        Cni::with_host(config, dir, Arc::clone(host) as Arc<dyn crate::host::Host>).unwrap()
+    }
+
+    fn ran(host: &RecordingHost) -> Vec<(String, String)> {
+        host.programs("CNI_COMMAND")
+            .into_iter()
+            .map(|(p, c)| (p, c.unwrap_or_default()))
+            .collect()
+    }
+
+    fn step(plugin: &str, command: &str) -> (String, String) {
+        (plugin.to_string(), command.to_string())
+    }
+
+    #[tokio::test]
+    async fn add_gives_the_bridge_plugins_address() {
+        let d = tempfile::tempdir().unwrap();
+        let host = Arc::new(RecordingHost::new());
+        let cni = driver(&host, d.path());
+        host.script_program(
+            "bridge",
+            Some(("CNI_COMMAND", "ADD")),
+            0,
+            r#"{"ips": [{"address": "198.51.100.7/24"}]}"#,
+            "",
+        );
+        let att = cni
+            .add("s1", Path::new("/run/netns/s1"), &[])
+            .await
+            .unwrap();
+        assert_eq!(att.ip, Ipv4Addr::new(198, 51, 100, 7));
+        assert_eq!(ran(&host), [step("bridge", "ADD")]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_or_addressless_add_is_released() {
+        let d = tempfile::tempdir().unwrap();
+        let host = Arc::new(RecordingHost::new());
+        let cni = driver(&host, d.path());
+        host.script_program(
+            "bridge",
+            Some(("CNI_COMMAND", "ADD")),
+            1,
+            r#"{"msg": "no IP addresses available", "details": "range full"}"#,
+            "",
+        );
+        let err = cni.add("s1", Path::new("/ns"), &[]).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            NodeError::Cni {
+                sandbox: "s1".into(),
+                plugin: "bridge".into(),
+                command: "ADD",
+                message: "no IP addresses available: range full".into(),
+            }
+            .to_string()
+        );
+        assert_eq!(ran(&host), [step("bridge", "ADD"), step("bridge", "DEL")]);
+
+        let host = Arc::new(RecordingHost::new());
+        let cni = driver(&host, d.path());
+        host.script_program(
+            "bridge",
+            Some(("CNI_COMMAND", "ADD")),
+            0,
+            r#"{"ips": []}"#,
+            "",
+        );
+        assert!(cni.add("s1", Path::new("/ns"), &[]).await.is_err());
+        assert_eq!(ran(&host), [step("bridge", "ADD"), step("bridge", "DEL")]);
+    }
+
+    #[tokio::test]
+    async fn host_ports_are_mapped_after_the_address_and_unmapped_before_its_release() {
+        let d = tempfile::tempdir().unwrap();
+        let host = Arc::new(RecordingHost::new());
+        let cni = driver(&host, d.path());
+        host.script_program(
+            "bridge",
+            Some(("CNI_COMMAND", "ADD")),
+            0,
+            r#"{"ips": [{"address": "198.51.100.8/24"}]}"#,
+            "",
+        );
+        let ports = [HostPort {
+            host_port: 8080,
+            container_port: 80,
+            protocol: "tcp".into(),
+            host_ip: String::new(),
+        }];
+        let att = cni.add("s1", Path::new("/ns"), &ports).await.unwrap();
+        cni.del("s1", Path::new("/ns"), Some(&att.result), &ports)
+            .await
+            .unwrap();
+        assert_eq!(
+            ran(&host),
+            [
+                step("bridge", "ADD"),
+                step("portmap", "ADD"),
+                step("portmap", "DEL"),
+                step("bridge", "DEL"),
+            ]
+        );
     }
 }

@@ -11,12 +11,13 @@
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{NodeError, Result};
-use crate::host;
+use crate::host::{self, Host};
 
 /// The OCI runtimes this node can drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
@@ -93,6 +94,8 @@ pub struct OciRuntime {
     binary: PathBuf,
     root: PathBuf,
     hide_cgroup2: bool,
+    /// Runs the runtime's commands.
+    host: Arc<dyn Host>,
 }
 
 const CMD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -121,11 +124,22 @@ pub fn find_binary(name: &str) -> Option<PathBuf> {
 impl OciRuntime {
     /// A handler using `binary`, keeping its container state under `root`.
     pub fn new(kind: HandlerKind, binary: PathBuf, root: PathBuf) -> Self {
+        Self::with_host(kind, binary, root, Arc::new(host::SystemHost))
+    }
+
+    /// [`OciRuntime::new`] with the runtime's commands run through `host`.
+    pub fn with_host(
+        kind: HandlerKind,
+        binary: PathBuf,
+        root: PathBuf,
+        host: Arc<dyn Host>,
+    ) -> Self {
         OciRuntime {
             kind,
             binary,
             root,
             hide_cgroup2: kind == HandlerKind::Crun && hybrid_cgroups(),
+            host,
         }
     }
 
@@ -222,7 +236,7 @@ impl OciRuntime {
         let mut args: Vec<OsString> = vec![op.into()];
         args.extend(extra.iter().map(OsString::from));
         args.push(id.into());
-        let out = host::run(self.command(args), None, CMD_TIMEOUT).await?;
+        let out = self.host.run(self.command(args), None, CMD_TIMEOUT).await?;
         if out.code != 0 {
             return Err(NodeError::Runtime {
                 handler: self.kind.to_string(),
@@ -242,7 +256,10 @@ impl OciRuntime {
 
     /// `state`; `Ok(None)` if the runtime does not know the container.
     pub async fn state(&self, id: &str) -> Result<Option<RuntimeState>> {
-        let out = host::run(self.command(["state", id]), None, CMD_TIMEOUT).await?;
+        let out = self
+            .host
+            .run(self.command(["state", id]), None, CMD_TIMEOUT)
+            .await?;
         if out.code != 0 {
             let msg = out.message();
             if msg.contains("does not exist") || msg.contains("not found") {
@@ -264,7 +281,7 @@ impl OciRuntime {
     /// `kill` with a signal name or number (`TERM`, `KILL`, `9`).
     pub async fn kill(&self, id: &str, signal: &str) -> Result<()> {
         let args: Vec<OsString> = vec!["kill".into(), id.into(), signal.into()];
-        let out = host::run(self.command(args), None, CMD_TIMEOUT).await?;
+        let out = self.host.run(self.command(args), None, CMD_TIMEOUT).await?;
         if out.code != 0 {
             let msg = out.message();
             // Already gone or stopped: nothing to signal.
@@ -289,7 +306,10 @@ impl OciRuntime {
 
     /// `delete --force`: remove the container and its cgroups; missing is fine.
     pub async fn delete(&self, id: &str) -> Result<()> {
-        let out = host::run(self.command(["delete", "--force", id]), None, CMD_TIMEOUT).await?;
+        let out = self
+            .host
+            .run(self.command(["delete", "--force", id]), None, CMD_TIMEOUT)
+            .await?;
         if out.code != 0 {
             let msg = out.message();
             if msg.contains("does not exist") || msg.contains("not found") {
@@ -317,7 +337,7 @@ impl OciRuntime {
     ) -> Result<host::CmdOutput> {
         let mut args: Vec<OsString> = vec!["exec".into(), id.into()];
         args.extend(argv.iter().map(OsString::from));
-        match host::run(self.command(args), None, timeout).await {
+        match self.host.run(self.command(args), None, timeout).await {
             Ok(out) => Ok(out),
             Err(NodeError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
                 Err(NodeError::Timeout {
@@ -344,7 +364,7 @@ impl OciRuntime {
     pub async fn version(&self) -> Result<String> {
         let mut cmd = host::command(&self.binary);
         cmd.arg("--version");
-        let out = host::run(cmd, None, Duration::from_secs(10)).await?;
+        let out = self.host.run(cmd, None, Duration::from_secs(10)).await?;
         Ok(String::from_utf8_lossy(&out.stdout)
             .lines()
             .next()

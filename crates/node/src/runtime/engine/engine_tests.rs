@@ -1,0 +1,168 @@
+//! Unit tests of whole engine operations against the recording host: a sandbox's create,
+//! state, stop and removal, and the undoing of a failed create, checked as the sequence of host
+//! effects and runtime commands they issue, without root or an OCI runtime.
+
+use super::*;
+use crate::host::{HostCall, RecordingHost};
+
+const SH: &[u8] = b"#!/bin/sh\n";
+
+/// An engine on a recording host with one handler (runc, never run) and a one-layer image
+/// `busybox` whose command is `/bin/sh`.
+async fn engine(dir: &Path) -> (SandboxEngine, Arc<RecordingHost>) {
+    let host = Arc::new(RecordingHost::new());
+    let mut config = EngineConfig::new(dir.join("data"), dir.join("run"));
+    config.handlers = vec![HandlerKind::Runc];
+    let engine = SandboxEngine::with_host(config, Arc::clone(&host) as Arc<dyn Host>)
+        .await
+        .unwrap();
+    assert_eq!(engine.default_handler(), Some(HandlerKind::Runc));
+    engine
+        .images()
+        .insert_for_tests("busybox", &[("/bin/sh", SH, 0o755)], &["/bin/sh"])
+        .unwrap();
+    (engine, host)
+}
+
+/// The effects recorded from `from` on, each as `op` or, for programs, `run <command>` /
+/// `spawn_shim <runtime's operation>`.
+fn effects(host: &RecordingHost, from: usize) -> Vec<String> {
+    host.calls()[from..]
+        .iter()
+        .map(|c| match c {
+            HostCall::Run { .. } => format!("run {}", c.command().join(" ")),
+            HostCall::SpawnShim(argv) => {
+                let op = argv
+                    .iter()
+                    .skip(1)
+                    .find(|a| !a.starts_with('-') && !a.starts_with('/'))
+                    .cloned()
+                    .unwrap_or_default();
+                format!("spawn_shim {op}")
+            }
+            other => other.op().to_string(),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_probe_creates_and_deletes_a_container_in_its_own_namespace() {
+    let d = tempfile::tempdir().unwrap();
+    let (_engine, host) = engine(d.path()).await;
+    let delete = format!("run delete --force probe-runc-{}", std::process::id());
+    assert_eq!(
+        effects(&host, 0),
+        [
+            "run ",
+            "create_netns",
+            "spawn_shim create",
+            &delete,
+            &delete,
+            "remove_netns",
+            "remove_cgroup",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn run_state_stop_and_remove_in_order() {
+    let d = tempfile::tempdir().unwrap();
+    let (engine, host) = engine(d.path()).await;
+    host.script_run(&["state"], 0, r#"{"status": "running", "pid": 0}"#, "");
+    let start = host.calls().len();
+
+    let handle = engine.run(SandboxSpec::new("s1", "busybox")).await.unwrap();
+    assert_eq!(handle.handler, HandlerKind::Runc);
+    let rootfs = d.path().join("data/sandboxes/s1/bundle/rootfs");
+    assert!(
+        rootfs.join("bin/sh").is_file(),
+        "the image's files are in the rootfs"
+    );
+    let config =
+        fs_err::read_to_string(d.path().join("data/sandboxes/s1/bundle/config.json")).unwrap();
+    assert!(config.contains("/bin/sh"), "{config}");
+    assert_eq!(
+        effects(&host, start),
+        ["create_netns", "mount_overlay", "spawn_shim run"]
+    );
+    assert_eq!(engine.state("s1").await.unwrap().phase, Phase::Running);
+
+    let at = host.calls().len();
+    engine.stop("s1", Duration::from_secs(1)).await.unwrap();
+    assert_eq!(
+        effects(&host, at),
+        [
+            "run state s1.main.",
+            "run kill s1.main. TERM",
+            "run kill s1.main. KILL"
+        ]
+    );
+
+    let at = host.calls().len();
+    engine.remove("s1").await.unwrap();
+    assert_eq!(
+        effects(&host, at),
+        [
+            "run state s1.main.",
+            "run kill s1.main. KILL",
+            "run delete --force s1.main.",
+            "unmount",
+            "remove_cgroup",
+            "remove_netns"
+        ]
+    );
+    assert!(!d.path().join("data/sandboxes/s1").exists());
+    assert!(host.mounted().is_empty(), "{:?}", host.mounted());
+    assert!(!engine.contains("s1"));
+}
+
+#[tokio::test]
+async fn a_failed_create_is_undone_in_reverse() {
+    let d = tempfile::tempdir().unwrap();
+    let (engine, host) = engine(d.path()).await;
+    host.script_create_exit(1);
+    let start = host.calls().len();
+    let err = engine
+        .run(SandboxSpec::new("s2", "busybox"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, NodeError::Runtime { op, status: 1, .. } if op == "run"),
+        "{err}"
+    );
+    let got = effects(&host, start);
+    assert_eq!(
+        got,
+        [
+            "create_netns",
+            "mount_overlay",
+            "spawn_shim run",
+            "run state s2.main.",
+            "unmount",
+            "remove_cgroup",
+            "remove_netns"
+        ]
+    );
+    assert!(!d.path().join("data/sandboxes/s2").exists());
+    assert!(host.mounted().is_empty());
+    assert!(!engine.contains("s2"));
+}
+
+#[tokio::test]
+async fn a_missing_command_fails_before_the_runtime_runs() {
+    let d = tempfile::tempdir().unwrap();
+    let (engine, host) = engine(d.path()).await;
+    let mut spec = SandboxSpec::new("s3", "busybox");
+    spec.main.command = Some(vec!["/bin/missing".into()]);
+    let start = host.calls().len();
+    let err = engine.run(spec).await.unwrap_err();
+    assert!(matches!(err, NodeError::CommandNotFound { .. }), "{err}");
+    assert!(
+        !effects(&host, start)
+            .iter()
+            .any(|e| e.starts_with("spawn_shim")),
+        "{:?}",
+        effects(&host, start)
+    );
+    assert!(host.mounted().is_empty());
+}
