@@ -29,5 +29,5 @@ npm pack --dry-run --json 2>/dev/null | node -e '
 node --input-type=module -e 'import("./dist/index.js").then((m) => { if (typeof m.SandboxClient !== "function") { console.error("dist/index.js does not export SandboxClient"); process.exit(1); } })'
 echo "== node --test"
 npx tsc -p tsconfig.test.json
-node --test --test-concurrency=1 --test-reporter=spec "$@" build/tests/
+node --test --test-concurrency=1 --test-reporter=spec "$@" build/tests/*.test.js
 echo "sdk/typescript tests took $(( $(date +%s) - start )) s"
