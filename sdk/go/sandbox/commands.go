@@ -46,6 +46,7 @@ type callOptions struct {
 	language       string
 	context        string
 	mode           string
+	maxBytes       int64
 }
 
 func collect(opts []CallOption) callOptions {
@@ -77,6 +78,10 @@ func OnStdout(f func(string)) CallOption { return func(o *callOptions) { o.onStd
 
 // OnStderr: see OnStdout.
 func OnStderr(f func(string)) CallOption { return func(o *callOptions) { o.onStderr = f } }
+
+// WithMaxBytes limits Files.Read and ReadTo: a larger file stops the read with a
+// TooLargeError (what was written before the limit stays written).
+func WithMaxBytes(n int64) CallOption { return func(o *callOptions) { o.maxBytes = n } }
 
 // WithMode sets the file mode of Files.Write ("0644").
 func WithMode(mode string) CallOption { return func(o *callOptions) { o.mode = mode } }

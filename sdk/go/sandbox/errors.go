@@ -41,6 +41,8 @@ const (
 	KindTemplateNotFound Kind = "TemplateNotFoundError"
 	// KindPortForward: the tunnel through the API server could not start, or it died.
 	KindPortForward Kind = "PortForwardError"
+	// KindTooLarge: a file is larger than the limit the reader gave (WithMaxBytes).
+	KindTooLarge Kind = "TooLargeError"
 	// KindStream: a streamed answer (exec, run_code, PTY) ended before its last event.
 	KindStream Kind = "StreamError"
 )
@@ -91,6 +93,7 @@ var (
 	ErrTemplateNotFound = &Error{Kind: KindTemplateNotFound}
 	ErrPortForward      = &Error{Kind: KindPortForward}
 	ErrStream           = &Error{Kind: KindStream}
+	ErrTooLarge         = &Error{Kind: KindTooLarge}
 )
 
 func newErr(kind Kind, cause error, format string, args ...any) *Error {

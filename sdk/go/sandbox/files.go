@@ -117,7 +117,17 @@ func (f *Files) ReadTo(ctx context.Context, path string, w io.Writer, opts ...Ca
 		return 0, &Error{Kind: KindRequest, StatusCode: 400, Code: "IS_A_DIRECTORY",
 			Message: fmt.Sprintf("%s: %s is a directory; use List", what, path)}
 	}
-	n, err := io.Copy(w, resp.Body)
+	if o.maxBytes > 0 && resp.ContentLength > o.maxBytes {
+		return 0, newErr(KindTooLarge, nil, "%s: %s is %d bytes, more than the limit of %d (WithMaxBytes); pass a larger limit or read it in parts", what, path, resp.ContentLength, o.maxBytes)
+	}
+	src := io.Reader(resp.Body)
+	if o.maxBytes > 0 {
+		src = io.LimitReader(resp.Body, o.maxBytes+1)
+	}
+	n, err := io.Copy(w, src)
+	if o.maxBytes > 0 && n > o.maxBytes {
+		return n, newErr(KindTooLarge, nil, "%s: %s is larger than the limit of %d (WithMaxBytes); pass a larger limit or read it in parts", what, path, o.maxBytes)
+	}
 	if err != nil {
 		return n, newErr(KindStream, err, "%s: the transfer was cut off after %d bytes: %v; read it again", what, n, err)
 	}

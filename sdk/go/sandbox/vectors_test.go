@@ -258,7 +258,11 @@ func vectorCall(ctx context.Context, sb *Sandbox, call string, a map[string]any)
 	case "write":
 		return nil, sb.Write(ctx, str(a, "path"), []byte(str(a, "content")))
 	case "read":
-		b, err := sb.Read(ctx, str(a, "path"))
+		var opts []CallOption
+		if m, ok := a["max_bytes"].(float64); ok {
+			opts = append(opts, WithMaxBytes(int64(m)))
+		}
+		b, err := sb.Read(ctx, str(a, "path"), opts...)
 		return string(b), err
 	case "list":
 		entries, err := sb.List(ctx, str(a, "path"))

@@ -5,6 +5,7 @@ file."""
 
 from __future__ import annotations
 
+import io
 import json
 import urllib.error
 import urllib.request
@@ -24,6 +25,7 @@ from agent_sandbox_sdk import (
     SandboxNotReadyError,
     SandboxRequestError,
     SandboxTimeoutError,
+    SandboxTooLargeError,
 )
 from agent_sandbox_sdk.sandbox import Sandbox
 
@@ -40,6 +42,7 @@ KINDS: dict[str, type[BaseException]] = {
     "NotFoundError": SandboxNotFoundError,
     "TimeoutError": SandboxTimeoutError,
     "CommandTimeoutError": CommandTimeoutError,
+    "TooLargeError": SandboxTooLargeError,
 }
 
 
@@ -149,6 +152,10 @@ def call(sb: Sandbox, op: str, a: dict[str, Any]) -> Any:
         sb.files.write(a["path"], a["content"])
         return None
     if op == "read":
+        if a.get("max_bytes") is not None:
+            buf = io.BytesIO()
+            sb.files.read_to(a["path"], buf, max_bytes=a["max_bytes"])
+            return buf.getvalue().decode()
         return sb.files.read(a["path"]).decode()
     if op == "list":
         return [{"name": e.name, "size": e.size, "type": e.type} for e in sb.files.list(a["path"])]

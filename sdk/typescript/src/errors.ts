@@ -18,6 +18,7 @@ export type ErrorKind =
   | "WarmPoolNotFoundError"
   | "TemplateNotFoundError"
   | "PortForwardError"
+  | "TooLargeError"
   | "StreamError";
 
 export interface SandboxErrorOptions {
@@ -111,4 +112,9 @@ export class SandboxPortForwardError extends SandboxError {
 /** A streamed answer (exec, a cell, a terminal, a file read) ended before its last event. */
 export class SandboxStreamError extends SandboxError {
   override readonly kind: ErrorKind = "StreamError";
+}
+
+/** A file is larger than the limit the reader gave (maxBytes). */
+export class SandboxTooLargeError extends SandboxError {
+  override readonly kind: ErrorKind = "TooLargeError";
 }

@@ -30,7 +30,7 @@ export interface HttpResponse {
   headers: http.IncomingHttpHeaders;
   /** The body as it arrives; ends with the exchange's timer cleared. */
   stream: IncomingMessage;
-  /** Reads the whole body (at most `limit` bytes kept). */
+  /** Reads the body; past `limit` bytes it stops (what was read, a little over the limit, is returned). */
   read(limit?: number): Promise<Buffer>;
   /** Ends the exchange (the body is discarded). */
   close(): void;
@@ -102,8 +102,9 @@ export function request(url: string, opts: HttpOptions): Promise<HttpResponse> {
           let n = 0;
           for await (const c of res) {
             const b = c as Buffer;
-            if (n < limit) chunks.push(b);
+            chunks.push(b);
             n += b.length;
+            if (n > limit) break; // the rest is not wanted: the exchange ends here
           }
           return Buffer.concat(chunks);
         },

@@ -18,6 +18,7 @@ export {
   SandboxStreamError,
   SandboxTemplateNotFoundError,
   SandboxTimeoutError,
+  SandboxTooLargeError,
   SandboxWarmPoolNotFoundError,
   type ErrorKind,
 } from "./errors.js";

@@ -2,7 +2,7 @@
 // table), files, run_code, terminals, status, suspend and resume, terminate.
 
 import WebSocket from "ws";
-import { CommandTimeoutError, SandboxConfigError, SandboxError, SandboxNotFoundError, SandboxNotReadyError, SandboxRequestError, SandboxStreamError, SandboxTimeoutError } from "./errors.js";
+import { CommandTimeoutError, SandboxConfigError, SandboxError, SandboxNotFoundError, SandboxNotReadyError, SandboxRequestError, SandboxStreamError, SandboxTimeoutError, SandboxTooLargeError } from "./errors.js";
 import { lines, TransportError } from "./http.js";
 import type { KubeObject } from "./kube.js";
 import { checkPath, DataPlane, podIPOf, readJSON, USER_AGENT, type Plane } from "./dataplane.js";
@@ -191,12 +191,19 @@ export class Files {
       throw new SandboxRequestError(`${what}: ${path} is a directory; use list()`, { statusCode: 400, code: "IS_A_DIRECTORY" });
     }
     const expected = Number(res.headers["content-length"] ?? -1);
+    const limit = opts.maxBytes ?? Number.MAX_SAFE_INTEGER;
+    const tooLarge = (): SandboxTooLargeError => new SandboxTooLargeError(`${what}: ${path} is larger than the limit of ${limit} bytes (maxBytes); pass a larger limit or read it in parts`);
+    if (expected > limit) {
+      res.close();
+      throw tooLarge();
+    }
     let data: Buffer;
     try {
-      data = await res.read(Number.MAX_SAFE_INTEGER);
+      data = await res.read(limit + 1);
     } catch (e) {
       throw new SandboxStreamError(`${what}: the transfer was cut off: ${(e as Error).message}; read it again`, { cause: e });
     }
+    if (data.length > limit) throw tooLarge();
     if (expected >= 0 && data.length !== expected) throw new SandboxStreamError(`${what}: got ${data.length} of ${expected} bytes; read it again`);
     return data;
   }

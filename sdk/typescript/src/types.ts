@@ -42,6 +42,8 @@ export interface FileEntry {
 export interface FileOptions {
   /** Seconds (default: the client's requestTimeout). */
   timeout?: number;
+  /** read(): a larger file stops the read with SandboxTooLargeError. */
+  maxBytes?: number;
   signal?: AbortSignal;
 }
 

@@ -112,7 +112,7 @@ async function call(sb: Sandbox, op: string, a: Record<string, any>): Promise<un
       await sb.files.write(a.path, a.content);
       return null;
     case "read":
-      return (await sb.files.read(a.path)).toString("utf8");
+      return (await sb.files.read(a.path, { maxBytes: a.max_bytes })).toString("utf8");
     case "list":
       return (await sb.files.list(a.path)).map((e) => ({ name: e.name, size: e.size, type: e.type }));
     case "exists":
