@@ -27,7 +27,7 @@ func TestRunStreamsOutput(t *testing.T) {
 	var chunks []string
 	var firstAt time.Time
 	start := time.Now()
-	r, err := shared.Run(ctx, "echo one; sleep 0.5; echo two; echo err >&2",
+	r, err := shared.Run(ctx, "echo one; sleep 1.5; echo two; echo err >&2",
 		OnStdout(func(s string) {
 			mu.Lock()
 			if firstAt.IsZero() {
@@ -45,7 +45,7 @@ func TestRunStreamsOutput(t *testing.T) {
 	if len(chunks) < 2 {
 		t.Fatalf("output came in %d chunks, want it streamed: %q", len(chunks), chunks)
 	}
-	if firstAt.Sub(start) >= 450*time.Millisecond {
+	if firstAt.Sub(start) >= 1400*time.Millisecond {
 		t.Fatalf("the first line came after %s, not before the sleep ended", firstAt.Sub(start))
 	}
 }
