@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 )
 
@@ -147,4 +148,89 @@ func (s *Sandbox) RunCode(ctx context.Context, code string, opts ...CallOption) 
 			"%s: ran past its timeout of %s and was interrupted (the context keeps its state)", what, o.timeout)}
 	}
 	return res, nil
+}
+
+// CodeContext is a persistent interpreter of RunCode.
+type CodeContext struct {
+	ID             string `json:"id"`
+	Language       string `json:"language"`
+	Cwd            string `json:"cwd"`
+	CreatedAt      string `json:"created_at"`
+	ExecutionCount int    `json:"execution_count"`
+	PID            int    `json:"pid"`
+}
+
+// CodeContextOptions configure CreateContext.
+type CodeContextOptions struct {
+	// ID names the context (default: one sandboxd picks).
+	ID string
+	// Cwd is the interpreter's working directory; Env its environment.
+	Cwd string
+	Env map[string]string
+}
+
+// Code manages the interpreter contexts of a sandbox.
+type Code struct{ s *Sandbox }
+
+// Code returns the sandbox's code-context API.
+func (s *Sandbox) Code() *Code { return &Code{s: s} }
+
+// CreateContext starts an interpreter of language ("python", "javascript", "bash").
+func (c *Code) CreateContext(ctx context.Context, language string, o CodeContextOptions) (*CodeContext, error) {
+	body := map[string]any{"language": language}
+	if o.ID != "" {
+		body["id"] = o.ID
+	}
+	if o.Cwd != "" {
+		body["cwd"] = o.Cwd
+	}
+	if o.Env != nil {
+		body["env"] = o.Env
+	}
+	what := fmt.Sprintf("creating a %s code context in sandbox %s/%s", language, c.s.namespace, c.s.name)
+	resp, err := c.s.send(ctx, request{method: http.MethodPost, path: "/v2/code/contexts", body: jsonBody(body),
+		header: http.Header{"Content-Type": {"application/json"}}, what: what})
+	if err != nil {
+		return nil, err
+	}
+	var out CodeContext
+	return &out, readJSON(resp, what, &out)
+}
+
+// ListContexts lists the interpreter contexts.
+func (c *Code) ListContexts(ctx context.Context) ([]CodeContext, error) {
+	what := fmt.Sprintf("listing code contexts of sandbox %s/%s", c.s.namespace, c.s.name)
+	resp, err := c.s.send(ctx, request{method: http.MethodGet, path: "/v2/code/contexts", what: what})
+	if err != nil {
+		return nil, err
+	}
+	var out struct {
+		Contexts []CodeContext `json:"contexts"`
+	}
+	return out.Contexts, readJSON(resp, what, &out)
+}
+
+func (c *Code) contextCall(ctx context.Context, method, id, verb, suffix string) error {
+	resp, err := c.s.send(ctx, request{method: method, path: "/v2/code/contexts/" + url.PathEscape(id) + suffix,
+		what: fmt.Sprintf("%s code context %s of sandbox %s/%s", verb, id, c.s.namespace, c.s.name)})
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	return nil
+}
+
+// DeleteContext stops an interpreter context.
+func (c *Code) DeleteContext(ctx context.Context, id string) error {
+	return c.contextCall(ctx, http.MethodDelete, id, "deleting", "")
+}
+
+// Interrupt interrupts the cell running in a context (its state stays).
+func (c *Code) Interrupt(ctx context.Context, id string) error {
+	return c.contextCall(ctx, http.MethodPost, id, "interrupting", "/interrupt")
+}
+
+// Restart gives a context a fresh interpreter (its state is lost).
+func (c *Code) Restart(ctx context.Context, id string) error {
+	return c.contextCall(ctx, http.MethodPost, id, "restarting", "/restart")
 }

@@ -179,6 +179,42 @@ func TestRunCodeKeepsState(t *testing.T) {
 	if err != nil || r.Text() != "3" {
 		t.Fatalf("state after an interrupted cell: %v %+v", err, r)
 	}
+	cc, err := shared.Code().CreateContext(ctx, "python", CodeContextOptions{ID: "go-ctx"})
+	if err != nil || cc.ID != "go-ctx" || cc.Language != "python" {
+		t.Fatalf("create context: %v %+v", err, cc)
+	}
+	if _, err := shared.RunCode(ctx, "z = 5", WithContext("go-ctx")); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := shared.RunCode(ctx, "z * 2", WithContext("go-ctx")); err != nil || r.Text() != "10" {
+		t.Fatalf("named context: %v %+v", err, r)
+	}
+	if r, err := shared.RunCode(ctx, "'z' in globals()"); err != nil || r.Text() != "False" {
+		t.Fatalf("the default context sees the named one's state: %v %+v", err, r)
+	}
+	if err := shared.Code().Restart(ctx, "go-ctx"); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := shared.RunCode(ctx, "'z' in globals()", WithContext("go-ctx")); err != nil || r.Text() != "False" {
+		t.Fatalf("after restart: %v %+v", err, r)
+	}
+	list, err := shared.Code().ListContexts(ctx)
+	if err != nil || !func() bool {
+		for _, c := range list {
+			if c.ID == "go-ctx" {
+				return true
+			}
+		}
+		return false
+	}() {
+		t.Fatalf("list: %v %+v", err, list)
+	}
+	if err := shared.Code().DeleteContext(ctx, "go-ctx"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := shared.RunCode(ctx, "1", WithContext("go-ctx")); KindOf(err) != KindRequest {
+		t.Fatalf("a deleted context: %v", err)
+	}
 	r, err = shared.RunCode(ctx, "echo $((6*7))", WithLanguage("bash"))
 	if err != nil || strings.TrimSpace(r.Stdout) != "42" {
 		t.Fatalf("bash cell: %v %+v", err, r)

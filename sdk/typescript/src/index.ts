@@ -1,7 +1,7 @@
 // The package's entry point: what users import.
 
 export { SandboxClient, type CreateSandboxOptions } from "./client.js";
-export { Sandbox, Commands, Files, Process, Terminal, StatusReady, StatusNotReady, StatusNotFound, type PtyOptions } from "./sandbox.js";
+export { Sandbox, Code, Commands, Files, Process, Terminal, type CodeContext, StatusReady, StatusNotReady, StatusNotFound, type PtyOptions } from "./sandbox.js";
 export type { ClientOptions, Mode } from "./options.js";
 export type { CodeError, CodeOutput, CodeResult, ExecutionResult, FileEntry, FileOptions, ProcessInfo, RunCodeOptions, RunOptions } from "./types.js";
 export {

@@ -237,6 +237,53 @@ export class Files {
   }
 }
 
+/** A persistent interpreter of runCode. */
+export interface CodeContext {
+  id: string;
+  language: string;
+  cwd: string | null;
+  created_at: string;
+  execution_count: number;
+  pid: number | null;
+}
+
+/** The interpreter contexts of a sandbox (sandboxd's /v2/code/contexts). */
+export class Code {
+  constructor(private readonly sb: Sandbox) {}
+
+  /** Starts an interpreter of the language. */
+  async createContext(language: "python" | "javascript" | "bash" = "python", opts: { id?: string; cwd?: string; env?: Record<string, string> } = {}): Promise<CodeContext> {
+    const what = `creating a ${language} code context in sandbox ${this.sb.namespace}/${this.sb.name}`;
+    const res = await this.sb.dp.send({ method: "POST", path: "/v2/code/contexts", body: JSON.stringify({ language, ...opts }), headers: { "Content-Type": "application/json" }, what });
+    return readJSON<CodeContext>(res, what);
+  }
+
+  async listContexts(): Promise<CodeContext[]> {
+    const what = `listing code contexts of sandbox ${this.sb.namespace}/${this.sb.name}`;
+    const res = await this.sb.dp.send({ method: "GET", path: "/v2/code/contexts", what });
+    return (await readJSON<{ contexts: CodeContext[] }>(res, what)).contexts;
+  }
+
+  private async call(method: string, id: string, verb: string, suffix = ""): Promise<void> {
+    const res = await this.sb.dp.send({ method, path: `/v2/code/contexts/${encodeURIComponent(id)}${suffix}`, what: `${verb} code context ${id} of sandbox ${this.sb.namespace}/${this.sb.name}` });
+    res.close();
+  }
+
+  deleteContext(id: string): Promise<void> {
+    return this.call("DELETE", id, "deleting");
+  }
+
+  /** Interrupts the running cell (the state stays). */
+  interrupt(id: string): Promise<void> {
+    return this.call("POST", id, "interrupting", "/interrupt");
+  }
+
+  /** A fresh interpreter (the state is lost). */
+  restart(id: string): Promise<void> {
+    return this.call("POST", id, "restarting", "/restart");
+  }
+}
+
 export interface PtyOptions {
   /** A shell command line (default: an interactive bash or sh). */
   command?: string;
@@ -351,6 +398,7 @@ export class Terminal {
 export class Sandbox {
   readonly commands: Commands;
   readonly files: Files;
+  readonly code: Code;
   /** @internal */
   readonly dp: DataPlane;
   podIP: string | null;
@@ -362,6 +410,7 @@ export class Sandbox {
     this.podIP = podIP;
     this.commands = new Commands(this);
     this.files = new Files(this);
+    this.code = new Code(this);
     this.dp = new DataPlane(plane, this);
   }
 

@@ -106,6 +106,16 @@ describe("code", () => {
     assert.equal((await shared.runCode("len(values)")).result, "3");
     const e = await shared.runCode("1/0");
     assert.equal(e.error?.name, "ZeroDivisionError");
+    const cc = await shared.code.createContext("python", { id: "ts-ctx" });
+    assert.deepEqual([cc.id, cc.language], ["ts-ctx", "python"]);
+    await shared.runCode("z = 5", { context: "ts-ctx" });
+    assert.equal((await shared.runCode("z * 2", { context: "ts-ctx" })).result, "10");
+    assert.equal((await shared.runCode("'z' in globals()")).result, "False");
+    await shared.code.restart("ts-ctx");
+    assert.equal((await shared.runCode("'z' in globals()", { context: "ts-ctx" })).result, "False");
+    assert.ok((await shared.code.listContexts()).some((c) => c.id === "ts-ctx"));
+    await shared.code.deleteContext("ts-ctx");
+    await assert.rejects(shared.runCode("1", { context: "ts-ctx" }), isKind(SandboxRequestError));
     const b = await shared.runCode("echo $((6*7))", { language: "bash" });
     assert.equal(b.stdout.trim(), "42");
     await assert.rejects(shared.runCode("1", { context: "no-such-context" }), isKind(SandboxRequestError, (x) => assert.equal(x.statusCode, 404)));
