@@ -12,7 +12,16 @@ if [ "$(id -u)" -eq 0 ]; then
   apt-get install -y -qq --no-install-recommends gcc pkg-config ca-certificates \
     runc crun runsc containernetworking-plugins nftables iproute2 busybox-static \
     docker-registry python3 python3-venv nodejs >/dev/null
+  # The SDK suites: npm for the TypeScript SDK (a NodeSource nodejs brings its own), Go for the
+  # Go SDK (1.21 or newer fetches the toolchain its go.mod names through the module proxy).
+  if ! command -v npm >/dev/null; then
+    apt-get install -y -qq --no-install-recommends npm >/dev/null
+  fi
+  if ! command -v go >/dev/null && [ ! -x /usr/local/go/bin/go ]; then
+    apt-get install -y -qq --no-install-recommends golang-go >/dev/null
+  fi
 fi
+export PATH="$PATH:/usr/local/go/bin"
 if ! command -v kubectl >/dev/null; then
   echo "warning: kubectl is not on PATH; the kubectl conformance tests will fail" >&2
 fi
@@ -46,5 +55,5 @@ fi
 echo "== Python grpcio client against sandboxd"
 SANDBOXD_BIN=$PWD/target/debug/sandboxd crates/sandboxd/tests/python/run.sh
 
-echo "== Python SDK against a live agent-sandbox up"
-AGENT_SANDBOX_BIN=$PWD/target/debug/agent-sandbox sdk/python/run-tests.sh
+echo "== Go, TypeScript and Python SDKs and the wire vectors against one live agent-sandbox up"
+AGENT_SANDBOX_BIN=$PWD/target/debug/agent-sandbox sdk/run-all.sh

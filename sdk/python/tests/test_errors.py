@@ -20,7 +20,7 @@ from agent_sandbox_sdk import (
     SandboxWarmPoolNotFoundError,
 )
 
-from .conftest import POOL, TEMPLATE
+from .conftest import API, POOL, ROUTER, TEMPLATE
 
 
 def _free_port() -> int:
@@ -52,10 +52,10 @@ def test_server_not_running(up: Path, tmp_path: Path) -> None:
 
 
 def test_kubeconfig_pointing_nowhere(up: Path, tmp_path: Path) -> None:
-    kc = (up / "kubeconfig").read_text().replace("127.0.0.1:16443", f"127.0.0.1:{_free_port()}")
+    kc = (up / "kubeconfig").read_text().replace(API, f"127.0.0.1:{_free_port()}")
     (tmp_path / "kc").write_text(kc)
     c = SandboxClient(SandboxClusterConnectionConfig(kubeconfig=tmp_path / "kc",
-                                                     router_url="http://127.0.0.1:18080"))
+                                                     router_url=f"http://{ROUTER}"))
     with pytest.raises(SandboxConnectionError) as e:
         c.list_all_sandboxes()
     assert "cannot reach the Kubernetes API server" in str(e.value)

@@ -27,6 +27,7 @@ from .exceptions import (
     SandboxServiceUnavailableError,
     SandboxTemplateNotFoundError,
     SandboxTimeoutError,
+    SandboxTooLargeError,
     SandboxWarmPoolNotFoundError,
     SnapshotNotFoundError,
 )
@@ -123,6 +124,7 @@ __all__ = [
     "SandboxServiceUnavailableError",
     "SandboxTemplateNotFoundError",
     "SandboxTimeoutError",
+    "SandboxTooLargeError",
     "SandboxTracerConfig",
     "SandboxWarmPoolNotFoundError",
     "SnapshotNotFoundError",

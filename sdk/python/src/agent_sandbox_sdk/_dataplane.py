@@ -210,6 +210,9 @@ class DataPlane:
                     message = str(j.get("message") or message)
         except ValueError:
             pass
+        if status == 401 and code is None and not message and self.conn.via_router:
+            code = "ROUTER"  # the router's answer to a HEAD, which has no body
+            message = "Missing or invalid router token."
         if status == 401 and code == "ROUTER":
             message += (" The router rejected the request's credentials: check the router token "
                         "(routerTokenFile of endpoints.json, router_token=, or the "

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 from . import _runtimes
 from ._http import TransportError
-from .exceptions import SandboxRequestError
+from .exceptions import SandboxRequestError, SandboxTooLargeError
 from .models import FileEntry, FileInfo, TransferSummary
 
 if TYPE_CHECKING:
@@ -122,8 +122,8 @@ class Files:
     def _read_to(self, path: str, destination: Any, timeout: float = 60,
                 allow_unsafe_paths: bool = False, max_bytes: Optional[int] = None) -> int:
         """Streams a file into ``destination`` (anything with ``write(bytes)``; not closed) and
-        returns the number of bytes written. Past ``max_bytes`` it stops with ``RuntimeError``
-        (what was written stays written)."""
+        returns the number of bytes written. Past ``max_bytes`` it stops with
+        :class:`SandboxTooLargeError` (what was written stays written)."""
         if not callable(getattr(destination, "write", None)):
             raise TypeError("the destination must have a write(bytes) method")
         if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int)
@@ -139,14 +139,17 @@ class Files:
             declared = stream.headers.get("content-length")
             if max_bytes is not None and declared and declared.isdigit() \
                     and int(declared) > max_bytes:
-                raise RuntimeError(f"{path} is {declared} bytes, more than max_bytes={max_bytes}")
+                raise SandboxTooLargeError(
+                    f"{path} is {declared} bytes, more than max_bytes={max_bytes}; pass a larger "
+                    "max_bytes or read it in parts")
             while True:
                 chunk = stream.read(64 * 1024)
                 if not chunk:
                     break
                 if max_bytes is not None and total + len(chunk) > max_bytes:
                     _write_all(destination, chunk[:max_bytes - total])
-                    raise RuntimeError(f"{path} is larger than max_bytes={max_bytes}")
+                    raise SandboxTooLargeError(f"{path} is larger than max_bytes={max_bytes}; pass a "
+                                           "larger max_bytes or read it in parts")
                 total += _write_all(destination, chunk)
         except TransportError as e:
             raise dp.transport_error(e, f"reading {path}", timeout) from None
@@ -208,8 +211,8 @@ class Files:
     def read_to(self, path: str, destination: Any, timeout: float = 60,
                 allow_unsafe_paths: bool = False, max_bytes: Optional[int] = None) -> int:
         """Streams a file into ``destination`` (anything with ``write(bytes)``; not closed) and
-        returns the number of bytes written. Past ``max_bytes`` it stops with ``RuntimeError``
-        (what was written stays written)."""
+        returns the number of bytes written. Past ``max_bytes`` it stops with
+        :class:`SandboxTooLargeError` (what was written stays written)."""
         with self._sb._tracing.span("read_to", {"sandbox.file.path": path}) as span:
             n = self._read_to(path, destination, timeout, allow_unsafe_paths, max_bytes)
             span.set_attribute("sandbox.file.size", n)

@@ -90,6 +90,11 @@ class SandboxRequestError(SandboxError):
         self.code = code
 
 
+class SandboxTooLargeError(SandboxError):
+    """A file is larger than the ``max_bytes`` the reader allowed; what was read before the
+    limit stays written."""
+
+
 class CommandTimeoutError(SandboxTimeoutError):
     """A command ran past its timeout and was killed; ``result`` holds the output it produced."""
 
@@ -113,6 +118,7 @@ __all__ = [
     "SandboxServiceUnavailableError",
     "SandboxTemplateNotFoundError",
     "SandboxTimeoutError",
+    "SandboxTooLargeError",
     "SandboxWarmPoolNotFoundError",
     "SnapshotNotFoundError",
 ]
