@@ -122,6 +122,7 @@ pub struct PodCache {
     index: Arc<RwLock<Index>>,
     synced: Arc<tokio::sync::Notify>,
     ready: Arc<std::sync::atomic::AtomicBool>,
+    changed: Arc<tokio::sync::Notify>,
 }
 
 impl PodCache {
@@ -133,6 +134,7 @@ impl PodCache {
     /// Whether the pod at `ip` serves the sandbox named `namespace/name` (or with `uid`):
     /// `None` when the cache knows no pod at that address (it may be newer than the cache).
     /// Used to refuse an `X-Sandbox-Pod-IP` that would route a request into another sandbox.
+    /// A warm-pool pod no claim has adopted answers only to its uid, as in [`PodCache::resolve`].
     pub fn ip_serves(
         &self,
         ip: IpAddr,
@@ -143,10 +145,11 @@ impl PodCache {
         let index = self.index.read().unwrap_or_else(|e| e.into_inner());
         let record = index.pods.get(index.by_ip.get(&ip)?)?;
         Some(
-            record
-                .names
-                .iter()
-                .any(|(ns, n)| ns == namespace && n == name)
+            (!record.unclaimed_warm
+                && record
+                    .names
+                    .iter()
+                    .any(|(ns, n)| ns == namespace && n == name))
                 || uid.is_some_and(|u| record.uids.iter().any(|r| r == u)),
         )
     }
@@ -178,12 +181,25 @@ impl PodCache {
         }
     }
 
+    /// A wait for the cache's next change, armed now: a change after this call and before the
+    /// wait is not missed. Returns false when `deadline` comes first.
+    pub fn next_change(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> impl std::future::Future<Output = bool> + Send + 'static {
+        let changed = Arc::clone(&self.changed);
+        let mut armed = Box::pin(changed.notified_owned());
+        armed.as_mut().enable();
+        async move { tokio::time::timeout_at(deadline, armed).await.is_ok() }
+    }
+
     /// Applies one pod (added or changed).
     pub fn apply(&self, pod: &Pod) {
         self.index
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .upsert(pod);
+        self.changed.notify_waiters();
     }
 
     /// Forgets one pod.
@@ -196,6 +212,7 @@ impl PodCache {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&key);
+        self.changed.notify_waiters();
     }
 
     /// Watches sandbox Pods in every namespace and keeps the index current, relisting after
@@ -219,6 +236,7 @@ impl PodCache {
                     }
                     self.ready.store(true, std::sync::atomic::Ordering::Release);
                     self.synced.notify_waiters();
+                    self.changed.notify_waiters();
                 }
                 Ok(Event::Apply(pod)) => self.apply(&pod),
                 Ok(Event::Delete(pod)) => self.delete(&pod),
@@ -309,6 +327,13 @@ mod tests {
         ));
         assert!(cache.resolve("ns", "pool-abcde", None).is_none());
         assert!(cache.resolve("ns", "pool-abcde", Some("u4")).is_some());
+        // Nor does its address with a guessed name reach it.
+        let ip: IpAddr = "10.0.0.4".parse().unwrap();
+        assert_eq!(cache.ip_serves(ip, "ns", "pool-abcde", None), Some(false));
+        assert_eq!(
+            cache.ip_serves(ip, "ns", "pool-abcde", Some("u4")),
+            Some(true)
+        );
         // Adoption removes the label: the name becomes routable.
         cache.apply(&pod(
             "pool-abcde",

@@ -29,6 +29,11 @@ pub struct Config {
     pub allow_unauthenticated: bool,
     /// Accept loopback addresses in `X-Sandbox-Pod-IP`.
     pub allow_loopback_pod_ip: bool,
+    /// Forward to an `X-Sandbox-Pod-IP` the pod cache does not know (after waiting
+    /// [`UNKNOWN_POD_IP_WAIT`] for it to learn the address). Off by default: the router then
+    /// connects only to the Ready Pod of the sandbox a request names, so a token holder cannot
+    /// make it reach any other address.
+    pub allow_any_pod_ip: bool,
     /// Time limit to the sandbox's response headers (default 180 s).
     pub proxy_timeout: Duration,
     /// Connection retries (default 3: 200, 400, 800 ms).
@@ -47,6 +52,7 @@ impl Default for Config {
             auth_token: None,
             allow_unauthenticated: false,
             allow_loopback_pod_ip: false,
+            allow_any_pod_ip: false,
             proxy_timeout: Duration::from_secs(180),
             upstream_max_retries: 3,
             retry_base: Duration::from_millis(200),
@@ -55,6 +61,11 @@ impl Default for Config {
         }
     }
 }
+
+/// How long a request whose `X-Sandbox-Pod-IP` the pod cache does not know waits for the cache
+/// to learn it: a client can read a new sandbox's address from the API server a moment before the
+/// router's watch delivers the same Pod.
+pub const UNKNOWN_POD_IP_WAIT: Duration = Duration::from_secs(1);
 
 /// The router refuses to start without a way to authenticate clients.
 #[derive(Debug, thiserror::Error)]
@@ -225,22 +236,41 @@ impl Router {
         }
     }
 
-    /// The address of the sandbox `t` names: `X-Sandbox-Pod-IP` (refused when the cache knows
-    /// it as another sandbox's), else the pod cache, else DNS; `None` when nothing resolves.
+    /// The address of the sandbox `t` names: `X-Sandbox-Pod-IP` when the cache knows it as that
+    /// sandbox's (refused when it is another sandbox's), else the pod cache, else DNS; `None`
+    /// when nothing resolves. An `X-Sandbox-Pod-IP` the cache does not know, for a sandbox it
+    /// does not know either, resolves to nothing once the cache had [`UNKNOWN_POD_IP_WAIT`] to
+    /// learn it (the sandbox is gone, not Ready, or not a sandbox at all), unless
+    /// `allow_any_pod_ip`.
     async fn resolve(&self, t: &Target) -> Result<Option<IpAddr>, ForeignPodIp> {
         let cached = || self.cache.resolve(&t.namespace, &t.id, t.uid.as_deref());
         if let Some(ip) = t.pod_ip {
-            return match self
-                .cache
-                .ip_serves(ip, &t.namespace, &t.id, t.uid.as_deref())
-            {
-                Some(true) => Ok(Some(ip)),
-                Some(false) => Err(ForeignPodIp),
+            let deadline = tokio::time::Instant::now() + UNKNOWN_POD_IP_WAIT;
+            loop {
+                let change = self.cache.next_change(deadline);
+                match self
+                    .cache
+                    .ip_serves(ip, &t.namespace, &t.id, t.uid.as_deref())
+                {
+                    Some(true) => return Ok(Some(ip)),
+                    Some(false) => return Err(ForeignPodIp),
+                    None => {}
+                }
                 // An address the cache does not know, for a sandbox it knows elsewhere, is
                 // stale (the Pod moved, e.g. after a resume): the watch-fed cache lags by
                 // milliseconds, a client's copy of the address by as long as the client lives.
-                None => Ok(Some(cached().unwrap_or(ip))),
-            };
+                if let Some(known) = cached() {
+                    return Ok(Some(known));
+                }
+                if self.config.allow_any_pod_ip {
+                    return Ok(Some(ip));
+                }
+                if !change.await {
+                    tracing::debug!(sandbox = %t.id, namespace = %t.namespace, %ip,
+                        "X-Sandbox-Pod-IP is no Ready Pod of the sandbox; --allow-any-pod-ip forwards to such addresses");
+                    return Ok(None);
+                }
+            }
         }
         if let Some(ip) = cached() {
             return Ok(Some(ip));

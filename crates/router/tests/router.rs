@@ -303,6 +303,8 @@ async fn header_errors_are_400_with_upstream_details() {
 #[tokio::test]
 async fn forwards_by_pod_ip_header_and_rewrites_headers() {
     let h = start(test_config()).await;
+    h.cache
+        .apply(&ready_pod("default", "sb", "127.0.0.1", "uid-sb"));
     let backend = backend().await;
     let port = backend.port().to_string();
     let req = request(
@@ -396,6 +398,8 @@ fn ready_pod(ns: &str, name: &str, ip: &str, sandbox_uid: &str) -> Pod {
 #[tokio::test]
 async fn closed_port_is_502_after_retries() {
     let h = start(test_config()).await;
+    h.cache
+        .apply(&ready_pod("default", "gone", "127.0.0.1", "uid-gone"));
     let closed = TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap()
@@ -447,6 +451,8 @@ async fn closed_port_is_502_after_retries() {
 #[tokio::test]
 async fn per_request_timeout_gives_504() {
     let h = start(test_config()).await;
+    h.cache
+        .apply(&ready_pod("default", "sb", "127.0.0.1", "uid-sb"));
     let backend = backend().await;
     let port = backend.port().to_string();
     let started = Instant::now();
@@ -480,6 +486,8 @@ async fn per_request_timeout_gives_504() {
 #[tokio::test]
 async fn responses_stream_without_buffering() {
     let h = start(test_config()).await;
+    h.cache
+        .apply(&ready_pod("default", "sb", "127.0.0.1", "uid-sb"));
     let backend = backend().await;
     let port = backend.port().to_string();
     let started = Instant::now();
@@ -515,6 +523,8 @@ async fn responses_stream_without_buffering() {
 #[tokio::test]
 async fn large_bodies_stream_through() {
     let h = start(test_config()).await;
+    h.cache
+        .apply(&ready_pod("default", "sb", "127.0.0.1", "uid-sb"));
     let backend = backend().await;
     let port = backend.port().to_string();
     let payload = vec![b'x'; 8 * 1024 * 1024];
@@ -538,6 +548,8 @@ async fn large_bodies_stream_through() {
 #[tokio::test]
 async fn http2_cleartext_passes_through_with_trailers() {
     let h = start(test_config()).await;
+    h.cache
+        .apply(&ready_pod("default", "sb", "127.0.0.1", "uid-sb"));
     let backend = backend().await;
     let port = backend.port().to_string();
     let req = request(
@@ -587,6 +599,8 @@ async fn http2_cleartext_passes_through_with_trailers() {
 #[tokio::test]
 async fn websocket_upgrades_are_spliced() {
     let h = start(test_config()).await;
+    h.cache
+        .apply(&ready_pod("default", "sb", "127.0.0.1", "uid-sb"));
     let backend = backend().await;
     let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
         format!("ws://{}/ws", h.addr),
@@ -734,4 +748,75 @@ async fn a_stale_pod_ip_header_follows_the_cache_and_another_sandboxs_address_is
         body["detail"],
         "X-Sandbox-Pod-IP is the address of another sandbox, not moved."
     );
+}
+
+#[tokio::test]
+async fn a_pod_ip_header_no_ready_pod_holds_gets_no_connection_unless_allowed() {
+    let backend = backend().await;
+    let port = backend.port().to_string();
+    let req = |h: &Harness| {
+        request(
+            h,
+            "/echo",
+            &[
+                ("x-sandbox-id", "nobody"),
+                ("x-sandbox-pod-ip", "127.0.0.1"),
+                ("x-sandbox-port", &port),
+            ],
+        )
+        .body(full(""))
+        .unwrap()
+    };
+    // By default the router connects only to a Ready Pod of the named sandbox: an address
+    // nothing holds is answered as an unresolvable sandbox once the cache had its time.
+    let h = start(test_config()).await;
+    let started = Instant::now();
+    let (status, body) = json_of(h.http.send(req(&h)).await).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        body["detail"],
+        "Could not connect to the backend sandbox: nobody"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= server::UNKNOWN_POD_IP_WAIT && waited < Duration::from_secs(10),
+        "{waited:?}"
+    );
+    // An operator may allow any address.
+    let h = start(Config {
+        allow_any_pod_ip: true,
+        ..test_config()
+    })
+    .await;
+    let (status, _) = json_of(h.http.send(req(&h)).await).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_pod_ip_header_waits_for_the_cache_to_learn_a_new_pod() {
+    let h = start(test_config()).await;
+    let backend = backend().await;
+    let port = backend.port().to_string();
+    let req = request(
+        &h,
+        "/echo",
+        &[
+            ("x-sandbox-id", "fresh"),
+            ("x-sandbox-pod-ip", "127.0.0.1"),
+            ("x-sandbox-port", &port),
+        ],
+    )
+    .body(full(""))
+    .unwrap();
+    // The client read the address from the API server a moment before the router's watch
+    // delivered the Pod.
+    let cache = h.cache.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        cache.apply(&ready_pod("default", "fresh", "127.0.0.1", "uid-fresh"));
+    });
+    let started = Instant::now();
+    let (status, _) = json_of(h.http.send(req).await).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(started.elapsed() < server::UNKNOWN_POD_IP_WAIT);
 }

@@ -231,6 +231,10 @@ pub(crate) struct UpArgs {
     /// default; connections through the API server's port-forward never need the token.
     #[arg(long, env = "ALLOW_UNAUTHENTICATED_ROUTER")]
     pub(crate) allow_unauthenticated_router: bool,
+    /// Let the router forward to an X-Sandbox-Pod-IP that is not the named sandbox's Ready Pod
+    /// (off by default: the router connects only to the Pods of the sandboxes requests name).
+    #[arg(long)]
+    pub(crate) router_allow_any_pod_ip: bool,
     /// Sandboxes the node sets up at once; more wait their turn (default: twice the CPUs).
     /// Starting hundreds at once starves the API server and the controllers of CPU.
     #[arg(long, env = "AGENT_SANDBOX_MAX_PARALLEL_STARTS", value_parser = clap::value_parser!(u16).range(1..))]
@@ -254,6 +258,11 @@ pub(crate) struct RouterArgs {
     /// Accept loopback addresses in X-Sandbox-Pod-IP.
     #[arg(long)]
     pub(crate) allow_loopback_pod_ip: bool,
+    /// Forward to an X-Sandbox-Pod-IP that is not the named sandbox's Ready Pod as the router's
+    /// pod cache knows it (by default such a request gets 502: a token holder cannot make the
+    /// router connect to any other address).
+    #[arg(long)]
+    pub(crate) allow_any_pod_ip: bool,
     /// Time limit to a sandbox's response headers, in seconds.
     #[arg(long, default_value_t = 180)]
     pub(crate) proxy_timeout_seconds: u64,

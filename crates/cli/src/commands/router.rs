@@ -21,6 +21,7 @@ pub(crate) fn router(args: &RouterArgs) -> anyhow::Result<ExitCode> {
             auth_token: args.auth_token.clone(),
             allow_unauthenticated: args.allow_unauthenticated,
             allow_loopback_pod_ip: args.allow_loopback_pod_ip,
+            allow_any_pod_ip: args.allow_any_pod_ip,
             proxy_timeout: Duration::from_secs(args.proxy_timeout_seconds),
             upstream_max_retries: args.upstream_max_retries,
             dns_fallback: !args.no_dns_fallback,

@@ -150,6 +150,7 @@ async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
         RouterConfig {
             auth_token: (!args.allow_unauthenticated_router).then_some(token),
             allow_unauthenticated: args.allow_unauthenticated_router,
+            allow_any_pod_ip: args.router_allow_any_pod_ip,
             ..RouterConfig::default()
         },
         cache,
