@@ -134,7 +134,8 @@ impl PodCache {
     /// Whether the pod at `ip` serves the sandbox named `namespace/name` (or with `uid`):
     /// `None` when the cache knows no pod at that address (it may be newer than the cache).
     /// Used to refuse an `X-Sandbox-Pod-IP` that would route a request into another sandbox.
-    /// A warm-pool pod no claim has adopted answers only to its uid, as in [`PodCache::resolve`].
+    /// A warm-pool pod no claim has adopted answers only to its uid, as in [`PodCache::resolve`];
+    /// to its name it answers `None`, as an address not known yet.
     pub fn ip_serves(
         &self,
         ip: IpAddr,
@@ -144,14 +145,19 @@ impl PodCache {
     ) -> Option<bool> {
         let index = self.index.read().unwrap_or_else(|e| e.into_inner());
         let record = index.pods.get(index.by_ip.get(&ip)?)?;
-        Some(
-            (!record.unclaimed_warm
-                && record
-                    .names
-                    .iter()
-                    .any(|(ns, n)| ns == namespace && n == name))
-                || uid.is_some_and(|u| record.uids.iter().any(|r| r == u)),
-        )
+        if uid.is_some_and(|u| record.uids.iter().any(|r| r == u)) {
+            return Some(true);
+        }
+        let named = record
+            .names
+            .iter()
+            .any(|(ns, n)| ns == namespace && n == name);
+        if named && record.unclaimed_warm {
+            // Not routable by name yet: a claim that just adopted it has its Pod relabelled a
+            // moment later, which the cache has not seen (the caller waits for it).
+            return None;
+        }
+        Some(named)
     }
 
     /// The IP for a sandbox: by UID first, then by namespace/name.
@@ -329,7 +335,7 @@ mod tests {
         assert!(cache.resolve("ns", "pool-abcde", Some("u4")).is_some());
         // Nor does its address with a guessed name reach it.
         let ip: IpAddr = "10.0.0.4".parse().unwrap();
-        assert_eq!(cache.ip_serves(ip, "ns", "pool-abcde", None), Some(false));
+        assert_eq!(cache.ip_serves(ip, "ns", "pool-abcde", None), None);
         assert_eq!(
             cache.ip_serves(ip, "ns", "pool-abcde", Some("u4")),
             Some(true)

@@ -819,4 +819,31 @@ async fn a_pod_ip_header_waits_for_the_cache_to_learn_a_new_pod() {
     let (status, _) = json_of(h.http.send(req).await).await;
     assert_eq!(status, StatusCode::OK);
     assert!(started.elapsed() < server::UNKNOWN_POD_IP_WAIT);
+
+    // A warm-pool Pod a claim just adopted: the client has the claim's answer before the cache
+    // has the Pod without its pool label.
+    let mut warm = ready_pod("default", "adopted", "127.0.0.1", "uid-adopted");
+    warm.metadata
+        .labels
+        .get_or_insert_default()
+        .insert("agents.x-k8s.io/warm-pool-sandbox".into(), "h".into());
+    h.cache.apply(&warm);
+    let cache = h.cache.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        cache.apply(&ready_pod("default", "adopted", "127.0.0.1", "uid-adopted"));
+    });
+    let req = request(
+        &h,
+        "/echo",
+        &[
+            ("x-sandbox-id", "adopted"),
+            ("x-sandbox-pod-ip", "127.0.0.1"),
+            ("x-sandbox-port", &port),
+        ],
+    )
+    .body(full(""))
+    .unwrap();
+    let (status, _) = json_of(h.http.send(req).await).await;
+    assert_eq!(status, StatusCode::OK);
 }
