@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent_sandbox_sdk import Sandbox, SandboxPathError, SandboxRequestError
+from agent_sandbox_sdk.sandbox import _Paths
 
 
 def test_round_trip_binary_and_text(sandbox: Sandbox) -> None:
@@ -26,11 +27,24 @@ def test_absolute_paths_under_the_root(sandbox: Sandbox) -> None:
     assert sandbox.files.read("abs/a.txt") == b"abs"
 
 
-def test_absolute_paths_outside_the_root_are_refused(sandbox: Sandbox) -> None:
+def test_absolute_paths_anywhere_under_a_root_of_slash(sandbox: Sandbox) -> None:
+    # The example image's sandboxd serves / and starts in /workspace: an absolute path outside
+    # the work directory is still under the root and means what it says.
+    sandbox.files.write("/tmp/x.txt", "x")
+    assert sandbox.commands.run("cat /tmp/x.txt").stdout == "x"
+    assert sandbox.files.read("/bin/busybox")[:4] == b"\x7fELF"
+    assert not sandbox.files.exists("tmp/x.txt"), "relative paths start in /workspace"
+
+
+def test_absolute_paths_outside_a_narrower_root_are_refused(sandbox: Sandbox) -> None:
+    # A sandboxd started with --root-dir /workspace would re-root /tmp/x.txt below it.
+    paths = _Paths(sandbox)
+    paths._root = "/workspace"
+    assert paths.file("/workspace/a.txt") == "/workspace/a.txt"
+    assert paths.file("rel.txt") == "rel.txt"
     with pytest.raises(SandboxPathError) as e:
-        sandbox.files.write("/tmp/x.txt", "x")
-    assert "/workspace" in str(e.value)
-    assert not sandbox.files.exists("tmp/x.txt")
+        paths.file("/tmp/x.txt")
+    assert "outside the directory this sandbox serves files from (/workspace)" in str(e.value)
 
 
 def test_list_exists_delete(sandbox: Sandbox) -> None:

@@ -45,8 +45,10 @@ def _signal_name(sig: Union[str, int]) -> Union[str, int]:
 
 class _Paths:
     """Makes absolute paths mean what they say. sandboxd confines files (and a command's
-    ``cwd``) to its root directory and would silently re-root any other absolute path below it;
-    this finds the root once and refuses such paths for files, and ``cd``s for commands."""
+    ``cwd``) to its root directory (``--root-dir``) and would silently re-root any other absolute
+    path below it; this finds the root once and refuses such paths for files, and ``cd``s for
+    commands. The root is not the work directory (``--work-dir``), where relative paths and
+    commands start: the example image serves ``/`` and starts in ``/workspace``."""
 
     def __init__(self, sandbox: Sandbox) -> None:
         self._sandbox = sandbox
@@ -56,9 +58,10 @@ class _Paths:
     def root(self) -> str:
         with self._lock:
             if self._root is None:
+                # sandboxd resolves a cwd of "/" beneath its root: the root itself.
                 r = self._sandbox._dp.request(
                     "POST", "/v2/exec", what="finding the sandbox's root directory",
-                    json_body={"command": ["pwd"], "timeout": 30},
+                    json_body={"command": ["pwd"], "cwd": "/", "timeout": 30},
                     headers={"Accept": "application/json"}, timeout=30, idempotent=True)
                 self._root = (r.json().get("stdout") or "/").strip() or "/"
             return self._root
@@ -81,7 +84,7 @@ class _Paths:
             raise SandboxPathError(
                 f"{path} is outside the directory this sandbox serves files from ({root}): "
                 f"sandboxd would have used {root.rstrip('/')}{posixpath.normpath(path)} instead. "
-                f"Use a path under {root} or a relative one (relative paths start at {root}), "
+                f"Use a path under {root} or a relative one, "
                 "or run sandboxd with --root-dir / to reach every path")
         return path
 
