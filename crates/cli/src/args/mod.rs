@@ -231,6 +231,11 @@ pub(crate) struct UpArgs {
     /// default; connections through the API server's port-forward never need the token.
     #[arg(long, env = "ALLOW_UNAUTHENTICATED_ROUTER")]
     pub(crate) allow_unauthenticated_router: bool,
+    /// Grant containers Kubernetes' default capabilities, CAP_NET_RAW included (by default the
+    /// node leaves it out unless a Pod adds NET_RAW: raw sockets let a sandbox forge ARP and ICMP
+    /// on the bridge it shares with other sandboxes).
+    #[arg(long)]
+    pub(crate) kubernetes_capabilities: bool,
     /// Let the router forward to an X-Sandbox-Pod-IP that is not the named sandbox's Ready Pod
     /// (off by default: the router connects only to the Pods of the sandboxes requests name).
     #[arg(long)]

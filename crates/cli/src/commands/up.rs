@@ -94,6 +94,10 @@ async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
                 .context("preparing the sandboxd kit (this executable and its libraries)")?,
         );
         engine_config.registry.docker_config = args.registry_config.clone();
+        if args.kubernetes_capabilities {
+            engine_config.capability_defaults =
+                agent_sandbox_node::bundle::CapabilityDefaults::Kubernetes;
+        }
         engine_config.registry.insecure = args.insecure_registry.clone();
         let defaults = NetworkConfig::default();
         engine_config.network = Some(NetworkConfig {

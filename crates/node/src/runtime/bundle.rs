@@ -18,7 +18,8 @@ use crate::image::Image;
 use crate::runtime::HandlerKind;
 use crate::spec::{ContainerSpec, SandboxSpec, VolumeSpec};
 
-/// The OCI default capability set (what Docker and containerd grant).
+/// The OCI default capability set (what Docker and containerd grant, and Kubernetes with them).
+/// The node grants it less `CAP_NET_RAW` unless told otherwise ([`CapabilityDefaults`]).
 pub const DEFAULT_CAPS: &[&str] = &[
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
@@ -35,6 +36,28 @@ pub const DEFAULT_CAPS: &[&str] = &[
     "CAP_KILL",
     "CAP_AUDIT_WRITE",
 ];
+
+/// The capabilities a container has before its `securityContext.capabilities`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CapabilityDefaults {
+    /// [`DEFAULT_CAPS`] without `CAP_NET_RAW`: raw and packet sockets would let a sandbox forge
+    /// ARP and ICMP on the bridge it shares with other sandboxes. A Pod that needs them (ping,
+    /// traceroute) adds `NET_RAW`.
+    #[default]
+    Hardened,
+    /// [`DEFAULT_CAPS`] as they are: what containerd and Docker grant under Kubernetes.
+    Kubernetes,
+}
+
+impl CapabilityDefaults {
+    /// The capability names granted before a container's drop and add lists.
+    pub fn base(self) -> impl Iterator<Item = &'static str> {
+        DEFAULT_CAPS
+            .iter()
+            .copied()
+            .filter(move |c| self == Self::Kubernetes || *c != "CAP_NET_RAW")
+    }
+}
 
 /// Paths under /proc and /sys hidden from every sandbox.
 pub const MASKED_PATHS: &[&str] = &[
@@ -95,6 +118,8 @@ pub struct BundleInputs<'a> {
     pub default_pids_limit: i64,
     /// The node's sandboxd kit, for containers that ask for sandboxd ([`crate::sandboxd_kit`]).
     pub sandboxd_kit: Option<&'a Path>,
+    /// The capabilities granted before the container's own list.
+    pub capability_defaults: CapabilityDefaults,
 }
 
 /// Resolve `path` inside `root` like the kernel would after `chroot(root)`: symlinks (absolute
@@ -318,8 +343,12 @@ pub fn resolve_user(
     Ok((uid, gid.unwrap_or(if uid == 0 { 0 } else { uid })))
 }
 
-/// The effective capability set after drop/add.
-pub fn capabilities(spec: &SandboxSpec, c: &ContainerSpec) -> Result<Vec<String>> {
+/// The effective capability set: `defaults`, then the container's drop and add lists.
+pub fn capabilities(
+    spec: &SandboxSpec,
+    c: &ContainerSpec,
+    defaults: CapabilityDefaults,
+) -> Result<Vec<String>> {
     let norm = |c: &str| {
         let c = c.to_ascii_uppercase();
         if c.starts_with("CAP_") {
@@ -328,7 +357,7 @@ pub fn capabilities(spec: &SandboxSpec, c: &ContainerSpec) -> Result<Vec<String>
             format!("CAP_{c}")
         }
     };
-    let mut caps: Vec<String> = DEFAULT_CAPS.iter().map(|s| s.to_string()).collect();
+    let mut caps: Vec<String> = defaults.base().map(str::to_owned).collect();
     for d in &c.security.caps_drop {
         if d.eq_ignore_ascii_case("ALL") {
             caps.clear();
@@ -392,7 +421,7 @@ pub fn build(inp: &BundleInputs<'_>) -> Result<Spec> {
         Err(e) => return Err(e),
     };
     let (uid, gid) = resolve_user(spec, c, inp.image, inp.rootfs)?;
-    let caps = capabilities(spec, c)?;
+    let caps = capabilities(spec, c, inp.capability_defaults)?;
     let cwd = c
         .working_dir
         .clone()
@@ -590,17 +619,38 @@ mod tests {
     }
 
     #[test]
+    fn net_raw_only_on_request_unless_kubernetes_defaults() {
+        let mut s = SandboxSpec::new("a", "img");
+        let has_raw = |s: &SandboxSpec, d| {
+            capabilities(s, &s.main, d)
+                .unwrap()
+                .contains(&"CAP_NET_RAW".to_string())
+        };
+        assert!(!has_raw(&s, CapabilityDefaults::Hardened));
+        assert!(has_raw(&s, CapabilityDefaults::Kubernetes));
+        assert_eq!(
+            capabilities(&s, &s.main, CapabilityDefaults::Hardened)
+                .unwrap()
+                .len(),
+            DEFAULT_CAPS.len() - 1,
+            "only NET_RAW goes"
+        );
+        s.main.security.caps_add = vec!["NET_RAW".into()];
+        assert!(has_raw(&s, CapabilityDefaults::Hardened));
+    }
+
+    #[test]
     fn caps_drop_all_then_add() {
         let mut s = SandboxSpec::new("a", "img");
         s.main.security.caps_drop = vec!["ALL".into()];
         s.main.security.caps_add = vec!["net_bind_service".into()];
         assert_eq!(
-            capabilities(&s, &s.main).unwrap(),
+            capabilities(&s, &s.main, CapabilityDefaults::Kubernetes).unwrap(),
             vec!["CAP_NET_BIND_SERVICE"]
         );
         s.main.security.caps_add = vec!["SYS_ADMIN".into()];
-        assert!(capabilities(&s, &s.main).is_err());
+        assert!(capabilities(&s, &s.main, CapabilityDefaults::Kubernetes).is_err());
         s.main.security.caps_add = vec!["NET_ADMIN".into()];
-        assert!(capabilities(&s, &s.main).is_err());
+        assert!(capabilities(&s, &s.main, CapabilityDefaults::Kubernetes).is_err());
     }
 }

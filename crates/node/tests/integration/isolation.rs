@@ -1,7 +1,7 @@
 //! Isolation inside sandboxes under the default handler and runsc: no host processes, no host
 //! files beyond the image and declared volumes, no host network, read-only /proc/sys, masked
-//! paths, seccomp, memory and pids limits enforced (a fork bomb is contained and the host keeps
-//! working). No traffic leaves the sandboxes: they have no network configured here.
+//! paths, seccomp, no raw sockets unless the Pod adds NET_RAW, memory and pids limits enforced
+//! (a fork bomb is contained and the host keeps working). No traffic leaves the sandboxes: they have no network configured here.
 #![allow(clippy::print_stdout)]
 
 use crate::common;
@@ -60,6 +60,7 @@ async fn isolation(kind: HandlerKind) {
              (cat /proc/kcore | head -c 1 | wc -c) 2>/dev/null | sed 's/^/kcore=/'; \
              (mount -t tmpfs none /mnt) 2>/dev/null && echo mount=ok || echo mount=denied; \
              echo caps=$(grep CapEff /proc/self/status | cut -f2); \
+             (ping -c 1 -W 1 127.0.0.1 >/dev/null 2>&1) && echo raw=yes || echo raw=no; \
              echo nnp=$(grep NoNewPrivs /proc/self/status | cut -f2)"
         ),
     );
@@ -94,13 +95,14 @@ async fn isolation(kind: HandlerKind) {
     assert_eq!(get("hostname"), "iso-box");
     assert_eq!(get("lo"), "up");
     assert_eq!(get("procsys"), "ro");
+    assert_eq!(get("raw"), "no", "raw sockets (ping) without NET_RAW");
     assert_eq!(get("mount"), "denied");
     if kind != HandlerKind::Runsc {
         // gVisor's /proc does not report NoNewPrivs.
         assert_eq!(get("nnp"), "1");
         assert_eq!(get("kcore"), "0", "/proc/kcore is masked");
-        // The OCI default set: 0x00000000a80425fb.
-        assert_eq!(get("caps"), "00000000a80425fb");
+        // The OCI default set (0x00000000a80425fb) without CAP_NET_RAW (bit 13).
+        assert_eq!(get("caps"), "00000000a80405fb");
     }
     assert!(
         pvc.join("in-volume").is_file(),
@@ -159,6 +161,34 @@ async fn isolation(kind: HandlerKind) {
     e.remove("bomb").await.unwrap();
     println!("{kind}: fork bomb removed in {:?}", t.elapsed());
     assert_no_leaks(&env);
+}
+
+/// A Pod that adds NET_RAW gets raw sockets back (under runc and crun; gVisor serves raw
+/// sockets only when started with --net-raw).
+async fn net_raw_on_request(kind: HandlerKind) {
+    if need(Some(kind)) {
+        return;
+    }
+    let env = Env::new(&[kind], None).await;
+    env.busybox(IMAGE).await;
+    let e = env.engine();
+    let probe = "(ping -c 1 -W 1 127.0.0.1 >/dev/null 2>&1) && echo raw=yes || echo raw=no";
+    let mut s = sh("raw-added", kind, probe);
+    s.main.security.caps_add = vec!["NET_RAW".into()];
+    let (code, log) = run_to_end(e, s, Duration::from_secs(60)).await;
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("raw=yes"), "{kind}: NET_RAW added: {log}");
+    assert_no_leaks(&env);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn net_raw_on_request_default_handler() {
+    net_raw_on_request(common::default_kind()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn net_raw_on_request_runc() {
+    net_raw_on_request(HandlerKind::Runc).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

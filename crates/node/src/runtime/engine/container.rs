@@ -157,6 +157,7 @@ impl SandboxEngine {
                 .then_some(termination_log.as_path()),
             default_pids_limit: self.config.default_pids_limit,
             sandboxd_kit: self.config.sandboxd_kit.as_deref(),
+            capability_defaults: self.config.capability_defaults,
         })?;
         bundle::write(&oci, &cp.bundle())?;
         tl.record("bundle", t);

@@ -29,6 +29,8 @@ pub struct EngineConfig {
     /// The sandboxd kit mounted into containers whose Pod asks for sandboxd (see
     /// [`crate::sandboxd_kit::prepare`]); `None`: such Pods are refused.
     pub sandboxd_kit: Option<PathBuf>,
+    /// The capabilities a container has before its own list (hardened: without `NET_RAW`).
+    pub capability_defaults: crate::bundle::CapabilityDefaults,
 }
 
 impl EngineConfig {
@@ -46,6 +48,7 @@ impl EngineConfig {
             cgroup_parent: "agent-sandbox".into(),
             default_pids_limit: 4096,
             sandboxd_kit: None,
+            capability_defaults: Default::default(),
         }
     }
 }
