@@ -201,8 +201,16 @@ async fn spawn(target: &RunningContainer, dir: &Path, opts: &ExecOptions) -> Res
         let path = dir.join("process.json");
         fs_err::write(&path, process.to_string())?;
         args.extend(["--process".into(), path.into()]);
-    } else if mode.is_some() {
-        args.push("--tty".into());
+    } else {
+        if mode.is_some() {
+            args.push("--tty".into());
+        }
+        // Without a process file the runtime builds the process from its flags, and crun then
+        // leaves no_new_privileges off although every container's own process has it (the
+        // process file above copies it from the bundle). gVisor sets it in its sentry.
+        if !runsc {
+            args.push("--no-new-privs".into());
+        }
     }
     let mut listener = None;
     let mut ours = None;

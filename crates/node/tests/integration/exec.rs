@@ -161,6 +161,27 @@ async fn exec_in(kind: HandlerKind) {
     .await;
     assert_eq!((out.as_str(), err.as_str(), code), ("out\n", "err\n", 3));
 
+    // An exec'd process is as confined as the container's own: no_new_privileges and the same
+    // capabilities (gVisor's /proc reports neither).
+    if kind != HandlerKind::Runsc {
+        let status = |out: &str, key: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_else(|| panic!("{key} missing in {out}"))
+        };
+        let (own, _, _) = run(engine, &uid, &["cat", "/proc/1/status"], None).await;
+        let (out, _, code) = run(engine, &uid, &["cat", "/proc/self/status"], None).await;
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(
+            status(&out, "NoNewPrivs:"),
+            "1",
+            "{kind}: exec without no_new_privs"
+        );
+        assert_eq!(status(&out, "CapEff:"), status(&own, "CapEff:"), "{kind}");
+        assert_eq!(status(&out, "CapBnd:"), status(&own, "CapBnd:"), "{kind}");
+    }
+
     // A command that is not there: the runtime says so and the exit code is not 0.
     let (_, err, code) = run(engine, &uid, &["/no/such/program"], None).await;
     assert_ne!(code, 0, "{err}");
