@@ -36,7 +36,7 @@ echo "== Python venv (the test environment uses the Python SDK)"
 if [ ! -x "$venv/bin/python" ]; then
   "${PYTHON:-python3}" -m venv "$venv"
 fi
-"$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$sdk/python[test,typecheck,upstream,grpc]"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$sdk/python[test,typecheck,upstream,grpc,package]"
 
 work=$(mktemp -d)
 "$venv/bin/python" "$sdk/testenv.py" serve --env-file "$work/env" >"$work/testenv.log" 2>&1 &
