@@ -213,11 +213,14 @@ async fn measure(f: &Fixture, args: &BenchArgs, name: &str) -> anyhow::Result<Ve
                 .header("X-Sandbox-Namespace", ns)
                 .header("X-Sandbox-Port", "8080")
                 .header("X-Sandbox-Pod-IP", ip)
-                .json(&serde_json::json!({"command": ["sh", "-c", "while :; do :; done"]}));
+                .json(&serde_json::json!({"command": "while :; do :; done", "timeout": 600}));
             if let Some(t) = token {
                 req = req.bearer_auth(t);
             }
-            let _ = req.send().await;
+            // The command lives as long as its request: read until the task is aborted.
+            if let Ok(resp) = req.send().await {
+                let _ = resp.bytes().await;
+            }
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
