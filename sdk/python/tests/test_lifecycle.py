@@ -9,7 +9,6 @@ import pytest
 
 from agent_sandbox_sdk import (
     SandboxClient,
-    SandboxError,
     SandboxNotFoundError,
     SandboxNotReadyError,
 )
@@ -101,9 +100,9 @@ def test_pause_and_unpause(client: SandboxClient) -> None:
     time.sleep(0.3)
     sb.pause(timeout=30)
     assert sb.is_paused()
-    with pytest.raises(SandboxError) as e:
+    with pytest.raises(SandboxNotReadyError) as e:
         sb.commands.run("true", timeout=5)
-    assert "paused" in str(e.value)
+    assert "paused" in str(e.value) and "Unpause" in str(e.value)
     sb.pause(timeout=30)  # twice: no change
     sb.unpause(timeout=30)
     assert not sb.is_paused() and sb.status()[0] == "SandboxReady"
