@@ -515,6 +515,38 @@ mod tests {
     }
 
     #[test]
+    fn the_pause_condition_appears_once_asked_and_stays() {
+        let p = pod(
+            json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "x"}]}}),
+        );
+        let mut rt = PodRt::seed(&p);
+        let paused = |rt: &PodRt| {
+            rt.status()["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["type"] == POD_PAUSED)
+                .map(|c| (c["status"].clone(), c["reason"].clone()))
+        };
+        rt.update_conditions(&[]);
+        assert_eq!(paused(&rt), None, "never asked: no condition");
+        rt.pause = Some(PauseReport {
+            paused: true,
+            reason: "Paused",
+            message: "frozen".into(),
+        });
+        rt.update_conditions(&[]);
+        assert_eq!(paused(&rt), Some((json!("True"), json!("Paused"))));
+        rt.pause = Some(PauseReport {
+            paused: false,
+            reason: "Running",
+            message: "runs".into(),
+        });
+        rt.update_conditions(&[]);
+        assert_eq!(paused(&rt), Some((json!("False"), json!("Running"))));
+    }
+
+    #[test]
     fn conditions_follow_readiness_and_gates() {
         let p = pod(
             json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "x"}]}}),

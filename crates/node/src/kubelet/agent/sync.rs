@@ -131,14 +131,12 @@ impl NodeAgent {
 
         // The pause extension: a frozen Pod that stays frozen is not stepped at all; one whose
         // annotation went is thawed first, then synced as usual.
-        match plan::pause_action(Self::asks_paused(pod), self.engine.is_paused(&id), false) {
-            PauseAction::Hold => return self.hold_paused(pod, &api, &rt).await,
-            PauseAction::Thaw => {
-                if !self.thaw(pod, &spec, &rt, &checks.1).await {
-                    return self.write_status(pod, &api, &rt).await;
-                }
-            }
-            _ => {}
+        let pause = plan::pause_action(Self::asks_paused(pod), self.engine.is_paused(&id), false);
+        if pause == PauseAction::Hold {
+            return self.hold_paused(pod, &api, &rt).await;
+        }
+        if pause == PauseAction::Thaw && !self.thaw(pod, &spec, &rt, &checks.1).await {
+            return self.write_status(pod, &api, &rt).await;
         }
 
         let policy = RestartPolicy::of(pod);
