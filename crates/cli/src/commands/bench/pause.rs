@@ -197,7 +197,29 @@ async fn measure(f: &Fixture, args: &BenchArgs, name: &str) -> anyhow::Result<Ve
     let timeout = Duration::from_secs(30);
     let pp = PatchParams::default();
 
-    // Something to freeze: a busy loop in the sandbox, so the CPU a pause releases shows.
+    let mut pauses = Vec::new();
+    let mut unpauses = Vec::new();
+    let mut round_trips = Vec::new();
+    for _ in 0..args.iterations {
+        let t = Instant::now();
+        sandboxes
+            .patch(name, &pp, &Patch::Merge(&paused_patch(true)))
+            .await?;
+        watched.until(name, true, timeout).await?;
+        let paused_in = t.elapsed();
+        let t2 = Instant::now();
+        sandboxes
+            .patch(name, &pp, &Patch::Merge(&paused_patch(false)))
+            .await?;
+        watched.until(name, false, timeout).await?;
+        let unpaused_in = t2.elapsed();
+        pauses.push(paused_in);
+        unpauses.push(unpaused_in);
+        round_trips.push(paused_in + unpaused_in);
+    }
+
+    // The CPU a pause releases: a busy loop in the sandbox, one second running, one paused
+    // (after the latencies, so that it does not take a core from the control plane then).
     let busy = {
         let (f_http, router, token, ns) = (
             f.http.clone(),
@@ -224,49 +246,27 @@ async fn measure(f: &Fixture, args: &BenchArgs, name: &str) -> anyhow::Result<Ve
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-
-    let mut pauses = Vec::new();
-    let mut unpauses = Vec::new();
-    let mut round_trips = Vec::new();
+    let window = Duration::from_secs(1);
     let mut cpu_note = String::from("CPU time unreadable");
-    for i in 0..args.iterations {
-        let t = Instant::now();
+    if let Some(a) = cpu_used(&uid) {
+        tokio::time::sleep(window).await;
+        let running = cpu_used(&uid).unwrap_or(a) - a;
         sandboxes
             .patch(name, &pp, &Patch::Merge(&paused_patch(true)))
             .await?;
         watched.until(name, true, timeout).await?;
-        let paused_in = t.elapsed();
-        if i == 0 {
-            // CPU over one second running (the busy loop) and one second paused.
-            let window = Duration::from_secs(1);
-            if let Some(a) = cpu_used(&uid) {
-                tokio::time::sleep(window).await;
-                let b = cpu_used(&uid).unwrap_or(a);
-                cpu_note = format!(
-                    "CPU used in 1 s while paused: {:.1} ms",
-                    (b - a).as_secs_f64() * 1e3
-                );
-            }
-        }
-        let t2 = Instant::now();
+        let b = cpu_used(&uid).unwrap_or(a);
+        tokio::time::sleep(window).await;
+        let paused = cpu_used(&uid).unwrap_or(b) - b;
         sandboxes
             .patch(name, &pp, &Patch::Merge(&paused_patch(false)))
             .await?;
         watched.until(name, false, timeout).await?;
-        let unpaused_in = t2.elapsed();
-        pauses.push(paused_in);
-        unpauses.push(unpaused_in);
-        round_trips.push(paused_in + unpaused_in);
-        if i == 0
-            && let Some(a) = cpu_used(&uid)
-        {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let b = cpu_used(&uid).unwrap_or(a);
-            cpu_note = format!(
-                "{cpu_note}; running (a busy loop): {:.1} ms",
-                (b - a).as_secs_f64() * 1e3
-            );
-        }
+        cpu_note = format!(
+            "CPU used in 1 s by a busy loop in the sandbox: {:.1} ms running, {:.1} ms paused",
+            running.as_secs_f64() * 1e3,
+            paused.as_secs_f64() * 1e3
+        );
     }
     busy.abort();
     let baseline = match tokio::task::spawn_blocking({
