@@ -237,3 +237,90 @@ pub mod webhook {
     /// HTTP path of the conversion handler.
     pub const PATH: &str = "/convert";
 }
+
+/// This project's own extensions, beyond upstream's API: keys under
+/// `agent-sandbox-rs.github.io/`, so that the CRDs stay equal to upstream's and an upstream
+/// controller ignores them.
+pub mod extensions {
+    /// The prefix of every key this project adds.
+    pub const PREFIX: &str = "agent-sandbox-rs.github.io/";
+
+    /// Annotations.
+    pub mod annotations {
+        /// On a Sandbox: `"true"` asks for it to be paused (every process frozen with the
+        /// cgroup freezer, memory kept); absent or any other value means running. The Sandbox
+        /// controller copies it onto the Sandbox's Pod, where the node acts on it.
+        pub const PAUSED: &str = "agent-sandbox-rs.github.io/paused";
+    }
+
+    /// The only value of [`annotations::PAUSED`] that pauses.
+    pub const PAUSED_TRUE: &str = "true";
+
+    /// Whether an annotation map asks for a pause ([`annotations::PAUSED`] is `"true"`).
+    pub fn asks_paused(annotations: Option<&std::collections::BTreeMap<String, String>>) -> bool {
+        annotations
+            .and_then(|a| a.get(annotations::PAUSED))
+            .is_some_and(|v| v == PAUSED_TRUE)
+    }
+
+    /// Condition types.
+    pub mod condition_types {
+        /// On a Sandbox: whether its processes are frozen (absent until it is first asked to
+        /// pause; then it stays, True or False, as `Suspended` does).
+        pub const PAUSED: &str = "Paused";
+        /// On a Pod, written by the node: whether every container of the Pod is frozen.
+        pub const POD_PAUSED: &str = "agent-sandbox-rs.github.io/Paused";
+    }
+
+    /// Reasons of the Sandbox's `Paused` condition (and of `Ready` while paused).
+    pub mod reasons {
+        /// Paused=True (and Ready=False): every process of the Pod is frozen.
+        pub const SANDBOX_PAUSED: &str = "SandboxPaused";
+        /// Paused=False: the Sandbox runs.
+        pub const SANDBOX_RUNNING: &str = "SandboxRunning";
+        /// Paused=False: asked to pause, the node has not frozen the Pod yet.
+        pub const SANDBOX_PAUSING: &str = "SandboxPausing";
+        /// Paused=True: asked to run again, the node has not thawed the Pod yet.
+        pub const SANDBOX_UNPAUSING: &str = "SandboxUnpausing";
+        /// Paused=False: asked to pause, but there is no running Pod to freeze.
+        pub const NO_POD_TO_PAUSE: &str = "NoPodToPause";
+        /// Paused=False: the node could not freeze (or thaw) the Pod; its message says why.
+        pub const PAUSE_FAILED: &str = "PauseFailed";
+    }
+
+    /// Reasons of the Pod's `agent-sandbox-rs.github.io/Paused` condition (written by the node).
+    pub mod pod_reasons {
+        /// True: every container is frozen.
+        pub const PAUSED: &str = "Paused";
+        /// False: the containers run (thawed, or never paused).
+        pub const RUNNING: &str = "Running";
+        /// False: asked to pause while its containers do not run yet.
+        pub const NOT_RUNNING: &str = "PodNotRunning";
+        /// False (freeze failed) or True (thaw failed): the message says why; retried.
+        pub const PAUSE_FAILED: &str = "PauseFailed";
+    }
+
+    /// Messages of the Sandbox's `Paused` condition.
+    pub mod messages {
+        /// Paused=True, SandboxPaused.
+        pub const SANDBOX_PAUSED: &str =
+            "Sandbox is paused: its processes are frozen and keep their memory";
+        /// Ready=False, SandboxPaused.
+        pub const READY_PAUSED: &str = "Sandbox is paused; unpause it (remove the annotation agent-sandbox-rs.github.io/paused) to use it";
+        /// Paused=False, SandboxRunning.
+        pub const SANDBOX_RUNNING: &str = "Sandbox is running";
+        /// Paused=False, SandboxPausing.
+        pub const SANDBOX_PAUSING: &str =
+            "Sandbox is pausing: waiting for the node to freeze its Pod";
+        /// Paused=True, SandboxUnpausing.
+        pub const SANDBOX_UNPAUSING: &str =
+            "Sandbox is unpausing: waiting for the node to thaw its Pod";
+        /// Paused=False, NoPodToPause, for a suspended Sandbox.
+        pub const SUSPENDED_NO_POD: &str = "Sandbox is suspended and has no Pod to pause; the annotation takes effect when it resumes";
+        /// Paused=False, NoPodToPause, without a Pod.
+        pub const NO_POD: &str = "Sandbox has no Pod to pause yet; it is paused once its Pod runs";
+        /// Paused=False, NoPodToPause, prefix before the finished Pod's phase.
+        pub const POD_FINISHED_PREFIX: &str =
+            "Sandbox has nothing to pause: its Pod has finished with phase ";
+    }
+}

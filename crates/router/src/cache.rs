@@ -6,12 +6,17 @@
 //! routable, and warm-pool pods that no claim has adopted yet (they still carry
 //! `agents.x-k8s.io/warm-pool-sandbox`) are left out of the name index, so a guessed name cannot
 //! reach an unclaimed sandbox.
+//!
+//! A paused sandbox (this project's pause extension: its Pod carries the annotation
+//! `agent-sandbox-rs.github.io/paused: "true"`, or the node still reports it frozen) is known
+//! as paused, so that the router answers at once with an error that says to unpause it instead
+//! of forwarding to processes that cannot answer.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
-use agent_sandbox_api::constants::labels;
+use agent_sandbox_api::constants::{extensions as ext, labels};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::WatchStreamExt;
@@ -24,6 +29,7 @@ struct Record {
     names: Vec<(String, String)>,
     uids: Vec<String>,
     unclaimed_warm: bool,
+    paused: bool,
 }
 
 #[derive(Default)]
@@ -34,6 +40,8 @@ struct Index {
     by_uid: HashMap<String, IpAddr>,
     /// Which pod holds an address.
     by_ip: HashMap<IpAddr, (String, String)>,
+    /// Paused pods' addresses.
+    paused: std::collections::HashSet<IpAddr>,
 }
 
 impl Index {
@@ -41,6 +49,7 @@ impl Index {
         if let Some(old) = self.pods.remove(key) {
             if self.by_ip.get(&old.ip) == Some(key) {
                 self.by_ip.remove(&old.ip);
+                self.paused.remove(&old.ip);
             }
             for n in &old.names {
                 self.by_name.remove(n);
@@ -68,6 +77,11 @@ impl Index {
             self.by_uid.insert(u.clone(), record.ip);
         }
         self.by_ip.insert(record.ip, key.clone());
+        if record.paused {
+            self.paused.insert(record.ip);
+        } else {
+            self.paused.remove(&record.ip);
+        }
         self.pods.insert(key, record);
     }
 }
@@ -108,11 +122,19 @@ fn record_of(pod: &Pod, ns: &str, name: &str) -> Option<Record> {
         .labels
         .as_ref()
         .is_some_and(|l| l.contains_key(labels::WARM_POOL_SANDBOX));
+    let paused = ext::asks_paused(pod.metadata.annotations.as_ref())
+        || status
+            .conditions
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == ext::condition_types::POD_PAUSED && c.status == "True");
     Some(Record {
         ip,
         names,
         uids,
         unclaimed_warm,
+        paused,
     })
 }
 
@@ -169,6 +191,12 @@ impl PodCache {
                 .get(&(namespace.to_owned(), name.to_owned()))
                 .copied()
         })
+    }
+
+    /// Whether the pod at `ip` is paused (asked to pause, or still frozen).
+    pub fn is_paused(&self, ip: IpAddr) -> bool {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        index.paused.contains(&ip)
     }
 
     /// Whether the first full list has been loaded.
@@ -319,6 +347,47 @@ mod tests {
         cache.apply(&p);
         cache.delete(&p);
         assert!(cache.resolve("ns", "sb", None).is_none());
+    }
+
+    #[test]
+    fn paused_pods_are_known_as_paused_until_thawed() {
+        let cache = PodCache::new();
+        let mut p = pod("sb", "10.0.0.7", true, json!({}), Some(("sb", "u7")));
+        let ip: IpAddr = "10.0.0.7".parse().unwrap();
+        cache.apply(&p);
+        assert!(!cache.is_paused(ip));
+        p.metadata.annotations =
+            Some([(ext::annotations::PAUSED.to_string(), "true".to_string())].into());
+        cache.apply(&p);
+        assert!(cache.is_paused(ip));
+        // Unpause asked, the node has not thawed yet: still paused.
+        p.metadata.annotations = None;
+        let frozen = k8s_openapi::api::core::v1::PodCondition {
+            type_: ext::condition_types::POD_PAUSED.into(),
+            status: "True".into(),
+            ..Default::default()
+        };
+        p.status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .as_mut()
+            .unwrap()
+            .push(frozen);
+        cache.apply(&p);
+        assert!(cache.is_paused(ip));
+        p.status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .as_mut()
+            .unwrap()
+            .pop();
+        cache.apply(&p);
+        assert!(!cache.is_paused(ip));
+        cache.apply(&p);
+        cache.delete(&p);
+        assert!(!cache.is_paused(ip));
     }
 
     #[test]

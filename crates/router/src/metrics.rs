@@ -19,7 +19,7 @@ pub struct RequestLabels {
 /// Labels of `sandbox_router_upstream_errors_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
-    /// `connect`, `timeout`, `unresolved` or `protocol`.
+    /// `connect`, `timeout`, `unresolved`, `protocol` or `paused`.
     pub reason: &'static str,
 }
 

@@ -203,6 +203,21 @@ impl Router {
                 );
             }
         };
+        if self.cache.is_paused(ip) {
+            self.metrics
+                .upstream_errors
+                .get_or_create(&ErrorLabels { reason: "paused" })
+                .inc();
+            return detail(
+                StatusCode::CONFLICT,
+                format!(
+                    "Sandbox {} is paused: its processes are frozen and cannot answer. Unpause it (agent-sandbox unpause {}, or remove the annotation {}) and retry.",
+                    target.id,
+                    target.id,
+                    agent_sandbox_api::constants::extensions::annotations::PAUSED
+                ),
+            );
+        }
         let addr = SocketAddr::new(ip, target.port);
         let timeout = target.timeout.unwrap_or(self.config.proxy_timeout);
         let retries = &self.metrics.upstream_retries;

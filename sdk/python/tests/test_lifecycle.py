@@ -94,6 +94,25 @@ def test_suspend_and_resume(client: SandboxClient) -> None:
     assert sb.commands.run("echo back").stdout == "back\n"
 
 
+def test_pause_and_unpause(client: SandboxClient) -> None:
+    sb = client.create_sandbox(warmpool=POOL)
+    bg = sb.commands.start("i=0; while :; do i=$((i+1)); echo $i > /tmp/n; sleep 0.05; done")
+    time.sleep(0.3)
+    sb.pause(timeout=30)
+    assert sb.is_paused()
+    with pytest.raises(SandboxNotReadyError) as e:
+        sb.commands.run("true", timeout=5)
+    assert "paused" in str(e.value) and "Unpause" in str(e.value)
+    sb.pause(timeout=30)  # twice: no change
+    sb.unpause(timeout=30)
+    assert not sb.is_paused() and sb.status()[0] == "SandboxReady"
+    first = int(sb.commands.run("cat /tmp/n").stdout)
+    time.sleep(0.3)
+    assert int(sb.commands.run("cat /tmp/n").stdout) > first  # the same loop goes on
+    sb.unpause(timeout=30)  # a running sandbox: no change
+    bg.kill()
+
+
 def test_stale_pod_ip_is_refreshed(client: SandboxClient) -> None:
     """Another handle suspends and resumes the sandbox: its Pod comes back with a new IP. The
     first handle's next calls still reach it at once: the router sends a stale address to the

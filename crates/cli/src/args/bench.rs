@@ -23,6 +23,8 @@ pub(crate) enum Scenario {
     Burst,
     /// Idle sandboxes: host memory per sandbox.
     Density,
+    /// Pause → unpause round trips through the API, beside the cgroup freezer's own.
+    Pause,
 }
 
 /// Which durability settings of `agent-sandbox up` to measure (`--durability`).

@@ -89,6 +89,12 @@ pub(crate) enum Command {
     Suspend(TargetArgs),
     /// Resume a suspended sandbox and wait until it is Ready.
     Resume(TargetArgs),
+    /// Pause a sandbox: freeze its processes (memory kept, CPU released) and wait until the
+    /// Paused condition is True.
+    Pause(TargetArgs),
+    /// Unpause a paused sandbox: thaw its processes and wait until the Paused condition is
+    /// False.
+    Unpause(TargetArgs),
     /// Delete claims (and their sandboxes) or sandboxes.
     Delete(DeleteArgs),
     /// Print a sandbox's container log.

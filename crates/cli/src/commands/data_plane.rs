@@ -41,6 +41,13 @@ impl SandboxdClient {
                 "sandbox {sandbox_name} is suspended; resume it with `agent-sandbox resume {name}`"
             );
         }
+        if agent_sandbox_api::constants::extensions::asks_paused(
+            sandbox.metadata.annotations.as_ref(),
+        ) {
+            anyhow::bail!(
+                "sandbox {sandbox_name} is paused; unpause it with `agent-sandbox unpause {name}`"
+            );
+        }
         // The router does not route names to warm-pool members no claim has adopted.
         if sandbox.labels().contains_key(labels::WARM_POOL_SANDBOX) {
             anyhow::bail!(

@@ -34,6 +34,8 @@ pub(crate) fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Delete(args) => block_on(sandboxes::delete(&args)),
         Command::Suspend(args) => block_on(sandboxes::suspend(&args)),
         Command::Resume(args) => block_on(sandboxes::resume(&args)),
+        Command::Pause(args) => block_on(sandboxes::pause(&args, true)),
+        Command::Unpause(args) => block_on(sandboxes::pause(&args, false)),
         Command::Logs(args) => block_on(sandboxes::logs(&args)),
         Command::Exec(args) => block_on(data_plane::exec(&args)),
         Command::Cp(args) => block_on(data_plane::cp(&args)),

@@ -1,4 +1,5 @@
-//! The control-plane verbs: `apply`, `claim`, `get`, `delete`, `suspend`, `resume`, `logs`.
+//! The control-plane verbs: `apply`, `claim`, `get`, `delete`, `suspend`, `resume`, `pause`,
+//! `unpause`, `logs`.
 //! They act through the API server only.
 
 use std::io::Write;
@@ -6,7 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use agent_sandbox_api::conditions::{find_status_condition, is_status_condition_true};
-use agent_sandbox_api::constants::condition_types;
+use agent_sandbox_api::constants::{condition_types, extensions as ext};
 use agent_sandbox_api::v1beta1::{
     ClaimShutdownPolicy, EnvVar, Lifecycle, OperatingMode, Sandbox, SandboxClaim, SandboxClaimSpec,
     SandboxTemplate, SandboxWarmPool, SandboxWarmPoolRef,
@@ -508,6 +509,97 @@ pub(crate) async fn resume(args: &TargetArgs) -> anyhow::Result<ExitCode> {
     set_mode(args, OperatingMode::Running).await
 }
 
+/// The pause extension's annotation patch: `"true"` to pause, removed to unpause.
+pub(crate) fn paused_patch(paused: bool) -> serde_json::Value {
+    let value = paused.then_some(ext::PAUSED_TRUE);
+    serde_json::json!({"metadata": {"annotations": {ext::annotations::PAUSED: value}}})
+}
+
+/// Where a Sandbox's `Paused` condition stands against what was asked.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum PauseProgress {
+    /// The condition says what was asked.
+    Done,
+    /// Not yet.
+    Waiting,
+    /// It will not happen: the message says why.
+    Refused(String),
+}
+
+/// Reads the `Paused` condition of a Sandbox's status against `paused` (what was asked).
+pub(crate) fn pause_progress(conditions: &[Condition], paused: bool) -> PauseProgress {
+    let Some(c) = find_status_condition(conditions, ext::condition_types::PAUSED) else {
+        // Never paused: unpausing is already done; pausing waits for the controller.
+        return if paused {
+            PauseProgress::Waiting
+        } else {
+            PauseProgress::Done
+        };
+    };
+    match (paused, c.status.as_str(), c.reason.as_str()) {
+        (true, "True", r) if r == ext::reasons::SANDBOX_PAUSED => PauseProgress::Done,
+        (true, "False", r) if r == ext::reasons::NO_POD_TO_PAUSE => {
+            PauseProgress::Refused(c.message.clone())
+        }
+        (false, "False", _) => PauseProgress::Done,
+        _ => PauseProgress::Waiting,
+    }
+}
+
+/// `pause` (`paused`) and `unpause`: set or remove the annotation, then wait until the
+/// Sandbox's `Paused` condition shows it.
+pub(crate) async fn pause(args: &TargetArgs, paused: bool) -> anyhow::Result<ExitCode> {
+    let conn = Connection::open(&args.connect).await?;
+    let sandbox = conn.resolve_sandbox(&args.name).await?;
+    let name = sandbox.name_any();
+    let verb = if paused { "pause" } else { "unpause" };
+    let sandboxes: Api<Sandbox> = conn.api();
+    let started = Instant::now();
+    sandboxes
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&paused_patch(paused)),
+        )
+        .await
+        .with_context(|| format!("annotating sandbox {}/{name} to {verb} it", conn.namespace))?;
+    if args.timeout == 0 {
+        eprintln!("sandbox {}/{name}: asked to {verb}", conn.namespace);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let deadline = started + Duration::from_secs(args.timeout);
+    loop {
+        let sb = sandboxes.get(&name).await?;
+        let conditions = sb.status.map(|s| s.conditions).unwrap_or_default();
+        match pause_progress(&conditions, paused) {
+            PauseProgress::Done => {
+                eprintln!(
+                    "sandbox {}/{name}: {} in {:.1?}",
+                    conn.namespace,
+                    if paused { "paused" } else { "running" },
+                    started.elapsed()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            PauseProgress::Refused(why) => {
+                anyhow::bail!("cannot pause sandbox {}/{name}: {why}", conn.namespace)
+            }
+            PauseProgress::Waiting => {}
+        }
+        if Instant::now() >= deadline {
+            let why = find_status_condition(&conditions, ext::condition_types::PAUSED)
+                .map(|c| format!("{} ({})", c.message, c.reason))
+                .unwrap_or_else(|| "the controller has not reported a Paused condition".into());
+            anyhow::bail!(
+                "sandbox {}/{name} did not {verb} within {} s: {why}",
+                conn.namespace,
+                args.timeout
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 pub(crate) async fn logs(args: &LogsArgs) -> anyhow::Result<ExitCode> {
     let conn = Connection::open(&args.connect).await?;
     let sandbox = conn.resolve_sandbox(&args.name).await?;
@@ -544,4 +636,45 @@ pub(crate) async fn logs(args: &LogsArgs) -> anyhow::Result<ExitCode> {
         out.flush()?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cond(status: &str, reason: &str) -> Vec<Condition> {
+        vec![Condition {
+            type_: ext::condition_types::PAUSED.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: "why".into(),
+            last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+            observed_generation: None,
+        }]
+    }
+
+    #[test]
+    fn pause_progress_reads_the_paused_condition() {
+        use PauseProgress::*;
+        assert_eq!(pause_progress(&[], true), Waiting);
+        assert_eq!(pause_progress(&[], false), Done);
+        let paused = cond("True", ext::reasons::SANDBOX_PAUSED);
+        assert_eq!(pause_progress(&paused, true), Done);
+        assert_eq!(pause_progress(&paused, false), Waiting);
+        let unpausing = cond("True", ext::reasons::SANDBOX_UNPAUSING);
+        assert_eq!(pause_progress(&unpausing, true), Waiting);
+        let running = cond("False", ext::reasons::SANDBOX_RUNNING);
+        assert_eq!(pause_progress(&running, false), Done);
+        assert_eq!(pause_progress(&running, true), Waiting);
+        let no_pod = cond("False", ext::reasons::NO_POD_TO_PAUSE);
+        assert_eq!(pause_progress(&no_pod, true), Refused("why".into()));
+        assert_eq!(
+            pause_progress(&cond("False", ext::reasons::PAUSE_FAILED), true),
+            Waiting
+        );
+        assert_eq!(
+            paused_patch(false),
+            serde_json::json!({"metadata": {"annotations": {"agent-sandbox-rs.github.io/paused": null}}})
+        );
+    }
 }

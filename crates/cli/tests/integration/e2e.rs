@@ -562,3 +562,170 @@ fn a_verb_without_a_server_says_what_to_do() {
         "kube's own error line is noise here:\n{err}"
     );
 }
+
+/// The pause extension end to end: `pause` freezes a running sandbox (its `Paused` condition
+/// True with the reason, Ready False, the router and exec refuse it), `unpause` thaws it with
+/// its process and memory as they were; and the bad inputs: another annotation value, pausing
+/// twice, unpausing a running sandbox, pausing a suspended one, deleting a paused one.
+#[test]
+fn paused_sandbox_keeps_its_memory() {
+    let up = Up::start("asbxe2e3", "10.93.0.0/16");
+    // The workload counts in memory and writes the count out; sandboxd comes from the node.
+    let manifest = tempfile::NamedTempFile::new().unwrap();
+    fs_err::write(
+        manifest.path(),
+        format!(
+            "apiVersion: agents.x-k8s.io/v1beta1\nkind: Sandbox\nmetadata: {{name: pz}}\nspec:\n  podTemplate:\n    metadata:\n      annotations: {{agent-sandbox/sandboxd: \"true\"}}\n    spec:\n      containers:\n      - name: main\n        image: \"{IMAGE}\"\n        imagePullPolicy: IfNotPresent\n        command: [sh, -c, 'echo $$$$ > /tmp/pid; i=0; while true; do i=$((i+1)); echo $i > /tmp/n; sleep 0.05; done']\n        readinessProbe: {{httpGet: {{path: /v1/health, port: 8080}}, periodSeconds: 1}}\n        livenessProbe: {{httpGet: {{path: /v1/health, port: 8080}}, initialDelaySeconds: 5, periodSeconds: 1, timeoutSeconds: 1, failureThreshold: 1}}\n"
+        ),
+    )
+    .unwrap();
+    up.ok(&["apply", "-f", manifest.path().to_str().unwrap()]);
+    wait_until("pz is Ready", Duration::from_secs(90), || {
+        up.ok(&["get", "sandboxes", "pz"]).contains("True")
+    });
+    let count = || -> u64 {
+        up.ok(&["exec", "pz", "--", "cat", "/tmp/n"])
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let pid = |up: &Up| {
+        up.ok(&[
+            "exec",
+            "pz",
+            "-c",
+            "kill -0 $(cat /tmp/pid) && cat /tmp/pid",
+        ])
+    };
+    let restarts = |up: &Up| -> serde_json::Value {
+        let pod: serde_json::Value =
+            serde_json::from_str(&up.kubectl(&["get", "pod", "pz", "-o", "json"])).unwrap();
+        pod["status"]["containerStatuses"][0]["restartCount"].clone()
+    };
+    // Past the liveness probe's initial delay: from here on it runs every second.
+    std::thread::sleep(Duration::from_secs(6));
+    let restarts_before = restarts(&up);
+    let pid_before = pid(&up);
+    std::thread::sleep(Duration::from_millis(500));
+    let before_pause = count();
+    assert!(before_pause > 0);
+    let sandbox_json = |up: &Up| -> serde_json::Value {
+        serde_json::from_str(&up.kubectl(&["get", "sandbox", "pz", "-o", "json"])).unwrap()
+    };
+    let condition = |v: &serde_json::Value, t: &str| -> (String, String, String) {
+        let c = v["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == t)
+            .cloned()
+            .unwrap_or_default();
+        let s = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+        (s("status"), s("reason"), s("message"))
+    };
+    // Never paused: no Paused condition (upstream's status unchanged); unpausing is a no-op.
+    assert_eq!(condition(&sandbox_json(&up), "Paused").0, "");
+    up.ok(&["unpause", "pz"]);
+
+    let out = up.cli(&["pause", "pz"]);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("sandbox default/pz: paused in"), "{said}");
+    let v = sandbox_json(&up);
+    assert_eq!(
+        condition(&v, "Paused"),
+        (
+            "True".into(),
+            "SandboxPaused".into(),
+            "Sandbox is paused: its processes are frozen and keep their memory".into()
+        )
+    );
+    assert_eq!(condition(&v, "Ready").1, "SandboxPaused");
+    up.ok(&["pause", "pz"]); // twice: no change
+    let err = up.fails(&["exec", "pz", "--", "true"]);
+    assert!(err.contains("pz is paused; unpause it"), "{err}");
+    // The router refuses it at once, naming it.
+    let token = up.token();
+    let auth = format!("Bearer {token}");
+    let (code, body) = router_request(
+        &up,
+        "GET",
+        "/v1/health",
+        &[
+            ("X-Sandbox-ID", "pz"),
+            ("X-Sandbox-Port", "8080"),
+            ("Authorization", &auth),
+        ],
+        "",
+    );
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body.contains("Sandbox pz is paused") && body.contains("Unpause"),
+        "{body}"
+    );
+    // The liveness probe does not run while frozen: no restart after several periods.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(restarts(&up), restarts_before);
+
+    let out = up.cli(&["unpause", "pz"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("running in"));
+    assert_eq!(condition(&sandbox_json(&up), "Paused").1, "SandboxRunning");
+    wait_until("pz is Ready again", Duration::from_secs(30), || {
+        up.ok(&["get", "sandboxes", "pz"]).contains("True")
+    });
+    // The same process, its count going on from where it was (in memory: a fresh process
+    // would start from 1).
+    assert_eq!(pid(&up), pid_before);
+    let a = count();
+    assert!(a >= before_pause, "{a} < {before_pause}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(count() > a);
+    up.ok(&["unpause", "pz"]); // a running sandbox: no change
+
+    // Another value means running, and the status says why.
+    up.kubectl(&[
+        "annotate",
+        "sandbox",
+        "pz",
+        "agent-sandbox-rs.github.io/paused=yes",
+    ]);
+    wait_until(
+        "the status explains the value",
+        Duration::from_secs(10),
+        || {
+            condition(&sandbox_json(&up), "Paused")
+                .2
+                .contains("only \"true\" pauses")
+        },
+    );
+    up.ok(&["exec", "pz", "--", "true"]);
+    up.kubectl(&[
+        "annotate",
+        "sandbox",
+        "pz",
+        "agent-sandbox-rs.github.io/paused-",
+    ]);
+
+    // A suspended sandbox has no Pod to pause: the verb says so at once.
+    up.ok(&["suspend", "pz"]);
+    let err = up.fails(&["pause", "pz", "--timeout", "20"]);
+    assert!(err.contains("suspended and has no Pod to pause"), "{err}");
+    assert_eq!(condition(&sandbox_json(&up), "Paused").1, "NoPodToPause");
+    // Resumed with the annotation still there: the new Pod is frozen once it runs.
+    up.ok(&["resume", "pz", "--timeout", "0"]);
+    wait_until(
+        "the resumed sandbox is paused",
+        Duration::from_secs(60),
+        || condition(&sandbox_json(&up), "Paused").1 == "SandboxPaused",
+    );
+
+    // Deleting a paused sandbox is prompt.
+    let t = Instant::now();
+    up.ok(&["delete", "pz"]);
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "deleting a paused sandbox took {:?}",
+        t.elapsed()
+    );
+}

@@ -1,5 +1,6 @@
 //! Pure decisions of the Sandbox reconciler (upstream-core §6): conditions, Service ports, Pod
-//! metadata propagation, new-Pod construction, status-write rules and expiry. No I/O.
+//! metadata propagation, new-Pod construction, status-write rules and expiry, and this project's
+//! pause extension (the `Paused` condition, the paused annotation on the Pod). No I/O.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -8,8 +9,8 @@ use agent_sandbox_api::conditions::{
     NewCondition, remove_status_condition, set_status_condition, status,
 };
 use agent_sandbox_api::constants::{
-    EXTENSIONS_GROUP, annotations, condition_types as ct, is_system_annotation, is_system_label,
-    labels, messages, reasons,
+    EXTENSIONS_GROUP, annotations, condition_types as ct, extensions as ext, is_system_annotation,
+    is_system_label, labels, messages, reasons,
 };
 use agent_sandbox_api::name_hash;
 use agent_sandbox_api::v1beta1::{OperatingMode, Sandbox, SandboxStatus};
@@ -183,6 +184,8 @@ pub struct ReadyInputs<'a> {
     pub pod_ips: &'a [String],
     /// Child errors.
     pub errors: &'a ChildErrors,
+    /// The Sandbox's [`ext::annotations::PAUSED`] annotation, if it has one.
+    pub paused_annotation: Option<&'a str>,
 }
 
 /// The Ready condition (§6.9, items 1–4).
@@ -228,6 +231,13 @@ pub fn ready_condition(view: PodView<'_>, input: ReadyInputs<'_>) -> NewConditio
             }
             _ => {}
         }
+        if view.owned && pod_frozen(pod) {
+            return ready(
+                status::FALSE,
+                ext::reasons::SANDBOX_PAUSED,
+                ext::messages::READY_PAUSED.into(),
+            );
+        }
     }
     let mut pod_ready = false;
     let mut msg = match view.pod {
@@ -265,6 +275,87 @@ pub fn ready_condition(view: PodView<'_>, input: ReadyInputs<'_>) -> NewConditio
     } else {
         ready(status::FALSE, reasons::DEPENDENCIES_NOT_READY, msg)
     }
+}
+
+/// Whether the node reports the Pod frozen (its [`ext::condition_types::POD_PAUSED`] condition
+/// is True).
+pub fn pod_frozen(pod: &Pod) -> bool {
+    pod_condition(pod, ext::condition_types::POD_PAUSED).is_some_and(|c| c.status == status::TRUE)
+}
+
+/// The `Paused` condition of this project's pause extension, or `None` while it stays absent.
+///
+/// It is absent on a Sandbox that was never asked to pause (so upstream's status is unchanged);
+/// once it exists it stays, True or False, as `Suspended` does, so that `kubectl wait
+/// --for=condition=Paused=False` works after an unpause. Its status is what the node reports:
+/// True while the Pod is frozen (reason `SandboxPaused`, or `SandboxUnpausing` while the
+/// unpause waits for the node), False otherwise (`SandboxRunning`, `SandboxPausing` while the
+/// pause waits for the node, `NoPodToPause` when there is no running Pod to freeze: suspended,
+/// not created yet, or finished, `PauseFailed` with the node's message).
+pub fn paused_condition(
+    mode: OperatingMode,
+    view: PodView<'_>,
+    annotation: Option<&str>,
+    had_condition: bool,
+) -> Option<NewCondition> {
+    let pod = view.pod.filter(|_| view.owned);
+    let pod_cond = pod.and_then(|p| pod_condition(p, ext::condition_types::POD_PAUSED));
+    if annotation.is_none() && pod_cond.is_none() && !had_condition {
+        return None;
+    }
+    let asked = annotation == Some(ext::PAUSED_TRUE);
+    let node_message = || pod_cond.and_then(|c| c.message.clone()).unwrap_or_default();
+    let failed =
+        pod_cond.is_some_and(|c| c.reason.as_deref() == Some(ext::pod_reasons::PAUSE_FAILED));
+    let cond = |st: &str, reason: &str, msg: String| {
+        NewCondition::new(ext::condition_types::PAUSED, st, reason, msg)
+    };
+    let frozen = pod.is_some_and(pod_frozen);
+    Some(if frozen {
+        if failed {
+            cond(status::TRUE, ext::reasons::PAUSE_FAILED, node_message())
+        } else if asked {
+            cond(
+                status::TRUE,
+                ext::reasons::SANDBOX_PAUSED,
+                ext::messages::SANDBOX_PAUSED.into(),
+            )
+        } else {
+            cond(
+                status::TRUE,
+                ext::reasons::SANDBOX_UNPAUSING,
+                ext::messages::SANDBOX_UNPAUSING.into(),
+            )
+        }
+    } else if asked {
+        let no_pod = |msg: String| cond(status::FALSE, ext::reasons::NO_POD_TO_PAUSE, msg);
+        match pod {
+            _ if mode == OperatingMode::Suspended => no_pod(ext::messages::SUSPENDED_NO_POD.into()),
+            None => no_pod(ext::messages::NO_POD.into()),
+            Some(p) if matches!(pod_phase(p), "Succeeded" | "Failed") => no_pod(format!(
+                "{}{}",
+                ext::messages::POD_FINISHED_PREFIX,
+                pod_phase(p)
+            )),
+            Some(_) if failed => cond(status::FALSE, ext::reasons::PAUSE_FAILED, node_message()),
+            Some(_) => cond(
+                status::FALSE,
+                ext::reasons::SANDBOX_PAUSING,
+                ext::messages::SANDBOX_PAUSING.into(),
+            ),
+        }
+    } else {
+        let msg = match annotation {
+            Some(v) => format!(
+                "{} (the annotation {} is {v:?}; only {:?} pauses)",
+                ext::messages::SANDBOX_RUNNING,
+                ext::annotations::PAUSED,
+                ext::PAUSED_TRUE
+            ),
+            None => ext::messages::SANDBOX_RUNNING.into(),
+        };
+        cond(status::FALSE, ext::reasons::SANDBOX_RUNNING, msg)
+    })
 }
 
 /// The expired Ready condition (§6.9 item 5).
@@ -313,6 +404,12 @@ pub fn apply_conditions(
         ready_condition(view, input).generation(generation),
         now,
     );
+    let had = conds
+        .iter()
+        .any(|c| c.type_ == ext::condition_types::PAUSED);
+    if let Some(c) = paused_condition(input.mode, view, input.paused_annotation, had) {
+        set_status_condition(conds, c.generation(generation), now);
+    }
 }
 
 /// Whether the Sandbox's Ready condition already says it expired.
@@ -571,7 +668,22 @@ pub fn propagate_pod_metadata(
             a.insert(key.into(), value);
         }
     }
+    sync_paused_annotation(&sandbox.metadata, &mut a);
     (l, a)
+}
+
+/// The Pod carries [`ext::annotations::PAUSED`] `"true"` exactly when its Sandbox asks for a
+/// pause: the Sandbox's own annotation decides (a pod template's copy of the key is overridden),
+/// and any other value is not copied (it means running).
+pub fn sync_paused_annotation(
+    sandbox_meta: &ObjectMeta,
+    pod_annotations: &mut BTreeMap<String, String>,
+) {
+    if ext::asks_paused(sandbox_meta.annotations.as_ref()) {
+        pod_annotations.insert(ext::annotations::PAUSED.into(), ext::PAUSED_TRUE.into());
+    } else {
+        pod_annotations.remove(ext::annotations::PAUSED);
+    }
 }
 
 /// Labels and annotations of a new Pod (§6.4 step 8).
@@ -607,6 +719,7 @@ pub fn new_pod_metadata(sandbox: &Sandbox) -> (BTreeMap<String, String>, BTreeMa
     if !propagated_annos.is_empty() {
         a.insert(annotations::PROPAGATED_ANNOTATIONS.into(), propagated_annos);
     }
+    sync_paused_annotation(&sandbox.metadata, &mut a);
     (l, a)
 }
 

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::runner::Action;
-use agent_sandbox_api::constants::{annotations, condition_types, labels, reasons};
+use agent_sandbox_api::constants::{
+    annotations, condition_types, extensions as ext, labels, reasons,
+};
 use agent_sandbox_api::name_hash;
 use agent_sandbox_api::v1beta1::{OperatingMode, Sandbox, SandboxStatus, ShutdownPolicy};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service, ServiceSpec};
@@ -259,6 +261,7 @@ async fn reconcile_children(
         service_exists: !status.service.is_empty(),
         pod_ips: &status.pod_ips.clone(),
         errors: &errors,
+        paused_annotation: annotation(&sb.metadata, ext::annotations::PAUSED),
     };
     logic::apply_conditions(status, sb.metadata.generation, view, input, &now());
     errors

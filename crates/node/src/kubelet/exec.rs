@@ -104,10 +104,25 @@ pub fn check(
     container: &str,
 ) -> std::result::Result<(), String> {
     let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+    if engine.is_paused(uid) {
+        return Err(paused_message(&format!(
+            "{}/{}",
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+            pod.metadata.name.as_deref().unwrap_or_default()
+        )));
+    }
     match engine.running_container(uid, container) {
         Some(_) => Ok(()),
         None => Err(format!("container not found ({container:?})")),
     }
+}
+
+/// Why exec into the paused Pod `who` (`namespace/name`) is refused, and what to do.
+pub fn paused_message(who: &str) -> String {
+    format!(
+        "pod {who} is paused: its processes are frozen, so a command cannot run in it; unpause it first (agent-sandbox unpause <sandbox>, or remove the annotation {})",
+        agent_sandbox_api::constants::extensions::annotations::PAUSED
+    )
 }
 
 /// Start `opts.command` in `container` of sandbox `id`.
@@ -122,6 +137,17 @@ pub async fn start(
             sandbox: id.to_string(),
             field: "exec command".into(),
             reason: "it is empty; give at least the program to run".into(),
+        });
+    }
+    if engine.is_paused(id) {
+        let who = engine
+            .spec(id)
+            .map(|s| format!("{}/{}", s.namespace, s.name))
+            .unwrap_or_else(|_| id.to_string());
+        return Err(NodeError::InvalidState {
+            sandbox: id.to_string(),
+            op: "exec",
+            state: paused_message(&who),
         });
     }
     if opts.tty

@@ -3,7 +3,8 @@
 //! ([`pod_action`], [`deadline`]), with each container ([`container_action`], [`after_exit`],
 //! [`absent_action`]), in which order ([`after_init_step`], [`initialized`], [`pod_phase`]),
 //! after which back-off ([`crash_backoff`], [`error_backoff`]), and the kubelet-style names it
-//! reports ([`waiting_reason`], [`field_path`], [`image_id`]). The agent ([`super::agent`])
+//! reports ([`waiting_reason`], [`field_path`], [`image_id`]), and the pause extension
+//! ([`pause_action`], [`shift_backoff`]). The agent ([`super::agent`])
 //! observes, asks these, and executes the answer; nothing here does I/O.
 
 use std::time::{Duration, Instant};
@@ -62,6 +63,44 @@ pub fn pod_action(pod: &Pod, terminal_here: bool) -> PodAction {
         return PodAction::ReportOnly;
     }
     PodAction::Run
+}
+
+/// What a sync does about the pause extension: the Pod annotation
+/// `agent-sandbox-rs.github.io/paused: "true"` asks for every container to be frozen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseAction {
+    /// Not asked, not frozen: sync as usual.
+    None,
+    /// Asked and frozen: stay so. No container is stepped (nothing is created or restarted and
+    /// back-off clocks stand still), no probe runs.
+    Hold,
+    /// Not asked, but frozen: thaw, then sync as usual.
+    Thaw,
+    /// Asked and not frozen while the Pod runs: freeze it after the container steps.
+    Freeze,
+    /// Asked while the Pod's containers do not run yet: report it; a later sync freezes.
+    NotYet,
+}
+
+/// The pause decision from whether the Pod asks for it, whether the runtime has the sandbox
+/// frozen, and the Pod's phase after this sync's container steps (only asked for
+/// [`PauseAction::Freeze`] and [`PauseAction::NotYet`]).
+pub fn pause_action(asked: bool, frozen: bool, running: bool) -> PauseAction {
+    match (asked, frozen) {
+        (true, true) => PauseAction::Hold,
+        (false, true) => PauseAction::Thaw,
+        (true, false) if running => PauseAction::Freeze,
+        (true, false) => PauseAction::NotYet,
+        (false, false) => PauseAction::None,
+    }
+}
+
+/// After a thaw: a container's restart back-off ends as much later as the Pod was frozen, so
+/// the time spent frozen does not count towards it.
+pub fn shift_backoff(c: &mut CRt, frozen_for: Duration) {
+    if let Some(t) = c.backoff_until.as_mut() {
+        *t += frozen_for;
+    }
 }
 
 /// Where the Pod stands against its `activeDeadlineSeconds`.

@@ -350,3 +350,26 @@ fn kubelet_names() {
 fn terminated_state(code: i32, message: Option<String>, previous: &CState) -> CState {
     super::terminated(code, message, previous, "t1".into())
 }
+
+#[test]
+fn pause_decisions() {
+    assert_eq!(pause_action(true, true, true), PauseAction::Hold);
+    assert_eq!(pause_action(true, true, false), PauseAction::Hold);
+    assert_eq!(pause_action(false, true, true), PauseAction::Thaw);
+    assert_eq!(pause_action(true, false, true), PauseAction::Freeze);
+    assert_eq!(pause_action(true, false, false), PauseAction::NotYet);
+    assert_eq!(pause_action(false, false, true), PauseAction::None);
+}
+
+#[test]
+fn frozen_time_does_not_count_towards_a_back_off() {
+    let mut rt = two_inits_one_sidecar();
+    let c = rt.containers.get_mut("a").unwrap();
+    let until = Instant::now() + Duration::from_millis(400);
+    c.backoff_until = Some(until);
+    shift_backoff(c, Duration::from_secs(5));
+    assert_eq!(c.backoff_until, Some(until + Duration::from_secs(5)));
+    let b = rt.containers.get_mut("b").unwrap();
+    shift_backoff(b, Duration::from_secs(5));
+    assert_eq!(b.backoff_until, None);
+}

@@ -164,6 +164,20 @@ impl CRt {
     }
 }
 
+/// What the node reports in the Pod's [`POD_PAUSED`] condition (the pause extension).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PauseReport {
+    /// Every container is frozen.
+    pub paused: bool,
+    /// One of [`agent_sandbox_api::constants::extensions::pod_reasons`].
+    pub reason: &'static str,
+    /// What happened, naming the Pod.
+    pub message: String,
+}
+
+/// The Pod condition type of [`PauseReport`].
+pub use agent_sandbox_api::constants::extensions::condition_types::POD_PAUSED;
+
 /// A Pod condition with its transition time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Cond {
@@ -205,6 +219,12 @@ pub struct PodRt {
     /// The configMap, secret, downwardAPI and projected volumes were written once (later
     /// failures to refresh them do not hold the containers back).
     pub volumes_ready: bool,
+    /// The pause condition to report; `None` until the Pod is first asked to pause (then the
+    /// condition stays, True or False).
+    pub pause: Option<PauseReport>,
+    /// When the containers were frozen (restart back-off clocks are moved on by the time spent
+    /// frozen when they thaw).
+    pub paused_at: Option<Instant>,
     conditions: BTreeMap<String, Cond>,
     /// The last status written.
     pub last_written: Option<Value>,
@@ -295,6 +315,8 @@ impl PodRt {
             last_error: None,
             network_error: None,
             volumes_ready: false,
+            pause: None,
+            paused_at: None,
             conditions: BTreeMap::new(),
             last_written: None,
         }
@@ -399,6 +421,9 @@ impl PodRt {
         } else {
             self.set_cond("Ready", cr, cr_reason, cr_msg);
         }
+        if let Some(p) = self.pause.clone() {
+            self.set_cond(POD_PAUSED, p.paused, Some(p.reason), Some(p.message));
+        }
         if self.ignored.is_empty() {
             self.conditions
                 .remove(crate::audit::IGNORED_FIELDS_CONDITION);
@@ -487,6 +512,38 @@ mod tests {
         assert_eq!(rt.containers["i"].restarts, 1);
         assert_eq!(rt.containers["s"].role, Role::Sidecar);
         assert_eq!(rt.containers["c"].restarts, 4);
+    }
+
+    #[test]
+    fn the_pause_condition_appears_once_asked_and_stays() {
+        let p = pod(
+            json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "x"}]}}),
+        );
+        let mut rt = PodRt::seed(&p);
+        let paused = |rt: &PodRt| {
+            rt.status()["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["type"] == POD_PAUSED)
+                .map(|c| (c["status"].clone(), c["reason"].clone()))
+        };
+        rt.update_conditions(&[]);
+        assert_eq!(paused(&rt), None, "never asked: no condition");
+        rt.pause = Some(PauseReport {
+            paused: true,
+            reason: "Paused",
+            message: "frozen".into(),
+        });
+        rt.update_conditions(&[]);
+        assert_eq!(paused(&rt), Some((json!("True"), json!("Paused"))));
+        rt.pause = Some(PauseReport {
+            paused: false,
+            reason: "Running",
+            message: "runs".into(),
+        });
+        rt.update_conditions(&[]);
+        assert_eq!(paused(&rt), Some((json!("False"), json!("Running"))));
     }
 
     #[test]

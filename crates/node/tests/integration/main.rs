@@ -14,5 +14,6 @@ mod lifecycle;
 mod logs;
 mod netpol;
 mod network;
+mod pause;
 mod pods;
 mod recovery;

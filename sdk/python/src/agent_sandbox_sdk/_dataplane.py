@@ -221,6 +221,8 @@ class DataPlane:
             message += (f" The sandbox {self.namespace}/{self.sandbox_id} is not answering: it "
                         "may be suspended, restarting or gone; see sandbox.status().")
             return SandboxNotReadyError(f"{what}: {status} {message}")
+        elif status == 409 and code == "ROUTER":  # paused: the message says to unpause
+            return SandboxNotReadyError(f"{what}: {status} {message}")
         elif status == 504:
             message += " The sandbox did not answer in time; pass a larger timeout."
         elif status == 404 and self.conn.runtime != "rest" and path.startswith("/v2/"):

@@ -303,6 +303,15 @@ class AsyncSandbox:
     async def resume(self, wait: bool = True, timeout: float = 180) -> None:
         await asyncio.to_thread(self.sync.resume, wait, timeout)
 
+    async def is_paused(self) -> bool:
+        return await asyncio.to_thread(self.sync.is_paused)
+
+    async def pause(self, wait: bool = True, timeout: float = 60) -> None:
+        await asyncio.to_thread(self.sync.pause, wait, timeout)
+
+    async def unpause(self, wait: bool = True, timeout: float = 60) -> None:
+        await asyncio.to_thread(self.sync.unpause, wait, timeout)
+
     async def close_connection(self) -> None:
         await asyncio.to_thread(self.sync.close_connection)
 

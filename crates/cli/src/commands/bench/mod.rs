@@ -10,6 +10,7 @@ mod claims;
 mod fixture;
 mod instance;
 mod nodes;
+mod pause;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -218,6 +219,7 @@ async fn run_scenarios(
             Scenario::Burst => claims::burst(&fixture, args).await,
             Scenario::ColdStart => nodes::cold_start(&fixture, args).await,
             Scenario::Density => nodes::density(&fixture, args).await,
+            Scenario::Pause => pause::pause(&fixture, args).await,
         };
         match r {
             Ok(mut r) => rows.append(&mut r),

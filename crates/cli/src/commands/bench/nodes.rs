@@ -19,7 +19,11 @@ use super::Row;
 use super::fixture::{Fixture, RUN_LABEL};
 use crate::args::{BenchArgs, Scenario};
 
-async fn create_sandbox(f: &Fixture, name: &str, handler: Option<&str>) -> anyhow::Result<()> {
+pub(super) async fn create_sandbox(
+    f: &Fixture,
+    name: &str,
+    handler: Option<&str>,
+) -> anyhow::Result<()> {
     let sandbox: Sandbox = serde_json::from_value(json!({
         "apiVersion": "agents.x-k8s.io/v1beta1",
         "kind": "Sandbox",
@@ -35,7 +39,7 @@ async fn create_sandbox(f: &Fixture, name: &str, handler: Option<&str>) -> anyho
 }
 
 /// Deletes sandboxes and waits (bounded) until their Pods are gone.
-async fn delete_sandboxes(f: &Fixture, names: &[String]) -> anyhow::Result<()> {
+pub(super) async fn delete_sandboxes(f: &Fixture, names: &[String]) -> anyhow::Result<()> {
     let sandboxes: Api<Sandbox> = f.conn.api();
     for n in names {
         let _ = sandboxes.delete(n, &DeleteParams::background()).await;

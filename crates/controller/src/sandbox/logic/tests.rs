@@ -59,6 +59,7 @@ fn input<'a>(
         service_exists: exists,
         pod_ips: ips,
         errors,
+        paused_annotation: None,
     }
 }
 
@@ -765,4 +766,220 @@ fn pod_status_fields() {
     assert!(st.pod_ips.is_empty());
     apply_pod_to_status(&mut st, "sb", NONE);
     assert!(!st.label_selector.is_empty(), "the selector is sticky");
+}
+
+fn with_pod_paused(mut p: Pod, status_: &str, reason: &str, message: &str) -> Pod {
+    p.status
+        .get_or_insert_with(Default::default)
+        .conditions
+        .get_or_insert_with(Vec::new)
+        .push(PodCondition {
+            type_: ext::condition_types::POD_PAUSED.into(),
+            status: status_.into(),
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            ..Default::default()
+        });
+    p
+}
+
+#[test]
+fn paused_condition_table() {
+    let running = pod("Running", true, &["10.0.0.1"]);
+    let frozen = with_pod_paused(running.clone(), "True", ext::pod_reasons::PAUSED, "frozen");
+    let thawed = with_pod_paused(running.clone(), "False", ext::pod_reasons::RUNNING, "runs");
+    let failed = with_pod_paused(
+        running.clone(),
+        "False",
+        ext::pod_reasons::PAUSE_FAILED,
+        "pausing pod ns/sb failed: boom",
+    );
+    let done = pod("Succeeded", false, &[]);
+    let run = OperatingMode::Running;
+    let yes = Some("true");
+    let t = |c: Option<NewCondition>| c.map(|c| (c.status, c.reason, c.message));
+    let row = |st: &str, r: &str, m: &str| Some((st.to_string(), r.to_string(), m.to_string()));
+
+    // Never asked: absent, so upstream's status is unchanged.
+    assert_eq!(t(paused_condition(run, owned(&running), None, false)), None);
+    // Asked, not frozen yet; frozen.
+    assert_eq!(
+        t(paused_condition(run, owned(&running), yes, false)),
+        row(
+            "False",
+            ext::reasons::SANDBOX_PAUSING,
+            ext::messages::SANDBOX_PAUSING
+        )
+    );
+    assert_eq!(
+        t(paused_condition(run, owned(&frozen), yes, true)),
+        row(
+            "True",
+            ext::reasons::SANDBOX_PAUSED,
+            "Sandbox is paused: its processes are frozen and keep their memory"
+        )
+    );
+    // Unpause asked, the node has not thawed yet: still True.
+    assert_eq!(
+        t(paused_condition(run, owned(&frozen), None, true)),
+        row(
+            "True",
+            ext::reasons::SANDBOX_UNPAUSING,
+            ext::messages::SANDBOX_UNPAUSING
+        )
+    );
+    // Thawed: False, and it stays present.
+    assert_eq!(
+        t(paused_condition(run, owned(&thawed), None, true)),
+        row(
+            "False",
+            ext::reasons::SANDBOX_RUNNING,
+            ext::messages::SANDBOX_RUNNING
+        )
+    );
+    assert_eq!(
+        t(paused_condition(run, owned(&running), None, true)),
+        row(
+            "False",
+            ext::reasons::SANDBOX_RUNNING,
+            ext::messages::SANDBOX_RUNNING
+        )
+    );
+    // A value other than "true" means running, and says so.
+    let (st, reason, msg) = paused_condition(run, owned(&running), Some("yes"), false)
+        .map(|c| (c.status, c.reason, c.message))
+        .unwrap();
+    assert_eq!(
+        (st.as_str(), reason.as_str()),
+        ("False", ext::reasons::SANDBOX_RUNNING)
+    );
+    assert!(
+        msg.contains("\"yes\"") && msg.contains("only \"true\" pauses"),
+        "{msg}"
+    );
+    // No Pod to pause: suspended, not created, finished, or a Pod of someone else.
+    assert_eq!(
+        t(paused_condition(OperatingMode::Suspended, NONE, yes, false)),
+        row(
+            "False",
+            ext::reasons::NO_POD_TO_PAUSE,
+            ext::messages::SUSPENDED_NO_POD
+        )
+    );
+    assert_eq!(
+        t(paused_condition(run, NONE, yes, false)),
+        row(
+            "False",
+            ext::reasons::NO_POD_TO_PAUSE,
+            ext::messages::NO_POD
+        )
+    );
+    let foreign = PodView {
+        pod: Some(&frozen),
+        owned: false,
+        pod_err: false,
+    };
+    assert_eq!(
+        t(paused_condition(run, foreign, yes, false)),
+        row(
+            "False",
+            ext::reasons::NO_POD_TO_PAUSE,
+            ext::messages::NO_POD
+        )
+    );
+    assert_eq!(
+        t(paused_condition(run, owned(&done), yes, false)),
+        row(
+            "False",
+            ext::reasons::NO_POD_TO_PAUSE,
+            "Sandbox has nothing to pause: its Pod has finished with phase Succeeded"
+        )
+    );
+    // The node's failure is passed on.
+    assert_eq!(
+        t(paused_condition(run, owned(&failed), yes, false)),
+        row(
+            "False",
+            ext::reasons::PAUSE_FAILED,
+            "pausing pod ns/sb failed: boom"
+        )
+    );
+}
+
+#[test]
+fn a_frozen_pod_makes_ready_false_and_apply_keeps_paused() {
+    let running = pod("Running", true, &["10.0.0.1"]);
+    let frozen = with_pod_paused(running.clone(), "True", ext::pod_reasons::PAUSED, "frozen");
+    let ips = vec!["10.0.0.1".to_string()];
+    let errors = ChildErrors::default();
+    let mut inp = input(&ips, &errors, None, false);
+    assert_eq!(
+        triple(&ready_condition(owned(&frozen), inp)),
+        (
+            "False",
+            ext::reasons::SANDBOX_PAUSED,
+            ext::messages::READY_PAUSED
+        )
+    );
+    assert_eq!(
+        triple(&ready_condition(owned(&running), inp)).0,
+        "True",
+        "asked but not frozen yet: still Ready"
+    );
+
+    let mut st = SandboxStatus::default();
+    inp.paused_annotation = Some("true");
+    apply_conditions(&mut st, Some(1), owned(&frozen), inp, &at(10));
+    let paused = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == ext::condition_types::PAUSED)
+        .unwrap();
+    assert_eq!(
+        (paused.status.as_str(), paused.reason.as_str()),
+        ("True", ext::reasons::SANDBOX_PAUSED)
+    );
+    // Unpaused and thawed: the condition flips to False with a new transition time and stays.
+    inp.paused_annotation = None;
+    apply_conditions(&mut st, Some(1), owned(&running), inp, &at(20));
+    let paused = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == ext::condition_types::PAUSED)
+        .unwrap();
+    assert_eq!(
+        (paused.status.as_str(), paused.reason.as_str()),
+        ("False", ext::reasons::SANDBOX_RUNNING)
+    );
+    assert_eq!(paused.last_transition_time, at(20));
+    let ready = st.conditions.iter().find(|c| c.type_ == ct::READY).unwrap();
+    assert_eq!(ready.status, "True");
+    // A Sandbox never paused gets no Paused condition.
+    let mut fresh = SandboxStatus::default();
+    apply_conditions(&mut fresh, Some(1), owned(&running), inp, &at(30));
+    assert!(
+        !fresh
+            .conditions
+            .iter()
+            .any(|c| c.type_ == ext::condition_types::PAUSED)
+    );
+}
+
+#[test]
+fn the_paused_annotation_follows_the_sandbox_onto_the_pod() {
+    // A pod template's copy of the key does not decide: the Sandbox's own annotation does.
+    let mut sb = sandbox_with(&[], &[(ext::annotations::PAUSED, "true"), ("note", "n")]);
+    let (_, a) = new_pod_metadata(&sb);
+    assert!(!a.contains_key(ext::annotations::PAUSED));
+    sb.metadata.annotations = Some(map(&[(ext::annotations::PAUSED, "true")]));
+    let (_, a) = new_pod_metadata(&sb);
+    assert_eq!(a[ext::annotations::PAUSED], "true");
+    let (_, a) = propagate_pod_metadata(&sb, &BTreeMap::new(), &BTreeMap::new());
+    assert_eq!(a[ext::annotations::PAUSED], "true");
+    // Removed, or another value: the Pod loses the key.
+    for v in [None, Some("yes"), Some("True")] {
+        sb.metadata.annotations = v.map(|v| map(&[(ext::annotations::PAUSED, v)]));
+        let (_, a) = propagate_pod_metadata(&sb, &BTreeMap::new(), &a.clone());
+        assert!(!a.contains_key(ext::annotations::PAUSED), "{v:?}");
+    }
 }

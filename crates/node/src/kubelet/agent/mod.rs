@@ -28,6 +28,12 @@
 //! exit restarts it per `restartPolicy`. `activeDeadlineSeconds` fails the Pod with
 //! `DeadlineExceeded` once exceeded.
 //!
+//! A Pod annotated `agent-sandbox-rs.github.io/paused: "true"` has every container frozen once
+//! it runs (the runtime's pause, the cgroup freezer) and thawed when the annotation goes; while
+//! frozen no container is stepped, no probe runs and back-off clocks stand still, exec is
+//! refused, and the condition `agent-sandbox-rs.github.io/Paused` says so (`pause.rs`). A
+//! frozen Pod being deleted is thawed first, so its preStop hooks and signals work.
+//!
 //! On start, sandboxes left by a previous run are re-adopted by Pod UID (restart counts and
 //! init progress come back from the Pod's status); those whose Pod no longer exists are removed.
 //!
@@ -49,6 +55,7 @@
 
 mod config;
 mod container;
+mod pause;
 mod probing;
 mod pull;
 mod status;
@@ -70,8 +77,8 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 
 use super::plan::{
-    self, Absent, AfterExit, ContainerAction, Deadline, Observed, PodAction, RestartPolicy, Step,
-    field_path, image_id, waiting_reason,
+    self, Absent, AfterExit, ContainerAction, Deadline, Observed, PauseAction, PodAction,
+    RestartPolicy, Step, field_path, image_id, waiting_reason,
 };
 use crate::engine::SandboxEngine;
 use crate::env::Process;

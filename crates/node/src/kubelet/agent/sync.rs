@@ -129,6 +129,16 @@ impl NodeAgent {
             }
         }
 
+        // The pause extension: a frozen Pod that stays frozen is not stepped at all; one whose
+        // annotation went is thawed first, then synced as usual.
+        let pause = plan::pause_action(Self::asks_paused(pod), self.engine.is_paused(&id), false);
+        if pause == PauseAction::Hold {
+            return self.hold_paused(pod, &api, &rt).await;
+        }
+        if pause == PauseAction::Thaw && !self.thaw(pod, &spec, &rt, &checks.1).await {
+            return self.write_status(pod, &api, &rt).await;
+        }
+
         let policy = RestartPolicy::of(pod);
 
         // Init containers, in order; sidecars keep being maintained afterwards.
@@ -174,6 +184,9 @@ impl NodeAgent {
         if lock(&rt).terminal() {
             // Kubelet stops the sidecars once the regular containers are done.
             self.stop_all(pod, &rt, spec.termination_grace).await;
+        }
+        if !lock(&rt).terminal() {
+            self.pause_after_steps(pod, &rt).await;
         }
         // The pod IP is known once a container started (the network is attached meanwhile).
         if let Some(ip) = self.engine.pod_ip(&id).ok().flatten() {
@@ -312,6 +325,12 @@ impl NodeAgent {
         let id = uid(pod);
         let name = pod.metadata.name.clone().unwrap_or_default();
         if self.engine.contains(&id) {
+            // A frozen Pod is thawed first: its preStop hooks and signals must reach it.
+            if self.engine.is_paused(&id)
+                && let Err(e) = self.engine.resume(&id).await
+            {
+                tracing::warn!(pod = %name, error = %e, "thawing a paused pod before deleting it failed; it is killed");
+            }
             let grace = plan::deletion_grace(pod);
             let rt = self.pod_rt(pod);
             // The containers may be running even if the memory is fresh (agent restart).

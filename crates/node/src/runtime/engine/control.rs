@@ -1,5 +1,6 @@
 //! Operations on existing containers, each guarded by [`crate::lifecycle::transition`]:
-//! `start`, `state`, `wait`, `exec`, `pause`, `resume`, `stop`.
+//! `start`, `state`, `wait`, `exec`, `pause`, `resume` (through the cgroup freezer directly
+//! under runc and crun, through the runtime under runsc), `stop`.
 
 use super::*;
 
@@ -215,10 +216,81 @@ impl SandboxEngine {
         })
     }
 
+    /// Pause or resume through the cgroup freezer directly, for handlers whose processes all
+    /// live in the container's cgroup and whose `state` reads that freezer (runc, crun): a
+    /// file write per container and no runtime process, where the runtime's `pause` costs a
+    /// process start and a `state` poll. Phases come from the record and the processes. `None`
+    /// when this does not apply (runsc, whose sentry pauses itself; a host without a freezer
+    /// for the container's cgroup): the runtime's own pause or resume is used then.
+    async fn freeze_direct(&self, entry: &Entry, id: &str, freeze: bool) -> Option<Result<()>> {
+        let mut rec = lock(&entry.record).clone();
+        if !matches!(rec.handler, HandlerKind::Runc | HandlerKind::Crun) {
+            return None;
+        }
+        let phase = |c: &ContainerRecord| {
+            let exited = read_exit(&CPaths { dir: c.dir.clone() }.exit()).is_some()
+                || !pid_alive(c.container_pid);
+            match (c.started, exited, c.paused) {
+                (false, _, _) => Phase::Created,
+                (true, true, _) => Phase::Exited,
+                (true, false, true) => Phase::Paused,
+                (true, false, false) => Phase::Running,
+            }
+        };
+        let op = if freeze { Op::Pause } else { Op::Resume };
+        let main = rec.container(&rec.spec.main.name)?;
+        if let Err(e) = lifecycle::transition(phase(main), op) {
+            return Some(Err(lifecycle::refused(id, e)));
+        }
+        let targets: Vec<String> = rec
+            .containers
+            .iter()
+            .filter(|c| lifecycle::can(phase(c), op))
+            .map(|c| c.cgroup_path.clone())
+            .collect();
+        if targets.iter().any(|cg| self.host.is_frozen(cg).is_none()) {
+            return None;
+        }
+        for cg in &targets {
+            if let Err(e) = self.host.set_frozen(cg, freeze) {
+                return Some(Err(e));
+            }
+        }
+        // A v1 freezer passes through FREEZING until every task stopped; pausing means frozen.
+        let deadline = Instant::now() + PAUSE_SETTLE;
+        for cg in targets.iter().filter(|_| freeze) {
+            let mut spins = 0u32;
+            while self.host.is_frozen(cg) != Some(true) {
+                if Instant::now() >= deadline {
+                    return Some(Err(NodeError::Timeout {
+                        sandbox: id.into(),
+                        what: "the cgroup freezer to stop every process",
+                        secs: PAUSE_SETTLE.as_secs_f64(),
+                    }));
+                }
+                spins += 1;
+                if spins < 100 {
+                    tokio::task::yield_now().await;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
+        for c in rec.containers.iter_mut() {
+            if targets.contains(&c.cgroup_path) {
+                c.paused = freeze;
+            }
+        }
+        Some(self.commit(entry, &rec))
+    }
+
     /// Freeze all processes of the sandbox (every running container).
     pub async fn pause(&self, id: &str) -> Result<()> {
         let entry = self.entry(id)?;
         let _op = entry.op.lock().await;
+        if let Some(done) = self.freeze_direct(&entry, id, true).await {
+            return done;
+        }
         let mut rec = lock(&entry.record).clone();
         let main = rec
             .container(&rec.spec.main.name)
@@ -271,6 +343,9 @@ impl SandboxEngine {
     pub async fn resume(&self, id: &str) -> Result<()> {
         let entry = self.entry(id)?;
         let _op = entry.op.lock().await;
+        if let Some(done) = self.freeze_direct(&entry, id, false).await {
+            return done;
+        }
         let mut rec = lock(&entry.record).clone();
         let main = rec
             .container(&rec.spec.main.name)

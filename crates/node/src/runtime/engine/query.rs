@@ -49,6 +49,13 @@ impl SandboxEngine {
         Some(rec.container(name)?.image.clone())
     }
 
+    /// Whether the sandbox's containers are frozen by [`SandboxEngine::pause`] (any of them,
+    /// as recorded, so it survives an agent restart); `false` for an unknown sandbox.
+    pub fn is_paused(&self, id: &str) -> bool {
+        self.entry(id)
+            .is_ok_and(|e| lock(&e.record).containers.iter().any(|c| c.paused))
+    }
+
     /// A container whose process runs now, for [`crate::exec`]; `None` when it does not run
     /// (unknown, never started, exited or paused).
     pub fn running_container(&self, id: &str, name: &str) -> Option<RunningContainer> {

@@ -50,6 +50,10 @@ pub trait Host: Send + Sync + std::fmt::Debug {
     fn remove_netns(&self, path: &Path) -> Result<()>;
     /// See [`remove_cgroup`].
     fn remove_cgroup(&self, rel: &str) -> Result<()>;
+    /// See [`set_frozen`].
+    fn set_frozen(&self, rel: &str, frozen: bool) -> Result<()>;
+    /// See [`is_frozen`].
+    fn is_frozen(&self, rel: &str) -> Option<bool>;
     /// Find a program on the standard system PATH (see [`crate::runtime::find_binary`]).
     fn find_program(&self, name: &str) -> Option<PathBuf>;
     /// Start the shim that runs a runtime's `create` (or `run`) and stays the container's
@@ -98,6 +102,12 @@ impl Host for SystemHost {
     }
     fn remove_cgroup(&self, rel: &str) -> Result<()> {
         remove_cgroup(rel)
+    }
+    fn set_frozen(&self, rel: &str, frozen: bool) -> Result<()> {
+        set_frozen(rel, frozen)
+    }
+    fn is_frozen(&self, rel: &str) -> Option<bool> {
+        is_frozen(rel)
     }
     fn find_program(&self, name: &str) -> Option<PathBuf> {
         crate::runtime::find_binary(name)
@@ -247,6 +257,53 @@ pub fn remove_netns(path: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The freezer file of a cgroup: v1 `freezer.state` when the v1 freezer hierarchy has the
+/// cgroup, else cgroup2's `cgroup.freeze`; `None` when neither exists.
+fn freezer_file(rel: &str) -> Option<(PathBuf, bool)> {
+    let rel = rel.trim_start_matches('/');
+    let v1 = Path::new("/sys/fs/cgroup/freezer")
+        .join(rel)
+        .join("freezer.state");
+    if v1.exists() {
+        return Some((v1, true));
+    }
+    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .iter()
+        .map(|root| Path::new(root).join(rel).join("cgroup.freeze"))
+        .find(|p| p.exists())
+        .map(|p| (p, false))
+}
+
+/// Ask the cgroup freezer to freeze (or thaw) every process of cgroup `rel`. Freezing is
+/// asynchronous: [`is_frozen`] says when it is done.
+pub fn set_frozen(rel: &str, frozen: bool) -> Result<()> {
+    let (file, v1) = freezer_file(rel).ok_or_else(|| {
+        NodeError::NotFound(format!(
+            "the freezer of cgroup {rel} (neither cgroup v1 nor v2 has it)"
+        ))
+    })?;
+    let value = match (v1, frozen) {
+        (true, true) => "FROZEN",
+        (true, false) => "THAWED",
+        (false, true) => "1",
+        (false, false) => "0",
+    };
+    fs_err::write(&file, value)?;
+    Ok(())
+}
+
+/// Whether cgroup `rel` is frozen: every process stopped (v1 `FROZEN`, cgroup2 `frozen 1`);
+/// `None` when it has no freezer.
+pub fn is_frozen(rel: &str) -> Option<bool> {
+    let (file, v1) = freezer_file(rel)?;
+    if v1 {
+        let state = fs_err::read_to_string(&file).ok()?;
+        return Some(state.trim() == "FROZEN");
+    }
+    let events = fs_err::read_to_string(file.with_file_name("cgroup.events")).ok()?;
+    Some(events.lines().any(|l| l.trim() == "frozen 1"))
 }
 
 /// Remove a cgroup directory from every v1 hierarchy and from cgroup2 (only empty cgroups can

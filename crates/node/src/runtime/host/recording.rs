@@ -373,6 +373,17 @@ impl Host for RecordingHost {
         self.record(HostCall::RemoveCgroup(rel.to_string()))
     }
 
+    /// The recording host has no freezer: the engine pauses through the runtime.
+    fn set_frozen(&self, rel: &str, _frozen: bool) -> Result<()> {
+        Err(crate::error::NodeError::NotFound(format!(
+            "the freezer of cgroup {rel} (the recording host has none)"
+        )))
+    }
+
+    fn is_frozen(&self, _rel: &str) -> Option<bool> {
+        None
+    }
+
     fn find_program(&self, name: &str) -> Option<PathBuf> {
         Some(Path::new("/usr/bin").join(name))
     }
