@@ -40,8 +40,6 @@ struct Index {
     by_uid: HashMap<String, IpAddr>,
     /// Which pod holds an address.
     by_ip: HashMap<IpAddr, (String, String)>,
-    /// Paused pods' addresses.
-    paused: std::collections::HashSet<IpAddr>,
 }
 
 impl Index {
@@ -49,7 +47,6 @@ impl Index {
         if let Some(old) = self.pods.remove(key) {
             if self.by_ip.get(&old.ip) == Some(key) {
                 self.by_ip.remove(&old.ip);
-                self.paused.remove(&old.ip);
             }
             for n in &old.names {
                 self.by_name.remove(n);
@@ -77,11 +74,6 @@ impl Index {
             self.by_uid.insert(u.clone(), record.ip);
         }
         self.by_ip.insert(record.ip, key.clone());
-        if record.paused {
-            self.paused.insert(record.ip);
-        } else {
-            self.paused.remove(&record.ip);
-        }
         self.pods.insert(key, record);
     }
 }
@@ -196,7 +188,11 @@ impl PodCache {
     /// Whether the pod at `ip` is paused (asked to pause, or still frozen).
     pub fn is_paused(&self, ip: IpAddr) -> bool {
         let index = self.index.read().unwrap_or_else(|e| e.into_inner());
-        index.paused.contains(&ip)
+        index
+            .by_ip
+            .get(&ip)
+            .and_then(|key| index.pods.get(key))
+            .is_some_and(|r| r.paused)
     }
 
     /// Whether the first full list has been loaded.

@@ -284,6 +284,17 @@ impl SandboxEngine {
         Some(self.commit(entry, &rec))
     }
 
+    /// Whether the main container's phase, as the runtime reports it, allows `op`.
+    async fn main_allows(&self, rec: &Record, id: &str, op: Op) -> Result<()> {
+        let main = rec
+            .container(&rec.spec.main.name)
+            .ok_or_else(|| NodeError::NotFound(id.into()))?;
+        let st = self.state_of(rec, main).await?;
+        lifecycle::transition(st.phase, op)
+            .map(drop)
+            .map_err(|e| lifecycle::refused(id, e))
+    }
+
     /// Freeze all processes of the sandbox (every running container).
     pub async fn pause(&self, id: &str) -> Result<()> {
         let entry = self.entry(id)?;
@@ -292,12 +303,7 @@ impl SandboxEngine {
             return done;
         }
         let mut rec = lock(&entry.record).clone();
-        let main = rec
-            .container(&rec.spec.main.name)
-            .cloned()
-            .ok_or_else(|| NodeError::NotFound(id.into()))?;
-        let st = self.state_of(&rec, &main).await?;
-        lifecycle::transition(st.phase, Op::Pause).map_err(|e| lifecycle::refused(id, e))?;
+        self.main_allows(&rec, id, Op::Pause).await?;
         let rt = self.runtimes[&rec.handler].clone();
         let all = rec.containers.clone();
         let mut paused = Vec::new();
@@ -347,12 +353,7 @@ impl SandboxEngine {
             return done;
         }
         let mut rec = lock(&entry.record).clone();
-        let main = rec
-            .container(&rec.spec.main.name)
-            .cloned()
-            .ok_or_else(|| NodeError::NotFound(id.into()))?;
-        let st = self.state_of(&rec, &main).await?;
-        lifecycle::transition(st.phase, Op::Resume).map_err(|e| lifecycle::refused(id, e))?;
+        self.main_allows(&rec, id, Op::Resume).await?;
         let rt = self.runtimes[&rec.handler].clone();
         let all = rec.containers.clone();
         for c in &all {
