@@ -294,7 +294,7 @@ pub mod extensions {
         pub const PAUSED: &str = "Paused";
         /// False: the containers run (thawed, or never paused).
         pub const RUNNING: &str = "Running";
-        /// False: asked to pause while its containers do not run yet.
+        /// False: asked to pause while its containers do not run, or are not ready, yet.
         pub const NOT_RUNNING: &str = "PodNotRunning";
         /// False (freeze failed) or True (thaw failed): the message says why; retried.
         pub const PAUSE_FAILED: &str = "PauseFailed";

@@ -443,22 +443,27 @@ pub fn read_allowed_label_domains(path: &Path) -> Result<Vec<String>, std::io::E
 }
 
 /// A future that completes on SIGTERM or SIGINT (how Kubernetes and a terminal stop a process).
+/// The handlers are installed when this is called (inside a Tokio runtime), not when the
+/// future is first polled: as a container's PID 1, a signal without a handler is dropped.
 pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
-    async {
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        let wait = |s: std::io::Result<tokio::signal::unix::Signal>, name: &'static str| async move {
+            match s {
                 Ok(mut s) => {
                     s.recv().await;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    tracing::warn!(error = %e, "cannot listen for {name}");
                     futures::future::pending::<()>().await;
                 }
             }
         };
         tokio::select! {
-            () = term => tracing::info!("SIGTERM received; shutting down"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received; shutting down"),
+            () = wait(term, "SIGTERM") => tracing::info!("SIGTERM received; shutting down"),
+            () = wait(int, "SIGINT") => tracing::info!("interrupt received; shutting down"),
         }
     }
     .boxed()

@@ -351,6 +351,9 @@ pub fn legacy_router(app: Arc<App>) -> Router {
 /// after printing the bound addresses as one JSON line on stdout.
 /// Returns the exit code the process should end with.
 pub async fn serve(config: Config) -> Result<i32, ServeError> {
+    // The handlers go in first: as PID 1 of a container, a SIGTERM that arrives before them is
+    // dropped by the kernel, and the container then lives out its whole grace period.
+    let shutdown = shutdown_signal();
     let server = Server::bind(config).await?;
     // One JSON line on stdout with the bound addresses, for supervisors and tests that start
     // sandboxd on ephemeral ports.
@@ -371,21 +374,25 @@ pub async fn serve(config: Config) -> Result<i32, ServeError> {
         root = %server.app.root.real_path().display(),
         "sandboxd listening"
     );
-    server.run(shutdown_signal()).await
+    server.run(shutdown).await
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called (inside a
+/// Tokio runtime), not when the future is first polled, so no signal between the two is lost.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let streams = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = streams else {
+            std::future::pending::<()>().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }

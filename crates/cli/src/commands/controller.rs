@@ -58,12 +58,14 @@ pub(crate) fn controller(args: &ControllerArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn run(args: &ControllerArgs) -> anyhow::Result<ExitCode> {
+    // First, so a SIGTERM during the connection and the cache sync is not lost.
+    let shutdown = shutdown_signal();
     let client = connect(args).await?;
     let config = cluster_config(args, &client)?;
     let cluster = Cluster::bind(client, config)
         .await
         .context("starting the controller")?;
-    cluster.run(shutdown_signal()).await?;
+    cluster.run(shutdown).await?;
     tracing::info!("controller stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -28,6 +28,8 @@ pub(crate) fn router(args: &RouterArgs) -> anyhow::Result<ExitCode> {
             cluster_domain: args.cluster_domain.clone(),
             ..Config::default()
         };
+        // First, so a SIGTERM (Kubernetes stopping the Pod) during start-up is not lost.
+        let shutdown = agent_sandbox_controller::cluster::shutdown_signal();
         let cache = PodCache::new();
         let router = Arc::new(Router::new(config, cache.clone())?);
         tokio::spawn(cache.run(client));
@@ -51,7 +53,7 @@ pub(crate) fn router(args: &RouterArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(address = %args.http_bind_address, "router listening");
         tokio::select! {
             () = server::serve(router, listener) => {}
-            r = tokio::signal::ctrl_c() => r.context("waiting for interrupt")?,
+            () = shutdown => {}
         }
         Ok(ExitCode::SUCCESS)
     })

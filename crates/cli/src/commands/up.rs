@@ -203,9 +203,9 @@ async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
         args.data_dir.join("kubeconfig").display()
     );
 
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for interrupt")?;
+    // SIGINT (a terminal) or SIGTERM (systemd, a container stop); during start-up either one
+    // still ends the process at once, by its default action.
+    agent_sandbox_controller::cluster::shutdown_signal().await;
     println!("shutting down (sandboxes keep running and are re-adopted on the next start)");
     controllers.abort();
     if let Some(t) = node_task {

@@ -712,7 +712,7 @@ fn paused_sandbox_keeps_its_memory() {
     let err = up.fails(&["pause", "pz", "--timeout", "20"]);
     assert!(err.contains("suspended and has no Pod to pause"), "{err}");
     assert_eq!(condition(&sandbox_json(&up), "Paused").1, "NoPodToPause");
-    // Resumed with the annotation still there: the new Pod is frozen once it runs.
+    // Resumed with the annotation still there: the new Pod is frozen once it runs and is ready.
     up.ok(&["resume", "pz", "--timeout", "0"]);
     wait_until(
         "the resumed sandbox is paused",

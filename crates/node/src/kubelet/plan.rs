@@ -76,20 +76,36 @@ pub enum PauseAction {
     Hold,
     /// Not asked, but frozen: thaw, then sync as usual.
     Thaw,
-    /// Asked and not frozen while the Pod runs: freeze it after the container steps.
+    /// Asked and not frozen while the Pod runs and is ready ([`freezable`]): freeze it after
+    /// the container steps.
     Freeze,
-    /// Asked while the Pod's containers do not run yet: report it; a later sync freezes.
+    /// Asked while the Pod's containers do not run, or are not ready, yet: report it; a later
+    /// sync freezes.
     NotYet,
 }
 
+/// Whether a Pod asked to pause may be frozen now: it runs and every regular container is
+/// ready (its startup and readiness probes passed, or it has none). A process frozen half-way
+/// through its start-up would otherwise be held at an arbitrary point, for example before it
+/// installed its SIGTERM handler, which as a container's PID 1 then drops the signal that
+/// deleting the Pod sends and makes the deletion last the whole grace period.
+pub fn freezable(rt: &PodRt) -> bool {
+    rt.phase == "Running"
+        && rt.regular_order.iter().all(|n| {
+            rt.containers
+                .get(n)
+                .is_some_and(|c| c.ready && matches!(c.state, CState::Running { .. }))
+        })
+}
+
 /// The pause decision from whether the Pod asks for it, whether the runtime has the sandbox
-/// frozen, and the Pod's phase after this sync's container steps (only asked for
-/// [`PauseAction::Freeze`] and [`PauseAction::NotYet`]).
-pub fn pause_action(asked: bool, frozen: bool, running: bool) -> PauseAction {
+/// frozen, and whether the Pod is [`freezable`] after this sync's container steps (only asked
+/// for [`PauseAction::Freeze`] and [`PauseAction::NotYet`]).
+pub fn pause_action(asked: bool, frozen: bool, freezable: bool) -> PauseAction {
     match (asked, frozen) {
         (true, true) => PauseAction::Hold,
         (false, true) => PauseAction::Thaw,
-        (true, false) if running => PauseAction::Freeze,
+        (true, false) if freezable => PauseAction::Freeze,
         (true, false) => PauseAction::NotYet,
         (false, false) => PauseAction::None,
     }

@@ -362,6 +362,27 @@ fn pause_decisions() {
 }
 
 #[test]
+fn a_pod_is_frozen_only_once_it_runs_and_its_containers_are_ready() {
+    let mut rt = two_inits_one_sidecar();
+    assert!(!freezable(&rt), "pending");
+    rt.phase = "Running".into();
+    for n in ["a", "b"] {
+        let c = rt.containers.get_mut(n).unwrap();
+        c.state = CState::Running {
+            started_at: "t0".into(),
+        };
+    }
+    assert!(!freezable(&rt), "running, not ready");
+    rt.containers.get_mut("a").unwrap().ready = true;
+    assert!(!freezable(&rt), "b is not ready");
+    rt.containers.get_mut("b").unwrap().ready = true;
+    assert!(freezable(&rt));
+    // Init containers and sidecars do not hold it back; a regular container that ended does.
+    rt.containers.get_mut("b").unwrap().state = terminated(0);
+    assert!(!freezable(&rt));
+}
+
+#[test]
 fn frozen_time_does_not_count_towards_a_back_off() {
     let mut rt = two_inits_one_sidecar();
     let c = rt.containers.get_mut("a").unwrap();

@@ -29,7 +29,8 @@
 //! `DeadlineExceeded` once exceeded.
 //!
 //! A Pod annotated `agent-sandbox-rs.github.io/paused: "true"` has every container frozen once
-//! it runs (the runtime's pause, the cgroup freezer) and thawed when the annotation goes; while
+//! it runs and is ready (the runtime's pause, the cgroup freezer; [`plan::freezable`]) and
+//! thawed when the annotation goes; while
 //! frozen no container is stepped, no probe runs and back-off clocks stand still, exec is
 //! refused, and the condition `agent-sandbox-rs.github.io/Paused` says so (`pause.rs`). A
 //! frozen Pod being deleted is thawed first, so its preStop hooks and signals work.

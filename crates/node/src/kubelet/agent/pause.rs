@@ -192,8 +192,8 @@ impl NodeAgent {
     pub(super) async fn pause_after_steps(&self, pod: &Pod, rt: &Shared<PodRt>) {
         let id = uid(pod);
         let asked = Self::asks_paused(pod);
-        let running = lock(rt).phase == "Running";
-        match plan::pause_action(asked, self.engine.is_paused(&id), running) {
+        let freezable = plan::freezable(&lock(rt));
+        match plan::pause_action(asked, self.engine.is_paused(&id), freezable) {
             PauseAction::Freeze => self.freeze(pod, rt).await,
             PauseAction::NotYet => {
                 let phase = lock(rt).phase.clone();
@@ -201,7 +201,7 @@ impl NodeAgent {
                     paused: false,
                     reason: ext::pod_reasons::NOT_RUNNING,
                     message: format!(
-                        "pod {} is asked to pause but its containers do not run yet (phase {phase}); it is frozen once they run",
+                        "pod {} is asked to pause but its containers do not run and pass their readiness yet (phase {phase}); it is frozen once they do",
                         who(pod)
                     ),
                 });
