@@ -113,6 +113,10 @@ pub struct Context {
     pub backoff: Backoff,
     /// First time each claim (namespace/name/uid) was observed.
     pub claim_first_seen: Arc<Mutex<HashMap<String, Timestamp>>>,
+    /// The sandbox this controller gave each claim (namespace/name/uid), adopted or created,
+    /// until the claim is deleted: found again by a reconcile that runs before the claim's
+    /// status or reference annotation (written after the status) shows in the cache.
+    pub claim_sandboxes: Arc<Mutex<HashMap<String, String>>>,
     /// Pools currently reported as not progressing.
     pub pools_not_progressing: Mutex<HashMap<String, bool>>,
     /// Whether all caches have synced once.

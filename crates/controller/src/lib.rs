@@ -231,6 +231,7 @@ pub fn start(client: Client, config: Config) -> (State, impl Future<Output = ()>
         expectations: Arc::default(),
         backoff: Backoff::default(),
         claim_first_seen: Arc::default(),
+        claim_sandboxes: Arc::default(),
         pools_not_progressing: Default::default(),
         ready: ready.clone(),
     });
@@ -354,10 +355,11 @@ pub fn start(client: Client, config: Config) -> (State, impl Future<Output = ()>
     }
     if ext {
         // Claims.
-        let (idx, claim_tx2, first_seen) = (
+        let (idx, claim_tx2, first_seen, sandboxes_of_claims) = (
             indexes.clone(),
             claim_tx.clone(),
             ctx.claim_first_seen.clone(),
+            ctx.claim_sandboxes.clone(),
         );
         tasks.push(
             claims
@@ -377,6 +379,7 @@ pub fn start(client: Client, config: Config) -> (State, impl Future<Output = ()>
                         first_seen.lock().entry(key).or_insert_with(Timestamp::now);
                     } else {
                         first_seen.lock().remove(&key);
+                        sandboxes_of_claims.lock().remove(&key);
                     }
                     send(&claim_tx2, &cns, &cname);
                 })

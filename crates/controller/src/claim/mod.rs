@@ -1,6 +1,7 @@
 //! The SandboxClaim reconciler (upstream-core §9–§10): lookup order, warm adoption from the pool
-//! queue with the two optimistic writes, cold creation, lifecycle expiry, the claim status with an
-//! optimistic lock, first-Ready metrics and events.
+//! queue (one optimistic ownership transfer; the claim's reference follows its status), cold
+//! creation, lifecycle expiry, the claim status with an optimistic lock, first-Ready metrics and
+//! events.
 
 pub mod logic;
 
@@ -168,9 +169,8 @@ async fn reconcile_claim(
         return Ok(Action::await_change());
     }
     let mut claim = (*claim).clone();
-    // The observability annotations are written with the reconcile's first write of the claim
-    // (the adoption update carries them), or on their own before the status; never as an extra
-    // round trip in front of an adoption.
+    // The observability annotations are stamped in memory here and written after the status,
+    // with the claim's other annotations: never as a round trip in front of an adoption.
     let annotation_pending = initialize_annotations(&ctx, &mut claim, trace_context.as_deref());
 
     let t = now();
@@ -182,7 +182,8 @@ async fn reconcile_claim(
         .map(|l| l.shutdown_policy())
         .unwrap_or_default();
     if annotation_pending && expired {
-        write_observability_annotations(&ctx, &mut claim).await?;
+        let values = observability_values(&claim);
+        write_claim_annotations(&ctx, &mut claim, values).await?;
     }
     if expired && !logic::is_marked_expired(&claim) {
         let st = logic::compute_status(&claim, None, None, true, &t);
@@ -225,21 +226,15 @@ async fn reconcile_claim(
         };
     }
 
-    let resource_version = claim.metadata.resource_version.clone();
     let outcome = if expired {
         reconcile_expired(&ctx, &claim).await
     } else {
         reconcile_active(&ctx, &mut claim).await
     };
-    // Unless an update of the claim carried the annotations (the adoption's), write them now;
-    // an update that did not carry them all gets them stamped again.
-    if annotation_pending && !expired {
-        let carried = claim.metadata.resource_version != resource_version
-            && !initialize_annotations(&ctx, &mut claim, trace_context.as_deref());
-        if !carried {
-            write_observability_annotations(&ctx, &mut claim).await?;
-        }
-    }
+    // A write of the claim's reference replaced it with the server's copy: stamp it again.
+    let annotation_pending = !expired
+        && (initialize_annotations(&ctx, &mut claim, trace_context.as_deref())
+            || annotation_pending);
     let (sandbox, err) = match outcome {
         Outcome::Pending(d) => return Ok(Action::requeue(d)),
         Outcome::Done(sb, err) => (sb, err),
@@ -265,9 +260,27 @@ async fn reconcile_claim(
         return Ok(Action::requeue(Duration::from_millis(1)));
     }
     let authoritative = write_status(&ctx, &claim, &st).await?;
-    if authoritative {
-        record_first_ready(&ctx, &claim, &st, sandbox.as_deref()).await?;
+    // Then the claim's own annotations, in one write off the path to Ready: the observability
+    // times, the adopted sandbox's name (upstream's lock step 1, here after the status), and the
+    // first-Ready time.
+    let mut values = if annotation_pending {
+        observability_values(&claim)
+    } else {
+        Map::new()
+    };
+    if let Some(sb) = sandbox.as_deref()
+        && label(&sb.metadata, labels::LAUNCH_TYPE) == Some(launch_type::WARM)
+        && annotation(&claim.metadata, annotations::CLAIM_SANDBOX_NAME)
+            != Some(sb.name_any().as_str())
+    {
+        values.insert(annotations::CLAIM_SANDBOX_NAME.into(), json!(sb.name_any()));
     }
+    if authoritative
+        && let Some(at) = first_ready_value(&ctx, &claim, &st, sandbox.as_deref()).await?
+    {
+        values.insert(annotations::CLAIM_FIRST_READY_AT.into(), json!(at));
+    }
+    write_claim_annotations(&ctx, &mut claim, values).await?;
 
     let time_left = logic::expire_at(&claim_with_status)
         .and_then(|at| Duration::try_from(at.0.duration_since(t.0)).ok());
@@ -359,18 +372,23 @@ fn initialize_annotations(
     stamped && !ctx.config.disable_claim_observability_annotations
 }
 
-/// Writes the observability annotations set in memory by [`initialize_annotations`].
-async fn write_observability_annotations(
-    ctx: &Context,
-    claim: &mut SandboxClaim,
-) -> Result<(), Error> {
-    let values: Map<String, Value> = [
+/// The observability annotations set in memory by [`initialize_annotations`].
+fn observability_values(claim: &SandboxClaim) -> Map<String, Value> {
+    [
         annotations::CONTROLLER_FIRST_OBSERVED_AT,
         annotations::TRACE_CONTEXT,
     ]
     .into_iter()
     .filter_map(|k| Some((k.to_owned(), json!(annotation(&claim.metadata, k)?))))
-    .collect();
+    .collect()
+}
+
+/// Adds `values` to the claim's annotations in one merge patch (nothing when empty).
+async fn write_claim_annotations(
+    ctx: &Context,
+    claim: &mut SandboxClaim,
+    values: Map<String, Value>,
+) -> Result<(), Error> {
     if values.is_empty() {
         return Ok(());
     }
@@ -444,19 +462,22 @@ fn parse_ts(s: &str) -> Option<Timestamp> {
     s.parse::<Timestamp>().ok()
 }
 
-async fn record_first_ready(
+/// The first-Ready annotation's value to write, if any: the time (and the startup metrics
+/// observed) when this status makes the claim Ready for the first time, or the
+/// unknown-sentinel for a claim that was Ready before without one.
+async fn first_ready_value(
     ctx: &Context,
     claim: &SandboxClaim,
     st: &SandboxClaimStatus,
     sb: Option<&Sandbox>,
-) -> Result<(), Error> {
+) -> Result<Option<String>, Error> {
     let was_ready = claim
         .status
         .as_ref()
         .is_some_and(|s| is_status_condition_true(&s.conditions, ct::READY));
     let is_ready = is_status_condition_true(&st.conditions, ct::READY);
     if annotation(&claim.metadata, annotations::CLAIM_FIRST_READY_AT).is_some() {
-        return Ok(());
+        return Ok(None);
     }
     let value = if !was_ready && is_ready {
         let now_ts = Timestamp::now();
@@ -531,34 +552,14 @@ async fn record_first_ready(
         match api.get_opt(&claim.name_any()).await {
             Ok(Some(fresh))
                 if annotation(&fresh.metadata, annotations::CLAIM_FIRST_READY_AT).is_none() => {}
-            Ok(_) => return Ok(()),
+            Ok(_) => return Ok(None),
             Err(e) => return Err(api_err("get", "SandboxClaim", &ns, &claim.name_any(), e)),
         }
         agent_sandbox_api::constants::CLAIM_FIRST_READY_UNKNOWN.to_string()
     } else {
-        return Ok(());
+        return Ok(None);
     };
-    let ns = claim.namespace().unwrap_or_default();
-    let api: Api<SandboxClaim> = Api::namespaced(ctx.client.clone(), &ns);
-    let patch = json!({"metadata": {"annotations": {annotations::CLAIM_FIRST_READY_AT: value}}});
-    match api
-        .patch(
-            &claim.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if is_not_found(&e) => Ok(()),
-        Err(e) => Err(api_err(
-            "annotate",
-            "SandboxClaim",
-            &ns,
-            &claim.name_any(),
-            e,
-        )),
-    }
+    Ok(Some(value))
 }
 
 async fn reconcile_expired(ctx: &Context, claim: &SandboxClaim) -> Outcome {
@@ -690,6 +691,9 @@ async fn reconcile_active(ctx: &Context, claim: &mut SandboxClaim) -> Outcome {
     };
     match api.create(&pp, &sandbox).await {
         Ok(created) => {
+            ctx.claim_sandboxes
+                .lock()
+                .insert(first_seen_key(claim), created.name_any());
             publish_claim(
                 ctx,
                 claim,
@@ -906,6 +910,15 @@ async fn get_or_create_sandbox(
             .await
             .map(Found::Sandbox);
     }
+    // 3b. A sandbox this claim got that neither its status nor its reference names yet.
+    if let Some(sb) = given_sandbox(ctx, claim).await {
+        let lt = if sb.name_any() == name {
+            launch_type::COLD
+        } else {
+            launch_type::WARM
+        };
+        return ensure_launch_type(ctx, sb, lt).await.map(Found::Sandbox);
+    }
     // 4. env or VCTs force a cold start.
     if !claim.spec.env.is_empty() || !claim.spec.volume_claim_templates.is_empty() {
         return Ok(Found::None);
@@ -934,6 +947,35 @@ async fn get_or_create_sandbox(
         );
     }
     Ok(Found::None)
+}
+
+/// The sandbox this claim got when the claim (as cached) does not name it yet: its reference
+/// annotation is written after the status, and a requeued reconcile may see a claim older than
+/// its last status. This controller's record of what it gave the claim (read through when the
+/// cache has not seen the sandbox yet), else a cached Sandbox the claim controls (after a
+/// restart the cache is listed whole before any reconcile).
+async fn given_sandbox(ctx: &Context, claim: &SandboxClaim) -> Option<Arc<Sandbox>> {
+    let ns = claim.namespace().unwrap_or_default();
+    let recorded = ctx
+        .claim_sandboxes
+        .lock()
+        .get(&first_seen_key(claim))
+        .cloned();
+    if let Some(name) = recorded {
+        let sb = match get(&ctx.stores.sandboxes, &ns, &name) {
+            Some(sb) if is_controlled_by(&sb.metadata, claim) => Some(sb),
+            _ => Api::<Sandbox>::namespaced(ctx.client.clone(), &ns)
+                .get_opt(&name)
+                .await
+                .ok()
+                .flatten()
+                .map(Arc::new),
+        };
+        return sb.filter(|sb| is_controlled_by(&sb.metadata, claim));
+    }
+    ctx.stores
+        .sandboxes
+        .find(|sb| sb.namespace() == claim.namespace() && is_controlled_by(&sb.metadata, claim))
 }
 
 /// `verifySandboxCandidate`.
@@ -1013,7 +1055,6 @@ async fn adopt(
 ) -> Result<Arc<Sandbox>, ClaimError> {
     let ns = claim.namespace().unwrap_or_default();
     let sname = sb.name_any();
-    let api: Api<SandboxClaim> = Api::namespaced(ctx.client.clone(), &ns);
     // An adoption that does not happen hands the sandbox back to its pool's reconcile.
     let requeue_pool = |claim: &SandboxClaim| {
         ctx.queue.add(
@@ -1025,73 +1066,23 @@ async fn adopt(
             },
         );
     };
-    // Lock step 1: the claim names the sandbox (optimistic Update).
-    let mut attempt = claim.clone();
-    let mut tries = 0;
-    loop {
-        attempt
-            .annotations_mut()
-            .insert(annotations::CLAIM_SANDBOX_NAME.into(), sname.clone());
-        attempt.metadata.managed_fields = None;
-        match api
-            .replace(&attempt.name_any(), &PostParams::default(), &attempt)
-            .await
-        {
-            Ok(updated) => {
-                let status = claim.status.clone();
-                *claim = updated;
-                claim.status = status;
-                break;
-            }
-            Err(e) if is_conflict(&e) && tries < 5 => {
-                tries += 1;
-                let fresh = api
-                    .get(&claim.name_any())
-                    .await
-                    .map_err(|e| ClaimError::Other(format!("failed to re-read claim: {e}")))?;
-                if fresh.uid() != claim.uid() {
-                    return Err(ClaimError::AdoptionConflict(
-                        "claim was replaced during adoption".into(),
-                    ));
-                }
-                if let Some(other) = annotation(&fresh.metadata, annotations::CLAIM_SANDBOX_NAME)
-                    .filter(|s| !s.is_empty() && *s != sname)
-                {
-                    return Err(ClaimError::AdoptionConflict(format!(
-                        "claim is already assigned to sandbox {other:?}"
-                    )));
-                }
-                // A claim whose cached copy was stale may already have a (cold) sandbox.
-                if let Some(other) = fresh
-                    .status
-                    .as_ref()
-                    .map(|s| s.sandbox.name.as_str())
-                    .filter(|s| !s.is_empty() && *s != sname)
-                {
-                    requeue_pool(claim);
-                    return Err(ClaimError::AdoptionConflict(format!(
-                        "claim already has sandbox {other:?}"
-                    )));
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                attempt = fresh;
-            }
-            Err(e) if is_conflict(&e) => {
+    // The ownership transfer is the adoption's one atomic step: a merge patch with the
+    // candidate's resourceVersion as precondition, so of two claims racing for it one wins.
+    // The claim's reference annotation follows the status (`write_claim_annotations`); until
+    // then this controller's own record, and after a restart the cache's owner references,
+    // find the adopted sandbox again (`given_sandbox`).
+    let adopted = match complete_adoption(ctx, claim, &sb).await {
+        Ok(a) => a,
+        Err(e) => {
+            if matches!(e, ClaimError::Other(_)) {
                 requeue_pool(claim);
-                return Err(ClaimError::AdoptionConflict(format!(
-                    "assigning sandbox {sname:?} to the claim (conflicting concurrent write)"
-                )));
             }
-            Err(e) => {
-                requeue_pool(claim);
-                return Err(ClaimError::Other(format!(
-                    "failed to assign sandbox {sname:?} to the claim: {e}"
-                )));
-            }
+            return Err(e);
         }
-    }
-    // Lock step 2: the ownership transfer.
-    let adopted = complete_adoption(ctx, claim, &sb).await?;
+    };
+    ctx.claim_sandboxes
+        .lock()
+        .insert(first_seen_key(claim), sname.clone());
     let pool = pool_of(&sb).unwrap_or_else(|| "none".into());
     publish_claim(
         ctx,
@@ -1223,7 +1214,9 @@ async fn complete_adoption(
                         )));
                     }
                     Ok(None) => {
-                        set_claim_ref(ctx, claim, None).await?;
+                        if assigned_ref(claim).is_some() {
+                            set_claim_ref(ctx, claim, None).await?;
+                        }
                         return Err(ClaimError::AdoptionConflict(format!(
                             "sandbox {:?} is gone",
                             base.name_any()

@@ -53,6 +53,21 @@ impl Drop for Env {
     }
 }
 
+impl Env {
+    /// Stops the controllers (the test kubelet keeps running), as a crash of the controller
+    /// process would.
+    pub fn stop_controllers(&mut self) {
+        self.tasks[0].abort();
+    }
+
+    /// Starts a fresh set of controllers (empty caches and memory) against the same server.
+    pub fn restart_controllers(&mut self) {
+        let (state, fut) = agent_sandbox_controller::start(self.client.clone(), Config::default());
+        self.state = state;
+        self.tasks[0] = tokio::spawn(fut);
+    }
+}
+
 pub async fn start() -> Env {
     start_with(|_| {}, KubeletMode::Ready).await
 }

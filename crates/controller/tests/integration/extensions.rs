@@ -115,6 +115,16 @@ async fn wait_claim_ready(client: &Client, name: &str) -> SandboxClaim {
     .await
 }
 
+/// The claim's `agents.x-k8s.io/sandbox-name` annotation once written (it follows the status).
+async fn wait_claim_sandbox_annotation(client: &Client, name: &str) -> String {
+    let claims: Api<SandboxClaim> = api(client);
+    eventually(&format!("claim {name} names its sandbox"), T, || async {
+        let c = claims.get(name).await.ok()?;
+        c.annotations().get("agents.x-k8s.io/sandbox-name").cloned()
+    })
+    .await
+}
+
 async fn wait_claim_reason(client: &Client, name: &str, reason: &str) -> (String, String, String) {
     let claims: Api<SandboxClaim> = api(client);
     eventually(&format!("claim {name} reason {reason}"), T, || async {
@@ -144,12 +154,16 @@ async fn claim_observability_annotation() {
     pool(&env.client, "pool", "tpl", None, json!({})).await;
     wait_pool_ready(&env.client, "pool").await;
     claim(&env.client, "obs", "pool", json!({})).await;
-    let c = wait_claim_ready(&env.client, "obs").await;
-    let v = c
-        .annotations()
-        .get("agents.x-k8s.io/controller-first-observed-at")
-        .expect("annotation")
-        .clone();
+    wait_claim_ready(&env.client, "obs").await;
+    // Written with the claim's other annotations right after its status.
+    let claims: Api<SandboxClaim> = api(&env.client);
+    let v = eventually("first-observed annotation", T, || async {
+        let c = claims.get("obs").await.ok()?;
+        c.annotations()
+            .get("agents.x-k8s.io/controller-first-observed-at")
+            .cloned()
+    })
+    .await;
     let ts: k8s_openapi::jiff::Timestamp = v.parse().expect("RFC3339Nano");
     assert_ne!(ts.subsec_nanosecond(), 0, "{v}");
     assert!(
@@ -157,7 +171,6 @@ async fn claim_observability_annotation() {
             .checked_sub(k8s_openapi::jiff::SignedDuration::from_secs(1))
             .unwrap()
     );
-    let claims: Api<SandboxClaim> = api(&env.client);
     eventually("first-ready annotation", T, || async {
         let c = claims.get("obs").await.ok()?;
         let v = c
@@ -209,8 +222,8 @@ async fn warm_pool_sandbox_watcher() {
         "{sname}"
     );
     assert_eq!(
-        c.annotations().get("agents.x-k8s.io/sandbox-name"),
-        Some(&sname)
+        wait_claim_sandbox_annotation(&env.client, "watcher").await,
+        sname
     );
     let sb = sbs.get(&sname).await.unwrap();
     let owner = &sb.owner_references()[0];
@@ -334,10 +347,7 @@ async fn claim_volume_claim_templates() {
     claim(&env.client, "c2", "p-t-dis", json!({})).await;
     let c2 = wait_claim_ready(&env.client, "c2").await;
     let s2 = c2.status.clone().unwrap().sandbox.name;
-    assert_eq!(
-        c2.annotations().get("agents.x-k8s.io/sandbox-name"),
-        Some(&s2)
-    );
+    assert_eq!(wait_claim_sandbox_annotation(&env.client, "c2").await, s2);
     let sb2 = sbs.get(&s2).await.unwrap();
     assert_eq!(
         sb2.labels()
@@ -1177,6 +1187,62 @@ async fn bad_input_reasons() {
 /// A pool scaled down while a claim adopts one of its members never deletes the adopted
 /// sandbox: the pool deletes members only with the uid and resourceVersion it saw, so one
 /// adopted in between answers 409 and stays. Several rounds, to meet the race.
+/// The ownership transfer is an adoption's one atomic write; the claim's status and reference
+/// annotation follow it. A controller that stops between the two leaves a sandbox the claim
+/// controls and a claim that does not name it: a fresh controller finds that sandbox and gives
+/// the claim no second one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adoption_interrupted_before_the_claim_names_its_sandbox_is_completed() {
+    let mut env = start().await;
+    template(&env.client, "tpl", json!({})).await;
+    pool(&env.client, "pool", "tpl", Some(2), json!({})).await;
+    wait_pool_ready(&env.client, "pool").await;
+    env.stop_controllers();
+    let created = claim(&env.client, "cut", "pool", json!({})).await;
+    let sandboxes: Api<Sandbox> = api(&env.client);
+    let members = pool_members(
+        &sandboxes.list(&Default::default()).await.unwrap().items,
+        "pool",
+    );
+    let taken = members[0].name_any();
+    // The transfer as the controller writes it, then nothing more.
+    let owner = json!({
+        "apiVersion": "extensions.agents.x-k8s.io/v1beta1", "kind": "SandboxClaim",
+        "name": "cut", "uid": created.uid().unwrap(), "controller": true,
+        "blockOwnerDeletion": true,
+    });
+    sandboxes
+        .patch(
+            &taken,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {
+                "ownerReferences": [owner],
+                "labels": {"agents.x-k8s.io/warm-pool-sandbox": null,
+                           "agents.x-k8s.io/launch-type": "warm"},
+            }})),
+        )
+        .await
+        .unwrap();
+    env.restart_controllers();
+    let c = wait_claim_ready(&env.client, "cut").await;
+    assert_eq!(c.status.unwrap().sandbox.name, taken);
+    assert_eq!(
+        wait_claim_sandbox_annotation(&env.client, "cut").await,
+        taken
+    );
+    let owned = |sbs: &[Sandbox]| {
+        sbs.iter()
+            .filter(|s| s.owner_references().iter().any(|r| r.name == "cut"))
+            .count()
+    };
+    consistently(
+        "the claim controls one sandbox",
+        Duration::from_millis(500),
+        || async { owned(&sandboxes.list(&Default::default()).await.unwrap().items) == 1 },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_down_racing_a_claim_keeps_the_adopted_sandbox() {
     let env = start().await;
