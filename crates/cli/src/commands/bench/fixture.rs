@@ -249,10 +249,16 @@ impl Fixture {
     ) -> anyhow::Result<()> {
         let api: Api<SandboxWarmPool> = self.conn.api();
         let deadline = Instant::now() + timeout;
+        let mut next_pod_check = Instant::now() + Duration::from_secs(1);
         loop {
             let status = api.get(NAME).await?.status.unwrap_or_default();
             if status.ready_replicas >= replicas {
                 return Ok(());
+            }
+            // A member that cannot start will not start later either: say so now.
+            if Instant::now() >= next_pod_check {
+                next_pod_check = Instant::now() + Duration::from_secs(1);
+                self.fail_on_stuck_member().await?;
             }
             if Instant::now() >= deadline {
                 anyhow::bail!(
@@ -263,6 +269,43 @@ impl Fixture {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Fails when a Pod of the benchmark pool waits for a reason that does not go away by
+    /// itself (its image cannot be pulled, its container cannot be created), naming the Pod,
+    /// the reason and what to do.
+    async fn fail_on_stuck_member(&self) -> anyhow::Result<()> {
+        const STUCK: [&str; 5] = [
+            "ErrImagePull",
+            "ImagePullBackOff",
+            "InvalidImageName",
+            "CreateContainerConfigError",
+            "CreateContainerError",
+        ];
+        let pods: Api<Pod> = self.conn.api();
+        let prefix = format!("{NAME}-");
+        for pod in pods.list(&ListParams::default()).await?.items {
+            let name = pod.name_any();
+            if !name.starts_with(&prefix) {
+                continue;
+            }
+            let waiting = pod
+                .status
+                .iter()
+                .flat_map(|s| s.container_statuses.iter().flatten())
+                .filter_map(|c| c.state.as_ref()?.waiting.as_ref())
+                .find(|w| w.reason.as_deref().is_some_and(|r| STUCK.contains(&r)));
+            if let Some(w) = waiting {
+                anyhow::bail!(
+                    "pod {}/{name} of the benchmark pool cannot start: {}: {}; is the image {} imported (`agent-sandbox image ls`, `agent-sandbox image import`)?",
+                    self.conn.namespace,
+                    w.reason.as_deref().unwrap_or_default(),
+                    w.message.as_deref().unwrap_or_default(),
+                    self.image
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Waits until the Pod `name` is gone: its sandbox's teardown on the node is finished.
