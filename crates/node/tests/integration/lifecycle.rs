@@ -18,6 +18,18 @@ fn sh(id: &str, handler: HandlerKind, script: &str) -> SandboxSpec {
     s
 }
 
+/// Waits (bounded) until sandbox `id` has printed `armed`: its shell has installed its trap.
+async fn wait_armed(e: &agent_sandbox_node::SandboxEngine, id: &str) {
+    for _ in 0..200 {
+        let log = fs_err::read_to_string(e.log_path(id)).unwrap_or_default();
+        if log.contains("armed") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("sandbox {id} did not print `armed` within 5 s");
+}
+
 async fn lifecycle(kind: HandlerKind) {
     if need(Some(kind)) {
         return;
@@ -96,12 +108,12 @@ async fn lifecycle(kind: HandlerKind) {
     e.create(sh(
         "grace",
         kind,
-        "trap 'exit 42' TERM; while true; do sleep 0.05; done",
+        "trap 'exit 42' TERM; echo armed; while true; do sleep 0.05; done",
     ))
     .await
     .unwrap();
     e.start("grace").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_armed(&e, "grace").await;
     assert_eq!(e.state("grace").await.unwrap().phase, Phase::Running);
     let code = e.stop("grace", Duration::from_secs(10)).await.unwrap();
     assert_eq!(code, Some(42));
@@ -111,11 +123,14 @@ async fn lifecycle(kind: HandlerKind) {
     e.create(sh(
         "kill",
         kind,
-        "trap '' TERM; while true; do sleep 0.05; done",
+        "trap '' TERM; echo armed; while true; do sleep 0.05; done",
     ))
     .await
     .unwrap();
     e.start("kill").await.unwrap();
+    // A TERM that arrives before the trap (even before the runtime's init has exec'd the
+    // shell) is not the case under test.
+    wait_armed(&e, "kill").await;
     let t = std::time::Instant::now();
     let code = e.stop("kill", Duration::from_millis(500)).await.unwrap();
     assert_eq!(code, Some(137));
