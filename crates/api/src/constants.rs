@@ -300,6 +300,38 @@ pub mod extensions {
         pub const PAUSE_FAILED: &str = "PauseFailed";
     }
 
+    /// The group of this project's own kinds (`SandboxSnapshot`).
+    pub const GROUP: &str = "agent-sandbox-rs.github.io";
+    /// The only served (and stored) version of this project's own kinds.
+    pub const VERSION: &str = "v1alpha1";
+
+    /// Finalizers.
+    pub mod finalizers {
+        /// On a SandboxSnapshot whose files are on a node: the node removes it once it deleted
+        /// them.
+        pub const SNAPSHOT_FILES: &str = "agent-sandbox-rs.github.io/snapshot-files";
+    }
+
+    /// Reasons of a SandboxSnapshot's `Ready` condition.
+    pub mod snapshot_reasons {
+        /// False, Pending: accepted, waiting for its turn on the node.
+        pub const PENDING: &str = "SnapshotPending";
+        /// False, InProgress: the node is copying.
+        pub const IN_PROGRESS: &str = "SnapshotInProgress";
+        /// True, Ready.
+        pub const READY: &str = "SnapshotReady";
+        /// False, Failed: the Sandbox does not exist.
+        pub const SANDBOX_NOT_FOUND: &str = "SandboxNotFound";
+        /// False, Failed: the Sandbox has no running Pod (suspended, starting, or finished).
+        pub const SANDBOX_NOT_RUNNING: &str = "SandboxNotRunning";
+        /// False, Failed: the Sandbox is being deleted.
+        pub const SANDBOX_DELETING: &str = "SandboxDeleting";
+        /// False, Failed: the snapshot would exceed the node's size limit.
+        pub const TOO_LARGE: &str = "SnapshotTooLarge";
+        /// False, Failed: the node could not take it; the message says why.
+        pub const FAILED: &str = "SnapshotFailed";
+    }
+
     /// Messages of the Sandbox's `Paused` condition.
     pub mod messages {
         /// Paused=True, SandboxPaused.
