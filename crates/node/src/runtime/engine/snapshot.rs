@@ -1,0 +1,228 @@
+//! `snapshot`: a point-in-time copy of a running (or paused) sandbox into a directory. Under
+//! runsc the memory and process state of every running container (`runsc checkpoint
+//! --leave-running`), then each container's writable layer and the sandbox's volumes' data;
+//! under runc and crun the writable layers and the volumes' data, copied while every process is
+//! frozen (a sandbox that was paused stays paused; one that ran is thawed afterwards, also when
+//! the copy fails). The files are written beside the target directory and renamed into place
+//! only once complete: a full disk, an error, the size limit or a cancel leaves nothing behind,
+//! and the sandbox runs on. One engine operation at a time per sandbox, so two snapshots of
+//! one sandbox are taken one after the other.
+//!
+//! Layout of a snapshot directory: `snapshot.json` (what it holds), `containers/<name>/upper/`
+//! (the writable layer), `containers/<name>/memory/` (runsc's checkpoint image),
+//! `volumes/<name>/` (emptyDir and PVC data; configMap, secret and downward API volumes are
+//! not data and are left out).
+
+use std::sync::Arc;
+
+use super::*;
+use crate::host::{CopyBudget, CopyError, Stop};
+
+/// The name of the file that describes a snapshot, in its directory.
+pub const SNAPSHOT_MANIFEST: &str = "snapshot.json";
+
+/// How long runsc may take to write one container's checkpoint image.
+const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What [`SandboxEngine::snapshot`] took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotOutcome {
+    /// The handler that ran the sandbox.
+    pub handler: HandlerKind,
+    /// Whether process memory is included (runsc).
+    pub memory: bool,
+    /// The containers whose layers (and memory) it holds.
+    pub containers: Vec<String>,
+    /// The volumes whose data it holds.
+    pub volumes: Vec<String>,
+    /// Bytes of the snapshot's files.
+    pub size_bytes: u64,
+}
+
+impl SandboxEngine {
+    /// Take a snapshot of sandbox `id` into `dir` (which is replaced if it exists), within
+    /// `budget` (its limit, and its cancel flag, checked between files and chunks).
+    pub async fn snapshot(
+        &self,
+        id: &str,
+        dir: &Path,
+        budget: Arc<CopyBudget>,
+    ) -> Result<SnapshotOutcome> {
+        let entry = self.entry(id)?;
+        let _op = entry.op.lock().await;
+        let rec = lock(&entry.record).clone();
+        let main = rec
+            .container(&rec.spec.main.name)
+            .ok_or_else(|| NodeError::NotFound(id.into()))?;
+        let phase = self.state_of(&rec, main).await?.phase;
+        if !matches!(phase, Phase::Running | Phase::Paused) {
+            return Err(NodeError::InvalidState {
+                sandbox: id.into(),
+                op: "take a snapshot",
+                state: format!(
+                    "its main container is {phase:?}; only a running or paused sandbox can be snapshotted"
+                ),
+            });
+        }
+        let tmp = partial_dir(dir);
+        if tmp.exists() {
+            fs_err::remove_dir_all(&tmp)?;
+        }
+        fs_err::create_dir_all(&tmp)?;
+        let t = Instant::now();
+        let taken = self.snapshot_into(&entry, &rec, id, &tmp, &budget).await;
+        let outcome = match taken {
+            Ok(o) => o,
+            Err(e) => {
+                let _ = fs_err::remove_dir_all(&tmp);
+                return Err(e);
+            }
+        };
+        let manifest = serde_json::to_vec_pretty(&outcome).expect("the outcome serialises");
+        let finish = || -> Result<()> {
+            fs_err::write(tmp.join(SNAPSHOT_MANIFEST), &manifest)?;
+            if dir.exists() {
+                fs_err::remove_dir_all(dir)?;
+            }
+            fs_err::rename(&tmp, dir)?;
+            Ok(())
+        };
+        if let Err(e) = finish() {
+            let _ = fs_err::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        entry.timeline.record("snapshot", t);
+        Ok(outcome)
+    }
+
+    async fn snapshot_into(
+        &self,
+        entry: &Entry,
+        rec: &Record,
+        id: &str,
+        tmp: &Path,
+        budget: &Arc<CopyBudget>,
+    ) -> Result<SnapshotOutcome> {
+        let memory = rec.handler == HandlerKind::Runsc;
+        let mut started = Vec::new();
+        for c in rec.containers.iter().filter(|c| c.started) {
+            if lifecycle::can(self.state_of(rec, c).await?.phase, Op::Pause) || c.paused {
+                started.push(c.clone());
+            }
+        }
+        if memory {
+            let rt = self.runtimes[&rec.handler].clone();
+            for c in &started {
+                let image = tmp.join("containers").join(&c.name).join("memory");
+                fs_err::create_dir_all(&image)?;
+                rt.checkpoint(&c.runtime_id, &image, CHECKPOINT_TIMEOUT)
+                    .await?;
+                budget
+                    .take(crate::host::tree_size(&image))
+                    .map_err(|s| stopped(id, budget, s))?;
+            }
+            self.copy_data(rec, id, tmp, budget).await?;
+        } else {
+            let was_paused = rec.containers.iter().any(|c| c.paused);
+            if !was_paused {
+                self.pause_locked(entry, id).await?;
+            }
+            let copied = self.copy_data(rec, id, tmp, budget).await;
+            if !was_paused && let Err(e) = self.resume_locked(entry, id).await {
+                tracing::error!(sandbox = %id, error = %e, "thawing after a snapshot failed");
+                return Err(e);
+            }
+            copied?;
+        }
+        Ok(SnapshotOutcome {
+            handler: rec.handler,
+            memory,
+            containers: rec.containers.iter().map(|c| c.name.clone()).collect(),
+            volumes: data_volumes(&rec.spec)
+                .into_iter()
+                .map(|v| v.name.clone())
+                .collect(),
+            size_bytes: budget.used(),
+        })
+    }
+
+    /// Copy every container's writable layer and the volumes' data into `tmp`.
+    async fn copy_data(
+        &self,
+        rec: &Record,
+        id: &str,
+        tmp: &Path,
+        budget: &Arc<CopyBudget>,
+    ) -> Result<()> {
+        let paths = self.paths(id);
+        let mut jobs: Vec<(PathBuf, PathBuf)> = rec
+            .containers
+            .iter()
+            .map(|c| {
+                (
+                    CPaths { dir: c.dir.clone() }.upper(),
+                    tmp.join("containers").join(&c.name).join("upper"),
+                )
+            })
+            .collect();
+        for v in data_volumes(&rec.spec) {
+            jobs.push((
+                self.host_dir(&paths, &rec.spec, v),
+                tmp.join("volumes").join(&v.name),
+            ));
+        }
+        let host = Arc::clone(&self.host);
+        let budget_c = Arc::clone(budget);
+        let copied = tokio::task::spawn_blocking(move || {
+            for (from, to) in jobs {
+                if let Some(parent) = to.parent() {
+                    fs_err::create_dir_all(parent).map_err(|e| CopyError::Io(e.into()))?;
+                }
+                host.copy_tree(&from, &to, &budget_c)?;
+            }
+            Ok::<(), CopyError>(())
+        })
+        .await
+        .map_err(|e| {
+            NodeError::Io(std::io::Error::other(format!(
+                "the snapshot copy of sandbox {id} panicked: {e}"
+            )))
+        })?;
+        copied.map_err(|e| match e {
+            CopyError::Stopped(s) => stopped(id, budget, s),
+            CopyError::Io(e) => e,
+        })
+    }
+}
+
+/// The volumes whose data a snapshot keeps (emptyDir and PVC), each once.
+fn data_volumes(spec: &SandboxSpec) -> Vec<&VolumeSpec> {
+    let mut seen = Vec::<&VolumeSpec>::new();
+    for v in spec.all_containers().flat_map(|c| c.volumes.iter()) {
+        if matches!(v.source, VolumeSource::EmptyDir | VolumeSource::Pvc { .. })
+            && !seen.iter().any(|s| s.name == v.name)
+        {
+            seen.push(v);
+        }
+    }
+    seen
+}
+
+fn stopped(id: &str, budget: &CopyBudget, s: Stop) -> NodeError {
+    match s {
+        Stop::TooLarge => NodeError::SnapshotTooLarge {
+            sandbox: id.into(),
+            limit: budget.limit(),
+        },
+        Stop::Cancelled => NodeError::SnapshotCancelled { sandbox: id.into() },
+    }
+}
+
+/// Where a snapshot is written before it is complete: beside its directory, so that the
+/// final rename stays on one file system.
+pub fn partial_dir(dir: &Path) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    dir.with_file_name(name)
+}
