@@ -187,6 +187,8 @@ pub struct SandboxEngine {
     network_hook: Mutex<Option<Arc<dyn NetworkHook>>>,
     /// Mounts, network namespaces and cgroups.
     host: Arc<dyn Host>,
+    /// Why runsc cannot checkpoint on this node, once it said so (see `snapshot.rs`).
+    no_checkpoint: Mutex<Option<String>>,
 }
 
 /// Pod-level paths of a sandbox.
@@ -370,6 +372,7 @@ impl SandboxEngine {
             sandboxes: Mutex::new(HashMap::new()),
             network_hook: Mutex::new(None),
             host,
+            no_checkpoint: Mutex::new(None),
         })
     }
 

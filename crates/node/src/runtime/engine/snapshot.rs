@@ -1,6 +1,8 @@
 //! `snapshot`: a point-in-time copy of a running (or paused) sandbox into a directory. Under
 //! runsc the memory and process state of every running container (`runsc checkpoint
-//! --leave-running`), then each container's writable layer and the sandbox's volumes' data;
+//! --leave-running`), then each container's writable layer and the sandbox's volumes' data
+//! (runsc refuses to checkpoint a sandbox on the host network stack, which is how this node
+//! runs runsc: then, and from then on, the filesystem only, as under runc, saying why);
 //! under runc and crun the writable layers and the volumes' data, copied while every process is
 //! frozen (a sandbox that was paused stays paused; one that ran is thawed afterwards, also when
 //! the copy fails). The files are written beside the target directory and renamed into place
@@ -21,6 +23,9 @@ use crate::host::{CopyBudget, CopyError, Stop};
 /// The name of the file that describes a snapshot, in its directory.
 pub const SNAPSHOT_MANIFEST: &str = "snapshot.json";
 
+/// What runsc says when it refuses to checkpoint a sandbox on the host's network stack.
+const HOSTINET_REFUSAL: &str = "checkpoint not supported when using hostinet";
+
 /// How long runsc may take to write one container's checkpoint image.
 const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -38,6 +43,9 @@ pub struct SnapshotOutcome {
     pub volumes: Vec<String>,
     /// Bytes of the snapshot's files.
     pub size_bytes: u64,
+    /// Under runsc, why the memory is not included (runsc refused to checkpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub without_memory: Option<String>,
 }
 
 impl SandboxEngine {
@@ -104,24 +112,31 @@ impl SandboxEngine {
         tmp: &Path,
         budget: &Arc<CopyBudget>,
     ) -> Result<SnapshotOutcome> {
-        let memory = rec.handler == HandlerKind::Runsc;
-        let mut started = Vec::new();
-        for c in rec.containers.iter().filter(|c| c.started) {
-            if lifecycle::can(self.state_of(rec, c).await?.phase, Op::Pause) || c.paused {
-                started.push(c.clone());
+        let mut memory = rec.handler == HandlerKind::Runsc;
+        let mut without_memory = None;
+        if memory && let Some(why) = lock(&self.no_checkpoint).clone() {
+            memory = false;
+            without_memory = Some(why);
+        }
+        if memory {
+            match self.checkpoint(rec, id, tmp, budget).await {
+                Ok(()) => {}
+                Err(NodeError::Runtime { message, .. }) if message.contains(HOSTINET_REFUSAL) => {
+                    // runsc refuses to checkpoint a sandbox on the host's network stack, which
+                    // is how this node runs runsc: take the filesystem, say why, and do not
+                    // ask again.
+                    let why = format!(
+                        "runsc cannot checkpoint memory here: {message}; the sandbox runs on the host network stack (runsc --network=host)"
+                    );
+                    *lock(&self.no_checkpoint) = Some(why.clone());
+                    let _ = fs_err::remove_dir_all(tmp.join("containers"));
+                    memory = false;
+                    without_memory = Some(why);
+                }
+                Err(e) => return Err(e),
             }
         }
         if memory {
-            let rt = self.runtimes[&rec.handler].clone();
-            for c in &started {
-                let image = tmp.join("containers").join(&c.name).join("memory");
-                fs_err::create_dir_all(&image)?;
-                rt.checkpoint(&c.runtime_id, &image, CHECKPOINT_TIMEOUT)
-                    .await?;
-                budget
-                    .take(crate::host::tree_size(&image))
-                    .map_err(|s| stopped(id, budget, s))?;
-            }
             self.copy_data(rec, id, tmp, budget).await?;
         } else {
             let was_paused = rec.containers.iter().any(|c| c.paused);
@@ -144,7 +159,33 @@ impl SandboxEngine {
                 .map(|v| v.name.clone())
                 .collect(),
             size_bytes: budget.used(),
+            without_memory,
         })
+    }
+
+    /// `runsc checkpoint --leave-running` of every running container into
+    /// `tmp/containers/<name>/memory`, counted against `budget`.
+    async fn checkpoint(
+        &self,
+        rec: &Record,
+        id: &str,
+        tmp: &Path,
+        budget: &Arc<CopyBudget>,
+    ) -> Result<()> {
+        let rt = self.runtimes[&rec.handler].clone();
+        for c in rec.containers.iter().filter(|c| c.started) {
+            if !lifecycle::can(self.state_of(rec, c).await?.phase, Op::Pause) {
+                continue;
+            }
+            let image = tmp.join("containers").join(&c.name).join("memory");
+            fs_err::create_dir_all(&image)?;
+            rt.checkpoint(&c.runtime_id, &image, CHECKPOINT_TIMEOUT)
+                .await?;
+            budget
+                .take(crate::host::tree_size(&image))
+                .map_err(|s| stopped(id, budget, s))?;
+        }
+        Ok(())
     }
 
     /// Copy every container's writable layer and the volumes' data into `tmp`.
