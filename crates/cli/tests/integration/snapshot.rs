@@ -230,7 +230,11 @@ fn filesystem_snapshots_and_bad_input() {
 #[test]
 fn runsc_snapshot_holds_memory() {
     if agent_sandbox_node::runtime::find_binary("runsc").is_none() {
-        eprintln!("SKIP runsc_snapshot_holds_memory: runsc is not installed");
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIP runsc_snapshot_holds_memory: runsc is not installed"
+        );
         return;
     }
     let up = Up::start("asbxsnap2", "10.72.0.0/16");
