@@ -27,7 +27,11 @@ fn rounds(args: &BenchArgs) -> usize {
 
 /// Creates a snapshot of `sandbox`, waits until it is Ready, deletes it (and waits until its
 /// files are gone). Returns the time to Ready and its size.
-async fn snapshot_once(f: &Fixture, sandbox: &str, i: usize) -> anyhow::Result<(Duration, u64)> {
+async fn snapshot_once(
+    f: &Fixture,
+    sandbox: &str,
+    i: usize,
+) -> anyhow::Result<(Duration, u64, String)> {
     let api: Api<SandboxSnapshot> = f.conn.api();
     let name = format!("{sandbox}-{i}");
     let t = Instant::now();
@@ -48,12 +52,14 @@ async fn snapshot_once(f: &Fixture, sandbox: &str, i: usize) -> anyhow::Result<(
         }
     };
     let took = t.elapsed();
-    let size = snap.status.and_then(|s| s.size_bytes).unwrap_or(0) as u64;
+    let st = snap.status.unwrap_or_default();
+    let size = st.size_bytes.unwrap_or(0) as u64;
+    let kind = st.kind.map_or("-", |k| k.as_str()).to_owned();
     api.delete(&name, &DeleteParams::default()).await?;
     while api.get_opt(&name).await?.is_some() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    Ok((took, size))
+    Ok((took, size, kind))
 }
 
 /// A sandbox of this run under `handler`, Ready; its Pod's uid.
@@ -115,11 +121,11 @@ async fn memory(f: &Fixture, args: &BenchArgs, name: &str) -> anyhow::Result<Vec
     let (uid, _) = ready_sandbox(f, name, Some("runsc")).await?;
     let n = rounds(args);
     let mut ours = Vec::with_capacity(n);
-    let mut size = 0;
+    let (mut size, mut kind) = (0, String::new());
     for i in 0..n {
-        let (t, s) = snapshot_once(f, name, i).await?;
+        let (t, s, k) = snapshot_once(f, name, i).await?;
         ours.push(t);
-        size = s;
+        (size, kind) = (s, k);
     }
     // The same sandbox, checkpointed by runsc itself into a scratch directory.
     let binary = find_binary("runsc").context("runsc is not installed")?;
@@ -142,7 +148,7 @@ async fn memory(f: &Fixture, args: &BenchArgs, name: &str) -> anyhow::Result<Vec
             .checkpoint(&rid, &image, Duration::from_secs(300))
             .await
         {
-            base_note = format!("{e} (is --run-dir the instance's?)");
+            base_note = e.to_string();
             base.clear();
             break;
         }
@@ -153,11 +159,14 @@ async fn memory(f: &Fixture, args: &BenchArgs, name: &str) -> anyhow::Result<Vec
     Ok(vec![
         Row::latencies(
             Scenario::Snapshot,
-            "runsc: SandboxSnapshot create → Ready (memory + layer)",
+            "runsc: SandboxSnapshot create → Ready",
             &ours,
         )
         .target("≤ 1.2× baseline")
-        .note(format!("{size} bytes; {}", ratio_note(&ours, &base))),
+        .note(format!(
+            "{kind}, {size} bytes; {}",
+            ratio_note(&ours, &base)
+        )),
         Row::latencies(
             Scenario::Snapshot,
             "baseline: `runsc checkpoint --leave-running` of the same sandbox",
@@ -207,7 +216,7 @@ async fn filesystem(f: &Fixture, args: &BenchArgs, name: &str) -> anyhow::Result
     let mut ours = Vec::with_capacity(n);
     let mut size = 0;
     for i in 0..n {
-        let (t, s) = snapshot_once(f, name, i).await?;
+        let (t, s, _) = snapshot_once(f, name, i).await?;
         ours.push(t);
         size = s;
     }
