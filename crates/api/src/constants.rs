@@ -251,6 +251,10 @@ pub mod extensions {
         /// cgroup freezer, memory kept); absent or any other value means running. The Sandbox
         /// controller copies it onto the Sandbox's Pod, where the node acts on it.
         pub const PAUSED: &str = "agent-sandbox-rs.github.io/paused";
+        /// On a Pod (through its Sandbox's `podTemplate.metadata.annotations`): the name of a
+        /// Ready SandboxSnapshot in its namespace, on its node. The new sandbox's writable
+        /// layers and data volumes start from the snapshot's files (processes start afresh).
+        pub const RESTORE_FROM: &str = "agent-sandbox-rs.github.io/restore-from";
     }
 
     /// The only value of [`annotations::PAUSED`] that pauses.

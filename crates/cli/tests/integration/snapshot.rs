@@ -10,6 +10,14 @@ use crate::e2e::{IMAGE, Up, wait_until};
 
 /// A Sandbox `name` whose main container sleeps, with an emptyDir at /data.
 fn sandbox(up: &Up, name: &str, runtime_class: Option<&str>) {
+    sandbox_from(up, name, runtime_class, None);
+}
+
+/// [`sandbox`], started from snapshot `from` when given.
+fn sandbox_from(up: &Up, name: &str, runtime_class: Option<&str>, from: Option<&str>) {
+    let restore = from
+        .map(|s| format!(", agent-sandbox-rs.github.io/restore-from: {s}"))
+        .unwrap_or_default();
     let manifest = tempfile::NamedTempFile::new().unwrap();
     let class = runtime_class
         .map(|c| format!("      runtimeClassName: {c}\n"))
@@ -17,7 +25,7 @@ fn sandbox(up: &Up, name: &str, runtime_class: Option<&str>) {
     fs_err::write(
         manifest.path(),
         format!(
-            "apiVersion: agents.x-k8s.io/v1beta1\nkind: Sandbox\nmetadata: {{name: {name}}}\nspec:\n  podTemplate:\n    metadata:\n      annotations: {{agent-sandbox/sandboxd: \"true\"}}\n    spec:\n{class}      containers:\n      - name: main\n        image: \"{IMAGE}\"\n        imagePullPolicy: IfNotPresent\n        command: [sh, -c, 'echo layer > /var/in-layer; while true; do sleep 1; done']\n        volumeMounts: [{{name: scratch, mountPath: /data}}]\n        readinessProbe: {{httpGet: {{path: /v1/health, port: 8080}}, periodSeconds: 1}}\n      volumes: [{{name: scratch, emptyDir: {{}}}}]\n"
+            "apiVersion: agents.x-k8s.io/v1beta1\nkind: Sandbox\nmetadata: {{name: {name}}}\nspec:\n  podTemplate:\n    metadata:\n      annotations: {{agent-sandbox/sandboxd: \"true\"{restore}}}\n    spec:\n{class}      containers:\n      - name: main\n        image: \"{IMAGE}\"\n        imagePullPolicy: IfNotPresent\n        command: [sh, -c, 'echo layer > /var/in-layer; while true; do sleep 1; done']\n        volumeMounts: [{{name: scratch, mountPath: /data}}]\n        readinessProbe: {{httpGet: {{path: /v1/health, port: 8080}}, periodSeconds: 1}}\n      volumes: [{{name: scratch, emptyDir: {{}}}}]\n"
         ),
     )
     .unwrap();
@@ -97,7 +105,7 @@ fn filesystem_snapshots_and_bad_input() {
         "--",
         "sh",
         "-c",
-        "echo volume > /data/kept; dd if=/dev/zero of=/data/blob bs=1024 count=1024 2>/dev/null",
+        "echo extra > /var/extra; echo volume > /data/kept; dd if=/dev/zero of=/data/blob bs=1024 count=1024 2>/dev/null",
     ]);
 
     let out = up.cli(&["snapshot", "create", "sn", "--name", "s1", "--wait"]);
@@ -125,6 +133,11 @@ fn filesystem_snapshots_and_bad_input() {
         "layer\n"
     );
     assert!(dir.join("snapshot.json").is_file());
+    // A new Sandbox starts from it: the layer and the volume as they were.
+    sandbox_from(&up, "back", None, Some("s1"));
+    assert_eq!(up.ok(&["exec", "back", "--", "cat", "/data/kept"]), "volume\n");
+    assert_eq!(up.ok(&["exec", "back", "--", "cat", "/var/extra"]), "extra\n");
+    up.ok(&["delete", "back"]);
     // The sandbox was thawed after the copy.
     up.ok(&["exec", "sn", "--", "true"]);
     let list = up.ok(&["snapshot", "list"]);

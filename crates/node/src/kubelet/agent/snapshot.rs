@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use agent_sandbox_api::constants::annotations::POD_NAME;
+use agent_sandbox_api::constants::extensions::annotations::RESTORE_FROM;
 use agent_sandbox_api::constants::extensions::{finalizers, snapshot_reasons as reasons};
 use agent_sandbox_api::extension::{SandboxSnapshot, SnapshotKind, SnapshotPhase};
 use agent_sandbox_api::v1beta1::{OperatingMode, Sandbox};
@@ -72,6 +73,41 @@ impl NodeAgent {
                 snap.name_any(),
                 snap.uid().unwrap_or_default()
             ))
+    }
+
+    /// The files of the snapshot a Pod asks to start from
+    /// (`agent-sandbox-rs.github.io/restore-from`): `None` without the annotation; an error
+    /// naming the snapshot and what to do when it is missing, not Ready or on another node
+    /// (the Pod waits, and the next sync looks again).
+    pub(super) async fn restore_dir(&self, pod: &Pod) -> Result<Option<PathBuf>, NodeError> {
+        let Some(name) = pod.annotations().get(RESTORE_FROM) else {
+            return Ok(None);
+        };
+        let ns = pod.namespace().unwrap_or_default();
+        let refuse = |message: String| NodeError::Reference {
+            sandbox: format!("{ns}/{}", pod.name_any()),
+            message,
+        };
+        let api: Api<SandboxSnapshot> = Api::namespaced(self.client.clone(), &ns);
+        let snap = api
+            .get_opt(name)
+            .await
+            .map_err(|e| refuse(format!("reading SandboxSnapshot {ns}/{name} to restore from: {e}")))?
+            .ok_or_else(|| refuse(format!("SandboxSnapshot {ns}/{name} (annotation {RESTORE_FROM}) not found; create it, or remove the annotation to start afresh")))?;
+        let status = snap.status.clone().unwrap_or_default();
+        if snap.phase() != SnapshotPhase::Ready {
+            return Err(refuse(format!(
+                "SandboxSnapshot {ns}/{name} (annotation {RESTORE_FROM}) is {}, not Ready; the sandbox starts once it is",
+                snap.phase().as_str()
+            )));
+        }
+        if status.node != self.node_name {
+            return Err(refuse(format!(
+                "SandboxSnapshot {ns}/{name} is on node {}, not {}: a sandbox is restored on the node that holds the snapshot",
+                status.node, self.node_name
+            )));
+        }
+        Ok(Some(self.snapshot_dir(&snap)))
     }
 
     /// Watches SandboxSnapshots until the task is dropped, looking again at unfinished ones

@@ -279,3 +279,37 @@ async fn a_sandbox_that_does_not_run_is_not_snapshotted() {
     assert!(matches!(err, NodeError::NotFound(_)), "{err}");
     assert!(!target.exists() && !partial_dir(&target).exists());
 }
+
+#[tokio::test]
+async fn a_new_sandbox_starts_from_a_snapshots_layer_and_volumes() {
+    let d = tempfile::tempdir().unwrap();
+    let (engine, _host) = runsc_sandbox(d.path()).await;
+    let target = d.path().join("data/snapshots/default/snap-3");
+    let budget = Arc::new(crate::host::CopyBudget::new(1 << 20));
+    engine.snapshot("s", &target, budget).await.unwrap();
+    let mut spec = SandboxSpec::new("t", "busybox");
+    spec.main.volumes.push(VolumeSpec {
+        name: "scratch".into(),
+        source: VolumeSource::EmptyDir,
+        mount_path: "/data".into(),
+        read_only: false,
+    });
+    spec.restore_from = Some(target.clone());
+    engine.run(spec).await.unwrap();
+    let sandbox = d.path().join("data/sandboxes/t");
+    assert_eq!(fs_err::read(sandbox.join("upper/written")).unwrap(), b"layer");
+    assert_eq!(
+        fs_err::read(sandbox.join("volumes/scratch/kept")).unwrap(),
+        b"volume"
+    );
+    // Files that are not there: refused naming the annotation, nothing made.
+    let mut spec = SandboxSpec::new("u", "busybox");
+    spec.restore_from = Some(d.path().join("gone"));
+    let err = engine.run(spec).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("agent-sandbox-rs.github.io/restore-from"),
+        "{err}"
+    );
+    assert!(!engine.contains("u"));
+}

@@ -237,6 +237,89 @@ impl SandboxEngine {
     }
 }
 
+impl SandboxEngine {
+    /// Fill a new sandbox's writable layers and data volumes from the snapshot at `snapshot`,
+    /// before any of its containers exists. A PVC that already holds data is left as it is.
+    pub(super) async fn restore_files(
+        &self,
+        paths: &Paths,
+        spec: &SandboxSpec,
+        snapshot: &Path,
+    ) -> Result<()> {
+        if !snapshot.join(SNAPSHOT_MANIFEST).is_file() {
+            return Err(NodeError::InvalidSpec {
+                sandbox: spec.display_name(),
+                field: format!(
+                    "metadata.annotations[{}]",
+                    agent_sandbox_api::constants::extensions::annotations::RESTORE_FROM
+                ),
+                reason: format!(
+                    "the snapshot's files are not at {} on this node; take the snapshot again",
+                    snapshot.display()
+                ),
+            });
+        }
+        let mut jobs = Vec::new();
+        for c in spec.all_containers() {
+            let from = snapshot.join("containers").join(&c.name).join("upper");
+            if from.is_dir() {
+                jobs.push((from, paths.container(spec, &c.name).upper(), false));
+            }
+        }
+        for v in data_volumes(spec) {
+            let from = snapshot.join("volumes").join(&v.name);
+            let to = self.host_dir(paths, spec, v);
+            let holds_data = fs_err::read_dir(&to).is_ok_and(|mut d| d.next().is_some());
+            if from.is_dir() && !holds_data {
+                jobs.push((from, to, true));
+            }
+        }
+        let host = Arc::clone(&self.host);
+        let t = Instant::now();
+        let restored = tokio::task::spawn_blocking(move || -> Result<()> {
+            let budget = CopyBudget::new(u64::MAX);
+            for (from, to, into) in jobs {
+                let pairs: Vec<(PathBuf, PathBuf)> = if into {
+                    // A volume's directory exists (it may be a mount): its entries are copied.
+                    fs_err::create_dir_all(&to)?;
+                    fs_err::read_dir(&from)?
+                        .map(|e| e.map(|e| (e.path(), to.join(e.file_name()))))
+                        .collect::<std::io::Result<_>>()?
+                } else {
+                    if to.exists() {
+                        fs_err::remove_dir_all(&to)?;
+                    }
+                    if let Some(parent) = to.parent() {
+                        fs_err::create_dir_all(parent)?;
+                    }
+                    vec![(from, to)]
+                };
+                for (from, to) in pairs {
+                    host.copy_tree(&from, &to, &budget).map_err(|e| match e {
+                        CopyError::Io(e) => e,
+                        CopyError::Stopped(_) => {
+                            NodeError::Io(std::io::Error::other("the restore copy was stopped"))
+                        }
+                    })?;
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| {
+            NodeError::Io(std::io::Error::other(format!(
+                "the restore of sandbox {} panicked: {e}",
+                spec.display_name()
+            )))
+        })?;
+        restored?;
+        if let Ok(entry) = self.entry(&spec.id) {
+            entry.timeline.record("restore", t);
+        }
+        Ok(())
+    }
+}
+
 /// The volumes whose data a snapshot keeps (emptyDir and PVC), each once.
 fn data_volumes(spec: &SandboxSpec) -> Vec<&VolumeSpec> {
     let mut seen = Vec::<&VolumeSpec>::new();
