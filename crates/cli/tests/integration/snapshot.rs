@@ -135,8 +135,14 @@ fn filesystem_snapshots_and_bad_input() {
     assert!(dir.join("snapshot.json").is_file());
     // A new Sandbox starts from it: the layer and the volume as they were.
     sandbox_from(&up, "back", None, Some("s1"));
-    assert_eq!(up.ok(&["exec", "back", "--", "cat", "/data/kept"]), "volume\n");
-    assert_eq!(up.ok(&["exec", "back", "--", "cat", "/var/extra"]), "extra\n");
+    assert_eq!(
+        up.ok(&["exec", "back", "--", "cat", "/data/kept"]),
+        "volume\n"
+    );
+    assert_eq!(
+        up.ok(&["exec", "back", "--", "cat", "/var/extra"]),
+        "extra\n"
+    );
     up.ok(&["delete", "back"]);
     // The sandbox was thawed after the copy.
     up.ok(&["exec", "sn", "--", "true"]);

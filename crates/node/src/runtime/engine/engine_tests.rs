@@ -297,7 +297,10 @@ async fn a_new_sandbox_starts_from_a_snapshots_layer_and_volumes() {
     spec.restore_from = Some(target.clone());
     engine.run(spec).await.unwrap();
     let sandbox = d.path().join("data/sandboxes/t");
-    assert_eq!(fs_err::read(sandbox.join("upper/written")).unwrap(), b"layer");
+    assert_eq!(
+        fs_err::read(sandbox.join("upper/written")).unwrap(),
+        b"layer"
+    );
     assert_eq!(
         fs_err::read(sandbox.join("volumes/scratch/kept")).unwrap(),
         b"volume"
