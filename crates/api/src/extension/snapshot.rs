@@ -132,3 +132,78 @@ impl SandboxSnapshot {
             .unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn the_snapshot_crd_is_one_version_in_the_project_group_without_conversion() {
+        let c = crate::crd::sandbox_snapshot();
+        assert_eq!(c.spec.group, "agent-sandbox-rs.github.io");
+        assert_eq!(c.spec.scope, "Namespaced");
+        assert_eq!(
+            c.spec.names.list_kind.as_deref(),
+            Some("SandboxSnapshotList")
+        );
+        let versions: Vec<_> = c
+            .spec
+            .versions
+            .iter()
+            .map(|v| (v.name.as_str(), v.storage, v.served))
+            .collect();
+        assert_eq!(versions, [("v1alpha1", true, true)]);
+        assert!(c.spec.conversion.is_none());
+        let v = &c.spec.versions[0];
+        assert!(
+            v.subresources.as_ref().unwrap().status.is_some(),
+            "status is a subresource"
+        );
+        let columns: Vec<_> = v
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(
+            columns,
+            ["Sandbox", "Phase", "Kind", "Size", "Node", "Message", "Age"]
+        );
+    }
+
+    #[test]
+    fn a_snapshot_without_a_sandbox_name_is_refused_as_kube_apiserver_does() {
+        let reg = crate::registry::registry();
+        let mut obj = json!({
+            "apiVersion": "agent-sandbox-rs.github.io/v1alpha1", "kind": "SandboxSnapshot",
+            "metadata": {"name": "s", "namespace": "default"},
+            "spec": {"sandboxRef": {"name": ""}}
+        });
+        let err = reg
+            .admit(
+                "sandboxsnapshots.agent-sandbox-rs.github.io",
+                "v1alpha1",
+                &mut obj,
+                None,
+            )
+            .unwrap()
+            .unwrap_err();
+        let text = format!("{err:?}");
+        assert!(text.contains("spec.sandboxRef.name"), "{text}");
+        let mut missing = json!({
+            "apiVersion": "agent-sandbox-rs.github.io/v1alpha1", "kind": "SandboxSnapshot",
+            "metadata": {"name": "s", "namespace": "default"}, "spec": {}
+        });
+        let err = reg
+            .admit(
+                "sandboxsnapshots.agent-sandbox-rs.github.io",
+                "v1alpha1",
+                &mut missing,
+                None,
+            )
+            .unwrap()
+            .unwrap_err();
+        let text = format!("{err:?}");
+        assert!(text.contains("spec.sandboxRef"), "{text}");
+    }
+}

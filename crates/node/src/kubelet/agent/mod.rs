@@ -36,7 +36,7 @@
 //! frozen Pod being deleted is thawed first, so its preStop hooks and signals work.
 //!
 //! The agent also watches `SandboxSnapshot`s (this project's own kind) and takes those whose
-//! Sandbox's Pod it runs: the engine's `snapshot` into `<data dir>/snapshots/`, the status
+//! Sandbox's Pod it runs: the engine's `snapshot` into `<node data dir>/snapshots/`, the status
 //! written as it goes, the files deleted with the resource (`snapshot.rs`).
 //!
 //! On start, sandboxes left by a previous run are re-adopted by Pod UID (restart counts and

@@ -1,6 +1,6 @@
 //! The executor of [`crate::snapshot_plan`]: watches `SandboxSnapshot`s, observes each one's
 //! Sandbox and Pod, and takes, fails, or deletes snapshots as the plan says, writing their
-//! status. Files live under `<data dir>/snapshots/<namespace>/<name>-<uid>/`; the finalizer
+//! status. Files live under `<node data dir>/snapshots/<namespace>/<name>-<uid>/`; the finalizer
 //! `agent-sandbox-rs.github.io/snapshot-files` keeps the resource until they are deleted.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
