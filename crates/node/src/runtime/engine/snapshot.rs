@@ -213,28 +213,38 @@ impl SandboxEngine {
                 tmp.join("volumes").join(&v.name),
             ));
         }
-        let host = Arc::clone(&self.host);
-        let budget_c = Arc::clone(budget);
-        let copied = tokio::task::spawn_blocking(move || {
-            for (from, to) in jobs {
-                if let Some(parent) = to.parent() {
-                    fs_err::create_dir_all(parent).map_err(|e| CopyError::Io(e.into()))?;
-                }
-                host.copy_tree(&from, &to, &budget_c)?;
-            }
-            Ok::<(), CopyError>(())
-        })
-        .await
-        .map_err(|e| {
-            NodeError::Io(std::io::Error::other(format!(
-                "the snapshot copy of sandbox {id} panicked: {e}"
-            )))
-        })?;
-        copied.map_err(|e| match e {
-            CopyError::Stopped(s) => stopped(id, budget, s),
-            CopyError::Io(e) => e,
-        })
+        copy_all(Arc::clone(&self.host), jobs, Arc::clone(budget), id)
+            .await?
+            .map_err(|e| match e {
+                CopyError::Stopped(s) => stopped(id, budget, s),
+                CopyError::Io(e) => e,
+            })
     }
+}
+
+/// Copy each `(from, to)` tree on a blocking thread, making `to`'s parent first. The outer
+/// error is the thread's, the inner one the copy's.
+async fn copy_all(
+    host: Arc<dyn Host>,
+    jobs: Vec<(PathBuf, PathBuf)>,
+    budget: Arc<CopyBudget>,
+    sandbox: &str,
+) -> Result<std::result::Result<(), CopyError>> {
+    tokio::task::spawn_blocking(move || {
+        for (from, to) in jobs {
+            if let Some(parent) = to.parent() {
+                fs_err::create_dir_all(parent).map_err(|e| CopyError::Io(e.into()))?;
+            }
+            host.copy_tree(&from, &to, &budget)?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| {
+        NodeError::Io(std::io::Error::other(format!(
+            "copying the files of sandbox {sandbox} panicked: {e}"
+        )))
+    })
 }
 
 impl SandboxEngine {
@@ -262,8 +272,12 @@ impl SandboxEngine {
         let mut jobs = Vec::new();
         for c in spec.all_containers() {
             let from = snapshot.join("containers").join(&c.name).join("upper");
+            let to = paths.container(spec, &c.name).upper();
             if from.is_dir() {
-                jobs.push((from, paths.container(spec, &c.name).upper(), false));
+                if to.exists() {
+                    fs_err::remove_dir_all(&to)?;
+                }
+                jobs.push((from, to));
             }
         }
         for v in data_volumes(spec) {
@@ -271,48 +285,23 @@ impl SandboxEngine {
             let to = self.host_dir(paths, spec, v);
             let holds_data = fs_err::read_dir(&to).is_ok_and(|mut d| d.next().is_some());
             if from.is_dir() && !holds_data {
-                jobs.push((from, to, true));
-            }
-        }
-        let host = Arc::clone(&self.host);
-        let t = Instant::now();
-        let restored = tokio::task::spawn_blocking(move || -> Result<()> {
-            let budget = CopyBudget::new(u64::MAX);
-            for (from, to, into) in jobs {
-                let pairs: Vec<(PathBuf, PathBuf)> = if into {
-                    // A volume's directory exists (it may be a mount): its entries are copied.
-                    fs_err::create_dir_all(&to)?;
-                    fs_err::read_dir(&from)?
-                        .map(|e| e.map(|e| (e.path(), to.join(e.file_name()))))
-                        .collect::<std::io::Result<_>>()?
-                } else {
-                    if to.exists() {
-                        fs_err::remove_dir_all(&to)?;
-                    }
-                    if let Some(parent) = to.parent() {
-                        fs_err::create_dir_all(parent)?;
-                    }
-                    vec![(from, to)]
-                };
-                for (from, to) in pairs {
-                    host.copy_tree(&from, &to, &budget).map_err(|e| match e {
-                        CopyError::Io(e) => e,
-                        CopyError::Stopped(_) => {
-                            NodeError::Io(std::io::Error::other("the restore copy was stopped"))
-                        }
-                    })?;
+                // The volume's directory exists (it may be a mount): its entries are copied.
+                for e in fs_err::read_dir(&from)? {
+                    let e = e?;
+                    jobs.push((e.path(), to.join(e.file_name())));
                 }
             }
-            Ok(())
-        })
-        .await
-        .map_err(|e| {
-            NodeError::Io(std::io::Error::other(format!(
-                "the restore of sandbox {} panicked: {e}",
-                spec.display_name()
-            )))
-        })?;
-        restored?;
+        }
+        let t = Instant::now();
+        let budget = Arc::new(CopyBudget::new(u64::MAX));
+        copy_all(Arc::clone(&self.host), jobs, budget, &spec.display_name())
+            .await?
+            .map_err(|e| match e {
+                CopyError::Io(e) => e,
+                CopyError::Stopped(_) => {
+                    NodeError::Io(std::io::Error::other("the restore copy was stopped"))
+                }
+            })?;
         if let Ok(entry) = self.entry(&spec.id) {
             entry.timeline.record("restore", t);
         }
