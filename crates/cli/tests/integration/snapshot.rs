@@ -144,6 +144,19 @@ fn filesystem_snapshots_and_bad_input() {
         "extra\n"
     );
     up.ok(&["delete", "back"]);
+    // From a snapshot that does not exist: the Pod waits, saying which and what to do.
+    let manifest = tempfile::NamedTempFile::new().unwrap();
+    fs_err::write(
+        manifest.path(),
+        format!("apiVersion: agents.x-k8s.io/v1beta1\nkind: Sandbox\nmetadata: {{name: nowhere}}\nspec:\n  podTemplate:\n    metadata:\n      annotations: {{agent-sandbox-rs.github.io/restore-from: missing}}\n    spec:\n      containers: [{{name: main, image: \"{IMAGE}\", imagePullPolicy: IfNotPresent}}]\n"),
+    )
+    .unwrap();
+    up.ok(&["apply", "-f", manifest.path().to_str().unwrap()]);
+    wait_until("the Pod says why it waits", Duration::from_secs(30), || {
+        up.kubectl(&["get", "pod", "nowhere", "-o", "json"])
+            .contains("SandboxSnapshot default/missing (annotation agent-sandbox-rs.github.io/restore-from) not found")
+    });
+    up.ok(&["delete", "nowhere"]);
     // The sandbox was thawed after the copy.
     up.ok(&["exec", "sn", "--", "true"]);
     let list = up.ok(&["snapshot", "list"]);
