@@ -251,6 +251,10 @@ pub mod extensions {
         /// cgroup freezer, memory kept); absent or any other value means running. The Sandbox
         /// controller copies it onto the Sandbox's Pod, where the node acts on it.
         pub const PAUSED: &str = "agent-sandbox-rs.github.io/paused";
+        /// On a Pod (through its Sandbox's `podTemplate.metadata.annotations`): the name of a
+        /// Ready SandboxSnapshot in its namespace, on its node. The new sandbox's writable
+        /// layers and data volumes start from the snapshot's files (processes start afresh).
+        pub const RESTORE_FROM: &str = "agent-sandbox-rs.github.io/restore-from";
     }
 
     /// The only value of [`annotations::PAUSED`] that pauses.
@@ -298,6 +302,38 @@ pub mod extensions {
         pub const NOT_RUNNING: &str = "PodNotRunning";
         /// False (freeze failed) or True (thaw failed): the message says why; retried.
         pub const PAUSE_FAILED: &str = "PauseFailed";
+    }
+
+    /// The group of this project's own kinds (`SandboxSnapshot`).
+    pub const GROUP: &str = "agent-sandbox-rs.github.io";
+    /// The only served (and stored) version of this project's own kinds.
+    pub const VERSION: &str = "v1alpha1";
+
+    /// Finalizers.
+    pub mod finalizers {
+        /// On a SandboxSnapshot whose files are on a node: the node removes it once it deleted
+        /// them.
+        pub const SNAPSHOT_FILES: &str = "agent-sandbox-rs.github.io/snapshot-files";
+    }
+
+    /// Reasons of a SandboxSnapshot's `Ready` condition.
+    pub mod snapshot_reasons {
+        /// False, Pending: accepted, waiting for its turn on the node.
+        pub const PENDING: &str = "SnapshotPending";
+        /// False, InProgress: the node is copying.
+        pub const IN_PROGRESS: &str = "SnapshotInProgress";
+        /// True, Ready.
+        pub const READY: &str = "SnapshotReady";
+        /// False, Failed: the Sandbox does not exist.
+        pub const SANDBOX_NOT_FOUND: &str = "SandboxNotFound";
+        /// False, Failed: the Sandbox has no running Pod (suspended, starting, or finished).
+        pub const SANDBOX_NOT_RUNNING: &str = "SandboxNotRunning";
+        /// False, Failed: the Sandbox is being deleted.
+        pub const SANDBOX_DELETING: &str = "SandboxDeleting";
+        /// False, Failed: the snapshot would exceed the node's size limit.
+        pub const TOO_LARGE: &str = "SnapshotTooLarge";
+        /// False, Failed: the node could not take it; the message says why.
+        pub const FAILED: &str = "SnapshotFailed";
     }
 
     /// Messages of the Sandbox's `Paused` condition.

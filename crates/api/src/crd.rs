@@ -1,4 +1,5 @@
-//! The four CustomResourceDefinitions, generated from the Rust types (upstream-core §2).
+//! The CustomResourceDefinitions, generated from the Rust types: upstream's four (upstream-core §2)
+//! and this project's own `SandboxSnapshot` (one version, no conversion: step 2 and 5 do not apply).
 //!
 //! Each CRD is built in five steps:
 //! 1. kube's derive produces one single-version CRD per Rust type;
@@ -39,19 +40,39 @@ use crate::constants::{self, deprecation, webhook};
 mod markers;
 mod typed;
 
-use crate::{v1alpha1, v1beta1};
+use crate::{extension, v1alpha1, v1beta1};
 pub use markers::QUANTITY_PATTERN;
 use typed::Typed;
 
-/// The four CRDs in file-name order: sandboxes, sandboxclaims, sandboxtemplates,
-/// sandboxwarmpools.
+/// The CRDs: upstream's four in file-name order (sandboxes, sandboxclaims, sandboxtemplates,
+/// sandboxwarmpools), then this project's own (sandboxsnapshots).
 pub fn all() -> Vec<CustomResourceDefinition> {
     vec![
         sandbox(),
         sandbox_claim(),
         sandbox_template(),
         sandbox_warm_pool(),
+        sandbox_snapshot(),
     ]
+}
+
+/// `sandboxsnapshots.agent-sandbox-rs.github.io`: one version, no conversion.
+pub fn sandbox_snapshot() -> CustomResourceDefinition {
+    let mut crd = extension::SandboxSnapshot::crd();
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            let mut value = serde_json::to_value(&*schema).expect("schema serialises");
+            finish_schema(&mut value);
+            markers::apply(&mut value, &Typed::of::<extension::SandboxSnapshot>());
+            *schema = serde_json::from_value(value).expect("finished schema is still a schema");
+        }
+    }
+    crd.spec.names.list_kind = Some(format!("{}List", crd.spec.names.kind));
+    crd
 }
 
 /// `sandboxes.agents.x-k8s.io`.

@@ -3,6 +3,7 @@
 //! generation. This crate does no I/O.
 //!
 //! - [`v1beta1`] and [`v1alpha1`]: the four kinds in both served versions.
+//! - [`extension`]: this project's own kinds (`SandboxSnapshot`), group `agent-sandbox-rs.github.io`.
 //! - [`constants`]: every label, annotation, condition type, reason and message, verbatim.
 //! - [`hash::name_hash`]: the FNV-1a hash every hash label uses.
 //! - [`conditions`]: `SetStatusCondition` semantics; [`semantic`]: `Semantic.DeepEqual` semantics.
@@ -19,6 +20,7 @@ pub mod conditions;
 pub mod constants;
 pub mod conversion;
 pub mod crd;
+pub mod extension;
 pub mod hash;
 pub mod manifest;
 pub mod quantity;

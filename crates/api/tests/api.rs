@@ -585,7 +585,13 @@ fn crds_are_structural() {
 
 #[test]
 fn crds_match_upstream_shape() {
-    let crds = crd::all();
+    let mut crds = crd::all();
+    let own = crds.pop().unwrap();
+    assert_eq!(
+        own.metadata.name.as_deref(),
+        Some("sandboxsnapshots.agent-sandbox-rs.github.io"),
+        "this project's own kinds come after upstream's"
+    );
     let names: Vec<_> = crds
         .iter()
         .map(|c| c.metadata.name.clone().unwrap())

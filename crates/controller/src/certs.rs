@@ -315,9 +315,19 @@ pub async fn ensure_secret(client: Client, opts: &CertOptions) -> Result<Webhook
     }
 }
 
-/// The names of the CRDs this project owns.
+/// The names of the CRDs that convert through the webhook (upstream's four; this project's own
+/// kinds have one version and no conversion, and the controller's RBAC does not name them).
 pub fn crd_names() -> Vec<String> {
-    crd::all().iter().map(ResourceExt::name_any).collect()
+    crd::all()
+        .iter()
+        .filter(|c| {
+            c.spec
+                .conversion
+                .as_ref()
+                .is_some_and(|c| c.strategy == "Webhook")
+        })
+        .map(ResourceExt::name_any)
+        .collect()
 }
 
 /// The merge patch that points `crd`'s conversion webhook at the service and trusts `ca_pem`;
@@ -401,6 +411,18 @@ pub async fn bootstrap(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_webhook_converted_crds_get_a_ca_bundle() {
+        let names = crd_names();
+        assert_eq!(names.len(), 4, "{names:?}");
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.ends_with("agent-sandbox-rs.github.io")),
+            "this project's own kinds convert nothing: {names:?}"
+        );
+    }
 
     #[test]
     fn generated_certificates_validate_and_round_trip_through_a_secret() {

@@ -226,6 +226,24 @@ pub enum NodeError {
         /// Seconds waited.
         secs: f64,
     },
+
+    /// A snapshot would take more than the node allows; nothing of it is kept.
+    #[error(
+        "snapshot of sandbox {sandbox} exceeds the node's limit of {limit} bytes; raise it with --snapshot-size-limit or make the sandbox hold less data"
+    )]
+    SnapshotTooLarge {
+        /// Sandbox.
+        sandbox: String,
+        /// The limit in bytes.
+        limit: u64,
+    },
+
+    /// A snapshot was cancelled (its resource deleted) before it completed; nothing is kept.
+    #[error("snapshot of sandbox {sandbox} was cancelled before it completed")]
+    SnapshotCancelled {
+        /// Sandbox.
+        sandbox: String,
+    },
 }
 
 impl NodeError {

@@ -22,7 +22,8 @@ mod sys;
 // The modules under their names before the split into layers.
 pub use kubelet::agent;
 pub use kubelet::{
-    audit, env, events, exec, logs, pod, portforward, probe, projected, refs, storage,
+    audit, env, events, exec, logs, pod, portforward, probe, projected, refs, snapshot_plan,
+    storage,
 };
 pub(crate) use runtime::record_file;
 pub use runtime::{

@@ -25,6 +25,9 @@ pub(crate) enum Scenario {
     Density,
     /// Pause → unpause round trips through the API, beside the cgroup freezer's own.
     Pause,
+    /// SandboxSnapshot → Ready under runsc beside `runsc checkpoint`, and of 100 MiB in a
+    /// layer beside `cp -a`.
+    Snapshot,
 }
 
 /// Which durability settings of `agent-sandbox up` to measure (`--durability`).
@@ -73,4 +76,13 @@ pub(crate) struct BenchArgs {
     /// `asbxbench` and pod subnet 10.87.0.0/16.
     #[arg(long, value_enum)]
     pub(crate) durability: Option<DurabilityChoice>,
+    /// The run directory of the instance (the snapshot scenario's `runsc checkpoint` baseline
+    /// uses its runtime state).
+    #[arg(
+        long,
+        value_parser = crate::args::absolute_path,
+        env = "AGENT_SANDBOX_RUN_DIR",
+        default_value = "/run/agent-sandbox"
+    )]
+    pub(crate) run_dir: PathBuf,
 }

@@ -9,12 +9,16 @@ mod bench;
 mod controller;
 mod image;
 mod sandbox;
+mod snapshot;
 pub(crate) use bench::{BenchArgs, DurabilityChoice, Scenario};
 pub(crate) use controller::ControllerArgs;
 pub(crate) use image::{ImageArgs, ImageCommand};
 pub(crate) use sandbox::{
     ApplyArgs, ClaimArgs, ConnectArgs, CpArgs, DeleteArgs, ExecArgs, GetArgs, Kind, LogsArgs,
     LsArgs, Output, TargetArgs,
+};
+pub(crate) use snapshot::{
+    SnapshotArgs, SnapshotCommand, SnapshotCreateArgs, SnapshotDeleteArgs, SnapshotListArgs,
 };
 
 /// Isolated, stateful sandboxes for AI agents, managed with the agent-sandbox resource model.
@@ -95,6 +99,8 @@ pub(crate) enum Command {
     /// Unpause a paused sandbox: thaw its processes and wait until the Paused condition is
     /// False.
     Unpause(TargetArgs),
+    /// Snapshot a sandbox, list snapshots, delete them.
+    Snapshot(SnapshotArgs),
     /// Delete claims (and their sandboxes) or sandboxes.
     Delete(DeleteArgs),
     /// Print a sandbox's container log.
@@ -250,6 +256,23 @@ pub(crate) struct UpArgs {
     /// Starting hundreds at once starves the API server and the controllers of CPU.
     #[arg(long, env = "AGENT_SANDBOX_MAX_PARALLEL_STARTS", value_parser = clap::value_parser!(u16).range(1..))]
     pub(crate) max_parallel_starts: Option<u16>,
+    /// The most disk one SandboxSnapshot may take on this node (bytes, or with a Ki, Mi, Gi
+    /// or Ti suffix); a larger one fails with a message naming this flag and leaves nothing.
+    #[arg(long, env = "AGENT_SANDBOX_SNAPSHOT_SIZE_LIMIT", default_value = "10Gi", value_parser = parse_bytes)]
+    pub(crate) snapshot_size_limit: u64,
+}
+
+/// A byte count: digits with an optional binary suffix (`Ki`, `Mi`, `Gi`, `Ti`).
+pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
+    let (digits, shift) = [("Ki", 10), ("Mi", 20), ("Gi", 30), ("Ti", 40)]
+        .iter()
+        .find_map(|(suffix, shift)| s.strip_suffix(suffix).map(|d| (d, *shift)))
+        .unwrap_or((s, 0));
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1u64 << shift))
+        .ok_or_else(|| format!("{s:?} is not a byte count such as 10737418240, 512Mi or 10Gi"))
 }
 
 #[derive(Debug, Args)]
@@ -290,6 +313,14 @@ pub(crate) struct RouterArgs {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn byte_counts_take_binary_suffixes() {
+        assert_eq!(super::parse_bytes("10Gi"), Ok(10 << 30));
+        assert_eq!(super::parse_bytes("512Mi"), Ok(512 << 20));
+        assert_eq!(super::parse_bytes("4096"), Ok(4096));
+        assert!(super::parse_bytes("10GB").unwrap_err().contains("10Gi"));
+    }
+
     #[test]
     fn the_command_line_definition_is_consistent() {
         use clap::CommandFactory;

@@ -10,6 +10,7 @@ mod manifests;
 mod router;
 mod router_pod;
 mod sandboxes;
+mod snapshot;
 mod up;
 mod version;
 
@@ -36,6 +37,7 @@ pub(crate) fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Resume(args) => block_on(sandboxes::resume(&args)),
         Command::Pause(args) => block_on(sandboxes::pause(&args, true)),
         Command::Unpause(args) => block_on(sandboxes::pause(&args, false)),
+        Command::Snapshot(args) => block_on(snapshot::snapshot(&args)),
         Command::Logs(args) => block_on(sandboxes::logs(&args)),
         Command::Exec(args) => block_on(data_plane::exec(&args)),
         Command::Cp(args) => block_on(data_plane::cp(&args)),

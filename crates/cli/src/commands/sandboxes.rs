@@ -135,7 +135,7 @@ pub(crate) async fn claim(args: &ClaimArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn age(meta: &kube::api::ObjectMeta) -> String {
+pub(super) fn age(meta: &kube::api::ObjectMeta) -> String {
     let Some(Time(created)) = meta.creation_timestamp.as_ref() else {
         return "-".into();
     };
@@ -158,7 +158,11 @@ fn ready_column(conditions: &[Condition]) -> String {
 }
 
 /// Prints rows as aligned columns.
-fn table(out: &mut impl Write, header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
+pub(super) fn table(
+    out: &mut impl Write,
+    header: &[&str],
+    rows: &[Vec<String>],
+) -> std::io::Result<()> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -128,7 +128,10 @@ async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
         server.set_pod_logs(Arc::new(EngineLogs(Arc::clone(&engine))));
         server.set_pod_exec(Arc::new(EngineExec(Arc::clone(&engine))));
         node_engine = Some(Arc::clone(&engine));
-        let mut agent_config = AgentConfig::default();
+        let mut agent_config = AgentConfig {
+            snapshot_size_limit: args.snapshot_size_limit,
+            ..AgentConfig::default()
+        };
         if let Some(n) = args.max_parallel_starts {
             agent_config.max_parallel_starts = n.into();
         }

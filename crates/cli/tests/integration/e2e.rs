@@ -11,16 +11,16 @@ use std::time::{Duration, Instant};
 use crate::{free_port, unreachable_kubeconfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_agent-sandbox");
-const IMAGE: &str = "localhost/agent-sandbox/python:latest";
+pub(crate) const IMAGE: &str = "localhost/agent-sandbox/python:latest";
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// A running `agent-sandbox up` on its own data directory, ports, bridge and subnet.
-struct Up {
+pub(crate) struct Up {
     child: Child,
-    data: tempfile::TempDir,
+    pub(crate) data: tempfile::TempDir,
     _run: tempfile::TempDir,
     router: String,
     metrics: String,
@@ -30,7 +30,12 @@ struct Up {
 
 impl Up {
     /// A bridge and subnet of this test's own (tests run in parallel).
-    fn start(bridge: &str, subnet: &str) -> Up {
+    pub(crate) fn start(bridge: &str, subnet: &str) -> Up {
+        Up::start_with(bridge, subnet, &[])
+    }
+
+    /// [`Up::start`] with more flags for `up`.
+    pub(crate) fn start_with(bridge: &str, subnet: &str, flags: &[&str]) -> Up {
         let data = tempfile::tempdir().unwrap();
         let run = tempfile::tempdir().unwrap();
         let layout = data.path().join("image");
@@ -64,6 +69,7 @@ impl Up {
             // Sandboxes end to end, not the disk: no fsync per API write (the SDK's tests run
             // `up` with its default, durable writes).
             .arg("--no-sync")
+            .args(flags)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -90,7 +96,7 @@ impl Up {
         }
     }
 
-    fn cli(&self, args: &[&str]) -> Output {
+    pub(crate) fn cli(&self, args: &[&str]) -> Output {
         Command::new(BIN)
             .args(args)
             .env("AGENT_SANDBOX_DATA_DIR", self.data.path())
@@ -100,7 +106,7 @@ impl Up {
     }
 
     /// Runs a verb that must succeed; returns its stdout.
-    fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
         assert!(
             out.status.success(),
@@ -111,7 +117,7 @@ impl Up {
     }
 
     /// Runs a verb that must fail; returns its stderr.
-    fn fails(&self, args: &[&str]) -> String {
+    pub(crate) fn fails(&self, args: &[&str]) -> String {
         let out = self.cli(args);
         assert!(!out.status.success(), "agent-sandbox {args:?} succeeded");
         String::from_utf8(out.stderr).unwrap()
@@ -124,7 +130,7 @@ impl Up {
             .to_owned()
     }
 
-    fn kubectl(&self, args: &[&str]) -> String {
+    pub(crate) fn kubectl(&self, args: &[&str]) -> String {
         let out = Command::new("kubectl")
             .args(args)
             .env("KUBECONFIG", &self.kubeconfig)
@@ -139,7 +145,7 @@ impl Drop for Up {
     fn drop(&mut self) {
         let _ = self.kubectl(&[
             "delete",
-            "sandboxclaims,sandboxwarmpools,sandboxtemplates,sandboxes",
+            "sandboxsnapshots,sandboxclaims,sandboxwarmpools,sandboxtemplates,sandboxes",
             "--all",
             "--wait=false",
         ]);
@@ -165,7 +171,7 @@ fn nix_kill(pid: u32) -> std::io::Result<()> {
         .map(|_| ())
 }
 
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
         assert!(Instant::now() < deadline, "{what} within {timeout:?}");

@@ -5,6 +5,7 @@
 mod controller;
 mod deploy;
 mod e2e;
+mod snapshot;
 
 /// A free loopback port (nothing listens on it once this returns).
 fn free_port() -> u16 {

@@ -10,6 +10,7 @@
 //! | [`pod`] | the agent's memory of each Pod and its rendering as the Pod's status |
 //! | [`probe`] | probes and lifecycle hooks |
 //! | [`env`], [`refs`], [`projected`] | environment, ConfigMap/Secret/downward API references and volumes |
+//! | [`snapshot_plan`] | the decisions about a `SandboxSnapshot` (take, wait, fail, clean up) |
 //! | [`storage`] | PersistentVolumeClaims as durable host directories |
 //! | [`events`], [`audit`] | kubelet-style events; Pod fields the node does not honour |
 //! | [`exec`], [`logs`], [`portforward`] | `kubectl exec`, `logs` and `port-forward` |
@@ -26,6 +27,9 @@ pub mod portforward;
 pub mod probe;
 pub mod projected;
 pub mod refs;
+pub mod snapshot_plan;
 pub mod storage;
 
-pub use agent::{AgentConfig, MIRROR_ANNOTATION, NodeAgent, RESYNC, is_mirror};
+pub use agent::{
+    AgentConfig, DEFAULT_SNAPSHOT_SIZE_LIMIT, MIRROR_ANNOTATION, NodeAgent, RESYNC, is_mirror,
+};

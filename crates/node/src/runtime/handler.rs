@@ -233,10 +233,20 @@ impl OciRuntime {
     }
 
     async fn simple(&self, op: &str, id: &str, extra: &[&str]) -> Result<host::CmdOutput> {
+        self.op_within(op, id, extra, CMD_TIMEOUT).await
+    }
+
+    async fn op_within(
+        &self,
+        op: &str,
+        id: &str,
+        extra: &[&str],
+        timeout: Duration,
+    ) -> Result<host::CmdOutput> {
         let mut args: Vec<OsString> = vec![op.into()];
         args.extend(extra.iter().map(OsString::from));
         args.push(id.into());
-        let out = self.host.run(self.command(args), None, CMD_TIMEOUT).await?;
+        let out = self.host.run(self.command(args), None, timeout).await?;
         if out.code != 0 {
             return Err(NodeError::Runtime {
                 handler: self.kind.to_string(),
@@ -358,6 +368,15 @@ impl OciRuntime {
     /// `resume`.
     pub async fn resume(&self, id: &str) -> Result<()> {
         self.simple("resume", id, &[]).await.map(drop)
+    }
+
+    /// `checkpoint --leave-running --image-path <image>` (runsc only): the container's memory
+    /// and process state written to `image`, the container running on afterwards.
+    pub async fn checkpoint(&self, id: &str, image: &Path, timeout: Duration) -> Result<()> {
+        let image = format!("--image-path={}", image.display());
+        self.op_within("checkpoint", id, &["--leave-running", &image], timeout)
+            .await
+            .map(drop)
     }
 
     /// `--version` first line.

@@ -29,6 +29,7 @@ from .exceptions import (
     SandboxTimeoutError,
     SandboxTooLargeError,
     SandboxWarmPoolNotFoundError,
+    SnapshotFailedError,
     SnapshotNotFoundError,
 )
 from .models import (
@@ -40,6 +41,7 @@ from .models import (
     FileEntry,
     FileInfo,
     ProcessInfo,
+    SnapshotInfo,
     SandboxClusterConnectionConfig,
     SandboxConnectionConfig,
     SandboxdInClusterConnectionConfig,
@@ -127,6 +129,8 @@ __all__ = [
     "SandboxTooLargeError",
     "SandboxTracerConfig",
     "SandboxWarmPoolNotFoundError",
+    "SnapshotFailedError",
+    "SnapshotInfo",
     "SnapshotNotFoundError",
     "TransferSummary",
     "get_metrics",

@@ -30,12 +30,16 @@ from .exceptions import (
 SANDBOX_GROUP = "agents.x-k8s.io"
 EXT_GROUP = "extensions.agents.x-k8s.io"
 VERSION = "v1beta1"
+# This project's own kinds (SandboxSnapshot).
+OWN_GROUP = "agent-sandbox-rs.github.io"
+OWN_VERSION = "v1alpha1"
 
 RESOURCES = {
     "sandboxes": f"/apis/{SANDBOX_GROUP}/{VERSION}",
     "sandboxclaims": f"/apis/{EXT_GROUP}/{VERSION}",
     "sandboxtemplates": f"/apis/{EXT_GROUP}/{VERSION}",
     "sandboxwarmpools": f"/apis/{EXT_GROUP}/{VERSION}",
+    "sandboxsnapshots": f"/apis/{OWN_GROUP}/{OWN_VERSION}",
     "pods": "/api/v1",
     "gateways": "/apis/gateway.networking.k8s.io/v1",
 }

@@ -21,6 +21,7 @@ from .models import (
     ProcessInfo,
     SandboxConnectionConfig,
     SandboxTracerConfig,
+    SnapshotInfo,
     TransferSummary,
 )
 from ._commands import _as_timed_out
@@ -311,6 +312,19 @@ class AsyncSandbox:
 
     async def unpause(self, wait: bool = True, timeout: float = 60) -> None:
         await asyncio.to_thread(self.sync.unpause, wait, timeout)
+
+    async def snapshot(self, name: Optional[str] = None, wait: bool = True,
+                       timeout: float = 600) -> SnapshotInfo:
+        return await asyncio.to_thread(self.sync.snapshot, name, wait, timeout)
+
+    async def get_snapshot(self, name: str) -> SnapshotInfo:
+        return await asyncio.to_thread(self.sync.get_snapshot, name)
+
+    async def list_snapshots(self) -> list[SnapshotInfo]:
+        return await asyncio.to_thread(self.sync.list_snapshots)
+
+    async def delete_snapshot(self, name: str) -> bool:
+        return await asyncio.to_thread(self.sync.delete_snapshot, name)
 
     async def close_connection(self) -> None:
         await asyncio.to_thread(self.sync.close_connection)

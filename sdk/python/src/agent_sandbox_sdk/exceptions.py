@@ -32,7 +32,11 @@ class SandboxNotFoundError(SandboxError):
 
 
 class SnapshotNotFoundError(SandboxError):
-    """Kept for upstream compatibility; this package takes no snapshots."""
+    """A SandboxSnapshot that does not exist (also kept for upstream compatibility)."""
+
+
+class SnapshotFailedError(SandboxError):
+    """A SandboxSnapshot ended Failed; the message is its Ready condition's."""
 
 
 class SandboxTemplateNotFoundError(SandboxError):
@@ -120,5 +124,6 @@ __all__ = [
     "SandboxTimeoutError",
     "SandboxTooLargeError",
     "SandboxWarmPoolNotFoundError",
+    "SnapshotFailedError",
     "SnapshotNotFoundError",
 ]

@@ -34,6 +34,43 @@ class ExecutionResult:
         return self.exit_code == 0
 
 
+@dataclass
+class SnapshotInfo:
+    """A SandboxSnapshot (``agent-sandbox-rs.github.io/v1alpha1``): ``phase`` is Pending,
+    InProgress, Ready or Failed; ``kind`` is ``Memory+Filesystem`` (runsc) or ``Filesystem``
+    (runc, crun) once Ready; ``message`` is the Ready condition's."""
+
+    name: str
+    sandbox: str
+    phase: str = "Pending"
+    kind: Optional[str] = None
+    size_bytes: Optional[int] = None
+    handler: Optional[str] = None
+    node: Optional[str] = None
+    message: str = ""
+
+    @property
+    def size(self) -> Optional[int]:
+        """``size_bytes``."""
+        return self.size_bytes
+
+    @property
+    def ready(self) -> bool:
+        return self.phase == "Ready"
+
+    @classmethod
+    def from_object(cls, obj: dict[str, Any]) -> SnapshotInfo:
+        st = obj.get("status") or {}
+        cond = next((c for c in st.get("conditions") or [] if c.get("type") == "Ready"), {})
+        size = st.get("sizeBytes")
+        return cls(name=(obj.get("metadata") or {}).get("name", ""),
+                   sandbox=((obj.get("spec") or {}).get("sandboxRef") or {}).get("name", ""),
+                   phase=st.get("phase") or "Pending", kind=st.get("kind"),
+                   size_bytes=int(size) if size is not None else None,
+                   handler=st.get("handler") or None, node=st.get("node") or None,
+                   message=cond.get("message") or "")
+
+
 def _parse_time(value: Any) -> _dt.datetime:
     if isinstance(value, (int, float)):
         return _dt.datetime.fromtimestamp(value, tz=_dt.timezone.utc)

@@ -23,8 +23,10 @@ from .exceptions import (
     SandboxNotFoundError,
     SandboxNotReadyError,
     SandboxTimeoutError,
+    SnapshotFailedError,
+    SnapshotNotFoundError,
 )
-from .models import CodeResult
+from .models import CodeResult, SnapshotInfo
 
 if TYPE_CHECKING:
     from .client import SandboxClient
@@ -289,6 +291,63 @@ class Sandbox:
         """Thaws a paused sandbox: its processes go on where they were. With ``wait``, returns
         once the ``Paused`` condition is False."""
         self._set_paused(False, wait, timeout)
+
+    # -- snapshots (SandboxSnapshot, agent-sandbox-rs.github.io/v1alpha1) ------------------
+
+    def snapshot(self, name: Optional[str] = None, wait: bool = True,
+                 timeout: float = 600) -> SnapshotInfo:
+        """Snapshots the sandbox: its memory under runsc, its writable filesystem layer and its
+        volumes' data, kept on the node. ``name`` defaults to ``<sandbox>-`` and a generated
+        suffix. With ``wait``, returns once it is Ready (raises :class:`SnapshotFailedError`
+        with the node's message when it fails); without, returns it as created (Pending)."""
+        meta: dict[str, Any] = {"name": name} if name else {"generateName": f"{self.sandbox_id}-"}
+        obj = self.connection.kube.create("sandboxsnapshots", self.namespace, {
+            "apiVersion": "agent-sandbox-rs.github.io/v1alpha1", "kind": "SandboxSnapshot",
+            "metadata": meta, "spec": {"sandboxRef": {"name": self.sandbox_id}}})
+        snap = SnapshotInfo.from_object(obj)
+        if not wait:
+            return snap
+        return self.wait_snapshot(snap.name, timeout)
+
+    def wait_snapshot(self, name: str, timeout: float = 600) -> SnapshotInfo:
+        """Waits until snapshot ``name`` is Ready; raises :class:`SnapshotFailedError` if it
+        fails, :class:`SandboxTimeoutError` if it is neither within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        snap = self.get_snapshot(name)
+        while True:
+            if snap.phase == "Ready":
+                return snap
+            if snap.phase == "Failed":
+                raise SnapshotFailedError(
+                    f"snapshot {self.namespace}/{name} of sandbox {self.sandbox_id} failed: "
+                    f"{snap.message}")
+            if time.monotonic() >= deadline:
+                raise SandboxTimeoutError(
+                    f"snapshot {self.namespace}/{name} is not Ready after {timeout:g} s "
+                    f"(phase {snap.phase}: {snap.message or 'not picked up by a node yet'})")
+            time.sleep(0.01)
+            snap = self.get_snapshot(name)
+
+    def get_snapshot(self, name: str) -> SnapshotInfo:
+        """Snapshot ``name`` (of any sandbox in the namespace)."""
+        try:
+            return SnapshotInfo.from_object(
+                self.connection.kube.get("sandboxsnapshots", self.namespace, name))
+        except KubeApiError as e:
+            if e.status_code == 404:
+                raise SnapshotNotFoundError(
+                    f"SandboxSnapshot {self.namespace}/{name} does not exist") from None
+            raise
+
+    def list_snapshots(self) -> list[SnapshotInfo]:
+        """The snapshots of this sandbox, oldest first."""
+        items = self.connection.kube.list("sandboxsnapshots", self.namespace).get("items") or []
+        items.sort(key=lambda o: (o.get("metadata") or {}).get("creationTimestamp") or "")
+        return [s for s in map(SnapshotInfo.from_object, items) if s.sandbox == self.sandbox_id]
+
+    def delete_snapshot(self, name: str) -> bool:
+        """Deletes snapshot ``name`` (the node deletes its files); False if it was gone."""
+        return self.connection.kube.delete("sandboxsnapshots", self.namespace, name)
 
     def _set_paused(self, paused: bool, wait: bool, timeout: float) -> None:
         value = "true" if paused else None

@@ -11,6 +11,7 @@ mod fixture;
 mod instance;
 mod nodes;
 mod pause;
+mod snapshot;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -220,6 +221,7 @@ async fn run_scenarios(
             Scenario::ColdStart => nodes::cold_start(&fixture, args).await,
             Scenario::Density => nodes::density(&fixture, args).await,
             Scenario::Pause => pause::pause(&fixture, args).await,
+            Scenario::Snapshot => snapshot::snapshot(&fixture, args).await,
         };
         match r {
             Ok(mut r) => rows.append(&mut r),

@@ -35,6 +35,10 @@
 //! refused, and the condition `agent-sandbox-rs.github.io/Paused` says so (`pause.rs`). A
 //! frozen Pod being deleted is thawed first, so its preStop hooks and signals work.
 //!
+//! The agent also watches `SandboxSnapshot`s (this project's own kind) and takes those whose
+//! Sandbox's Pod it runs: the engine's `snapshot` into `<node data dir>/snapshots/`, the status
+//! written as it goes, the files deleted with the resource (`snapshot.rs`).
+//!
 //! On start, sandboxes left by a previous run are re-adopted by Pod UID (restart counts and
 //! init progress come back from the Pod's status); those whose Pod no longer exists are removed.
 //!
@@ -52,6 +56,7 @@
 //! | `config.rs` | configMap/secret/downwardAPI volumes and a container's environment |
 //! | `probing.rs` | probe and exit-watch tasks, probe kills, stopping a Pod's containers |
 //! | `status.rs` | writing the Pod's status |
+//! | `snapshot.rs` | `SandboxSnapshot`s: the executor of [`super::snapshot_plan`] |
 //! | `watch.rs` | the ConfigMap/Secret cache, NetworkPolicy and Namespace watches |
 
 mod config;
@@ -59,6 +64,7 @@ mod container;
 mod pause;
 mod probing;
 mod pull;
+mod snapshot;
 mod status;
 mod sync;
 mod watch;
@@ -108,7 +114,12 @@ pub struct AgentConfig {
     /// hundreds of them share the cores with the API server and the controllers, and every
     /// one of them (and every claim being adopted meanwhile) finishes late.
     pub max_parallel_starts: usize,
+    /// The most bytes one snapshot may take on disk (`--snapshot-size-limit`).
+    pub snapshot_size_limit: u64,
 }
+
+/// The default of [`AgentConfig::snapshot_size_limit`]: 10 GiB.
+pub const DEFAULT_SNAPSHOT_SIZE_LIMIT: u64 = 10 << 30;
 
 impl Default for AgentConfig {
     fn default() -> Self {
@@ -116,6 +127,7 @@ impl Default for AgentConfig {
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(20),
             max_parallel_starts: default_parallel_starts(),
+            snapshot_size_limit: DEFAULT_SNAPSHOT_SIZE_LIMIT,
         }
     }
 }
@@ -151,6 +163,8 @@ pub struct NodeAgent {
     node_facts: NodeFacts,
     /// ConfigMaps and Secrets, kept current by watches (see [`DataCache`]).
     data_cache: DataCache,
+    /// SandboxSnapshots: the latest objects and those being taken.
+    snapshots: snapshot::Snapshots,
 }
 
 /// A semaphore for starts that also remembers the most starts that ever ran at once.
@@ -287,6 +301,7 @@ impl NodeAgent {
             inflight: Default::default(),
             node_facts,
             data_cache: DataCache::new(),
+            snapshots: Default::default(),
         })
     }
 
@@ -431,6 +446,9 @@ impl NodeAgent {
             self.client.clone(),
             Arc::clone(&self.engine),
         )));
+        tasks
+            .0
+            .push(tokio::spawn(Arc::clone(&self).watch_snapshots()));
         if let Some(enf) = &self.enforcer {
             tasks.0.push(tokio::spawn(
                 Arc::clone(&self).watch_policies(Arc::clone(enf)),

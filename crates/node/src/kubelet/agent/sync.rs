@@ -54,6 +54,10 @@ impl NodeAgent {
                 Ok(h) => spec.handler = h,
                 Err(e) => return self.report_failure(pod, &api, &rt, e).await,
             }
+            match self.restore_dir(pod).await {
+                Ok(dir) => spec.restore_from = dir,
+                Err(e) => return self.report_failure(pod, &api, &rt, e).await,
+            }
             let prepared = {
                 let _turn = self.starts.take().await;
                 self.engine.prepare(spec).await

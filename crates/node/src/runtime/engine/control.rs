@@ -299,7 +299,12 @@ impl SandboxEngine {
     pub async fn pause(&self, id: &str) -> Result<()> {
         let entry = self.entry(id)?;
         let _op = entry.op.lock().await;
-        if let Some(done) = self.freeze_direct(&entry, id, true).await {
+        self.pause_locked(&entry, id).await
+    }
+
+    /// [`SandboxEngine::pause`] with the sandbox's operation lock held.
+    pub(super) async fn pause_locked(&self, entry: &Entry, id: &str) -> Result<()> {
+        if let Some(done) = self.freeze_direct(entry, id, true).await {
             return done;
         }
         let mut rec = lock(&entry.record).clone();
@@ -326,7 +331,7 @@ impl SandboxEngine {
                 }
             }
         }
-        self.commit(&entry, &rec)?;
+        self.commit(entry, &rec)?;
         // The runtime returns once the freeze is requested; a v1 freezer passes through
         // FREEZING until every task stopped. Pausing means frozen, so wait for it.
         let deadline = Instant::now() + PAUSE_SETTLE;
@@ -349,7 +354,12 @@ impl SandboxEngine {
     pub async fn resume(&self, id: &str) -> Result<()> {
         let entry = self.entry(id)?;
         let _op = entry.op.lock().await;
-        if let Some(done) = self.freeze_direct(&entry, id, false).await {
+        self.resume_locked(&entry, id).await
+    }
+
+    /// [`SandboxEngine::resume`] with the sandbox's operation lock held.
+    pub(super) async fn resume_locked(&self, entry: &Entry, id: &str) -> Result<()> {
+        if let Some(done) = self.freeze_direct(entry, id, false).await {
             return done;
         }
         let mut rec = lock(&entry.record).clone();
@@ -364,7 +374,7 @@ impl SandboxEngine {
                 }
             }
         }
-        self.commit(&entry, &rec)
+        self.commit(entry, &rec)
     }
 
     /// Stop every container: SIGTERM, then SIGKILL after `grace` (regular containers first,

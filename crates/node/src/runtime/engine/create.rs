@@ -174,6 +174,9 @@ impl SandboxEngine {
         steps::make_volumes(self.host.as_ref(), &rec.spec, |v| {
             self.host_dir(paths, &rec.spec, v)
         })?;
+        if let Some(snapshot) = rec.spec.restore_from.clone() {
+            self.restore_files(paths, &rec.spec, &snapshot).await?;
+        }
 
         tl.record("volumes", t);
         if let Some(cni) = &self.cni {

@@ -1,5 +1,5 @@
 //! The sandbox engine: the library API the Pod loop drives (`create`, `start` or both at once
-//! with `run`, `state`, `wait`, `pause`, `resume`, `stop`, `remove`, `recover`), the
+//! with `run`, `state`, `wait`, `pause`, `resume`, `snapshot`, `stop`, `remove`, `recover`), the
 //! per-sandbox state persisted on disk, handler selection, and cleanup.
 //!
 //! `create`, in order: validate and refuse privileged/hostPath → pick the handler → ensure the
@@ -23,6 +23,7 @@
 //! | `container.rs` | a container's rootfs, bundle and runtime `create` |
 //! | `network.rs` | the background network attachment and the [`NetworkHook`] |
 //! | `control.rs` | `start`, `state`, `wait`, `exec`, `pause`, `resume`, `stop` |
+//! | `snapshot.rs` | `snapshot`: memory (runsc), writable layers and volume data into a directory |
 //! | `effects.rs` | the lifecycle's runtime effects on one container: state, stop, removal |
 //! | `teardown.rs` | `remove` and `recover` |
 //! | `steps.rs` | the host effects of those steps, as functions of a [`Host`] |
@@ -37,6 +38,7 @@ mod etc_files;
 mod handlers;
 mod network;
 mod query;
+mod snapshot;
 mod steps;
 mod teardown;
 mod types;
@@ -67,6 +69,7 @@ use etc_files::{hosts_file, resolv_conf};
 use handlers::probe;
 pub use network::NetworkHook;
 use network::{NetOutcome, attach};
+pub use snapshot::{SNAPSHOT_MANIFEST, SnapshotOutcome, partial_dir};
 pub use types::*;
 
 /// One container of a sandbox as created on disk and in the runtime.
@@ -184,6 +187,8 @@ pub struct SandboxEngine {
     network_hook: Mutex<Option<Arc<dyn NetworkHook>>>,
     /// Mounts, network namespaces and cgroups.
     host: Arc<dyn Host>,
+    /// Why runsc cannot checkpoint on this node, once it said so (see `snapshot.rs`).
+    no_checkpoint: Mutex<Option<String>>,
 }
 
 /// Pod-level paths of a sandbox.
@@ -367,6 +372,7 @@ impl SandboxEngine {
             sandboxes: Mutex::new(HashMap::new()),
             network_hook: Mutex::new(None),
             host,
+            no_checkpoint: Mutex::new(None),
         })
     }
 

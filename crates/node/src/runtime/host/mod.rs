@@ -9,9 +9,11 @@
 //! [`RecordingHost`] records them and returns scripted results, so the engine's steps are
 //! unit-tested without root.
 
+mod copy;
 mod recording;
 
 pub use crate::sys::{ShimPlan, ShimStarted};
+pub use copy::{CopyBudget, CopyError, Stop, tree_size};
 pub use recording::{HostCall, RecordingHost};
 
 use std::ffi::OsStr;
@@ -66,6 +68,13 @@ pub trait Host: Send + Sync + std::fmt::Debug {
         stdin: Option<&'a [u8]>,
         timeout: Duration,
     ) -> futures::future::BoxFuture<'a, Result<CmdOutput>>;
+    /// See [`copy_tree`]: copy a directory tree for a snapshot (blocking).
+    fn copy_tree(
+        &self,
+        from: &Path,
+        to: &Path,
+        budget: &CopyBudget,
+    ) -> std::result::Result<u64, CopyError>;
 }
 
 /// The real host: every call is the free function of the same name.
@@ -122,6 +131,14 @@ impl Host for SystemHost {
         timeout: Duration,
     ) -> futures::future::BoxFuture<'a, Result<CmdOutput>> {
         Box::pin(run(cmd, stdin, timeout))
+    }
+    fn copy_tree(
+        &self,
+        from: &Path,
+        to: &Path,
+        budget: &CopyBudget,
+    ) -> std::result::Result<u64, CopyError> {
+        copy_tree(from, to, budget)
     }
 }
 
@@ -423,6 +440,17 @@ pub async fn tcp_connect_in_netns(
             format!("i/o timeout after {timeout:?}"),
         )),
     }
+}
+
+/// Copy the tree at `from` to `to` (a snapshot's layer or volume data), counting its bytes
+/// against `budget`; see [`copy::copy_tree`].
+pub fn copy_tree(
+    from: &Path,
+    to: &Path,
+    budget: &CopyBudget,
+) -> std::result::Result<u64, CopyError> {
+    tracing::debug!(target: TARGET, from = %from.display(), to = %to.display(), "copy tree");
+    copy::copy_tree(from, to, budget)
 }
 
 /// Output of an external program.

@@ -4,7 +4,8 @@
 //! namespace exists sees it; an overlay "mount" copies its lower directories into the target
 //! (and its unmount empties it again), so code that reads a rootfs finds the image's files.
 //! Programs are found at `/usr/bin/<name>` and never run: `run` returns scripted outputs and
-//! `spawn_shim` a scripted `create` status with a pid no process has. Nothing needs root.
+//! `spawn_shim` a scripted `create` status with a pid no process has; `copy_tree` is recorded and
+//! done (between test directories). Nothing needs root.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -42,6 +43,13 @@ pub enum HostCall {
     RemoveCgroup(String),
     /// `spawn_shim` of a runtime's `create` (or `run`) command line.
     SpawnShim(Vec<String>),
+    /// `copy_tree` of a snapshot's layer or volume data.
+    CopyTree {
+        /// The source.
+        from: PathBuf,
+        /// The destination.
+        to: PathBuf,
+    },
     /// `run` of `program` with `args`.
     Run {
         /// The program.
@@ -66,6 +74,7 @@ impl HostCall {
             HostCall::RemoveCgroup(_) => "remove_cgroup",
             HostCall::SpawnShim(_) => "spawn_shim",
             HostCall::Run { .. } => "run",
+            HostCall::CopyTree { .. } => "copy_tree",
         }
     }
 
@@ -80,6 +89,7 @@ impl HostCall {
             HostCall::RemoveCgroup(rel) => PathBuf::from(rel),
             HostCall::SpawnShim(argv) => PathBuf::from(argv.first().cloned().unwrap_or_default()),
             HostCall::Run { program, .. } => program.clone(),
+            HostCall::CopyTree { from, .. } => from.clone(),
         }
     }
 
@@ -436,6 +446,21 @@ impl Host for RecordingHost {
             .unwrap_or_default();
         let result = self.record(call).map(|()| output);
         Box::pin(std::future::ready(result))
+    }
+
+    /// Recorded, then done for real: a copy between test directories needs no root.
+    fn copy_tree(
+        &self,
+        from: &Path,
+        to: &Path,
+        budget: &super::CopyBudget,
+    ) -> std::result::Result<u64, super::CopyError> {
+        self.record(HostCall::CopyTree {
+            from: from.to_path_buf(),
+            to: to.to_path_buf(),
+        })
+        .map_err(super::CopyError::Io)?;
+        super::copy::copy_tree(from, to, budget)
     }
 }
 

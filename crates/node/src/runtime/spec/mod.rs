@@ -9,6 +9,7 @@
 mod from_pod;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
@@ -263,6 +264,10 @@ pub struct SandboxSpec {
     pub sysctls: Vec<(String, String)>,
     /// Grace period for stop.
     pub termination_grace: Duration,
+    /// A snapshot directory whose writable layers and volume data the sandbox starts from (the
+    /// node resolves `agent-sandbox-rs.github.io/restore-from` to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<PathBuf>,
 }
 
 impl SandboxSpec {
@@ -282,6 +287,7 @@ impl SandboxSpec {
             host_ports: Vec::new(),
             host_aliases: Vec::new(),
             sysctls: Vec::new(),
+            restore_from: None,
             termination_grace: Duration::from_secs(30),
         }
     }
