@@ -13,7 +13,11 @@ from typing import TYPE_CHECKING, Any
 from .client import SandboxClient
 from .metrics_utils import get_metrics, print_metrics
 from .exceptions import (
+    BrowserNotAvailableError,
     CommandTimeoutError,
+    ComputerUseError,
+    DesktopNotAvailableError,
+    InvalidActionError,
     SandboxClaimFailedError,
     SandboxConfigError,
     SandboxConnectionError,
@@ -53,7 +57,9 @@ from .models import (
     TransferSummary,
 )
 from .sandbox import (
+    Browser,
     Code,
+    Computer,
     Commands,
     Files,
     Process,
@@ -61,6 +67,7 @@ from .sandbox import (
     PtySession,
     Sandbox,
     SandboxPathError,
+    Window,
 )
 
 if TYPE_CHECKING:
@@ -84,6 +91,8 @@ __all__ = [
     "AsyncPtySession",
     "AsyncSandbox",
     "AsyncSandboxClient",
+    "Browser",
+    "BrowserNotAvailableError",
     "Code",
     "CodeContext",
     "CodeError",
@@ -91,10 +100,14 @@ __all__ = [
     "CodeResult",
     "CommandTimeoutError",
     "Commands",
+    "Computer",
+    "ComputerUseError",
+    "DesktopNotAvailableError",
     "ExecutionResult",
     "FileEntry",
     "FileInfo",
     "Files",
+    "InvalidActionError",
     "Process",
     "ProcessInfo",
     "Pty",
@@ -106,9 +119,7 @@ __all__ = [
     "SandboxConfigError",
     "SandboxConnectionConfig",
     "SandboxConnectionError",
-    "SandboxdInClusterConnectionConfig",
     "SandboxDirectConnectionConfig",
-    "SandboxdPodTunnelConnectionConfig",
     "SandboxEmbeddedConnectionConfig",
     "SandboxError",
     "SandboxGatewayConnectionConfig",
@@ -127,8 +138,11 @@ __all__ = [
     "SandboxTooLargeError",
     "SandboxTracerConfig",
     "SandboxWarmPoolNotFoundError",
+    "SandboxdInClusterConnectionConfig",
+    "SandboxdPodTunnelConnectionConfig",
     "SnapshotNotFoundError",
     "TransferSummary",
+    "Window",
     "get_metrics",
     "print_metrics",
 ]
