@@ -311,7 +311,7 @@ def build(
             {
                 os.path.dirname(p)
                 for p in builder.owner
-                if re.search(r"/lib[^/]*\.so(\.\d+)*$", p) and "python" not in p
+                if re.search(r"/lib[^/]*\.so(\.\d+)*$", p) and "python" not in p and "chromium" not in p
             }
         )
         os.makedirs(os.path.join(staging, "etc/ld.so.conf.d"), exist_ok=True)

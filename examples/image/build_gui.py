@@ -42,7 +42,7 @@ SKIP_PREFIXES = (
     "/usr/share/menu", "/usr/share/pixmaps", "/usr/share/gnome-control-center",
     "/usr/lib/chromium/libVkLayer_khronos_validation.so",
 )
-BROWSER_PACKAGES = ["chromium", "fontconfig-config", "fonts-dejavu-core"]
+BROWSER_PACKAGES = ["chromium", "chromium-common", "fontconfig-config", "fonts-dejavu-core"]
 DESKTOP_PACKAGES = BROWSER_PACKAGES + [
     "xvfb", "xkb-data", "x11-xkb-utils", "xserver-common", "libx11-data",
     "xdotool", "matchbox-window-manager", "xterm",

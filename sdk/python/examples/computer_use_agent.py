@@ -150,7 +150,7 @@ def act(sandbox: Sandbox, action: Action) -> None:
 
 def run(sandbox: Sandbox, out: pathlib.Path, max_steps: int = 20) -> bool:
     sandbox.commands.run("mkdir -p /srv && cat > /srv/index.html", stdin=PAGE)
-    sandbox.commands.run("cd /srv && nohup python3 -m http.server 8000 >/dev/null 2>&1 &")
+    sandbox.commands.run("cd /srv && python3 -m http.server 8000 >/dev/null 2>&1 &")
     sandbox.computer.wait_until_ready()
     history: list[dict[str, Any]] = []
     with open(out / "steps.jsonl", "w") as log:

@@ -25,6 +25,9 @@ pub(crate) enum Scenario {
     Density,
     /// Pause → unpause round trips through the API, beside the cgroup freezer's own.
     Pause,
+    /// Desktop sandboxes (`--image` the desktop image): warm claim → first screenshot,
+    /// screenshot latency and size, click → next screenshot.
+    Desktop,
 }
 
 /// Which durability settings of `agent-sandbox up` to measure (`--durability`).
@@ -42,7 +45,7 @@ pub(crate) enum DurabilityChoice {
 pub(crate) struct BenchArgs {
     #[command(flatten)]
     pub(crate) connect: ConnectArgs,
-    /// Scenarios to run (default: all but density).
+    /// Scenarios to run (default: all but density and desktop).
     #[arg(value_enum)]
     pub(crate) scenarios: Vec<Scenario>,
     /// Iterations of the per-request scenarios (warm-claim, first-instruction, cold-start per

@@ -10,19 +10,19 @@ use std::time::{Duration, Instant};
 
 use crate::{free_port, unreachable_kubeconfig};
 
-const BIN: &str = env!("CARGO_BIN_EXE_agent-sandbox");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_agent-sandbox");
 const IMAGE: &str = "localhost/agent-sandbox/python:latest";
 
-fn repo() -> PathBuf {
+pub(crate) fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// A running `agent-sandbox up` on its own data directory, ports, bridge and subnet.
-struct Up {
+pub(crate) struct Up {
     child: Child,
     data: tempfile::TempDir,
     _run: tempfile::TempDir,
-    router: String,
+    pub(crate) router: String,
     metrics: String,
     kubeconfig: PathBuf,
     bridge: String,
@@ -31,8 +31,37 @@ struct Up {
 impl Up {
     /// A bridge and subnet of this test's own (tests run in parallel).
     fn start(bridge: &str, subnet: &str) -> Up {
+        Self::start_with(bridge, subnet, &[])
+    }
+
+    /// As [`Up::start`], with more images built by examples/image/build_gui.py (`browser`,
+    /// `desktop`), imported as `localhost/agent-sandbox/<kind>:latest`.
+    pub(crate) fn start_with(bridge: &str, subnet: &str, gui: &[&str]) -> Up {
         let data = tempfile::tempdir().unwrap();
         let run = tempfile::tempdir().unwrap();
+        for kind in gui {
+            let layout = data.path().join(kind);
+            let built = Command::new("python3")
+                .arg(repo().join("examples/image/build_gui.py"))
+                .args([kind, "--sandboxd", BIN, "--out"])
+                .arg(&layout)
+                .output()
+                .unwrap();
+            assert!(built.status.success(), "build_gui.py {kind}: {built:?}");
+            let imported = Command::new(BIN)
+                .args(["image", "import"])
+                .arg(&layout)
+                .args(["--as", &format!("localhost/agent-sandbox/{kind}:latest")])
+                .arg("--data-dir")
+                .arg(data.path())
+                .output()
+                .unwrap();
+            assert!(
+                imported.status.success(),
+                "image import {kind}: {imported:?}"
+            );
+            let _ = fs_err::remove_dir_all(&layout);
+        }
         let layout = data.path().join("image");
         let built = Command::new("python3")
             .arg(repo().join("examples/image/build.py"))
@@ -90,7 +119,7 @@ impl Up {
         }
     }
 
-    fn cli(&self, args: &[&str]) -> Output {
+    pub(crate) fn cli(&self, args: &[&str]) -> Output {
         Command::new(BIN)
             .args(args)
             .env("AGENT_SANDBOX_DATA_DIR", self.data.path())
@@ -100,7 +129,7 @@ impl Up {
     }
 
     /// Runs a verb that must succeed; returns its stdout.
-    fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
         assert!(
             out.status.success(),
@@ -117,7 +146,12 @@ impl Up {
         String::from_utf8(out.stderr).unwrap()
     }
 
-    fn token(&self) -> String {
+    /// The data directory, where clients find this instance.
+    pub(crate) fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+
+    pub(crate) fn token(&self) -> String {
         fs_err::read_to_string(self.data.path().join("router-token"))
             .unwrap()
             .trim()
@@ -165,7 +199,7 @@ fn nix_kill(pid: u32) -> std::io::Result<()> {
         .map(|_| ())
 }
 
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
         assert!(Instant::now() < deadline, "{what} within {timeout:?}");
@@ -423,7 +457,7 @@ fn quickstart_through_cli_router_and_sandboxd() {
 }
 
 /// The sandbox a claim was given.
-fn claim_sandbox(up: &Up, claim: &str) -> String {
+pub(crate) fn claim_sandbox(up: &Up, claim: &str) -> String {
     let out = up.ok(&["get", "claims", claim, "-o", "json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     v["status"]["sandbox"]["name"].as_str().unwrap().to_owned()

@@ -7,6 +7,7 @@
 //! docs/benchmarks.md for what each number means.
 
 mod claims;
+mod desktop;
 mod fixture;
 mod instance;
 mod nodes;
@@ -220,6 +221,7 @@ async fn run_scenarios(
             Scenario::ColdStart => nodes::cold_start(&fixture, args).await,
             Scenario::Density => nodes::density(&fixture, args).await,
             Scenario::Pause => pause::pause(&fixture, args).await,
+            Scenario::Desktop => desktop::desktop(&fixture, args).await,
         };
         match r {
             Ok(mut r) => rows.append(&mut r),
