@@ -7,7 +7,7 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
     /// The file could not be read.
-    #[error("cannot read the framebuffer {path}: {source}")]
+    #[error("cannot read the framebuffer: {source}")]
     Read {
         /// The file.
         path: String,
@@ -87,8 +87,7 @@ fn parse_header(data: &[u8], path: &str) -> Result<Header, FrameError> {
         what,
     };
     let field = |i: usize| -> Result<u32, FrameError> {
-        data.get(i * 4..i * 4 + 4)
-            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        be_field(data, i)
             .ok_or_else(|| bad(format!("{} bytes is too short for a header", data.len())))
     };
     let header_size = field(0)? as usize;
@@ -124,11 +123,11 @@ fn parse_header(data: &[u8], path: &str) -> Result<Header, FrameError> {
     })
 }
 
-/// The screen size recorded in the framebuffer file.
+/// The screen size recorded in the framebuffer file (its header only is read).
 pub fn screen_size(path: &Path) -> Result<(u32, u32), FrameError> {
     let name = path.display().to_string();
     let mut head = vec![0u8; 100];
-    let read = std::fs::File::open(path).and_then(|mut f| {
+    let read = fs_err::File::open(path).and_then(|mut f| {
         use std::io::Read;
         f.read_exact(&mut head)
     });
@@ -136,15 +135,7 @@ pub fn screen_size(path: &Path) -> Result<(u32, u32), FrameError> {
         path: name.clone(),
         source,
     })?;
-    // Only the fixed fields matter here; the length check of the pixels is skipped.
-    let field = |i: usize| {
-        u32::from_be_bytes([
-            head[i * 4],
-            head[i * 4 + 1],
-            head[i * 4 + 2],
-            head[i * 4 + 3],
-        ])
-    };
+    let field = |i: usize| be_field(&head, i).unwrap_or(0);
     if field(1) != 7 {
         return Err(FrameError::Format {
             path: name,
@@ -154,10 +145,16 @@ pub fn screen_size(path: &Path) -> Result<(u32, u32), FrameError> {
     Ok((field(4), field(5)))
 }
 
+/// The `i`th big-endian 32-bit field of an XWD header.
+fn be_field(data: &[u8], i: usize) -> Option<u32> {
+    data.get(i * 4..i * 4 + 4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
 /// Reads the framebuffer and cuts out `region` (the whole screen without one).
 pub fn capture(path: &Path, region: Option<Region>) -> Result<Frame, FrameError> {
     let name = path.display().to_string();
-    let data = std::fs::read(path).map_err(|source| FrameError::Read {
+    let data = fs_err::read(path).map_err(|source| FrameError::Read {
         path: name.clone(),
         source,
     })?;
@@ -289,9 +286,9 @@ mod tests {
     #[test]
     fn crops_scales_and_encodes() {
         let dir = std::env::temp_dir().join(format!("fb-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        fs_err::create_dir_all(&dir).unwrap();
         let path = dir.join("Xvfb_screen0");
-        std::fs::write(&path, xwd(8, 6)).unwrap();
+        fs_err::write(&path, xwd(8, 6)).unwrap();
         assert_eq!(screen_size(&path).unwrap(), (8, 6));
         let full = capture(&path, None).unwrap();
         assert_eq!((full.width, full.height), (8, 6));
@@ -322,6 +319,6 @@ mod tests {
         assert_eq!(&half.rgb[..3], &[0, 0, 7]); // mean of x 0..2 (0, 1) and y 0..2 (0, 1)
         let png = half.png().unwrap();
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-        std::fs::remove_dir_all(&dir).unwrap();
+        fs_err::remove_dir_all(&dir).unwrap();
     }
 }

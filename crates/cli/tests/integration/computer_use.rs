@@ -212,9 +212,7 @@ fn desktop(up: &Up) {
         .trim()
         .to_owned();
     let sandbox = claim_sandbox(up, &claim);
-    let started = Instant::now();
     let (w, h, _) = screenshot(up, &sandbox);
-    eprintln!("desktop: claim to first screenshot {:?}", started.elapsed());
     assert_eq!((w, h), SCREEN);
     let size = call(up, &sandbox, 8080, "GET", "/v2/desktop/screen", "");
     let size: serde_json::Value = serde_json::from_slice(&size.body).unwrap();
