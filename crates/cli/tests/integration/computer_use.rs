@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::e2e::{Up, claim_sandbox, repo, wait_until};
+use crate::e2e::{Up, claim_sandbox, dechunk_bytes, repo, wait_until};
 
 /// The desktop image's screen.
 const SCREEN: (u32, u32) = (1280, 800);
@@ -57,23 +57,9 @@ fn call(up: &Up, sandbox: &str, port: u16, method: &str, path: &str, body: &str)
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
     let mut body = raw[split + 4..].to_vec();
     if head.contains("transfer-encoding: chunked") {
-        body = dechunk(&body);
+        body = dechunk_bytes(&body);
     }
     Answer { status, head, body }
-}
-
-fn dechunk(mut s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(eol) = s.windows(2).position(|w| w == b"\r\n") {
-        let size = std::str::from_utf8(&s[..eol]).unwrap().trim();
-        let n = usize::from_str_radix(size, 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&s[eol + 2..eol + 2 + n]);
-        s = &s[eol + 2 + n + 2..];
-    }
-    out
 }
 
 /// A decoded screenshot: width, height, RGB.
@@ -158,6 +144,7 @@ fn python(up: &Up, args: &[&str]) -> std::process::Output {
 /// agent loop (observe by screenshot, act by clicks and keys, steps recorded).
 fn python_sdk(up: &Up, dir: &Path) {
     let script = r#"
+import asyncio
 from agent_sandbox_sdk import InvalidActionError, SandboxClient
 with SandboxClient() as client:
     sb = client.create_sandbox(warmpool="browser-pool", sandbox_ready_timeout=120)
@@ -176,6 +163,8 @@ with SandboxClient() as client:
         except InvalidActionError as e:
             assert e.status_code == 400, e
     assert sb.computer.screenshot(scale=0.5)[1:4] == b"PNG"
+    from agent_sandbox_sdk.async_client import AsyncSandbox
+    assert asyncio.run(AsyncSandbox(sb).computer.get_cursor_position()) == (10, 20)
     sb.terminate()
 print("sdk ok")
 "#;
@@ -363,7 +352,8 @@ fn desktop(up: &Up) {
         "exec",
         &claim,
         "-c",
-        "mv /usr/bin/Xvfb /usr/bin/Xvfb.off && kill -9 $(pidof Xvfb)",
+        "mv /usr/bin/Xvfb /usr/bin/Xvfb.off && kill -9 $(pidof Xvfb) && \
+         while pidof Xvfb >/dev/null; do sleep 0.05; done",
     ]);
     let dead = call(up, &sandbox, 8080, "GET", "/v2/desktop/screenshot", "");
     assert_eq!(dead.status, 503, "{}", dead.text());

@@ -263,15 +263,21 @@ fn http(
     (status, body)
 }
 
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
+fn dechunk(s: &str) -> String {
+    String::from_utf8_lossy(&dechunk_bytes(s.as_bytes())).into_owned()
+}
+
+/// The body of a chunked transfer encoding.
+pub(crate) fn dechunk_bytes(mut s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = s.windows(2).position(|w| w == b"\r\n") {
+        let size = String::from_utf8_lossy(&s[..eol]);
         let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
         if n == 0 {
             break;
         }
-        out.push_str(&rest[..n]);
-        s = &rest[n + 2..];
+        out.extend_from_slice(&s[eol + 2..eol + 2 + n]);
+        s = &s[eol + 2 + n + 2..];
     }
     out
 }
