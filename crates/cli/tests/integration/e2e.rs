@@ -39,45 +39,16 @@ impl Up {
     pub(crate) fn start_with(bridge: &str, subnet: &str, gui: &[&str]) -> Up {
         let data = tempfile::tempdir().unwrap();
         let run = tempfile::tempdir().unwrap();
+        build_and_import(data.path(), &["examples/image/build.py"], IMAGE, true);
         for kind in gui {
-            let layout = data.path().join(kind);
-            let built = Command::new("python3")
-                .arg(repo().join("examples/image/build_gui.py"))
-                .args([kind, "--sandboxd", BIN, "--out"])
-                .arg(&layout)
-                .output()
-                .unwrap();
-            assert!(built.status.success(), "build_gui.py {kind}: {built:?}");
-            let imported = Command::new(BIN)
-                .args(["image", "import"])
-                .arg(&layout)
-                .args(["--as", &format!("localhost/agent-sandbox/{kind}:latest")])
-                .arg("--data-dir")
-                .arg(data.path())
-                .output()
-                .unwrap();
-            assert!(
-                imported.status.success(),
-                "image import {kind}: {imported:?}"
+            let image = format!("localhost/agent-sandbox/{kind}:latest");
+            build_and_import(
+                data.path(),
+                &["examples/image/build_gui.py", kind],
+                &image,
+                false,
             );
-            let _ = fs_err::remove_dir_all(&layout);
         }
-        let layout = data.path().join("image");
-        let built = Command::new("python3")
-            .arg(repo().join("examples/image/build.py"))
-            .args(["--sandboxd", BIN, "--out"])
-            .arg(&layout)
-            .output()
-            .unwrap();
-        assert!(built.status.success(), "build.py: {built:?}");
-        let imported = Command::new(BIN)
-            .args(["image", "import"])
-            .arg(&layout)
-            .args(["--as", IMAGE, "--data-dir"])
-            .arg(data.path())
-            .output()
-            .unwrap();
-        assert!(imported.status.success(), "image import: {imported:?}");
 
         let (api, router, metrics) = (free_port(), free_port(), free_port());
         let mut child = Command::new(BIN)
@@ -165,6 +136,35 @@ impl Up {
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// Builds an image layout with `script` (a path under the repository, then its arguments) and
+/// this build as sandboxd, and imports it into the data directory `data` as `image`; the
+/// layout is kept (as `data/image`) or removed.
+fn build_and_import(data: &Path, script: &[&str], image: &str, keep: bool) {
+    let layout = data.join(if keep { "image" } else { "layout" });
+    let built = Command::new("python3")
+        .arg(repo().join(script[0]))
+        .args(&script[1..])
+        .args(["--sandboxd", BIN, "--out"])
+        .arg(&layout)
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{script:?}: {built:?}");
+    let imported = Command::new(BIN)
+        .args(["image", "import"])
+        .arg(&layout)
+        .args(["--as", image, "--data-dir"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        imported.status.success(),
+        "image import {image}: {imported:?}"
+    );
+    if !keep {
+        let _ = fs_err::remove_dir_all(&layout);
     }
 }
 
