@@ -221,13 +221,15 @@ def build(
     extra: "Callable[[ImageBuilder], None] | None" = None,
     sandboxd_args: list[str] | None = None,
     env: list[str] | None = None,
+    ports: list[int] | None = None,
 ) -> str:
     """Write the image layout; without `sandboxd`, only the base layer (a static busybox, no
     libc), whose command is a shell that stays up: an image with nothing of agent-sandbox in
     it, for the node's sandboxd kit (the `agent-sandbox/sandboxd` annotation).
 
     `extra` adds layers between the interpreters and sandboxd (build_gui.py's browser and
-    desktop); `sandboxd_args` and `env` extend the entrypoint and the environment."""
+    desktop); `sandboxd_args`, `env` and `ports` extend the entrypoint, the environment and the
+    exposed ports."""
     builder = ImageBuilder()
 
     base = builder.layer("base: busybox, /etc, directories")
@@ -340,7 +342,7 @@ def build(
             *(env or []),
         ],
         "WorkingDir": "/workspace",
-        "ExposedPorts": {"8888/tcp": {}, "8080/tcp": {}, "9090/tcp": {}},
+        "ExposedPorts": {f"{p}/tcp": {} for p in [8888, 8080, 9090, *(ports or [])]},
     })
 
 

@@ -137,7 +137,9 @@ def main() -> None:
         ]
         env = [f"DISPLAY={DISPLAY}"]
         extra = desktop_layer
-    digest = build.build(args.sandboxd, args.out, args.tag, False, extra, sandboxd_args, env)
+    digest = build.build(
+        args.sandboxd, args.out, args.tag, False, extra, sandboxd_args, env, [CDP_PORT]
+    )
     size = sum(
         os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(args.out) for f in fs
     )
