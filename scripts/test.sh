@@ -12,6 +12,10 @@ if [ "$(id -u)" -eq 0 ]; then
   apt-get install -y -qq --no-install-recommends gcc pkg-config ca-certificates \
     runc crun runsc containernetworking-plugins nftables iproute2 busybox-static \
     docker-registry python3 python3-venv nodejs >/dev/null
+  # The browser and desktop images and their test (build_gui.py copies these packages' files),
+  # and PyYAML for the Python SDK run from its sources by that test.
+  apt-get install -y -qq --no-install-recommends chromium xvfb xdotool \
+    matchbox-window-manager xterm python3-yaml >/dev/null
   # The SDK suites: npm for the TypeScript SDK (a NodeSource nodejs brings its own), Go for the
   # Go SDK (1.21 or newer fetches the toolchain its go.mod names through the module proxy).
   if ! command -v npm >/dev/null; then
@@ -22,6 +26,8 @@ if [ "$(id -u)" -eq 0 ]; then
   fi
 fi
 export PATH="$PATH:/usr/local/go/bin"
+# playwright-core for the browser test's CDP client, without a browser of its own.
+PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --silent --no-audit --no-fund --prefix crates/cli/tests/cdp
 if ! command -v kubectl >/dev/null; then
   echo "warning: kubectl is not on PATH; the kubectl conformance tests will fail" >&2
 fi

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from typing import Callable
 
 TAG_DEFAULT = "latest"
 # Parts of the standard library a sandbox has no use for (GUI, test suite, bundled pip wheels).
@@ -212,10 +213,23 @@ def busybox() -> str:
     raise AssertionError
 
 
-def build(sandboxd: str | None, out: str, tag: str, with_node: bool = False) -> str:
+def build(
+    sandboxd: str | None,
+    out: str,
+    tag: str,
+    with_node: bool = False,
+    extra: "Callable[[ImageBuilder], None] | None" = None,
+    sandboxd_args: list[str] | None = None,
+    env: list[str] | None = None,
+    ports: list[int] | None = None,
+) -> str:
     """Write the image layout; without `sandboxd`, only the base layer (a static busybox, no
     libc), whose command is a shell that stays up: an image with nothing of agent-sandbox in
-    it, for the node's sandboxd kit (the `agent-sandbox/sandboxd` annotation)."""
+    it, for the node's sandboxd kit (the `agent-sandbox/sandboxd` annotation).
+
+    `extra` adds layers between the interpreters and sandboxd (build_gui.py's browser and
+    desktop); `sandboxd_args`, `env` and `ports` extend the entrypoint, the environment and the
+    exposed ports."""
     builder = ImageBuilder()
 
     base = builder.layer("base: busybox, /etc, directories")
@@ -272,6 +286,9 @@ def build(sandboxd: str | None, out: str, tag: str, with_node: bool = False) -> 
         if os.path.realpath(node) != "/usr/bin/node":
             builder.add_symlink(nodejs, "usr/bin/node", os.path.realpath(node))
 
+    if extra is not None:
+        extra(builder)
+
     runtime = builder.layer("sandboxd")
     builder.add_bytes(runtime, "usr/local/bin/sandboxd", open(sandboxd, "rb").read(), 0o755)
     for lib in shared_libraries(sandboxd):
@@ -296,7 +313,7 @@ def build(sandboxd: str | None, out: str, tag: str, with_node: bool = False) -> 
             {
                 os.path.dirname(p)
                 for p in builder.owner
-                if re.search(r"/lib[^/]*\.so(\.\d+)*$", p) and "python" not in p
+                if re.search(r"/lib[^/]*\.so(\.\d+)*$", p) and "python" not in p and "chromium" not in p
             }
         )
         os.makedirs(os.path.join(staging, "etc/ld.so.conf.d"), exist_ok=True)
@@ -313,15 +330,19 @@ def build(sandboxd: str | None, out: str, tag: str, with_node: bool = False) -> 
     )
 
     return write_layout(builder, out, tag, {
-        "Entrypoint": ["/usr/local/bin/sandboxd", "--root-dir", "/", "--work-dir", "/workspace"],
+        "Entrypoint": [
+            "/usr/local/bin/sandboxd", "--root-dir", "/", "--work-dir", "/workspace",
+            *(sandboxd_args or []),
+        ],
         "Env": [
             "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "HOME=/root",
             "LANG=C.UTF-8",
             "PYTHONUNBUFFERED=1",
+            *(env or []),
         ],
         "WorkingDir": "/workspace",
-        "ExposedPorts": {"8888/tcp": {}, "8080/tcp": {}, "9090/tcp": {}},
+        "ExposedPorts": {f"{p}/tcp": {} for p in [8888, 8080, 9090, *(ports or [])]},
     })
 
 

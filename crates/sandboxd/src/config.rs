@@ -70,6 +70,29 @@ pub struct Config {
     /// Node.js interpreter for run_code.
     #[arg(long, default_value = "node")]
     pub node: PathBuf,
+    /// A managed service, `NAME=COMMAND` (run by `/bin/sh -c`), started with sandboxd and
+    /// restarted whenever it exits; repeatable. `SANDBOXD_SERVICES` adds one per line.
+    #[arg(long = "service", value_name = "NAME=COMMAND")]
+    pub services: Vec<String>,
+    /// X display served by the desktop API under `/v2/desktop` (e.g. `:99`); without it those
+    /// endpoints answer 404.
+    #[arg(long, env = "SANDBOXD_DESKTOP_DISPLAY")]
+    pub desktop_display: Option<String>,
+    /// The X server's framebuffer file, read for screenshots (`Xvfb -fbdir DIR` writes
+    /// `DIR/Xvfb_screen0`).
+    #[arg(
+        long,
+        env = "SANDBOXD_DESKTOP_FRAMEBUFFER",
+        default_value = "/tmp/.sandbox-desktop/Xvfb_screen0"
+    )]
+    pub desktop_framebuffer: PathBuf,
+    /// Port of the browser's DevTools front: a proxy to `--cdp-upstream` that makes the
+    /// DevTools endpoint usable from outside the sandbox (through the router). Off by default.
+    #[arg(long, env = "SANDBOXD_CDP_PORT")]
+    pub cdp_port: Option<u16>,
+    /// Where the browser's own DevTools endpoint listens (`--remote-debugging-port`).
+    #[arg(long, env = "SANDBOXD_CDP_UPSTREAM", default_value = "127.0.0.1:9223")]
+    pub cdp_upstream: String,
     /// Workload to run as a child (entrypoint-wrapper mode), after `--`: it inherits sandboxd's
     /// stdio, and sandboxd shuts down and exits with its exit code when it ends.
     #[arg(last = true, value_name = "COMMAND")]

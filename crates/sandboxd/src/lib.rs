@@ -1,16 +1,20 @@
 //! sandboxd, the in-sandbox runtime: the upstream files REST API and gRPC `process.v1` service,
-//! the legacy python-runtime HTTP API, streaming exec, PTY and `run_code`.
+//! the legacy python-runtime HTTP API, streaming exec, PTY and `run_code`; for computer use, the
+//! managed services, the desktop API and the browser's DevTools front.
 
+pub mod cdp;
 pub mod config;
 pub mod confine;
 mod deadline;
 pub mod error;
+pub mod framebuffer;
 pub mod fsops;
 pub mod grpc;
 mod http_server;
 pub mod legacy;
 pub mod process;
 pub mod rest;
+pub mod services;
 mod sys;
 pub mod v2;
 
@@ -75,6 +79,7 @@ pub struct App {
     pub(crate) metadata_env: BTreeMap<String, String>,
     pub(crate) sup: Arc<process::Supervisor>,
     pub(crate) kernels: v2::code::Kernels,
+    pub(crate) services: services::Services,
 }
 
 /// A bound, not yet running daemon. Bind, read the addresses, then [`Server::run`].
@@ -84,6 +89,7 @@ pub struct Server {
     grpc: TcpListener,
     rest: TcpListener,
     legacy: Option<TcpListener>,
+    cdp: Option<TcpListener>,
 }
 
 impl Server {
@@ -104,6 +110,11 @@ impl Server {
                 config.legacy_port
             )));
         }
+        let service_specs = services::ServiceSpec::collect(
+            &config.services,
+            std::env::var("SANDBOXD_SERVICES").ok().as_deref(),
+        )
+        .map_err(ServeError::Config)?;
         let root = match &config.work_dir {
             Some(work) => confine::Root::open_with_work_dir(&config.root_dir, work),
             None => confine::Root::open(&config.root_dir),
@@ -135,9 +146,14 @@ impl Server {
         } else {
             Some(bind("legacy API", config.legacy_port).await?)
         };
+        let cdp = match config.cdp_port {
+            Some(port) => Some(bind("the browser's DevTools front", port).await?),
+            None => None,
+        };
         let app = Arc::new(App {
             metadata_env: rest::metadata_env(&config.metadata_env_prefix),
             kernels: v2::code::Kernels::default(),
+            services: services::Services::new(service_specs),
             config,
             root,
             ready: AtomicBool::new(true),
@@ -149,6 +165,7 @@ impl Server {
             grpc,
             rest,
             legacy,
+            cdp,
         })
     }
 
@@ -163,6 +180,11 @@ impl Server {
     /// Address of the legacy listener.
     pub fn legacy_addr(&self) -> Option<SocketAddr> {
         self.legacy.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Address of the browser's DevTools front, when configured.
+    pub fn cdp_addr(&self) -> Option<SocketAddr> {
+        self.cdp.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Serves until `shutdown` resolves, then shuts down in upstream's order: readiness off,
@@ -180,6 +202,7 @@ impl Server {
             grpc,
             rest,
             legacy,
+            cdp,
         } = self;
         let timeout = app.config.shutdown_timeout;
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -202,6 +225,15 @@ impl Server {
             ))
         });
         let grpc_task = tokio::spawn(serve_grpc(app.clone(), grpc, stop_rx.clone(), timeout));
+        let cdp_task = cdp.map(|l| {
+            tokio::spawn(cdp::serve(
+                l,
+                app.config.cdp_upstream.clone(),
+                stop_rx.clone(),
+                timeout,
+            ))
+        });
+        app.services.start(&app.sup, app.root.work_path());
 
         let workload = if app.config.command.is_empty() {
             None
@@ -243,6 +275,7 @@ impl Server {
         let deadline = tokio::time::Instant::now() + timeout;
         app.ready.store(false, Ordering::SeqCst);
         app.kernels.shutdown();
+        app.services.stop();
         app.sup.signal_all(rustix::process::Signal::TERM);
         let grace = tokio::time::Instant::now() + Duration::from_secs(2);
         while app.sup.live_children() > 0 && tokio::time::Instant::now() < grace.min(deadline) {
@@ -253,6 +286,9 @@ impl Server {
         let _ = tokio::time::timeout_at(deadline, async {
             let _ = rest_task.await;
             if let Some(t) = legacy_task {
+                let _ = t.await;
+            }
+            if let Some(t) = cdp_task {
                 let _ = t.await;
             }
             let _ = grpc_task.await;
@@ -361,6 +397,7 @@ pub async fn serve(config: Config) -> Result<i32, ServeError> {
         "grpc": server.grpc_addr().map(|a| a.to_string()),
         "rest": server.rest_addr().map(|a| a.to_string()),
         "legacy": server.legacy_addr().map(|a| a.to_string()),
+        "cdp": server.cdp_addr().map(|a| a.to_string()),
     });
     {
         use std::io::Write;

@@ -28,6 +28,9 @@ pub(crate) enum Scenario {
     /// SandboxSnapshot → Ready under runsc beside `runsc checkpoint`, and of 100 MiB in a
     /// layer beside `cp -a`.
     Snapshot,
+    /// Desktop sandboxes (`--image` the desktop image): warm claim → first screenshot,
+    /// screenshot latency and size, click → next screenshot.
+    Desktop,
 }
 
 /// Which durability settings of `agent-sandbox up` to measure (`--durability`).
@@ -45,7 +48,7 @@ pub(crate) enum DurabilityChoice {
 pub(crate) struct BenchArgs {
     #[command(flatten)]
     pub(crate) connect: ConnectArgs,
-    /// Scenarios to run (default: all but density).
+    /// Scenarios to run (default: all but density and desktop).
     #[arg(value_enum)]
     pub(crate) scenarios: Vec<Scenario>,
     /// Iterations of the per-request scenarios (warm-claim, first-instruction, cold-start per

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use crate::{free_port, unreachable_kubeconfig};
 
-const BIN: &str = env!("CARGO_BIN_EXE_agent-sandbox");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_agent-sandbox");
 pub(crate) const IMAGE: &str = "localhost/agent-sandbox/python:latest";
 
-fn repo() -> PathBuf {
+pub(crate) fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
@@ -22,7 +22,7 @@ pub(crate) struct Up {
     child: Child,
     pub(crate) data: tempfile::TempDir,
     _run: tempfile::TempDir,
-    router: String,
+    pub(crate) router: String,
     metrics: String,
     kubeconfig: PathBuf,
     bridge: String,
@@ -31,29 +31,33 @@ pub(crate) struct Up {
 impl Up {
     /// A bridge and subnet of this test's own (tests run in parallel).
     pub(crate) fn start(bridge: &str, subnet: &str) -> Up {
-        Up::start_with(bridge, subnet, &[])
+        Up::launch(bridge, subnet, &[], &[])
     }
 
     /// [`Up::start`] with more flags for `up`.
     pub(crate) fn start_with(bridge: &str, subnet: &str, flags: &[&str]) -> Up {
+        Up::launch(bridge, subnet, flags, &[])
+    }
+
+    /// As [`Up::start`], with more images built by examples/image/build_gui.py (`browser`,
+    /// `desktop`), imported as `localhost/agent-sandbox/<kind>:latest`.
+    pub(crate) fn start_with_gui(bridge: &str, subnet: &str, gui: &[&str]) -> Up {
+        Up::launch(bridge, subnet, &[], gui)
+    }
+
+    fn launch(bridge: &str, subnet: &str, flags: &[&str], gui: &[&str]) -> Up {
         let data = tempfile::tempdir().unwrap();
         let run = tempfile::tempdir().unwrap();
-        let layout = data.path().join("image");
-        let built = Command::new("python3")
-            .arg(repo().join("examples/image/build.py"))
-            .args(["--sandboxd", BIN, "--out"])
-            .arg(&layout)
-            .output()
-            .unwrap();
-        assert!(built.status.success(), "build.py: {built:?}");
-        let imported = Command::new(BIN)
-            .args(["image", "import"])
-            .arg(&layout)
-            .args(["--as", IMAGE, "--data-dir"])
-            .arg(data.path())
-            .output()
-            .unwrap();
-        assert!(imported.status.success(), "image import: {imported:?}");
+        build_and_import(data.path(), &["examples/image/build.py"], IMAGE, true);
+        for kind in gui {
+            let image = format!("localhost/agent-sandbox/{kind}:latest");
+            build_and_import(
+                data.path(),
+                &["examples/image/build_gui.py", kind],
+                &image,
+                false,
+            );
+        }
 
         let (api, router, metrics) = (free_port(), free_port(), free_port());
         let mut child = Command::new(BIN)
@@ -123,7 +127,12 @@ impl Up {
         String::from_utf8(out.stderr).unwrap()
     }
 
-    fn token(&self) -> String {
+    /// The data directory, where clients find this instance.
+    pub(crate) fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+
+    pub(crate) fn token(&self) -> String {
         fs_err::read_to_string(self.data.path().join("router-token"))
             .unwrap()
             .trim()
@@ -137,6 +146,35 @@ impl Up {
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// Builds an image layout with `script` (a path under the repository, then its arguments) and
+/// this build as sandboxd, and imports it into the data directory `data` as `image`; the
+/// layout is kept (as `data/image`) or removed.
+fn build_and_import(data: &Path, script: &[&str], image: &str, keep: bool) {
+    let layout = data.join(if keep { "image" } else { "layout" });
+    let built = Command::new("python3")
+        .arg(repo().join(script[0]))
+        .args(&script[1..])
+        .args(["--sandboxd", BIN, "--out"])
+        .arg(&layout)
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{script:?}: {built:?}");
+    let imported = Command::new(BIN)
+        .args(["image", "import"])
+        .arg(&layout)
+        .args(["--as", image, "--data-dir"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        imported.status.success(),
+        "image import {image}: {imported:?}"
+    );
+    if !keep {
+        let _ = fs_err::remove_dir_all(&layout);
     }
 }
 
@@ -235,15 +273,21 @@ fn http(
     (status, body)
 }
 
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
+fn dechunk(s: &str) -> String {
+    String::from_utf8_lossy(&dechunk_bytes(s.as_bytes())).into_owned()
+}
+
+/// The body of a chunked transfer encoding.
+pub(crate) fn dechunk_bytes(mut s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = s.windows(2).position(|w| w == b"\r\n") {
+        let size = String::from_utf8_lossy(&s[..eol]);
         let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
         if n == 0 {
             break;
         }
-        out.push_str(&rest[..n]);
-        s = &rest[n + 2..];
+        out.extend_from_slice(&s[eol + 2..eol + 2 + n]);
+        s = &s[eol + 2 + n + 2..];
     }
     out
 }
@@ -429,7 +473,7 @@ fn quickstart_through_cli_router_and_sandboxd() {
 }
 
 /// The sandbox a claim was given.
-fn claim_sandbox(up: &Up, claim: &str) -> String {
+pub(crate) fn claim_sandbox(up: &Up, claim: &str) -> String {
     let out = up.ok(&["get", "claims", claim, "-o", "json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     v["status"]["sandbox"]["name"].as_str().unwrap().to_owned()

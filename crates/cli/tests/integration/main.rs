@@ -2,6 +2,7 @@
 //!
 //! One test binary per crate (each file below is a module) keeps link time and disk use low.
 
+mod computer_use;
 mod controller;
 mod deploy;
 mod e2e;

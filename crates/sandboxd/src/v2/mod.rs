@@ -1,8 +1,9 @@
 //! Extensions beyond upstream under `/v2`: streaming exec over HTTP (NDJSON and SSE), a
 //! WebSocket PTY, run_code with persistent contexts, file stat/mkdir/move/tree/tar/watch and the
-//! process list.
+//! process list; the desktop API and the list of managed services.
 
 pub mod code;
+pub mod desktop;
 pub mod exec;
 pub mod files;
 
@@ -29,6 +30,17 @@ pub fn router() -> Router<Arc<App>> {
             get(files::tar_download).put(files::tar_upload),
         )
         .route("/v2/files/watch", get(files::watch))
+        .route("/v2/services", get(crate::services::list))
+        .route("/v2/desktop/screenshot", get(desktop::screenshot))
+        .route("/v2/desktop/screen", get(desktop::screen_size))
+        .route("/v2/desktop/cursor", get(desktop::cursor))
+        .route("/v2/desktop/windows", get(desktop::windows))
+        .route("/v2/desktop/mouse/move", post(desktop::mouse_move))
+        .route("/v2/desktop/mouse/click", post(desktop::mouse_click))
+        .route("/v2/desktop/mouse/drag", post(desktop::mouse_drag))
+        .route("/v2/desktop/mouse/scroll", post(desktop::mouse_scroll))
+        .route("/v2/desktop/keyboard/press", post(desktop::key_press))
+        .route("/v2/desktop/keyboard/type", post(desktop::key_type))
         .route("/v2/code/run", post(code::run_code))
         .route(
             "/v2/code/contexts",

@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod common;
+mod computer;
 mod confinement;
 mod grpc;
 mod legacy;

@@ -13,7 +13,11 @@ from typing import TYPE_CHECKING, Any
 from .client import SandboxClient
 from .metrics_utils import get_metrics, print_metrics
 from .exceptions import (
+    BrowserNotAvailableError,
     CommandTimeoutError,
+    ComputerUseError,
+    DesktopNotAvailableError,
+    InvalidActionError,
     SandboxClaimFailedError,
     SandboxConfigError,
     SandboxConnectionError,
@@ -55,7 +59,9 @@ from .models import (
     TransferSummary,
 )
 from .sandbox import (
+    Browser,
     Code,
+    Computer,
     Commands,
     Files,
     Process,
@@ -63,6 +69,7 @@ from .sandbox import (
     PtySession,
     Sandbox,
     SandboxPathError,
+    Window,
 )
 
 if TYPE_CHECKING:
@@ -86,6 +93,8 @@ __all__ = [
     "AsyncPtySession",
     "AsyncSandbox",
     "AsyncSandboxClient",
+    "Browser",
+    "BrowserNotAvailableError",
     "Code",
     "CodeContext",
     "CodeError",
@@ -93,10 +102,14 @@ __all__ = [
     "CodeResult",
     "CommandTimeoutError",
     "Commands",
+    "Computer",
+    "ComputerUseError",
+    "DesktopNotAvailableError",
     "ExecutionResult",
     "FileEntry",
     "FileInfo",
     "Files",
+    "InvalidActionError",
     "Process",
     "ProcessInfo",
     "Pty",
@@ -108,9 +121,7 @@ __all__ = [
     "SandboxConfigError",
     "SandboxConnectionConfig",
     "SandboxConnectionError",
-    "SandboxdInClusterConnectionConfig",
     "SandboxDirectConnectionConfig",
-    "SandboxdPodTunnelConnectionConfig",
     "SandboxEmbeddedConnectionConfig",
     "SandboxError",
     "SandboxGatewayConnectionConfig",
@@ -129,10 +140,13 @@ __all__ = [
     "SandboxTooLargeError",
     "SandboxTracerConfig",
     "SandboxWarmPoolNotFoundError",
+    "SandboxdInClusterConnectionConfig",
+    "SandboxdPodTunnelConnectionConfig",
     "SnapshotFailedError",
     "SnapshotInfo",
     "SnapshotNotFoundError",
     "TransferSummary",
+    "Window",
     "get_metrics",
     "print_metrics",
 ]

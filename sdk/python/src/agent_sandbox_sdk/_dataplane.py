@@ -112,13 +112,19 @@ class DataPlane:
             f"sandbox {self.namespace}/{self.sandbox_id} has no pod IP (suspended or not "
             "running); resume it or check sandbox.status()")
 
-    def base_url(self) -> str:
-        """The sandbox's HTTP base URL (for the router: the router's)."""
+    def base_url(self, port: int | None = None) -> str:
+        """The sandbox's HTTP base URL (for the router: the router's); ``port`` names another
+        port of the sandbox than the runtime's."""
         if self.conn.via_router:
             return self.conn.router_base()
         if self.conn.route == "pod-tunnel":
+            if port is not None and port != self.conn.server_port:
+                raise SandboxConnectionError(
+                    f"port {port} of sandbox {self.sandbox_id} is not reachable through this "
+                    "connection's tunnel (it forwards sandboxd's ports only); connect through "
+                    "the router or in-cluster instead")
             return f"http://127.0.0.1:{self._tunnel_ports()[0]}"
-        return f"http://{self._direct_host()}:{self.conn.server_port}"
+        return f"http://{self._direct_host()}:{port or self.conn.server_port}"
 
     def grpc_target(self) -> str:
         """``host:port`` of sandboxd's gRPC ProcessService."""
@@ -144,12 +150,12 @@ class DataPlane:
             self._tunnel = None  # made again for the Pod of the moment
 
     def _target(self, path: str, params: dict[str, Any] | None,
-                timeout: float | None) -> tuple[str, dict[str, str]]:
+                timeout: float | None, port: int | None = None) -> tuple[str, dict[str, str]]:
         q = ""
         if params:
             q = "?" + urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
         headers = {"User-Agent": "agent-sandbox-sdk-python"}
-        base = self.base_url()
+        base = self.base_url(port)
         if not self.conn.via_router:
             return f"{base}{path}{q}", headers
         self.conn.check_tunnel()
@@ -159,7 +165,7 @@ class DataPlane:
         headers.update(self.conn.extra_headers)
         headers["X-Sandbox-ID"] = self.sandbox_id
         headers["X-Sandbox-Namespace"] = self.namespace
-        headers["X-Sandbox-Port"] = str(self.conn.server_port)
+        headers["X-Sandbox-Port"] = str(port or self.conn.server_port)
         if self.pod_ip:
             headers["X-Sandbox-Pod-IP"] = self.pod_ip
         if timeout and timeout > 0 and math.isfinite(timeout):
@@ -236,7 +242,7 @@ class DataPlane:
     def request(self, method: str, path: str, *, what: str, params: dict[str, Any] | None = None,
                 json_body: Any = None, body: Body = None, headers: dict[str, str] | None = None,
                 timeout: float = 60.0, idempotent: bool | None = None,
-                ok: tuple[int, ...] = (200,)) -> HttpResponse:
+                ok: tuple[int, ...] = (200,), port: int | None = None) -> HttpResponse:
         if idempotent is None:
             idempotent = method in ("GET", "HEAD", "PUT", "DELETE")
         hdr_extra = dict(headers or {})
@@ -244,7 +250,7 @@ class DataPlane:
             body = json.dumps(json_body).encode()
             hdr_extra.setdefault("Content-Type", "application/json")
         for attempt in (0, 1):
-            url, hdrs = self._target(path, params, timeout)
+            url, hdrs = self._target(path, params, timeout, port)
             hdrs.update(hdr_extra)
             try:
                 resp = self.conn.http.request(method, url, headers=hdrs, body=body,

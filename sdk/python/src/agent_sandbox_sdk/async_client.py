@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional, Union
 
 from .client import SandboxClient
@@ -27,7 +27,7 @@ from .models import (
 from ._commands import _as_timed_out
 from ._runtimes import command_text
 from ._tracing import executable
-from .sandbox import Command, OutputCallback, Process, PtySession, Sandbox
+from .sandbox import Command, OutputCallback, Process, PtySession, Sandbox, Window
 
 
 class AsyncProcess:
@@ -246,6 +246,77 @@ class AsyncPty:
     open = create
 
 
+class AsyncComputer:
+    """The coroutine twin of ``sandbox.computer`` (the desktop API)."""
+
+    def __init__(self, sb: Sandbox) -> None:
+        self._sb = sb
+
+    async def screenshot(self, region: Optional[tuple[int, int, int, int]] = None,
+                         scale: Optional[float] = None) -> bytes:
+        return await asyncio.to_thread(self._sb.computer.screenshot, region, scale)
+
+    async def get_screen_size(self) -> tuple[int, int]:
+        return await asyncio.to_thread(self._sb.computer.get_screen_size)
+
+    async def get_cursor_position(self) -> tuple[int, int]:
+        return await asyncio.to_thread(self._sb.computer.get_cursor_position)
+
+    async def list_windows(self) -> list[Window]:
+        return await asyncio.to_thread(self._sb.computer.list_windows)
+
+    async def wait_until_ready(self, timeout: float = 30.0) -> None:
+        await asyncio.to_thread(self._sb.computer.wait_until_ready, timeout)
+
+    async def move_mouse(self, x: int, y: int) -> None:
+        await asyncio.to_thread(self._sb.computer.move_mouse, x, y)
+
+    async def left_click(self, x: Optional[int] = None, y: Optional[int] = None) -> None:
+        await asyncio.to_thread(self._sb.computer.left_click, x, y)
+
+    async def right_click(self, x: Optional[int] = None, y: Optional[int] = None) -> None:
+        await asyncio.to_thread(self._sb.computer.right_click, x, y)
+
+    async def middle_click(self, x: Optional[int] = None, y: Optional[int] = None) -> None:
+        await asyncio.to_thread(self._sb.computer.middle_click, x, y)
+
+    async def double_click(self, x: Optional[int] = None, y: Optional[int] = None) -> None:
+        await asyncio.to_thread(self._sb.computer.double_click, x, y)
+
+    async def drag(self, start: tuple[int, int], end: tuple[int, int],
+                   button: str = "left") -> None:
+        await asyncio.to_thread(self._sb.computer.drag, start, end, button)
+
+    async def scroll(self, direction: str = "down", amount: int = 1, x: Optional[int] = None,
+                     y: Optional[int] = None) -> None:
+        await asyncio.to_thread(self._sb.computer.scroll, direction, amount, x, y)
+
+    async def press(self, keys: Union[str, Sequence[str]]) -> None:
+        await asyncio.to_thread(self._sb.computer.press, keys)
+
+    async def write(self, text: str, delay_ms: Optional[int] = None) -> None:
+        await asyncio.to_thread(self._sb.computer.write, text, delay_ms)
+
+
+class AsyncBrowser:
+    """The coroutine twin of ``sandbox.browser``; the URL and headers need no I/O."""
+
+    def __init__(self, sb: Sandbox) -> None:
+        self._sb = sb
+
+    def cdp_url(self) -> str:
+        return self._sb.browser.cdp_url()
+
+    def cdp_headers(self) -> dict[str, str]:
+        return self._sb.browser.cdp_headers()
+
+    async def version(self, timeout: float = 30.0) -> dict[str, Any]:
+        return await asyncio.to_thread(self._sb.browser.version, timeout)
+
+    async def websocket_url(self) -> str:
+        return await asyncio.to_thread(self._sb.browser.websocket_url)
+
+
 class AsyncSandbox:
     """The coroutine twin of :class:`~agent_sandbox_sdk.Sandbox`; ``.sync`` is the underlying
     synchronous handle."""
@@ -256,6 +327,8 @@ class AsyncSandbox:
         self.files = AsyncFiles(sb)
         self.code = AsyncCode(sb)
         self.pty = AsyncPty(sb)
+        self.computer = AsyncComputer(sb)
+        self.browser = AsyncBrowser(sb)
 
     def __repr__(self) -> str:
         return f"Async{self.sync!r}"

@@ -94,6 +94,30 @@ class SandboxRequestError(SandboxError):
         self.code = code
 
 
+class ComputerUseError(SandboxRequestError):
+    """Base of the errors of ``sandbox.computer`` and ``sandbox.browser``."""
+
+
+class InvalidActionError(ComputerUseError, ValueError):
+    """A desktop action the sandbox refused without doing anything: a point off the screen, an
+    unknown key name, a region outside the screen, a bad scale."""
+
+
+class DesktopNotAvailableError(ComputerUseError):
+    """The sandbox has no desktop (``retryable`` false: use the ``desktop`` image), or its X
+    server is not running (``retryable`` true: sandboxd restarts it; retry in a second)."""
+
+    def __init__(self, message: str, status_code: int | None = None, response: Any = None,
+                 code: str | None = None, retryable: bool = False) -> None:
+        super().__init__(message, status_code=status_code, response=response, code=code)
+        self.retryable = retryable
+
+
+class BrowserNotAvailableError(ComputerUseError):
+    """The sandbox's browser does not answer on its DevTools port (not a browser or desktop
+    sandbox, or the browser is restarting)."""
+
+
 class SandboxTooLargeError(SandboxError):
     """A file is larger than the ``max_bytes`` the reader allowed; what was read before the
     limit stays written."""
@@ -108,7 +132,11 @@ class CommandTimeoutError(SandboxTimeoutError):
 
 
 __all__ = [
+    "BrowserNotAvailableError",
     "CommandTimeoutError",
+    "ComputerUseError",
+    "DesktopNotAvailableError",
+    "InvalidActionError",
     "SandboxClaimFailedError",
     "SandboxConfigError",
     "SandboxConnectionError",

@@ -9,6 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from ._code import Code
+from ._computer import Browser, Computer, Window
 from ._commands import BACKGROUND_TIMEOUT, Command, Commands, OutputCallback, Process
 from ._connection import Connection
 from ._dataplane import DataPlane, pick_pod_ip
@@ -31,8 +32,9 @@ from .models import CodeResult, SnapshotInfo
 if TYPE_CHECKING:
     from .client import SandboxClient
 
-__all__ = ["BACKGROUND_TIMEOUT", "Code", "Command", "Commands", "Files", "OutputCallback",
-           "Process", "Pty", "PtySession", "Sandbox", "SandboxPathError"]
+__all__ = ["BACKGROUND_TIMEOUT", "Browser", "Code", "Command", "Commands", "Computer", "Files",
+           "OutputCallback", "Process", "Pty", "PtySession", "Sandbox", "SandboxPathError",
+           "Window"]
 
 
 class SandboxPathError(SandboxError, ValueError):
@@ -121,6 +123,8 @@ class Sandbox:
         self._files = Files(self)
         self._code = Code(self)
         self._pty = Pty(self)
+        self._computer = Computer(self)
+        self._browser = Browser(self)
         self._pod_name: Optional[str] = None
 
     def __repr__(self) -> str:
@@ -148,6 +152,18 @@ class Sandbox:
     def pty(self) -> Pty:
         self._require_active()
         return self._pty
+
+    @property
+    def computer(self) -> Computer:
+        """The desktop (``desktop`` image): screenshots, mouse, keyboard, windows."""
+        self._require_active()
+        return self._computer
+
+    @property
+    def browser(self) -> Browser:
+        """The browser's DevTools endpoint (``browser`` and ``desktop`` images)."""
+        self._require_active()
+        return self._browser
 
     def run_code(self, code: str, language: str = "python", context: Optional[str] = None,
                  timeout: Optional[float] = 60, **kwargs: Any) -> CodeResult:

@@ -130,6 +130,8 @@ pub(crate) struct Fixture {
     pub(crate) token: Option<String>,
     pub(crate) data_dir: PathBuf,
     pub(crate) image: String,
+    /// Members are Ready once their desktop answers (the desktop scenario).
+    desktop: bool,
     watches: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -172,6 +174,7 @@ impl Fixture {
             token,
             data_dir: connect.data_dir.clone(),
             image: args.image.clone(),
+            desktop: args.scenarios.contains(&crate::args::Scenario::Desktop),
             watches,
         };
         fixture.ensure_template().await?;
@@ -190,6 +193,13 @@ impl Fixture {
         });
         if let Some(rc) = runtime_class {
             spec["runtimeClassName"] = json!(rc);
+        }
+        if self.desktop {
+            spec["containers"][0]["readinessProbe"] = json!({
+                "httpGet": {"path": "/v2/desktop/screen", "port": 8080},
+                "periodSeconds": 1,
+                "failureThreshold": 60,
+            });
         }
         json!({"metadata": {"labels": {RUN_LABEL: self.run_id}}, "spec": spec})
     }

@@ -7,6 +7,7 @@
 //! docs/benchmarks.md for what each number means.
 
 mod claims;
+mod desktop;
 mod fixture;
 mod instance;
 mod nodes;
@@ -222,6 +223,7 @@ async fn run_scenarios(
             Scenario::Density => nodes::density(&fixture, args).await,
             Scenario::Pause => pause::pause(&fixture, args).await,
             Scenario::Snapshot => snapshot::snapshot(&fixture, args).await,
+            Scenario::Desktop => desktop::desktop(&fixture, args).await,
         };
         match r {
             Ok(mut r) => rows.append(&mut r),
