@@ -113,7 +113,7 @@ async fn lifecycle(kind: HandlerKind) {
     .await
     .unwrap();
     e.start("grace").await.unwrap();
-    wait_armed(&e, "grace").await;
+    wait_armed(e, "grace").await;
     assert_eq!(e.state("grace").await.unwrap().phase, Phase::Running);
     let code = e.stop("grace", Duration::from_secs(10)).await.unwrap();
     assert_eq!(code, Some(42));
@@ -130,7 +130,7 @@ async fn lifecycle(kind: HandlerKind) {
     e.start("kill").await.unwrap();
     // A TERM that arrives before the trap (even before the runtime's init has exec'd the
     // shell) is not the case under test.
-    wait_armed(&e, "kill").await;
+    wait_armed(e, "kill").await;
     let t = std::time::Instant::now();
     let code = e.stop("kill", Duration::from_millis(500)).await.unwrap();
     assert_eq!(code, Some(137));
