@@ -61,7 +61,8 @@ class SnapshotInfo:
     @classmethod
     def from_object(cls, obj: dict[str, Any]) -> SnapshotInfo:
         st = obj.get("status") or {}
-        cond = next((c for c in st.get("conditions") or [] if c.get("type") == "Ready"), {})
+        cond: dict[str, Any] = next(
+            (c for c in st.get("conditions") or [] if c.get("type") == "Ready"), {})
         size = st.get("sizeBytes")
         return cls(name=(obj.get("metadata") or {}).get("name", ""),
                    sandbox=((obj.get("spec") or {}).get("sandboxRef") or {}).get("name", ""),
