@@ -31,8 +31,9 @@ def test_snapshot_list_and_delete(client: SandboxClient) -> None:
     pending = sb.snapshot(wait=False)
     assert pending.name.startswith(f"{sb.sandbox_id}-") and pending.phase == "Pending"
     assert sb.wait_snapshot(pending.name, timeout=60).ready
+    # Listed by name, as the API server lists.
     names = [s.name for s in sb.list_snapshots()]
-    assert names == [snap.name, pending.name]
+    assert names == sorted([snap.name, pending.name])
     assert sb.delete_snapshot(snap.name)
     with pytest.raises(SnapshotNotFoundError):
         for _ in range(500):
