@@ -105,6 +105,9 @@ pub(crate) enum Command {
     Delete(DeleteArgs),
     /// Print a sandbox's container log.
     Logs(LogsArgs),
+    /// Serve the Model Context Protocol: tools that create sandboxes and act in them, over
+    /// stdio (default) or streamable HTTP.
+    Mcp(McpArgs),
     /// Run the benchmark suite against a running instance.
     Bench(BenchArgs),
     /// Print version information.
@@ -362,4 +365,18 @@ mod tests {
         let cwd = std::env::current_dir().unwrap();
         assert_eq!((a.data_dir, a.run_dir), (cwd.join("data"), cwd.join("run")));
     }
+}
+
+/// `agent-sandbox mcp`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct McpArgs {
+    #[command(flatten)]
+    pub(crate) connect: ConnectArgs,
+    /// Serve streamable HTTP at this address (path /mcp) instead of stdio.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) http_listen: Option<std::net::SocketAddr>,
+    /// Allow --http-listen on a non-loopback address (the endpoint itself does not
+    /// authenticate; put it behind a proxy that does).
+    #[arg(long)]
+    pub(crate) http_allow_remote: bool,
 }

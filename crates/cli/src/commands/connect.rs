@@ -22,6 +22,7 @@ struct Endpoints {
 }
 
 /// A connection to the control plane, and to the router when one is known.
+#[derive(Clone)]
 pub(crate) struct Connection {
     pub(crate) client: kube::Client,
     pub(crate) namespace: String,
@@ -101,6 +102,14 @@ impl Connection {
             namespace: args.namespace.clone(),
             router,
         })
+    }
+
+    /// The same connection, for objects in `namespace`.
+    pub(crate) fn in_namespace(&self, namespace: &str) -> Connection {
+        Connection {
+            namespace: namespace.to_owned(),
+            ..self.clone()
+        }
     }
 
     pub(crate) fn api<K>(&self) -> Api<K>

@@ -21,7 +21,7 @@ use crate::args::{ConnectArgs, CpArgs, ExecArgs, LsArgs};
 const SANDBOXD_REST_PORT: &str = "8080";
 
 /// Requests to one sandbox's sandboxd through the router.
-struct SandboxdClient {
+pub(crate) struct SandboxdClient {
     http: reqwest::Client,
     router: String,
     token: Option<String>,
@@ -32,6 +32,12 @@ struct SandboxdClient {
 impl SandboxdClient {
     async fn connect(args: &ConnectArgs, name: &str) -> anyhow::Result<SandboxdClient> {
         let conn = Connection::open(args).await?;
+        Self::for_sandbox(&conn, name).await
+    }
+
+    /// The client of the sandbox a user means by `name` (a claim or a Sandbox), refusing one
+    /// the router cannot reach with what to do about it.
+    pub(crate) async fn for_sandbox(conn: &Connection, name: &str) -> anyhow::Result<Self> {
         let (router, token) = conn.router()?;
         let (router, token) = (router.to_owned(), token.map(str::to_owned));
         let sandbox = conn.resolve_sandbox(name).await?;
@@ -59,11 +65,11 @@ impl SandboxdClient {
             router,
             token,
             sandbox: sandbox_name,
-            namespace: conn.namespace,
+            namespace: conn.namespace.clone(),
         })
     }
 
-    fn request(&self, method: Method, path_and_query: &str) -> RequestBuilder {
+    pub(crate) fn request(&self, method: Method, path_and_query: &str) -> RequestBuilder {
         let mut req = self
             .http
             .request(method, format!("{}{path_and_query}", self.router))
@@ -78,12 +84,16 @@ impl SandboxdClient {
 
     /// Sends a request; a non-success answer becomes an error naming the sandbox and what the
     /// router or sandboxd said.
-    async fn send(&self, req: RequestBuilder, what: &str) -> anyhow::Result<Response> {
+    pub(crate) async fn send(&self, req: RequestBuilder, what: &str) -> anyhow::Result<Response> {
         let resp = self.send_unchecked(req, what).await?;
         self.check(resp, what).await
     }
 
-    async fn send_unchecked(&self, req: RequestBuilder, what: &str) -> anyhow::Result<Response> {
+    pub(crate) async fn send_unchecked(
+        &self,
+        req: RequestBuilder,
+        what: &str,
+    ) -> anyhow::Result<Response> {
         req.send().await.with_context(|| {
             format!(
                 "{what}: the router at {} does not answer; is `agent-sandbox up` running?",
@@ -92,7 +102,7 @@ impl SandboxdClient {
         })
     }
 
-    async fn check(&self, resp: Response, what: &str) -> anyhow::Result<Response> {
+    pub(crate) async fn check(&self, resp: Response, what: &str) -> anyhow::Result<Response> {
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -119,7 +129,7 @@ impl SandboxdClient {
 
 /// `/v1/files/<path>` with each segment percent-encoded; an absolute path keeps its leading
 /// slash (encoded), so that it names what it says.
-fn files_url(path: &str) -> String {
+pub(crate) fn files_url(path: &str) -> String {
     let mut url = String::from("/v1/files/");
     if path.starts_with('/') {
         url.push_str("%2F");
@@ -133,7 +143,7 @@ fn files_url(path: &str) -> String {
     url
 }
 
-fn percent_encode(s: &str, keep_slash: bool) -> String {
+pub(crate) fn percent_encode(s: &str, keep_slash: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || (keep_slash && b == b'/') {

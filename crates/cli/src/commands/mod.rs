@@ -7,6 +7,7 @@ mod crd;
 mod data_plane;
 mod image;
 mod manifests;
+mod mcp;
 mod router;
 mod router_pod;
 mod sandboxes;
@@ -43,6 +44,7 @@ pub(crate) fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Cp(args) => block_on(data_plane::cp(&args)),
         Command::Ls(args) => block_on(data_plane::ls(&args)),
         Command::Bench(args) => runtime()?.block_on(bench::bench(&args)),
+        Command::Mcp(args) => runtime()?.block_on(mcp::mcp(&args)),
     }
 }
 
