@@ -6,7 +6,9 @@
 //! - `table inet <name>`: hooks `forward` (pod ↔ pod and pod ↔ outside, bridged traffic reaches
 //!   it through br_netfilter), `output` (host → pod) and `input` (pod → host). Each starts with
 //!   `ct state established,related accept`, so replies of allowed connections always pass; then
-//!   drops traffic from or to addresses of `S` that are no known pod (fail closed: a sandbox
+//!   drops traffic from or to addresses of `S` that are no known pod, on this table's bridge
+//!   (every address rule names it, so a table never judges another bridge's traffic even when
+//!   the subnets are the same) (fail closed: a sandbox
 //!   the enforcer has not seen yet has no network); then dispatches by pod address (verdict maps)
 //!   to one chain per isolated pod and direction, whose rules `return` when a NetworkPolicy rule
 //!   admits the packet and end in `drop`.
@@ -621,20 +623,34 @@ impl Compiler<'_> {
             }
         }
         let known: Vec<String> = pods.iter().map(|p| p.ip.to_string()).collect();
+        // Every rule names this table's bridge: a packet from a sandbox comes in on it (`saddr`
+        // rules), a packet to one goes out on it (`daddr` rules). So a table only ever judges
+        // its own bridge's traffic, and one left by an earlier bridge with the same subnet
+        // cannot drop another's.
+        let bridge = &self.cfg.bridge;
+        let on = |field: &str| -> String {
+            if field == "saddr" {
+                format!("iifname \"{bridge}\"")
+            } else {
+                format!("oifname \"{bridge}\"")
+            }
+        };
         let unknown = |field: &str, extra: &[String]| -> String {
             let mut allowed = known.clone();
             allowed.extend(extra.iter().cloned());
+            let on = on(field);
             if allowed.is_empty() {
-                format!("ip {field} {subnet} counter drop")
+                format!("{on} ip {field} {subnet} counter drop")
             } else {
                 format!(
-                    "ip {field} {subnet} ip {field} != {} counter drop",
+                    "{on} ip {field} {subnet} ip {field} != {} counter drop",
                     set_of(allowed)
                 )
             }
         };
         let vmap = |field: &str, entries: &[String]| -> Option<String> {
-            (!entries.is_empty()).then(|| format!("ip {field} vmap {{ {} }}", entries.join(", ")))
+            (!entries.is_empty())
+                .then(|| format!("{} ip {field} vmap {{ {} }}", on(field), entries.join(", ")))
         };
         let gw = self.cfg.gateway.to_string();
 

@@ -146,11 +146,24 @@ fn default_template_policy() {
     assert!(!pod_chain(s, "10.100.0.2", "out_host").contains("return"));
     // Pod b is not isolated.
     assert!(!s.contains("10.100.0.3 : jump"));
-    assert!(s.contains("ip saddr vmap { 10.100.0.2 : jump out"));
+    assert!(s.contains("iifname \"br0\" ip saddr vmap { 10.100.0.2 : jump out"));
     // Fail closed for unknown pod addresses.
-    assert!(
-        s.contains("ip saddr 10.100.0.0/24 ip saddr != { 10.100.0.2, 10.100.0.3 } counter drop")
-    );
+    assert!(s.contains(
+        "iifname \"br0\" ip saddr 10.100.0.0/24 ip saddr != { 10.100.0.2, 10.100.0.3 } counter drop"
+    ));
+    // Every address rule of the inet table names the bridge (a packet from a sandbox comes in on
+    // it, one to a sandbox goes out on it): a table left by another bridge with the same subnet
+    // never judges this one's traffic.
+    let inet = s.split("table bridge").next().unwrap();
+    for line in inet.lines().filter(|l| {
+        l.trim_start().starts_with("ip saddr") || l.trim_start().starts_with("ip daddr")
+    }) {
+        assert!(
+            !line.contains("counter drop") && !line.contains("vmap"),
+            "an address rule without the bridge: {line}"
+        );
+    }
+    assert!(s.contains("oifname \"br0\" ip daddr 10.100.0.0/24 ip daddr != {"));
     // Anti-spoofing for both ports.
     assert!(s.contains("\"vetha\" . 10.100.0.2, \"vethb\" . 10.100.0.3"));
 }
