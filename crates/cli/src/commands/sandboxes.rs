@@ -33,29 +33,46 @@ pub(super) fn is_ready(conditions: &[Condition]) -> bool {
     is_status_condition_true(conditions, condition_types::READY)
 }
 
+/// Fails unless warm pool `pool` exists in the connection's namespace, naming the pools there.
+pub(crate) async fn ensure_pool(conn: &Connection, pool: &str) -> anyhow::Result<()> {
+    let pools: Api<SandboxWarmPool> = conn.api();
+    if pools.get_opt(pool).await?.is_some() {
+        return Ok(());
+    }
+    let names: Vec<String> = pools
+        .list(&Default::default())
+        .await?
+        .items
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    anyhow::bail!(
+        "no warm pool {}/{pool}; pools in this namespace: {}",
+        conn.namespace,
+        if names.is_empty() {
+            "none (create one with `agent-sandbox apply -f examples/manifests/warmpool.yaml`)"
+                .to_owned()
+        } else {
+            names.join(", ")
+        }
+    );
+}
+
+/// A claim lifecycle that deletes the claim (and its sandbox) `seconds` from now.
+pub(crate) fn delete_after(seconds: u64) -> anyhow::Result<Lifecycle> {
+    let at = k8s_openapi::jiff::Timestamp::now().checked_add(
+        k8s_openapi::jiff::SignedDuration::from_secs(i64::try_from(seconds)?),
+    )?;
+    Ok(Lifecycle {
+        shutdown_time: Some(Time(at)),
+        shutdown_policy: Some(ClaimShutdownPolicy::Delete),
+        ..Default::default()
+    })
+}
+
 pub(crate) async fn claim(args: &ClaimArgs) -> anyhow::Result<ExitCode> {
     let conn = Connection::open(&args.connect).await?;
-    let pools: Api<SandboxWarmPool> = conn.api();
-    if pools.get_opt(&args.pool).await?.is_none() {
-        let names: Vec<String> = pools
-            .list(&Default::default())
-            .await?
-            .items
-            .iter()
-            .map(|p| p.name_any())
-            .collect();
-        anyhow::bail!(
-            "no warm pool {}/{}; pools in this namespace: {}",
-            conn.namespace,
-            args.pool,
-            if names.is_empty() {
-                "none (create one with `agent-sandbox apply -f examples/manifests/warmpool.yaml`)"
-                    .to_owned()
-            } else {
-                names.join(", ")
-            }
-        );
-    }
+    ensure_pool(&conn, &args.pool).await?;
     let mut claim = SandboxClaim::new(
         args.name.as_deref().unwrap_or_default(),
         SandboxClaimSpec {
@@ -82,16 +99,7 @@ pub(crate) async fn claim(args: &ClaimArgs) -> anyhow::Result<ExitCode> {
         });
     }
     if let Some(after) = args.shutdown_after {
-        let at = k8s_openapi::jiff::Timestamp::now()
-            .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(i64::try_from(
-                after,
-            )?))
-            .context("--shutdown-after is too large")?;
-        claim.spec.lifecycle = Some(Lifecycle {
-            shutdown_time: Some(Time(at)),
-            shutdown_policy: Some(ClaimShutdownPolicy::Delete),
-            ..Default::default()
-        });
+        claim.spec.lifecycle = Some(delete_after(after).context("--shutdown-after is too large")?);
     }
     let started = Instant::now();
     let claims: Api<SandboxClaim> = conn.api();

@@ -340,6 +340,24 @@ pub struct MoveRequest {
     y: i64,
 }
 
+/// The xdotool arguments that move the pointer to (`x`, `y`) first when both are given (checked
+/// against the screen), none when neither is.
+fn move_first(
+    app: &App,
+    display: &str,
+    x: Option<i64>,
+    y: Option<i64>,
+) -> Result<Vec<String>, ApiError> {
+    match (x, y) {
+        (Some(x), Some(y)) => {
+            on_screen(app, display, x, y)?;
+            Ok(move_args(x, y))
+        }
+        (None, None) => Ok(Vec::new()),
+        _ => Err(ApiError::invalid("give both x and y, or neither")),
+    }
+}
+
 fn move_args(x: i64, y: i64) -> Vec<String> {
     vec![
         "mousemove".into(),
@@ -391,15 +409,7 @@ pub async fn mouse_click(
             req.count
         )));
     }
-    let mut args = Vec::new();
-    match (req.x, req.y) {
-        (Some(x), Some(y)) => {
-            on_screen(&app, &display, x, y)?;
-            args.extend(move_args(x, y));
-        }
-        (None, None) => {}
-        _ => return Err(ApiError::invalid("give both x and y, or neither")),
-    }
+    let mut args = move_first(&app, &display, req.x, req.y)?;
     args.extend(["click".into(), "--repeat".into(), req.count.to_string()]);
     args.extend(["--delay".into(), "50".into(), req.button.number().into()]);
     let _input = INPUT.lock().await;
@@ -476,15 +486,7 @@ pub async fn mouse_scroll(
             "amount must be between 1 and 100 wheel steps",
         ));
     }
-    let mut args = Vec::new();
-    match (req.x, req.y) {
-        (Some(x), Some(y)) => {
-            on_screen(&app, &display, x, y)?;
-            args.extend(move_args(x, y));
-        }
-        (None, None) => {}
-        _ => return Err(ApiError::invalid("give both x and y, or neither")),
-    }
+    let mut args = move_first(&app, &display, req.x, req.y)?;
     args.extend(["click".into(), "--repeat".into(), req.amount.to_string()]);
     args.extend(["--delay".into(), "20".into(), button.into()]);
     let _input = INPUT.lock().await;

@@ -8,12 +8,10 @@
 use std::time::{Duration, Instant};
 
 use agent_sandbox_api::v1beta1::{
-    ClaimShutdownPolicy, Lifecycle, OperatingMode, PodMetadata, Sandbox, SandboxClaim,
-    SandboxClaimSpec, SandboxWarmPool, SandboxWarmPoolRef,
+    OperatingMode, PodMetadata, Sandbox, SandboxClaim, SandboxClaimSpec, SandboxWarmPoolRef,
 };
 use anyhow::Context;
 use base64::Engine;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
 use reqwest::{Method, StatusCode};
@@ -27,7 +25,7 @@ use std::collections::BTreeMap;
 
 use crate::commands::connect::Connection;
 use crate::commands::data_plane::{SandboxdClient, files_url, percent_encode};
-use crate::commands::sandboxes::is_ready;
+use crate::commands::sandboxes::{delete_after, ensure_pool, is_ready};
 
 /// The most entries `list_files` returns (upstream's bound).
 const MAX_LIST_ENTRIES: usize = 10_000;
@@ -343,15 +341,7 @@ impl ServerHandler for SandboxTools {
 impl SandboxTools {
     async fn create(&self, a: CreateArgs) -> anyhow::Result<Value> {
         let conn = self.conn(a.namespace.as_deref());
-        let pools: kube::Api<SandboxWarmPool> = conn.api();
-        if pools.get_opt(&a.warmpool).await?.is_none() {
-            anyhow::bail!(
-                "no warm pool {}/{}; list pools with `kubectl get sandboxwarmpools -n {}` and pass one of them as warmpool",
-                conn.namespace,
-                a.warmpool,
-                conn.namespace
-            );
-        }
+        ensure_pool(&conn, &a.warmpool).await?;
         let mut claim = SandboxClaim::new(
             "",
             SandboxClaimSpec {
@@ -370,16 +360,8 @@ impl SandboxTools {
         meta.namespace = Some(conn.namespace.clone());
         meta.labels = Some(a.labels.into_iter().collect());
         if let Some(after) = a.shutdown_after_seconds {
-            let at = k8s_openapi::jiff::Timestamp::now()
-                .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(
-                    i64::try_from(after).context("shutdown_after_seconds is too large")?,
-                ))
-                .context("shutdown_after_seconds is too large")?;
-            claim.spec.lifecycle = Some(Lifecycle {
-                shutdown_time: Some(Time(at)),
-                shutdown_policy: Some(ClaimShutdownPolicy::Delete),
-                ..Default::default()
-            });
+            claim.spec.lifecycle =
+                Some(delete_after(after).context("shutdown_after_seconds is too large")?);
         }
         let started = Instant::now();
         let claims: kube::Api<SandboxClaim> = conn.api();
