@@ -11,12 +11,16 @@
 //! `agent-sandbox-rs.github.io/paused: "true"`, or the node still reports it frozen) is known
 //! as paused, so that the router answers at once with an error that says to unpause it instead
 //! of forwarding to processes that cannot answer.
+//!
+//! Each record also carries its Sandbox's name and idle policy (`agent_sandbox_api::idle`), so
+//! that [`crate::idle`] finds the sandboxes it watches for inactivity without an API call.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
 use agent_sandbox_api::constants::{extensions as ext, labels};
+use agent_sandbox_api::idle::IdlePolicy;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::WatchStreamExt;
@@ -30,6 +34,27 @@ struct Record {
     uids: Vec<String>,
     unclaimed_warm: bool,
     paused: bool,
+    /// The Sandbox that owns the Pod (the Pod's own name when it has no Sandbox owner).
+    sandbox: String,
+    /// The idle policy of the Pod's annotations; `None` without one (or when it does not
+    /// parse: admission refuses such values, so only a Pod made around it has one).
+    idle: Option<IdlePolicy>,
+}
+
+/// A sandbox the router knows, as [`PodCache::sandbox_at`] and [`PodCache::idle_candidates`]
+/// return it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SandboxAt {
+    /// Its namespace.
+    pub namespace: String,
+    /// The Sandbox's name.
+    pub name: String,
+    /// Its Pod's address.
+    pub ip: IpAddr,
+    /// Asked to pause, or still frozen.
+    pub paused: bool,
+    /// Its idle policy, if any.
+    pub idle: Option<IdlePolicy>,
 }
 
 #[derive(Default)]
@@ -96,6 +121,7 @@ fn record_of(pod: &Pod, ns: &str, name: &str) -> Option<Record> {
     }
     let mut names = vec![(ns.to_owned(), name.to_owned())];
     let mut uids: Vec<String> = pod.metadata.uid.iter().cloned().collect();
+    let mut sandbox = name.to_owned();
     if let Some(owner) = pod
         .metadata
         .owner_references
@@ -108,6 +134,7 @@ fn record_of(pod: &Pod, ns: &str, name: &str) -> Option<Record> {
             names.push((ns.to_owned(), owner.name.clone()));
         }
         uids.push(owner.uid.clone());
+        sandbox.clone_from(&owner.name);
     }
     let unclaimed_warm = pod
         .metadata
@@ -121,12 +148,19 @@ fn record_of(pod: &Pod, ns: &str, name: &str) -> Option<Record> {
             .unwrap_or_default()
             .iter()
             .any(|c| c.type_ == ext::condition_types::POD_PAUSED && c.status == "True");
+    let idle =
+        IdlePolicy::from_annotations(pod.metadata.annotations.as_ref()).unwrap_or_else(|e| {
+            tracing::warn!(pod = %format!("{ns}/{name}"), error = %e, "idle policy ignored");
+            None
+        });
     Some(Record {
         ip,
         names,
         uids,
         unclaimed_warm,
         paused,
+        sandbox,
+        idle,
     })
 }
 
@@ -193,6 +227,38 @@ impl PodCache {
             .get(&ip)
             .and_then(|key| index.pods.get(key))
             .is_some_and(|r| r.paused)
+    }
+
+    /// The sandbox whose Pod is at `ip`.
+    pub fn sandbox_at(&self, ip: IpAddr) -> Option<SandboxAt> {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let key = index.by_ip.get(&ip)?;
+        let r = index.pods.get(key)?;
+        Some(SandboxAt {
+            namespace: key.0.clone(),
+            name: r.sandbox.clone(),
+            ip,
+            paused: r.paused,
+            idle: r.idle,
+        })
+    }
+
+    /// Every claimed (or standalone) sandbox with an idle policy; unclaimed warm-pool Pods wait
+    /// in their pool and are never idle.
+    pub fn idle_candidates(&self) -> Vec<SandboxAt> {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        index
+            .pods
+            .iter()
+            .filter(|(_, r)| r.idle.is_some() && !r.unclaimed_warm)
+            .map(|((ns, _), r)| SandboxAt {
+                namespace: ns.clone(),
+                name: r.sandbox.clone(),
+                ip: r.ip,
+                paused: r.paused,
+                idle: r.idle,
+            })
+            .collect()
     }
 
     /// Whether the first full list has been loaded.
@@ -343,6 +409,48 @@ mod tests {
         cache.apply(&p);
         cache.delete(&p);
         assert!(cache.resolve("ns", "sb", None).is_none());
+    }
+
+    #[test]
+    fn sandboxes_with_an_idle_policy_are_candidates_unless_waiting_in_a_pool() {
+        use agent_sandbox_api::idle::IDLE_TIMEOUT;
+        let cache = PodCache::new();
+        let mut p = pod("pod-a", "10.0.0.8", true, json!({}), Some(("sb-a", "ua")));
+        cache.apply(&p);
+        let ip: IpAddr = "10.0.0.8".parse().unwrap();
+        let at = cache.sandbox_at(ip).unwrap();
+        assert_eq!(
+            (at.namespace.as_str(), at.name.as_str(), at.idle),
+            ("ns", "sb-a", None)
+        );
+        assert!(cache.idle_candidates().is_empty());
+        p.metadata.annotations = Some([(IDLE_TIMEOUT.to_string(), "30s".to_string())].into());
+        cache.apply(&p);
+        let c = cache.idle_candidates();
+        assert_eq!(c.len(), 1);
+        assert_eq!(
+            c[0].idle.unwrap().pause_after,
+            Some(std::time::Duration::from_secs(30))
+        );
+        let warm = pod(
+            "pod-w",
+            "10.0.0.9",
+            true,
+            json!({labels::WARM_POOL_SANDBOX: "pool"}),
+            None,
+        );
+        let mut warm = warm;
+        warm.metadata.annotations = p.metadata.annotations.clone();
+        cache.apply(&warm);
+        assert_eq!(
+            cache.idle_candidates().len(),
+            1,
+            "a warm-pool Pod is never idle"
+        );
+        // A value admission would refuse is ignored rather than acted on.
+        p.metadata.annotations = Some([(IDLE_TIMEOUT.to_string(), "soon".to_string())].into());
+        cache.apply(&p);
+        assert!(cache.idle_candidates().is_empty());
     }
 
     #[test]

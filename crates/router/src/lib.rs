@@ -10,11 +10,15 @@
 //!    streaming both ways without buffering, retrying only connection failures;
 //! 4. [`metrics`] records the outcome.
 //!
+//! [`idle`] pauses or suspends sandboxes idle past their policy and wakes them on their next
+//! request.
+//!
 //! [`server::serve`] runs the listener (plain HTTP/1.1 and h2c on one port, `GET /healthz`,
 //! bearer-token auth on by default) and [`server::serve_metrics`] the Prometheus endpoint.
 #![forbid(unsafe_code)]
 
 pub mod cache;
+pub mod idle;
 pub mod metrics;
 pub mod proxy;
 pub mod server;

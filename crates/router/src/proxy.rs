@@ -112,6 +112,8 @@ impl Upstream {
     }
 
     /// Forwards `req` to `addr`; `peer` is the client's address (for `X-Forwarded-For`).
+    /// `hold` is kept until the exchange ends: the end of the response body, or of the
+    /// upgraded connection.
     pub async fn forward(
         &self,
         req: Request<Incoming>,
@@ -119,11 +121,15 @@ impl Upstream {
         peer: SocketAddr,
         timeout: Duration,
         on_retry: impl Fn(),
+        hold: impl Send + Sync + 'static,
     ) -> Result<Response<Body>, ProxyError> {
         if is_upgrade(&req) {
-            return tokio::time::timeout(timeout, self.forward_upgrade(req, addr, peer, &on_retry))
-                .await
-                .map_err(|_| ProxyError::Timeout { addr, timeout })?;
+            return tokio::time::timeout(
+                timeout,
+                self.forward_upgrade(req, addr, peer, &on_retry, hold),
+            )
+            .await
+            .map_err(|_| ProxyError::Timeout { addr, timeout })?;
         }
         let (mut parts, body) = req.into_parts();
         let via_h2 = parts.version == Version::HTTP_2;
@@ -173,6 +179,10 @@ impl Upstream {
             .map_err(|_| ProxyError::Timeout { addr, timeout })??;
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
+        let body = body.map_frame(move |frame| {
+            let _held = &hold;
+            frame
+        });
         Ok(Response::from_parts(parts, body.boxed()))
     }
 
@@ -182,6 +192,7 @@ impl Upstream {
         addr: SocketAddr,
         peer: SocketAddr,
         on_retry: &impl Fn(),
+        hold: impl Send + Sync + 'static,
     ) -> Result<Response<Body>, ProxyError> {
         let client_side = hyper::upgrade::on(&mut req);
         let mut attempt = 0;
@@ -238,6 +249,7 @@ impl Upstream {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let sandbox_side = hyper::upgrade::on(&mut resp);
             tokio::spawn(async move {
+                let _held = hold;
                 match tokio::join!(client_side, sandbox_side) {
                     (Ok(client), Ok(sandbox)) => {
                         let _ = tokio::io::copy_bidirectional(

@@ -16,6 +16,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::cache::PodCache;
+use crate::idle::{Idle, WakeError};
 use crate::metrics::{ErrorLabels, Metrics, RequestLabels};
 use crate::proxy::{Body, ProxyError, Upstream, full};
 use crate::target::Target;
@@ -80,6 +81,7 @@ pub struct Router {
     cache: PodCache,
     upstream: Upstream,
     metrics: Arc<Metrics>,
+    idle: Option<Arc<Idle>>,
 }
 
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Body> {
@@ -116,6 +118,43 @@ impl Router {
             cache,
             upstream,
             metrics: Arc::new(Metrics::default()),
+            idle: None,
+        })
+    }
+
+    /// Turns on idle sandboxes (see [`crate::idle`]): sandboxes with an idle policy are paused
+    /// or suspended through `client`, and woken by their next request. Returns the owner, whose
+    /// [`Idle::run`] the caller spawns.
+    pub fn enable_idle(&mut self, client: kube::Client) -> Arc<Idle> {
+        let idle = Arc::new(Idle::new(self.cache.clone(), client, self.metrics()));
+        self.idle = Some(Arc::clone(&idle));
+        idle
+    }
+
+    /// Wakes `namespace/name` when the router stopped it for being idle: its address once it
+    /// serves, `Ok(None)` when it was not stopped for being idle, a response saying why when it
+    /// does not come back in time.
+    async fn wake(
+        &self,
+        namespace: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Option<IpAddr>, Response<Body>> {
+        let Some(idle) = &self.idle else {
+            return Ok(None);
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        idle.wake(namespace, name, deadline).await.map_err(|e| {
+            let status = match e {
+                WakeError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+                WakeError::Write(_) => StatusCode::BAD_GATEWAY,
+            };
+            detail(
+                status,
+                format!(
+                    "Sandbox {name} was stopped for being idle and {e}; retry, or raise X-Sandbox-Timeout."
+                ),
+            )
         })
     }
 
@@ -179,7 +218,8 @@ impl Router {
             Ok(t) => t,
             Err(e) => return detail(StatusCode::BAD_REQUEST, e.to_string()),
         };
-        let ip = match self.resolve(&target).await {
+        let timeout = target.timeout.unwrap_or(self.config.proxy_timeout);
+        let mut ip = match self.resolve(&target).await {
             Ok(Some(ip)) => ip,
             Err(ForeignPodIp) => {
                 return detail(
@@ -190,42 +230,71 @@ impl Router {
                     ),
                 );
             }
-            Ok(None) => {
-                self.metrics
-                    .upstream_errors
-                    .get_or_create(&ErrorLabels {
-                        reason: "unresolved",
-                    })
-                    .inc();
-                return detail(
-                    StatusCode::BAD_GATEWAY,
-                    format!("Could not connect to the backend sandbox: {}", target.id),
-                );
-            }
+            Ok(None) => match self.wake(&target.namespace, &target.id, timeout).await {
+                Ok(Some(ip)) => ip,
+                Ok(None) => {
+                    self.metrics
+                        .upstream_errors
+                        .get_or_create(&ErrorLabels {
+                            reason: "unresolved",
+                        })
+                        .inc();
+                    return detail(
+                        StatusCode::BAD_GATEWAY,
+                        format!("Could not connect to the backend sandbox: {}", target.id),
+                    );
+                }
+                Err(resp) => return resp,
+            },
         };
+        let mut at = self.cache.sandbox_at(ip);
         if self.cache.is_paused(ip) {
-            self.metrics
-                .upstream_errors
-                .get_or_create(&ErrorLabels { reason: "paused" })
-                .inc();
-            return detail(
-                StatusCode::CONFLICT,
-                format!(
-                    "Sandbox {} is paused: its processes are frozen and cannot answer. Unpause it (agent-sandbox unpause {}, or remove the annotation {}) and retry.",
-                    target.id,
-                    target.id,
-                    agent_sandbox_api::constants::extensions::annotations::PAUSED
-                ),
-            );
+            let woken = match &at {
+                Some(a) if a.idle.is_some() => self.wake(&a.namespace, &a.name, timeout).await,
+                _ => Ok(None),
+            };
+            match woken {
+                Ok(Some(now)) => {
+                    ip = now;
+                    at = self.cache.sandbox_at(ip);
+                }
+                Ok(None) => {
+                    self.metrics
+                        .upstream_errors
+                        .get_or_create(&ErrorLabels { reason: "paused" })
+                        .inc();
+                    return detail(
+                        StatusCode::CONFLICT,
+                        format!(
+                            "Sandbox {} is paused: its processes are frozen and cannot answer. Unpause it (agent-sandbox unpause {}, or remove the annotation {}) and retry.",
+                            target.id,
+                            target.id,
+                            agent_sandbox_api::constants::extensions::annotations::PAUSED
+                        ),
+                    );
+                }
+                Err(resp) => return resp,
+            }
         }
+        let busy = self
+            .idle
+            .as_ref()
+            .zip(at)
+            .map(|(idle, a)| idle.begin((a.namespace, a.name)));
         let addr = SocketAddr::new(ip, target.port);
-        let timeout = target.timeout.unwrap_or(self.config.proxy_timeout);
         let retries = &self.metrics.upstream_retries;
         match self
             .upstream
-            .forward(req, addr, peer, timeout, || {
-                retries.inc();
-            })
+            .forward(
+                req,
+                addr,
+                peer,
+                timeout,
+                || {
+                    retries.inc();
+                },
+                busy,
+            )
             .await
         {
             Ok(resp) => resp,

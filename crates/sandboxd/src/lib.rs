@@ -2,6 +2,7 @@
 //! the legacy python-runtime HTTP API, streaming exec, PTY and `run_code`; for computer use, the
 //! managed services, the desktop API and the browser's DevTools front.
 
+pub mod activity;
 pub mod cdp;
 pub mod config;
 pub mod confine;
@@ -80,6 +81,7 @@ pub struct App {
     pub(crate) sup: Arc<process::Supervisor>,
     pub(crate) kernels: v2::code::Kernels,
     pub(crate) services: services::Services,
+    pub(crate) activity: Arc<activity::Activity>,
 }
 
 /// A bound, not yet running daemon. Bind, read the addresses, then [`Server::run`].
@@ -154,6 +156,7 @@ impl Server {
             metadata_env: rest::metadata_env(&config.metadata_env_prefix),
             kernels: v2::code::Kernels::default(),
             services: services::Services::new(service_specs),
+            activity: Arc::default(),
             config,
             root,
             ready: AtomicBool::new(true),
@@ -364,6 +367,10 @@ pub fn rest_router(app: Arc<App>) -> Router {
         .fallback(|| async {
             error::ApiError::not_found("no such endpoint; see the REST API under /v1 and /v2")
         })
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            activity::track,
+        ))
         .with_state(app)
 }
 
@@ -380,6 +387,10 @@ pub fn legacy_router(app: Arc<App>) -> Router {
         .route("/exists/", get(legacy::exists))
         .merge(v2::router())
         .fallback(legacy::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            activity::track,
+        ))
         .with_state(app)
 }
 

@@ -10,6 +10,35 @@ use crate::api::{App, Req, Target};
 use crate::error::{ApiError, ApiResult, Cause};
 use crate::resources::ResourceDef;
 
+/// This project's annotations on the Pod metadata a kind carries (the idle policy), checked
+/// as a webhook would: the CRDs stay upstream's, so the schema cannot.
+fn extension_causes(group: &str, kind: &str, obj: &Value) -> Vec<Cause> {
+    if group != agent_sandbox_api::constants::CORE_GROUP
+        && group != agent_sandbox_api::constants::EXTENSIONS_GROUP
+    {
+        return Vec::new();
+    }
+    let path = match kind {
+        "Sandbox" | "SandboxTemplate" => "spec.podTemplate.metadata.annotations",
+        "SandboxClaim" => "spec.additionalPodMetadata.annotations",
+        _ => return Vec::new(),
+    };
+    let at = path.split('.').fold(obj, |v, k| &v[k]);
+    let Ok(annotations) =
+        serde_json::from_value::<Option<std::collections::BTreeMap<String, String>>>(at.clone())
+    else {
+        return Vec::new();
+    };
+    agent_sandbox_api::idle::validate(annotations.as_ref(), path)
+        .into_iter()
+        .map(|(field, message)| Cause {
+            reason: "FieldValueInvalid".into(),
+            message,
+            field,
+        })
+        .collect()
+}
+
 /// The strategy of every custom resource.
 #[derive(Debug, Default)]
 pub struct Custom;
@@ -59,12 +88,19 @@ impl Strategy for Custom {
         let Some(crd) = app.crd_objects.get(&t.rd.key()) else {
             return Ok(());
         };
+        let invalid = |obj: &Value, causes| {
+            let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+            ApiError::invalid(&t.rd.group, &t.rd.kind, &name, causes)
+        };
         match app.crd.admit(crd, &t.version, obj, old) {
-            Ok(unknown) => crate::api::unknown_fields(t, &unknown, req),
-            Err(causes) => {
-                let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
-                Err(ApiError::invalid(&t.rd.group, &t.rd.kind, &name, causes))
+            Ok(unknown) => {
+                let causes = extension_causes(&t.rd.group, &t.rd.kind, obj);
+                if !causes.is_empty() {
+                    return Err(invalid(obj, causes));
+                }
+                crate::api::unknown_fields(t, &unknown, req)
             }
+            Err(causes) => Err(invalid(obj, causes)),
         }
     }
 

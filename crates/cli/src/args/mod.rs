@@ -312,6 +312,13 @@ pub(crate) struct RouterArgs {
     /// Do not fall back to `<id>.<namespace>.svc.<domain>` when the pod cache has no entry.
     #[arg(long)]
     pub(crate) no_dns_fallback: bool,
+    /// Pause or suspend sandboxes idle past their policy (the annotations
+    /// `agent-sandbox-rs.github.io/idle-timeout` and `idle-suspend-after`) and wake them on
+    /// their next request. Needs `get` and `patch` on sandboxes. Each replica sees only its own
+    /// traffic (and asks sandboxd about the rest before it acts): turn it on for one replica,
+    /// or accept that a sandbox serving only non-API ports through another replica is paused.
+    #[arg(long)]
+    pub(crate) idle_sandboxes: bool,
 }
 
 #[cfg(test)]

@@ -31,7 +31,11 @@ pub(crate) fn router(args: &RouterArgs) -> anyhow::Result<ExitCode> {
         // First, so a SIGTERM (Kubernetes stopping the Pod) during start-up is not lost.
         let shutdown = agent_sandbox_controller::cluster::shutdown_signal();
         let cache = PodCache::new();
-        let router = Arc::new(Router::new(config, cache.clone())?);
+        let mut router = Router::new(config, cache.clone())?;
+        if args.idle_sandboxes {
+            tokio::spawn(router.enable_idle(client.clone()).run());
+        }
+        let router = Arc::new(router);
         tokio::spawn(cache.run(client));
         let listener = TcpListener::bind(args.http_bind_address)
             .await

@@ -153,7 +153,7 @@ async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
             "warning: the router serves requests without a token (--allow-unauthenticated-router): any local process can reach every sandbox"
         );
     }
-    let router = Arc::new(Router::new(
+    let mut router = Router::new(
         RouterConfig {
             auth_token: (!args.allow_unauthenticated_router).then_some(token),
             allow_unauthenticated: args.allow_unauthenticated_router,
@@ -161,7 +161,10 @@ async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
             ..RouterConfig::default()
         },
         cache,
-    )?);
+    )?;
+    // Sandboxes with an idle policy are paused or suspended when idle, woken by traffic.
+    tokio::spawn(router.enable_idle(client.clone()).run());
+    let router = Arc::new(router);
     // The router as upstream deploys it, reachable through port-forward.
     server.set_pod_port_forward(Arc::new(router_pod::NodePortForward {
         engine: node_engine,

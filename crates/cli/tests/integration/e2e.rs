@@ -23,7 +23,7 @@ pub(crate) struct Up {
     pub(crate) data: tempfile::TempDir,
     _run: tempfile::TempDir,
     pub(crate) router: String,
-    metrics: String,
+    pub(crate) metrics: String,
     kubeconfig: PathBuf,
     bridge: String,
 }
@@ -218,7 +218,7 @@ pub(crate) fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> b
 }
 
 /// One HTTP/1.1 request to the router; returns the status and body.
-fn router_request(
+pub(crate) fn router_request(
     up: &Up,
     method: &str,
     path: &str,
@@ -235,7 +235,7 @@ fn router_request(
 }
 
 /// One HTTP/1.1 request; returns the status and body.
-fn http(
+pub(crate) fn http(
     addr: &str,
     method: &str,
     path: &str,

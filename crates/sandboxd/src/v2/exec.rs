@@ -494,7 +494,12 @@ pub(crate) async fn pty(
         Ok(c) => c,
         Err(e) => return spawn_error(e).into_response(),
     };
-    ws.on_upgrade(move |socket| pty_session(app, child, argv, socket))
+    // The terminal is activity for as long as it is open, not only while it was being opened.
+    let open = app.activity.open();
+    ws.on_upgrade(move |socket| async move {
+        pty_session(app, child, argv, socket).await;
+        drop(open);
+    })
 }
 
 async fn pty_session(

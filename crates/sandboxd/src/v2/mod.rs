@@ -1,6 +1,6 @@
 //! Extensions beyond upstream under `/v2`: streaming exec over HTTP (NDJSON and SSE), a
 //! WebSocket PTY, run_code with persistent contexts, file stat/mkdir/move/tree/tar/watch and the
-//! process list; the desktop API and the list of managed services.
+//! process list; the desktop API, the list of managed services and the API activity.
 
 pub mod code;
 pub mod desktop;
@@ -31,6 +31,7 @@ pub fn router() -> Router<Arc<App>> {
         )
         .route("/v2/files/watch", get(files::watch))
         .route("/v2/services", get(crate::services::list))
+        .route("/v2/activity", get(crate::activity::get))
         .route("/v2/desktop/screenshot", get(desktop::screenshot))
         .route("/v2/desktop/screen", get(desktop::screen_size))
         .route("/v2/desktop/cursor", get(desktop::cursor))
