@@ -255,6 +255,10 @@ pub mod extensions {
         /// Ready SandboxSnapshot in its namespace, on its node. The new sandbox's writable
         /// layers and data volumes start from the snapshot's files (processes start afresh).
         pub const RESTORE_FROM: &str = "agent-sandbox-rs.github.io/restore-from";
+        /// On a Pod (through its Sandbox's `podTemplate.metadata.annotations`) that runs under
+        /// gVisor: where its runtime trace events go, `log`, `falco` or `log,falco`; `off`
+        /// turns off the node's default. See `docs/runtime-monitoring.md`.
+        pub const RUNTIME_MONITORING: &str = "agent-sandbox-rs.github.io/runtime-monitoring";
     }
 
     /// The only value of [`annotations::PAUSED`] that pauses.
