@@ -151,7 +151,7 @@ impl Monitoring {
         let socket = socket_path(dir);
         // Falco's parsers pair syscall entries with exits: both are traced when forwarding.
         let json = points::pod_init_config(&socket, m.falco);
-        std::fs::write(
+        fs_err::write(
             &config,
             serde_json::to_vec_pretty(&json).unwrap_or_default(),
         )?;

@@ -9,7 +9,7 @@
 //! it. Plain threads: the work is blocking socket reads and file appends, and the threads must
 //! outlive any one async runtime (tests open several engines).
 
-use std::fs::File;
+use fs_err::File;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -79,7 +79,7 @@ pub struct EventLog {
 impl EventLog {
     /// A log at `path` (created on the first event, mode 0600).
     pub fn new(path: PathBuf, max_bytes: u64) -> Self {
-        let written = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let written = fs_err::metadata(&path).map(|m| m.len()).unwrap_or(0);
         EventLog {
             path,
             file: None,
@@ -90,8 +90,8 @@ impl EventLog {
 
     fn open(&mut self) -> std::io::Result<&mut File> {
         if self.file.is_none() {
-            use std::os::unix::fs::OpenOptionsExt;
-            let f = std::fs::OpenOptions::new()
+            use fs_err::os::unix::fs::OpenOptionsExt;
+            let f = fs_err::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .mode(0o600)
@@ -107,7 +107,7 @@ impl EventLog {
             self.file = None;
             let mut old = self.path.clone().into_os_string();
             old.push(".1");
-            std::fs::rename(&self.path, old)?;
+            fs_err::rename(&self.path, old)?;
             self.written = 0;
         }
         self.open()?.write_all(line)?;
@@ -125,7 +125,7 @@ pub struct Listener {
 impl Drop for Listener {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = std::fs::remove_file(&self.socket);
+        let _ = fs_err::remove_file(&self.socket);
     }
 }
 
@@ -160,12 +160,12 @@ pub fn listen_at(
             ),
         )
     })?;
-    let _ = std::fs::remove_file(path);
+    let _ = fs_err::remove_file(path);
     let fd = seqpacket().map_err(|e| io(e, "creating a SOCK_SEQPACKET socket"))?;
     bind(fd.as_raw_fd(), &addr).map_err(|e| io(e, format_args!("binding {}", path.display())))?;
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        fs_err::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     }
     listen(&fd, Backlog::new(16).unwrap_or(Backlog::MAXCONN))
         .map_err(|e| io(e, format_args!("listening on {}", path.display())))?;
@@ -414,9 +414,9 @@ mod tests {
         let mut log = EventLog::new(p.clone(), 10);
         log.append(b"123456\n").unwrap();
         log.append(b"abcdef\n").unwrap();
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "abcdef\n");
+        assert_eq!(fs_err::read_to_string(&p).unwrap(), "abcdef\n");
         assert_eq!(
-            std::fs::read_to_string(d.path().join("events.jsonl.1")).unwrap(),
+            fs_err::read_to_string(d.path().join("events.jsonl.1")).unwrap(),
             "123456\n"
         );
     }
@@ -467,7 +467,7 @@ mod tests {
         };
         wait(&|| counters.dropped_falco.load(Ordering::SeqCst) == 1);
         wait(&|| counters.logged.load(Ordering::SeqCst) == 1);
-        let line = std::fs::read_to_string(d.path().join("ev.jsonl")).unwrap();
+        let line = fs_err::read_to_string(d.path().join("ev.jsonl")).unwrap();
         assert!(line.contains("\"event\":\"sentry/task_exit\""), "{line}");
         assert!(line.contains("\"exitStatus\":3"), "{line}");
         drop(s);
