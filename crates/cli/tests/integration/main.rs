@@ -6,6 +6,7 @@ mod computer_use;
 mod controller;
 mod deploy;
 mod e2e;
+mod monitoring;
 mod snapshot;
 
 /// A free loopback port (nothing listens on it once this returns).
