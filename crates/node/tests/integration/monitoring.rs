@@ -370,3 +370,48 @@ async fn bad_monitoring_settings_are_errors_on_the_pod() {
         );
     }
 }
+
+/// After a restart of the node (a new engine re-adopting the sandbox), the running sentry's
+/// trace session is made again and its events reach the log again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitoring_resumes_after_the_node_restarts() {
+    if need(Some(HandlerKind::Runsc)) {
+        return;
+    }
+    let scratch = tempfile::Builder::new()
+        .prefix("asbx-falco-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let mut env = runsc_env(&scratch.path().join("absent.sock")).await;
+    let m = RuntimeMonitoring {
+        log: true,
+        falco: false,
+    };
+    env.engine().run(sleeper("again", Some(m))).await.unwrap();
+    exec_ms(env.engine(), "again").await;
+    env.reopen().await;
+    let report = env.engine().recover().await.unwrap();
+    assert_eq!(report.adopted, ["again"]);
+    let log = env.engine().runtime_events_path("again");
+    let before = events(&log).len();
+    exec_ms(env.engine(), "again").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ev = events(&log);
+        if probe_seen(&ev[before.min(ev.len())..]).iter().all(|x| *x) {
+            println!("{} events after the restart", ev.len() - before);
+            // They came through the new engine's socket (the sentry connected again).
+            let c = env.engine().monitoring().counters();
+            assert_eq!(c.connections.load(Ordering::SeqCst), 1);
+            assert!(c.logged.load(Ordering::SeqCst) > 0);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no probe events after the restart: {:?}",
+            &ev[before.min(ev.len())..]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env.engine().remove("again").await.unwrap();
+}
