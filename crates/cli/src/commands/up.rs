@@ -46,6 +46,14 @@ fn router_token(args: &UpArgs) -> anyhow::Result<String> {
 }
 
 async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
+    if let Some(m) = args.runtime_monitoring.0.filter(|m| m.falco)
+        && args.runtime_monitoring_falco_socket.is_none()
+    {
+        anyhow::bail!(
+            "--runtime-monitoring {} forwards to Falco: give its socket with --runtime-monitoring-falco-socket PATH, or use `log`",
+            m.as_value()
+        );
+    }
     fs_err::create_dir_all(&args.data_dir)
         .context("creating the data directory; pass --data-dir to choose another")?;
     let mut api = ApiConfig::new(args.data_dir.join("apiserver"));
@@ -103,17 +111,6 @@ async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
         engine_config.runtime_monitoring.falco_socket =
             args.runtime_monitoring_falco_socket.clone();
         engine_config.runtime_monitoring.log_max_bytes = args.runtime_monitoring_log_size;
-        if args.runtime_monitoring.0.is_some_and(|m| m.falco)
-            && args.runtime_monitoring_falco_socket.is_none()
-        {
-            anyhow::bail!(
-                "--runtime-monitoring {} forwards to Falco: give its socket with --runtime-monitoring-falco-socket PATH, or use `log`",
-                args.runtime_monitoring
-                    .0
-                    .map(|m| m.as_value())
-                    .unwrap_or_default()
-            );
-        }
         let defaults = NetworkConfig::default();
         engine_config.network = Some(NetworkConfig {
             // The CNI network name keys IP address leases: one per bridge.

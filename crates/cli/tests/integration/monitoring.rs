@@ -89,3 +89,34 @@ fn runtime_events_through_up() {
     let err = up.fails(&["logs", "nosuch", "--runtime-events"]);
     assert!(err.contains("nosuch"), "{err}");
 }
+
+/// `up` refuses a runtime-monitoring setting it cannot honour before it starts anything.
+#[test]
+fn bad_runtime_monitoring_flags() {
+    let data = tempfile::tempdir().unwrap();
+    let up = |flags: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_agent-sandbox"))
+            .arg("up")
+            .arg("--data-dir")
+            .arg(data.path())
+            .args(flags)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "up {flags:?} started");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = up(&["--runtime-monitoring", "yes"]);
+    assert!(
+        err.contains("unknown sink \"yes\"") && err.contains("`log,falco`"),
+        "{err}"
+    );
+    let err = up(&["--runtime-monitoring", "falco"]);
+    assert!(
+        err.contains("--runtime-monitoring-falco-socket PATH"),
+        "{err}"
+    );
+    assert!(
+        fs_err::read_dir(data.path()).unwrap().next().is_none(),
+        "nothing was made"
+    );
+}
