@@ -268,6 +268,10 @@ pub mod extensions {
         /// On a Sandbox, written by the router with `operatingMode: Suspended`: when it
         /// suspended the sandbox for being idle (RFC 3339). The next request resumes it.
         pub const IDLE_SUSPENDED: &str = "agent-sandbox-rs.github.io/idle-suspended";
+        /// On a Pod (through its Sandbox's `podTemplate.metadata.annotations`) that runs under
+        /// gVisor: where its runtime trace events go, `log`, `falco` or `log,falco`; `off`
+        /// turns off the node's default. See `docs/runtime-monitoring.md`.
+        pub const RUNTIME_MONITORING: &str = "agent-sandbox-rs.github.io/runtime-monitoring";
     }
 
     /// The only value of [`annotations::PAUSED`] that pauses.

@@ -27,8 +27,8 @@ pub use kubelet::{
 };
 pub(crate) use runtime::record_file;
 pub use runtime::{
-    bundle, cni, engine, firewall, host, image, lifecycle, netpol, sandboxd_kit, seccomp, spec,
-    timeline,
+    bundle, cni, engine, firewall, host, image, lifecycle, monitor, netpol, sandboxd_kit, seccomp,
+    spec, timeline,
 };
 
 pub use error::{NodeError, Result};

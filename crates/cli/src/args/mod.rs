@@ -263,6 +263,28 @@ pub(crate) struct UpArgs {
     /// or Ti suffix); a larger one fails with a message naming this flag and leaves nothing.
     #[arg(long, env = "AGENT_SANDBOX_SNAPSHOT_SIZE_LIMIT", default_value = "10Gi", value_parser = parse_bytes)]
     pub(crate) snapshot_size_limit: u64,
+    /// gVisor runtime monitoring of every runsc sandbox whose Pod does not say otherwise
+    /// (annotation agent-sandbox-rs.github.io/runtime-monitoring): `log`, `falco`,
+    /// `log,falco`, or `off`. See docs/runtime-monitoring.md.
+    #[arg(long, env = "AGENT_SANDBOX_RUNTIME_MONITORING", default_value = "off", value_name = "SINKS", value_parser = parse_runtime_monitoring)]
+    pub(crate) runtime_monitoring: MonitoringSetting,
+    /// Falco's gVisor socket (the `endpoint` of the file given to `falco --gvisor-config`):
+    /// where the events of sandboxes monitored with `falco` are forwarded.
+    #[arg(long, env = "AGENT_SANDBOX_RUNTIME_MONITORING_FALCO_SOCKET", value_name = "PATH", value_parser = crate::args::absolute_path)]
+    pub(crate) runtime_monitoring_falco_socket: Option<PathBuf>,
+    /// Size at which a sandbox's runtime event log is rotated (one older file is kept).
+    #[arg(long, default_value = "32Mi", value_parser = parse_bytes)]
+    pub(crate) runtime_monitoring_log_size: u64,
+}
+
+/// `--runtime-monitoring`: `None` is `off`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MonitoringSetting(
+    pub(crate) Option<agent_sandbox_node::monitor::RuntimeMonitoring>,
+);
+
+fn parse_runtime_monitoring(s: &str) -> Result<MonitoringSetting, String> {
+    agent_sandbox_node::monitor::RuntimeMonitoring::parse(s).map(MonitoringSetting)
 }
 
 /// A byte count: digits with an optional binary suffix (`Ki`, `Mi`, `Gi`, `Ti`).

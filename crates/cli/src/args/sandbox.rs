@@ -158,6 +158,11 @@ pub(crate) struct LogsArgs {
     /// The container (default: the Pod's only or first one).
     #[arg(long, short = 'c')]
     pub(crate) container: Option<String>,
+    /// The sandbox's gVisor runtime events (JSON lines; the sandbox must be monitored with
+    /// `log`) instead of a container's output. Read from the node's data directory
+    /// (`--data-dir`), so this runs on the machine of `agent-sandbox up`, as root.
+    #[arg(long, conflicts_with_all = ["previous", "container"])]
+    pub(crate) runtime_events: bool,
 }
 
 #[derive(Debug, Args)]

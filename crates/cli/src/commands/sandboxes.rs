@@ -617,10 +617,18 @@ pub(crate) async fn logs(args: &LogsArgs) -> anyhow::Result<ExitCode> {
     let sandbox = conn.resolve_sandbox(&args.name).await?;
     let name = sandbox.name_any();
     let pods: Api<Pod> = conn.api();
-    if pods.get_opt(&name).await?.is_none() {
+    let Some(pod) = pods.get_opt(&name).await? else {
         anyhow::bail!(
             "sandbox {name} has no Pod (suspended, or not started yet); `agent-sandbox get sandboxes {name}` shows why"
         );
+    };
+    if args.runtime_events {
+        let dir = args
+            .connect
+            .data_dir
+            .join("node/sandboxes")
+            .join(pod.uid().unwrap_or_default());
+        return runtime_events(&name, &agent_sandbox_node::monitor::log_path(&dir), args).await;
     }
     let params = LogParams {
         tail_lines: args.tail,
@@ -648,6 +656,59 @@ pub(crate) async fn logs(args: &LogsArgs) -> anyhow::Result<ExitCode> {
         out.flush()?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `logs --runtime-events`: the sandbox's JSON event log, its last `--tail` lines, then with
+/// `--follow` what is appended until the sandbox (and its log) is removed.
+async fn runtime_events(
+    name: &str,
+    path: &std::path::Path,
+    args: &LogsArgs,
+) -> anyhow::Result<ExitCode> {
+    use std::io::{Read, Seek};
+    let mut file = std::fs::File::open(path).map_err(|e| {
+        anyhow::anyhow!(
+            "sandbox {name} has no runtime event log at {} ({e}); it needs runtimeClassName gvisor and the annotation agent-sandbox-rs.github.io/runtime-monitoring: log (or `up --runtime-monitoring log`), and this command must run as root on the machine of `agent-sandbox up` with its --data-dir",
+            path.display()
+        )
+    })?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let lines: Vec<&str> = text.lines().collect();
+    let skip = match args.tail {
+        Some(n) if n >= 0 => lines.len().saturating_sub(n as usize),
+        _ => 0,
+    };
+    {
+        let mut out = std::io::stdout().lock();
+        for l in &lines[skip..] {
+            writeln!(out, "{l}")?;
+        }
+        out.flush()?;
+    }
+    if !args.follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut pos = file.stream_position()?;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let Ok(meta) = std::fs::metadata(path) else {
+            return Ok(ExitCode::SUCCESS);
+        };
+        if meta.len() < pos {
+            // Rotated: the new file starts from its beginning.
+            file = std::fs::File::open(path)?;
+            pos = 0;
+        }
+        file.seek(std::io::SeekFrom::Start(pos))?;
+        let mut more = Vec::new();
+        file.read_to_end(&mut more)?;
+        pos += more.len() as u64;
+        let mut out = std::io::stdout().lock();
+        out.write_all(&more)?;
+        out.flush()?;
+    }
 }
 
 #[cfg(test)]

@@ -46,6 +46,14 @@ fn router_token(args: &UpArgs) -> anyhow::Result<String> {
 }
 
 async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
+    if let Some(m) = args.runtime_monitoring.0.filter(|m| m.falco)
+        && args.runtime_monitoring_falco_socket.is_none()
+    {
+        anyhow::bail!(
+            "--runtime-monitoring {} forwards to Falco: give its socket with --runtime-monitoring-falco-socket PATH, or use `log`",
+            m.as_value()
+        );
+    }
     fs_err::create_dir_all(&args.data_dir)
         .context("creating the data directory; pass --data-dir to choose another")?;
     let mut api = ApiConfig::new(args.data_dir.join("apiserver"));
@@ -78,6 +86,7 @@ async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
 
     let mut node_task = None;
     let mut node_engine = None;
+    let mut node_engine_for_metrics: Option<Arc<SandboxEngine>> = None;
     if !args.no_node {
         let mut engine_config = EngineConfig::new(args.data_dir.join("node"), &args.run_dir);
         if let Some(path) = &args.registry_config {
@@ -99,6 +108,9 @@ async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
                 agent_sandbox_node::bundle::CapabilityDefaults::Kubernetes;
         }
         engine_config.registry.insecure = args.insecure_registry.clone();
+        engine_config.runtime_monitoring.falco_socket =
+            args.runtime_monitoring_falco_socket.clone();
+        engine_config.runtime_monitoring.log_max_bytes = args.runtime_monitoring_log_size;
         let defaults = NetworkConfig::default();
         engine_config.network = Some(NetworkConfig {
             // The CNI network name keys IP address leases: one per bridge.
@@ -128,8 +140,10 @@ async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
         server.set_pod_logs(Arc::new(EngineLogs(Arc::clone(&engine))));
         server.set_pod_exec(Arc::new(EngineExec(Arc::clone(&engine))));
         node_engine = Some(Arc::clone(&engine));
+        node_engine_for_metrics = Some(Arc::clone(&engine));
         let mut agent_config = AgentConfig {
             snapshot_size_limit: args.snapshot_size_limit,
+            runtime_monitoring: args.runtime_monitoring.0,
             ..AgentConfig::default()
         };
         if let Some(n) = args.max_parallel_starts {
@@ -194,7 +208,12 @@ async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
                 args.metrics_listen
             )
         })?;
-    tokio::spawn(serve_metrics(metrics, router.metrics(), controller_state));
+    tokio::spawn(serve_metrics(
+        metrics,
+        router.metrics(),
+        controller_state,
+        node_engine_for_metrics,
+    ));
     tokio::spawn(router_server::serve(router, listener));
     println!(
         "router:      http://{}  (token: {}; also svc/{} in namespaces {} through kubectl port-forward)",
@@ -221,12 +240,14 @@ async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `/metrics` with the router's and the controllers' metrics in one OpenMetrics document,
-/// `/healthz`, and `/readyz` (the controllers' caches have synced).
+/// `/metrics` with the router's, the controllers' and the node's (runtime monitoring) metrics
+/// in one OpenMetrics document, `/healthz`, and `/readyz` (the controllers' caches have
+/// synced).
 async fn serve_metrics(
     listener: TcpListener,
     router: Arc<agent_sandbox_router::metrics::Metrics>,
     controllers: agent_sandbox_controller::State,
+    node: Option<Arc<SandboxEngine>>,
 ) {
     use axum::http::{StatusCode, header};
     use axum::routing::get;
@@ -237,10 +258,14 @@ async fn serve_metrics(
             "/metrics",
             get(move || {
                 let (router, controllers) = (Arc::clone(&router), Arc::clone(&controllers));
+                let node = node.clone();
                 async move {
                     let mut text = router.render();
                     if let Some(stripped) = text.strip_suffix("# EOF\n") {
                         text.truncate(stripped.len());
+                    }
+                    if let Some(node) = &node {
+                        text.push_str(&node.monitoring().metrics_text());
                     }
                     text.push_str(&controllers.metrics_text());
                     (

@@ -127,6 +127,13 @@ impl Up {
         String::from_utf8(out.stderr).unwrap()
     }
 
+    /// The body of `GET /metrics`.
+    pub(crate) fn metrics_text(&self) -> String {
+        let (status, body) = http(&self.metrics, "GET", "/metrics", &[], "");
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
     /// The data directory, where clients find this instance.
     pub(crate) fn data_dir(&self) -> &Path {
         self.data.path()

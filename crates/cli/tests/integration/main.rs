@@ -7,6 +7,7 @@ mod controller;
 mod deploy;
 mod e2e;
 mod idle;
+mod monitoring;
 mod snapshot;
 
 /// A free loopback port (nothing listens on it once this returns).

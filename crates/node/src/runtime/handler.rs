@@ -205,16 +205,23 @@ impl OciRuntime {
     }
 
     /// argv for `create` (or `run --detach` when `start` is set: create and start in one
-    /// runtime process), used by the shim, which execs it without a shell.
+    /// runtime process), used by the shim, which execs it without a shell. `pod_init` (runsc
+    /// only) is a `--pod-init-config` file: the trace session the sandbox starts with.
     pub(crate) fn create_argv(
         &self,
         id: &str,
         bundle: &Path,
         pid_file: &Path,
         start: bool,
+        pod_init: Option<&Path>,
     ) -> Vec<CString> {
         let mut args: Vec<OsString> = vec![self.binary.clone().into()];
         args.extend(self.global_args());
+        if let Some(p) = pod_init.filter(|_| self.kind == HandlerKind::Runsc) {
+            let mut flag = OsString::from("--pod-init-config=");
+            flag.push(p);
+            args.push(flag);
+        }
         if start {
             args.extend(["run".into(), "--detach".into()]);
         } else {
@@ -375,6 +382,16 @@ impl OciRuntime {
     pub async fn checkpoint(&self, id: &str, image: &Path, timeout: Duration) -> Result<()> {
         let image = format!("--image-path={}", image.display());
         self.op_within("checkpoint", id, &["--leave-running", &image], timeout)
+            .await
+            .map(drop)
+    }
+
+    /// `trace create --force` (runsc only): replace the sandbox's trace session with the one in
+    /// `config` (a `--pod-init-config` file also does), e.g. to reconnect its sink to a node
+    /// that restarted.
+    pub async fn trace_create(&self, id: &str, config: &Path) -> Result<()> {
+        let config = format!("--config={}", config.display());
+        self.simple("trace", id, &["create", "--force", &config])
             .await
             .map(drop)
     }

@@ -9,6 +9,7 @@
 //! | [`host`] | host effects (mounts, network namespaces, cgroups, programs) behind a trait |
 //! | [`handler`] | the OCI runtime CLIs (runc, crun, runsc) |
 //! | [`image`] | image pull, cache and layer unpacking |
+//! | [`monitor`] | gVisor runtime monitoring: trace sessions, the node's sink sockets, Falco |
 //! | [`bundle`], [`seccomp`], [`sandboxd_kit`] | the OCI `config.json` of a container |
 //! | [`cni`], [`firewall`], [`netpol`] | pod networking and NetworkPolicy enforcement |
 //! | [`spec`] | the sandbox spec, derived from a Pod |
@@ -22,6 +23,7 @@ pub mod handler;
 pub mod host;
 pub mod image;
 pub mod lifecycle;
+pub mod monitor;
 pub mod netpol;
 pub(crate) mod record_file;
 pub mod sandboxd_kit;

@@ -12,6 +12,7 @@ mod images;
 mod isolation;
 mod lifecycle;
 mod logs;
+mod monitoring;
 mod netpol;
 mod network;
 mod pause;

@@ -61,6 +61,7 @@
 
 mod config;
 mod container;
+mod monitoring;
 mod pause;
 mod probing;
 mod pull;
@@ -116,6 +117,9 @@ pub struct AgentConfig {
     pub max_parallel_starts: usize,
     /// The most bytes one snapshot may take on disk (`--snapshot-size-limit`).
     pub snapshot_size_limit: u64,
+    /// gVisor runtime monitoring for runsc Pods without the annotation
+    /// (`up --runtime-monitoring`); `None`: only Pods that ask are monitored.
+    pub runtime_monitoring: Option<crate::monitor::RuntimeMonitoring>,
 }
 
 /// The default of [`AgentConfig::snapshot_size_limit`]: 10 GiB.
@@ -128,6 +132,7 @@ impl Default for AgentConfig {
             backoff_max: Duration::from_secs(20),
             max_parallel_starts: default_parallel_starts(),
             snapshot_size_limit: DEFAULT_SNAPSHOT_SIZE_LIMIT,
+            runtime_monitoring: None,
         }
     }
 }

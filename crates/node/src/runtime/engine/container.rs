@@ -169,7 +169,17 @@ impl SandboxEngine {
         let split = start && entry.net.lock().await.is_some();
         let one_call = start && !split;
         self.wait_netns(entry).await?;
-        let started = spawn_create(Arc::clone(&self.host), &rt, &runtime_id, &cp, one_call).await?;
+        let pod_init = (rec.spec.runtime_monitoring.is_some() && rec.handler == HandlerKind::Runsc)
+            .then(|| crate::monitor::config_path(&paths.dir));
+        let started = spawn_create(
+            Arc::clone(&self.host),
+            &rt,
+            &runtime_id,
+            &cp,
+            one_call,
+            pod_init.as_deref(),
+        )
+        .await?;
         tl.record(
             if one_call {
                 "runtime run"
@@ -223,6 +233,7 @@ pub(super) async fn spawn_create(
     id: &str,
     paths: &CPaths,
     start: bool,
+    pod_init: Option<&Path>,
 ) -> Result<sys::ShimStarted> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
@@ -242,7 +253,7 @@ pub(super) async fn spawn_create(
         .0
         .into();
     let plan = sys::ShimPlan {
-        argv: rt.create_argv(id, &paths.bundle(), &paths.pid(), start),
+        argv: rt.create_argv(id, &paths.bundle(), &paths.pid(), start, pod_init),
         envp: vec![
             CString::new("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
                 .unwrap_or_default(),

@@ -73,6 +73,35 @@ impl SandboxEngine {
         Ok(())
     }
 
+    /// Runtime monitoring needs runsc, and the `falco` sink a Falco socket on this node.
+    fn check_monitoring(&self, spec: &SandboxSpec, handler: HandlerKind) -> Result<()> {
+        use agent_sandbox_api::constants::extensions::annotations::RUNTIME_MONITORING;
+        let Some(m) = spec.runtime_monitoring else {
+            return Ok(());
+        };
+        let field = format!("metadata.annotations[{RUNTIME_MONITORING}]");
+        if handler != HandlerKind::Runsc {
+            return Err(NodeError::Unsupported {
+                sandbox: spec.display_name(),
+                field,
+                reason: format!(
+                    "runtime monitoring traces gVisor's kernel, and this sandbox runs under {handler}; set `runtimeClassName: gvisor` on the Pod template, or remove the annotation"
+                ),
+            });
+        }
+        if m.falco && self.config.runtime_monitoring.falco_socket.is_none() {
+            return Err(NodeError::Unsupported {
+                sandbox: spec.display_name(),
+                field,
+                reason: format!(
+                    "{:?} asks for Falco, and this node forwards to no Falco socket; start the node with `agent-sandbox up --runtime-monitoring-falco-socket PATH`, or write `log`",
+                    m.as_value()
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// `start`: `None` prepares only; `Some(s)` also creates the regular containers, starting
     /// them when `s`.
     pub(super) async fn create_inner(
@@ -82,6 +111,7 @@ impl SandboxEngine {
     ) -> Result<SandboxHandle> {
         self.check_spec(&spec)?;
         let handler = self.resolve_handler(&spec)?;
+        self.check_monitoring(&spec, handler)?;
         let paths = self.paths(&spec.id);
         {
             let map = lock(&self.sandboxes);
@@ -169,6 +199,23 @@ impl SandboxEngine {
         fs_err::create_dir_all(paths.etc())?;
         self.commit(&entry, &rec)?;
         tl.record("record", t);
+        if let Some(m) = rec.spec.runtime_monitoring
+            && rec.handler == HandlerKind::Runsc
+        {
+            let t = Instant::now();
+            self.monitoring
+                .start(&rec.spec.id, &paths.dir, m)
+                .map_err(|e| {
+                    NodeError::Io(std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "starting runtime monitoring of sandbox {}: {e}",
+                            rec.spec.display_name()
+                        ),
+                    ))
+                })?;
+            tl.record("runtime monitoring", t);
+        }
         let t = Instant::now();
 
         steps::make_volumes(self.host.as_ref(), &rec.spec, |v| {

@@ -52,7 +52,7 @@ pub(super) async fn probe(
         bundle::write(&spec, &dir.join("bundle"))?;
         let paths = CPaths { dir: dir.clone() };
         let t = Instant::now();
-        let started = spawn_create(Arc::clone(host), rt, &id, &paths, false).await?;
+        let started = spawn_create(Arc::clone(host), rt, &id, &paths, false, None).await?;
         if started.create_exit != 0 {
             let log = fs_err::read_to_string(paths.log()).unwrap_or_default();
             return Err(NodeError::Runtime {

@@ -189,6 +189,8 @@ pub struct SandboxEngine {
     host: Arc<dyn Host>,
     /// Why runsc cannot checkpoint on this node, once it said so (see `snapshot.rs`).
     no_checkpoint: Mutex<Option<String>>,
+    /// gVisor runtime monitoring: the sandboxes' sink sockets and the counters.
+    monitoring: crate::monitor::Monitoring,
 }
 
 /// Pod-level paths of a sandbox.
@@ -363,6 +365,7 @@ impl SandboxEngine {
             tracing::info!(target: "node::engine", "{}", s.summary());
         }
         Ok(SandboxEngine {
+            monitoring: crate::monitor::Monitoring::new(config.runtime_monitoring.clone()),
             config,
             runtimes,
             statuses,
@@ -429,6 +432,16 @@ impl SandboxEngine {
     /// The engine configuration.
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// gVisor runtime monitoring (its counters for the metrics endpoint).
+    pub fn monitoring(&self) -> &crate::monitor::Monitoring {
+        &self.monitoring
+    }
+
+    /// The handler a spec would run under (its `handler`, or the node's default).
+    pub fn handler_of(&self, spec: &SandboxSpec) -> Result<HandlerKind> {
+        self.resolve_handler(spec)
     }
 
     fn resolve_handler(&self, spec: &SandboxSpec) -> Result<HandlerKind> {

@@ -103,6 +103,12 @@ impl SandboxEngine {
         self.paths(id).dir.join("container.log")
     }
 
+    /// The JSON log of a sandbox's runtime events (gVisor runtime monitoring with `log`):
+    /// `<root>/sandboxes/<id>/runtime-events.jsonl`, rotated to `.1` at the configured size.
+    pub fn runtime_events_path(&self, id: &str) -> PathBuf {
+        crate::monitor::log_path(&self.paths(id).dir)
+    }
+
     /// The log of a container's previous instance (the current one's is rotated here when the
     /// container is created again).
     pub fn previous_log_path(&self, id: &str, name: &str) -> PathBuf {

@@ -48,6 +48,7 @@ impl SandboxEngine {
 
     pub(super) async fn teardown(&self, paths: &Paths, rec: &Record) -> Result<()> {
         let id = &rec.spec.id;
+        self.monitoring.stop(id);
         let mut first_err: Option<NodeError> = None;
         let mut note = |r: Result<()>| {
             if let Err(e) = r {
@@ -115,6 +116,32 @@ impl SandboxEngine {
         }
     }
 
+    /// A re-adopted monitored sandbox: its sentries' connections ended with the previous
+    /// engine, so the node listens again and each running sentry gets its trace session anew
+    /// (`runsc trace create --force`). Failures are logged: the sandbox runs on, unmonitored
+    /// until it is made again.
+    async fn reconnect_monitoring(&self, paths: &Paths, rec: &Record) {
+        let (Some(m), HandlerKind::Runsc) = (rec.spec.runtime_monitoring, rec.handler) else {
+            return;
+        };
+        let id = &rec.spec.id;
+        let config = match self.monitoring.start(id, &paths.dir, m) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(target: "node::engine", sandbox = %id, error = %e, "runtime monitoring could not listen again; the sandbox runs unmonitored");
+                return;
+            }
+        };
+        let Some(rt) = self.runtimes.get(&HandlerKind::Runsc) else {
+            return;
+        };
+        for c in rec.containers.iter().filter(|c| c.started) {
+            if let Err(e) = rt.trace_create(&c.runtime_id, &config).await {
+                tracing::warn!(target: "node::engine", sandbox = %id, container = %c.name, error = %e, "runtime monitoring could not reconnect a sentry; it runs unmonitored");
+            }
+        }
+    }
+
     /// Find sandboxes left by a previous engine (after a crash or restart): re-adopt those
     /// whose network namespace is there and whose every container the runtime still knows
     /// with its rootfs mounted; clean up the rest.
@@ -159,6 +186,7 @@ impl SandboxEngine {
                         tracing::warn!(target: "node::engine", sandbox = %id, error = %e, "rewriting a migrated record failed");
                     }
                 }
+                self.reconnect_monitoring(&paths, &rec).await;
                 lock(&self.sandboxes).insert(
                     id.clone(),
                     Arc::new(Entry::new(rec, Timeline::new(), generation + 1)),

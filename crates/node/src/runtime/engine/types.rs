@@ -31,6 +31,8 @@ pub struct EngineConfig {
     pub sandboxd_kit: Option<PathBuf>,
     /// The capabilities a container has before its own list (hardened: without `NET_RAW`).
     pub capability_defaults: crate::bundle::CapabilityDefaults,
+    /// gVisor runtime monitoring: Falco's socket, the event logs' size.
+    pub runtime_monitoring: crate::monitor::MonitoringConfig,
 }
 
 impl EngineConfig {
@@ -49,6 +51,7 @@ impl EngineConfig {
             default_pids_limit: 4096,
             sandboxd_kit: None,
             capability_defaults: Default::default(),
+            runtime_monitoring: Default::default(),
         }
     }
 }

@@ -268,6 +268,10 @@ pub struct SandboxSpec {
     /// node resolves `agent-sandbox-rs.github.io/restore-from` to it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_from: Option<PathBuf>,
+    /// gVisor runtime monitoring: where the sandbox's trace events go (runsc only; the node
+    /// resolves `agent-sandbox-rs.github.io/runtime-monitoring` or its default to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_monitoring: Option<crate::monitor::RuntimeMonitoring>,
 }
 
 impl SandboxSpec {
@@ -288,6 +292,7 @@ impl SandboxSpec {
             host_aliases: Vec::new(),
             sysctls: Vec::new(),
             restore_from: None,
+            runtime_monitoring: None,
             termination_grace: Duration::from_secs(30),
         }
     }
