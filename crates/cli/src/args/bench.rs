@@ -25,6 +25,9 @@ pub(crate) enum Scenario {
     Density,
     /// Pause → unpause round trips through the API, beside the cgroup freezer's own.
     Pause,
+    /// The first request through the router to a sandbox paused for being idle, beside an
+    /// unpause through the API and a request to it running.
+    IdleWake,
     /// SandboxSnapshot → Ready under runsc beside `runsc checkpoint`, and of 100 MiB in a
     /// layer beside `cp -a`.
     Snapshot,

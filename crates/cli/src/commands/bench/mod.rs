@@ -9,6 +9,7 @@
 mod claims;
 mod desktop;
 mod fixture;
+mod idle;
 mod instance;
 mod nodes;
 mod pause;
@@ -222,6 +223,7 @@ async fn run_scenarios(
             Scenario::ColdStart => nodes::cold_start(&fixture, args).await,
             Scenario::Density => nodes::density(&fixture, args).await,
             Scenario::Pause => pause::pause(&fixture, args).await,
+            Scenario::IdleWake => idle::idle_wake(&fixture, args).await,
             Scenario::Snapshot => snapshot::snapshot(&fixture, args).await,
             Scenario::Desktop => desktop::desktop(&fixture, args).await,
         };

@@ -24,13 +24,13 @@ use crate::args::{BenchArgs, Scenario};
 use crate::commands::sandboxes::{PauseProgress, pause_progress, paused_patch};
 
 /// The latest conditions of one Sandbox, fed by a watch.
-struct Watched {
+pub(super) struct Watched {
     rx: tokio::sync::watch::Receiver<Vec<Condition>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Watched {
-    fn start(api: Api<Sandbox>, name: &str) -> Watched {
+    pub(super) fn start(api: Api<Sandbox>, name: &str) -> Watched {
         let (tx, rx) = tokio::sync::watch::channel(Vec::new());
         let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
         let task = tokio::spawn(async move {
@@ -45,7 +45,12 @@ impl Watched {
     }
 
     /// Waits until the `Paused` condition says `paused`.
-    async fn until(&mut self, name: &str, paused: bool, timeout: Duration) -> anyhow::Result<()> {
+    pub(super) async fn until(
+        &mut self,
+        name: &str,
+        paused: bool,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match pause_progress(&self.rx.borrow_and_update(), paused) {
