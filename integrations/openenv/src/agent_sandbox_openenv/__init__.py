@@ -8,7 +8,7 @@
 """
 
 from ._deps import DependencyError
-from ._forward import ForwardError, Forwarder
+from ._forward import Forwarder, ForwardError
 from ._provider import EnvServerError, SandboxEnvProvider, start_env
 
 __version__ = "0.1.0"

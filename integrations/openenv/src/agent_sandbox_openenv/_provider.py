@@ -11,7 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Optional, TypeVar
+from typing import Any, TypeVar
 
 from agent_sandbox_sdk import SandboxClient
 from agent_sandbox_sdk.exceptions import SandboxError
@@ -37,7 +37,7 @@ class EnvServerError(RuntimeError):
         self.sandbox_id = sandbox_id
 
 
-class SandboxEnvProvider(RuntimeProvider):
+class SandboxEnvProvider(RuntimeProvider):  # type: ignore[misc]
     """Runs an OpenEnv environment server (a FastAPI app, usually ``create_app(...)``) inside a
     sandbox and hands out a base URL for OpenEnv's clients.
 
@@ -58,7 +58,8 @@ class SandboxEnvProvider(RuntimeProvider):
 
     def __init__(self, app: str, *, source_dir: str | Path | None = None,
                  warmpool: str | None = None, namespace: str = "default",
-                 sandbox: Sandbox | None = None, client: SandboxClient | None = None,
+                 sandbox: Sandbox | None = None,
+                 client: SandboxClient[Sandbox] | None = None,
                  port: int = DEFAULT_PORT, env_vars: dict[str, str] | None = None,
                  ship_packages: bool = True, extra_modules: tuple[str, ...] = (),
                  exclude_packages: tuple[str, ...] | None = None,
@@ -94,7 +95,7 @@ class SandboxEnvProvider(RuntimeProvider):
 
     # -- RuntimeProvider -------------------------------------------------------------------
 
-    def start(self, port: Optional[int] = None, env_vars: Optional[dict[str, str]] = None,
+    def start(self, port: int | None = None, env_vars: dict[str, str] | None = None,
               **kwargs: Any) -> str:
         """Claims (or uses) the sandbox, uploads the code and packages, starts uvicorn in the
         background and returns the base URL. Call :meth:`wait_for_ready` before connecting."""
@@ -201,7 +202,7 @@ class SandboxEnvProvider(RuntimeProvider):
             return
         paths = imported_paths(self.app, self.source_dir, self.extra_modules,
                                self.exclude_packages)
-        local_version = "%d.%d" % sys.version_info[:2]
+        local_version = "{}.{}".format(*sys.version_info[:2])
         if remote_version != local_version and has_extensions(paths):
             raise EnvServerError(
                 f"{where} runs Python {remote_version} but this host's packages are for "
@@ -280,4 +281,5 @@ def start_env(client_cls: type[C], app: str, *, timeout_s: float = 120.0,
     except BaseException:
         provider.stop()
         raise
-    return client_cls(base_url=base_url, provider=provider)
+    client: C = client_cls(base_url=base_url, provider=provider)
+    return client
