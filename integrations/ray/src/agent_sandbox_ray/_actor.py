@@ -120,10 +120,9 @@ def _in_a_sandbox(fn: Callable[[Sandbox, T], R], item: T, warmpool: str, namespa
                   sandbox_ready_timeout: float) -> R:
     client: SandboxClient[Sandbox]
     with SandboxClient(connection_config) as client:  # deletes the sandbox on the way out
-        sb = client.create_sandbox(warmpool=warmpool, namespace=namespace,
-                                   sandbox_ready_timeout=sandbox_ready_timeout,
-                                   labels={"app.kubernetes.io/managed-by": "ray"},
-                                   shutdown_after_seconds=claim_lifetime)
+        sb: Sandbox = client.create_sandbox(
+            warmpool=warmpool, namespace=namespace, sandbox_ready_timeout=sandbox_ready_timeout,
+            labels={"app.kubernetes.io/managed-by": "ray"}, shutdown_after_seconds=claim_lifetime)
         return fn(sb, item)
 
 
