@@ -9,7 +9,8 @@
 # to every pytest.
 #
 # Environment: INTEGRATIONS (default "openenv langchain crewai ray"), INTEGRATIONS_VENV (default
-# .venv beside this script; the crewai one is "$INTEGRATIONS_VENV-crewai"), PYTHON.
+# .venv beside this script; the crewai one is "$INTEGRATIONS_VENV-crewai"), PYTHON,
+# INTEGRATIONS_INSTALL_ONLY=1 (make the venvs and stop: sdk/run-all.sh does it while `up` starts).
 set -euo pipefail
 cd "$(dirname "$0")"
 here=$PWD
@@ -18,11 +19,6 @@ python=${PYTHON:-python3}
 venv=${INTEGRATIONS_VENV:-$here/.venv}
 selected=${INTEGRATIONS:-openenv langchain crewai ray}
 start=$(date +%s)
-
-if [ -z "${AGENT_SANDBOX_TEST_DATA_DIR:-}" ]; then
-  echo "error: no live agent-sandbox up; run: SDK_SUITES=integrations sdk/run-all.sh (as root)" >&2
-  exit 1
-fi
 
 venv_for() { if [ "$1" = crewai ]; then echo "$venv-crewai"; else echo "$venv"; fi; }
 
@@ -45,8 +41,15 @@ crew=()
 for i in $selected; do
   if [ "$i" = crewai ]; then crew+=("$i"); else main+=("$i"); fi
 done
-[ ${#main[@]} -gt 0 ] && install "$venv" "${main[@]}"
-[ ${#crew[@]} -gt 0 ] && install "$venv-crewai" "${crew[@]}"
+if [ ${#main[@]} -gt 0 ]; then install "$venv" "${main[@]}"; fi
+if [ ${#crew[@]} -gt 0 ]; then install "$venv-crewai" "${crew[@]}"; fi
+if [ "${INTEGRATIONS_INSTALL_ONLY:-}" = 1 ]; then
+  exit 0
+fi
+if [ -z "${AGENT_SANDBOX_TEST_DATA_DIR:-}" ]; then
+  echo "error: no live agent-sandbox up; run: SDK_SUITES=integrations sdk/run-all.sh (as root)" >&2
+  exit 1
+fi
 
 failed=()
 for i in $selected; do
