@@ -10,7 +10,8 @@
 #
 # Environment: INTEGRATIONS (default "openenv langchain crewai ray"), INTEGRATIONS_VENV (default
 # .venv beside this script; the crewai one is "$INTEGRATIONS_VENV-crewai"), PYTHON,
-# INTEGRATIONS_INSTALL_ONLY=1 (make the venvs and stop: sdk/run-all.sh does it while `up` starts).
+# INTEGRATIONS_INSTALL_ONLY=1 (make the venvs and stop: sdk/run-all.sh does it while `up` starts),
+# INTEGRATIONS_SKIP_INSTALL=1 (use the venvs as they are: run-all.sh's second call).
 set -euo pipefail
 cd "$(dirname "$0")"
 here=$PWD
@@ -41,8 +42,10 @@ crew=()
 for i in $selected; do
   if [ "$i" = crewai ]; then crew+=("$i"); else main+=("$i"); fi
 done
-if [ ${#main[@]} -gt 0 ]; then install "$venv" "${main[@]}"; fi
-if [ ${#crew[@]} -gt 0 ]; then install "$venv-crewai" "${crew[@]}"; fi
+if [ "${INTEGRATIONS_SKIP_INSTALL:-}" != 1 ]; then
+  if [ ${#main[@]} -gt 0 ]; then install "$venv" "${main[@]}"; fi
+  if [ ${#crew[@]} -gt 0 ]; then install "$venv-crewai" "${crew[@]}"; fi
+fi
 if [ "${INTEGRATIONS_INSTALL_ONLY:-}" = 1 ]; then
   exit 0
 fi
