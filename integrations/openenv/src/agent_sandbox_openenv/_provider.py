@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import collections
 import shutil
 import sys
@@ -200,21 +201,17 @@ class SandboxEnvProvider(RuntimeProvider):  # type: ignore[misc]
             sb.files.mkdir(f"{REMOTE_DIR}/app")
         if not self.ship_packages:
             return
-        paths = imported_paths(self.app, self.source_dir, self.extra_modules,
-                               self.exclude_packages)
+        site, system, extensions = _staged_packages(
+            self.app, self.source_dir, tuple(self.extra_modules),
+            tuple(self.exclude_packages) if self.exclude_packages is not None else None)
         local_version = "{}.{}".format(*sys.version_info[:2])
-        if remote_version != local_version and has_extensions(paths):
+        if remote_version != local_version and extensions:
             raise EnvServerError(
                 f"{where} runs Python {remote_version} but this host's packages are for "
                 f"Python {local_version} and include compiled modules (pydantic-core, ...); "
                 f"run the host side under Python {remote_version}, or use an image with the "
                 "server's packages installed and pass ship_packages=False", sb.sandbox_id)
-        bundled, system = native_libraries(paths)
-        site = stage(paths + bundled)
-        try:
-            sb.files.upload_dir(site, f"{REMOTE_DIR}/site", timeout=600)
-        finally:
-            shutil.rmtree(site, ignore_errors=True)
+        sb.files.upload_dir(site, f"{REMOTE_DIR}/site", timeout=600)
         # System libraries the compiled modules need and the image lacks (a slim image may
         # have libc but not libgcc_s or librt): this host's copies, on LD_LIBRARY_PATH.
         if system:
@@ -259,6 +256,26 @@ class SandboxEnvProvider(RuntimeProvider):  # type: ignore[misc]
             "app imports with the uploaded code and packages (the output below), or run "
             f"`agent-sandbox exec {sb.claim_name if sb else '<claim>'} -- sh` to look.\n"
             f"--- server output ---\n{tail}", sb.sandbox_id if sb else None)
+
+
+# The packages of an app, traced and copied once per process: an RL run starts many servers of
+# the same environment. Removed at exit.
+_STAGED: dict[tuple[Any, ...], tuple[Path, list[Path], bool]] = {}
+_STAGED_LOCK = threading.Lock()
+
+
+def _staged_packages(app: str, source_dir: Path | None, extra: tuple[str, ...],
+                     exclude: tuple[str, ...] | None) -> tuple[Path, list[Path], bool]:
+    key = (app, source_dir, extra, exclude)
+    with _STAGED_LOCK:
+        if key not in _STAGED:
+            paths = imported_paths(app, source_dir, list(extra),
+                                   list(exclude) if exclude is not None else None)
+            bundled, system = native_libraries(paths)
+            site = stage(paths + bundled)
+            atexit.register(shutil.rmtree, site, True)
+            _STAGED[key] = (site, system, has_extensions(paths))
+        return _STAGED[key]
 
 
 def _copy_tree(src: Path) -> str:
