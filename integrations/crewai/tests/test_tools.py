@@ -37,6 +37,19 @@ def test_files_commands_and_code(sandbox: Sandbox) -> None:
     assert "result: 10" in t["run_code"].run(code="x + 6")
 
 
+def test_async_run(sandbox: Sandbox) -> None:
+    import asyncio
+
+    tools = by_name(sandbox_tools(sandbox))
+
+    async def both() -> list[str]:
+        return list(await asyncio.gather(tools["execute"].arun(command="echo one"),
+                                         tools["run_code"].arun(code="2 ** 10")))
+
+    one, code = asyncio.run(both())
+    assert "one" in one and "result: 1024" in code
+
+
 def test_arguments_are_validated_by_crewai(sandbox: Sandbox) -> None:
     with pytest.raises(ValueError):
         SandboxExecuteTool(sandbox=sandbox).run(cmd="echo wrong name")

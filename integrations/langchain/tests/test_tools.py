@@ -54,6 +54,19 @@ def test_tool_call_from_a_model(sandbox: Sandbox) -> None:
     assert msg.tool_call_id == "call-1" and "from-the-sandbox" in msg.content
 
 
+def test_async_invoke(sandbox: Sandbox) -> None:
+    import asyncio
+
+    tools = by_name(sandbox_tools(sandbox))
+
+    async def both() -> list[str]:
+        return list(await asyncio.gather(tools["execute"].ainvoke({"command": "echo one"}),
+                                         tools["run_code"].ainvoke({"code": "2 ** 10"})))
+
+    one, code = asyncio.run(both())
+    assert "one" in one and "result: 1024" in code
+
+
 def test_errors_a_model_can_fix_are_answers(sandbox: Sandbox) -> None:
     t = by_name(sandbox_tools(sandbox, timeout=2))
     missing = t["read_file"].invoke({"path": "nope.txt"})

@@ -10,6 +10,7 @@ SDK's exceptions, whose messages name the sandbox and say what to do.
 
 from __future__ import annotations
 
+import asyncio
 import io
 from typing import Any
 
@@ -45,6 +46,10 @@ class _SandboxTool(BaseTool):
     @property
     def where(self) -> str:
         return f"sandbox {self.sandbox.namespace}/{self.sandbox.sandbox_id}"
+
+    async def _arun(self, *args: Any, **kwargs: Any) -> Any:
+        """CrewAI's async path: the SDK is synchronous, so the call runs in a worker thread."""
+        return await asyncio.to_thread(self._run, *args, **kwargs)
 
 
 class ExecuteInput(BaseModel):
