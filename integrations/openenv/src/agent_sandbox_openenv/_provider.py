@@ -24,6 +24,8 @@ from ._deps import has_extensions, imported_paths, native_libraries, stage
 from ._forward import Forwarder
 
 DEFAULT_PORT = 8000
+# The listener is on loopback: never through a proxy of the environment.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 REMOTE_DIR = "/opt/openenv"
 
 C = TypeVar("C", bound="EnvClient[Any, Any, Any]")
@@ -130,7 +132,7 @@ class SandboxEnvProvider(RuntimeProvider):  # type: ignore[misc]
             if self._process is not None and not self._process.is_running():
                 raise self._error("the environment server exited before it was ready")
             try:
-                with urllib.request.urlopen(f"{self.base_url}/health", timeout=5) as r:
+                with _DIRECT.open(f"{self.base_url}/health", timeout=5) as r:
                     if r.status == 200:
                         return
                     last = f"HTTP {r.status}"
