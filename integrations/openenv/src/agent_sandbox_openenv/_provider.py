@@ -253,10 +253,15 @@ class SandboxEnvProvider(RuntimeProvider):  # type: ignore[misc]
         sb = self.sandbox
         name = f"{sb.namespace}/{sb.sandbox_id}" if sb is not None else "(none)"
         tail = self.output()[-3000:] or "(no output)"
+        if self._owns_sandbox:
+            look = ("this provider deletes the sandbox it claimed when it stops; to look inside "
+                    "after a failure, claim one yourself and pass sandbox=")
+        else:
+            look = (f"`agent-sandbox exec {sb.claim_name if sb else '<claim>'} -- sh` to look "
+                    "inside")
         return EnvServerError(
             f"{what}: uvicorn {self.app} on port {self.port} of sandbox {name}. Check that the "
-            "app imports with the uploaded code and packages (the output below), or run "
-            f"`agent-sandbox exec {sb.claim_name if sb else '<claim>'} -- sh` to look.\n"
+            f"app imports with the uploaded code and packages (the output below); {look}.\n"
             f"--- server output ---\n{tail}", sb.sandbox_id if sb else None)
 
 
