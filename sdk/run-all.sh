@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Every SDK's suite against one live `agent-sandbox up` (needs root): starts it through
 # sdk/testenv.py (fresh data directory, the example image, a template and a warm pool), builds
-# the Go and TypeScript SDKs while it starts, then runs the Go, TypeScript and Python suites
-# (each runs the shared wire vectors of sdk/vectors too) and tears everything down.
+# the Go and TypeScript SDKs and installs the framework integrations' venvs while it starts,
+# then runs the Go, TypeScript and Python suites (each runs the shared wire vectors of
+# sdk/vectors too) and the integrations' suite (integrations/run-tests.sh: OpenEnv,
+# LangChain/deepagents, CrewAI, Ray) and tears everything down.
 #
 # Environment: AGENT_SANDBOX_BIN (default <repo>/target/debug/agent-sandbox), SDK_VENV (the
-# Python venv; default sdk/python/.venv), SDK_SUITES (default "go typescript python"),
+# Python venv; default sdk/python/.venv), SDK_SUITES (default "go typescript python
+# integrations"),
 # and those of sdk/testenv.py (addresses, bridge, subnet).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -14,7 +17,7 @@ start=$(date +%s)
 export PATH="$PATH:/usr/local/go/bin"
 venv=${SDK_VENV:-$sdk/python/.venv}
 export SDK_VENV=$venv
-suites=${SDK_SUITES:-go typescript python}
+suites=${SDK_SUITES:-go typescript python integrations}
 
 need() {
   if ! command -v "$1" >/dev/null; then
@@ -60,6 +63,10 @@ if [[ " $suites " == *" typescript "* ]]; then
   echo "== TypeScript: npm ci"
   (cd typescript && npm ci --no-audit --no-fund --loglevel=error)
 fi
+if [[ " $suites " == *" integrations "* ]]; then
+  echo "== integrations: venvs (openenv-core, langchain-core, deepagents, ray; crewai)"
+  INTEGRATIONS_INSTALL_ONLY=1 ../integrations/run-tests.sh
+fi
 
 echo "== waiting for agent-sandbox up"
 for _ in $(seq 1 600); do
@@ -84,6 +91,7 @@ for suite in $suites; do
     go) go/run-tests.sh || failed+=(go) ;;
     typescript) typescript/run-tests.sh || failed+=(typescript) ;;
     python) python/run-tests.sh || failed+=(python) ;;
+    integrations) INTEGRATIONS_SKIP_INSTALL=1 ../integrations/run-tests.sh || failed+=(integrations) ;;
     *) echo "unknown suite $suite" >&2; failed+=("$suite") ;;
   esac
 done

@@ -165,6 +165,20 @@ class Sandbox:
         self._require_active()
         return self._browser
 
+    def port_endpoint(self, port: int) -> tuple[str, dict[str, str]]:
+        """How to reach a server listening on ``port`` inside the sandbox: a base URL and the
+        headers every request (and WebSocket handshake) to it needs. Through the router, the
+        router's URL with its token and the ``X-Sandbox-*`` headers (``X-Sandbox-Port: port``);
+        in the direct modes, the pod's address and no headers. The headers carry the pod IP
+        of the moment: ask again after a suspend and resume."""
+        self._require_active()
+        if not 1 <= int(port) <= 65535:
+            raise ValueError(f"port {port} is not a TCP port (1-65535)")
+        url = self._dp.base_url(int(port))
+        _, headers = self._dp._target("/", None, None, int(port))
+        headers.pop("User-Agent", None)
+        return url, headers
+
     def run_code(self, code: str, language: str = "python", context: Optional[str] = None,
                  timeout: Optional[float] = 60, **kwargs: Any) -> CodeResult:
         """Shorthand for ``sandbox.code.run``."""
