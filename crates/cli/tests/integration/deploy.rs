@@ -229,7 +229,10 @@ fn kustomize_renders_the_complete_install() {
     );
     assert_eq!(
         rules(find(&docs, "ClusterRole", "sandbox-router")),
-        json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}])
+        json!([
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["agents.x-k8s.io"], "resources": ["sandboxes"], "verbs": ["get", "patch"]}
+        ])
     );
     // Every binding names an existing role and service account.
     for d in docs

@@ -632,7 +632,7 @@ fn paused_sandbox_keeps_its_memory() {
     fs_err::write(
         manifest.path(),
         format!(
-            "apiVersion: agents.x-k8s.io/v1beta1\nkind: Sandbox\nmetadata: {{name: pz}}\nspec:\n  podTemplate:\n    metadata:\n      annotations: {{agent-sandbox/sandboxd: \"true\"}}\n    spec:\n      containers:\n      - name: main\n        image: \"{IMAGE}\"\n        imagePullPolicy: IfNotPresent\n        command: [sh, -c, 'echo $$$$ > /tmp/pid; i=0; while true; do i=$((i+1)); echo $i > /tmp/n; sleep 0.05; done']\n        readinessProbe: {{httpGet: {{path: /v1/health, port: 8080}}, periodSeconds: 1}}\n        livenessProbe: {{httpGet: {{path: /v1/health, port: 8080}}, initialDelaySeconds: 5, periodSeconds: 1, timeoutSeconds: 1, failureThreshold: 1}}\n"
+            "apiVersion: agents.x-k8s.io/v1beta1\nkind: Sandbox\nmetadata: {{name: pz}}\nspec:\n  podTemplate:\n    metadata:\n      annotations: {{agent-sandbox/sandboxd: \"true\"}}\n    spec:\n      containers:\n      - name: main\n        image: \"{IMAGE}\"\n        imagePullPolicy: IfNotPresent\n        command: [sh, -c, 'echo $$$$ > /tmp/pid; i=0; while true; do i=$((i+1)); echo $i > /tmp/n.new; mv /tmp/n.new /tmp/n; sleep 0.05; done']\n        readinessProbe: {{httpGet: {{path: /v1/health, port: 8080}}, periodSeconds: 1}}\n        livenessProbe: {{httpGet: {{path: /v1/health, port: 8080}}, initialDelaySeconds: 5, periodSeconds: 1, timeoutSeconds: 1, failureThreshold: 1}}\n"
         ),
     )
     .unwrap();

@@ -420,8 +420,16 @@ async fn receive_console(
     child: &mut Child,
 ) -> std::result::Result<OwnedFd, String> {
     let received = tokio::select! {
+        biased;
         r = tokio::time::timeout(CONSOLE_TIMEOUT, receive_terminal(listener)) => Some(r),
-        _ = child.wait() => None,
+        _ = child.wait() => {
+            // The runtime of a short command can exit right after it sent the terminal, and
+            // both are then ready at once: the terminal may be waiting on the socket.
+            match tokio::time::timeout(Duration::from_millis(500), receive_terminal(listener)).await {
+                Ok(Ok(fd)) => Some(Ok(Ok(fd))),
+                _ => None,
+            }
+        }
     };
     let mut runtime_err = child.stderr.take();
     let failed = match received {

@@ -315,6 +315,25 @@ impl PolicyEnforcer {
         self.apply_at_least(generation).await
     }
 
+    /// Before this node's first ruleset: removes the tables that stopped instances left for
+    /// bridges that are gone and that name this node's pod subnet (their drop rules would
+    /// drop this node's traffic).
+    async fn remove_stale_tables(&self, nft: &std::path::Path) {
+        let (net, len) = self.cfg.subnet;
+        let removed = host::nft_remove_stale_tables(
+            nft,
+            &self.cfg.table,
+            "agent_sandbox_",
+            table_name,
+            &format!("{net}/{len}"),
+        )
+        .await;
+        for t in removed {
+            tracing::warn!(target: "node::firewall", table = %t, subnet = %format!("{net}/{len}"),
+                "removed the nftables table of a bridge that is gone: it named this node's pod subnet and would drop its traffic");
+        }
+    }
+
     async fn apply_at_least(&self, mine: u64) -> Result<()> {
         let mut applied = self.applied.lock().await;
         if self.closed.load(Ordering::SeqCst) {
@@ -339,6 +358,9 @@ impl PolicyEnforcer {
                 let compiled = self.compile();
                 if applied.script.as_deref() == Some(compiled.script.as_str()) {
                     break 'apply Ok(());
+                }
+                if applied.script.is_none() {
+                    self.remove_stale_tables(nft).await;
                 }
                 let t = Instant::now();
                 host::enable_bridge_netfilter(&self.cfg.bridge);

@@ -444,3 +444,70 @@ async fn policy_is_resynced_after_an_agent_restart() {
     );
     assert!(host_reaches(SocketAddr::from((ip, 8080)), "pong-secure", 50).await);
 }
+
+/// Before its first ruleset, a node removes the tables stopped instances left for bridges that
+/// are gone when they name its pod subnet (they would drop its traffic); a table naming another
+/// subnet, or of a bridge that exists (a running instance's), stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_tables_of_gone_bridges_naming_the_subnet_are_removed() {
+    if common::skip_unless(common::is_root(), "needs root")
+        || common::skip_unless(
+            agent_sandbox_node::runtime::find_binary("nft").is_some(),
+            "nft is not installed",
+        )
+    {
+        return;
+    }
+    use agent_sandbox_node::cni::NetworkConfig;
+    use agent_sandbox_node::firewall::PolicyEnforcer;
+    let id = std::process::id() % 100_000;
+    let nft = |script: String| {
+        let mut child = std::process::Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "{script}");
+    };
+    let table = |name: &str, subnet: &str| {
+        format!(
+            "table inet {name} {{\n chain output {{\n  type filter hook output priority filter; policy accept;\n  ip daddr {subnet} drop\n }}\n}}\n"
+        )
+    };
+    let gone = format!("agent_sandbox_asgone{id}");
+    let other = format!("agent_sandbox_asother{id}");
+    // `lo` exists: its table stands for a running instance.
+    let live = "agent_sandbox_lo".to_string();
+    nft(table(&gone, "10.105.0.0/16"));
+    nft(table(&other, "10.106.0.0/16"));
+    nft(table(&live, "10.105.0.0/16"));
+    let net = NetworkConfig {
+        bridge: format!("asst{id}"),
+        subnet: "10.105.0.0/16".into(),
+        policy_table: Some(format!("asbx_stale_{id}")),
+        ..NetworkConfig::default()
+    };
+    let enf = PolicyEnforcer::new(&net).unwrap();
+    enf.sync().await.unwrap();
+    let tables = String::from_utf8(
+        std::process::Command::new("nft")
+            .args(["list", "tables"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    for t in [&other, &live] {
+        nft(format!("delete table inet {t}\n"));
+    }
+    enf.remove_tables().await.unwrap();
+    assert!(!tables.contains(&gone), "{tables}");
+    assert!(tables.contains(&other) && tables.contains(&live), "{tables}");
+}

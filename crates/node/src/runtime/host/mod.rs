@@ -401,6 +401,70 @@ pub async fn nft_apply(nft: &Path, script: &str) -> std::result::Result<(), Stri
     }
 }
 
+/// Removes the nftables tables `<prefix><bridge>` (other than `own`) whose bridge is gone from
+/// this host and whose rules name `subnet`: an instance that stopped leaves its tables behind,
+/// and their drop rules for the subnet then drop the traffic of a later instance on another
+/// bridge with the same subnet. A table whose bridge exists belongs to a running instance and
+/// is left alone. Returns the `family name` of each table removed.
+pub async fn nft_remove_stale_tables(
+    nft: &Path,
+    own: &str,
+    prefix: &str,
+    table_of: impl Fn(&str) -> String,
+    subnet: &str,
+) -> Vec<String> {
+    let list = |args: Vec<String>| {
+        let mut cmd = command(nft);
+        cmd.args(args);
+        run(cmd, None, Duration::from_secs(10))
+    };
+    let Ok(out) = list(vec!["list".into(), "tables".into()]).await else {
+        return Vec::new();
+    };
+    let live: std::collections::HashSet<String> = fs_err::read_dir("/sys/class/net")
+        .map(|d| {
+            d.flatten()
+                .map(|e| table_of(&e.file_name().to_string_lossy()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut removed = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let mut words = line.split_whitespace();
+        let (Some("table"), Some(family), Some(name)) = (words.next(), words.next(), words.next())
+        else {
+            continue;
+        };
+        if name == own || !name.starts_with(prefix) || live.contains(name) {
+            continue;
+        }
+        let Ok(rules) = list(vec![
+            "list".into(),
+            "table".into(),
+            family.into(),
+            name.into(),
+        ])
+        .await
+        else {
+            continue;
+        };
+        if !String::from_utf8_lossy(&rules.stdout).contains(subnet) {
+            continue;
+        }
+        let deleted = list(vec![
+            "delete".into(),
+            "table".into(),
+            family.into(),
+            name.into(),
+        ])
+        .await;
+        if deleted.is_ok_and(|o| o.code == 0) {
+            removed.push(format!("{family} {name}"));
+        }
+    }
+    removed
+}
+
 /// Connect to `addr` from a TCP socket made inside the network namespace at `netns` (probes
 /// and hooks reach the pod as from inside it). The socket is made on a short-lived thread so
 /// no pooled thread changes namespace; it keeps its namespace afterwards.
