@@ -255,6 +255,9 @@ pub mod extensions {
         /// Ready SandboxSnapshot in its namespace, on its node. The new sandbox's writable
         /// layers and data volumes start from the snapshot's files (processes start afresh).
         pub const RESTORE_FROM: &str = "agent-sandbox-rs.github.io/restore-from";
+        /// On a Pod, with [`RESTORE_FROM`]: `Replace` replaces the data of volumes that already
+        /// hold some (a rollback); absent or `IfEmpty` fills only empty volumes (a fork).
+        pub const RESTORE_VOLUMES: &str = "agent-sandbox-rs.github.io/restore-volumes";
         /// On a Pod (through a template's, a Sandbox's or a claim's Pod metadata): pause the
         /// sandbox after this long without a request through the router (see [`crate::idle`]).
         pub const IDLE_TIMEOUT: &str = "agent-sandbox-rs.github.io/idle-timeout";

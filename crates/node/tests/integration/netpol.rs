@@ -509,5 +509,8 @@ async fn stale_tables_of_gone_bridges_naming_the_subnet_are_removed() {
     }
     enf.remove_tables().await.unwrap();
     assert!(!tables.contains(&gone), "{tables}");
-    assert!(tables.contains(&other) && tables.contains(&live), "{tables}");
+    assert!(
+        tables.contains(&other) && tables.contains(&live),
+        "{tables}"
+    );
 }
