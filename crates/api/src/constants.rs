@@ -264,6 +264,9 @@ pub mod extensions {
         /// On a Pod, like [`IDLE_TIMEOUT`]: suspend the sandbox after this long without a
         /// request.
         pub const IDLE_SUSPEND_AFTER: &str = "agent-sandbox-rs.github.io/idle-suspend-after";
+        /// On a Pod, like [`IDLE_TIMEOUT`]: delete the sandbox (its claim, when a claim owns
+        /// it) after this long without a request.
+        pub const IDLE_DELETE_AFTER: &str = "agent-sandbox-rs.github.io/idle-delete-after";
         /// On a Sandbox, written by the router with [`PAUSED`]: when it paused the sandbox for
         /// being idle (RFC 3339). Marks a pause that the next request undoes; a pause without
         /// it (a person's) is left alone.
