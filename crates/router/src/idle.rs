@@ -503,6 +503,7 @@ mod tests {
         let policy = IdlePolicy {
             pause_after: Some(Duration::from_secs(10)),
             suspend_after: Some(Duration::from_secs(60)),
+            delete_after: None,
         };
         let a = Arc::new(Activity::default());
         let t0 = Instant::now();

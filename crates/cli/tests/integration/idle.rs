@@ -89,13 +89,17 @@ fn idle_sandboxes_are_paused_or_suspended_and_woken_by_traffic() {
         ),
     );
     assert!(out.status.success(), "{out:?}");
-    wait_until("napper and sleeper are Ready", Duration::from_secs(90), || {
-        let list = up.ok(&["get", "sandboxes"]);
-        list.lines()
-            .filter(|l| (l.contains("napper") || l.contains("sleeper")) && l.contains("True"))
-            .count()
-            == 2
-    });
+    wait_until(
+        "napper and sleeper are Ready",
+        Duration::from_secs(90),
+        || {
+            let list = up.ok(&["get", "sandboxes"]);
+            list.lines()
+                .filter(|l| (l.contains("napper") || l.contains("sleeper")) && l.contains("True"))
+                .count()
+                == 2
+        },
+    );
     // Traffic every second for longer than the idle timeout keeps it awake.
     for _ in 0..5 {
         let (code, body) = get("napper", "/v2/processes");
@@ -177,9 +181,11 @@ fn idle_sandboxes_are_paused_or_suspended_and_woken_by_traffic() {
     );
 
     // Paused, then deleted when idle longer.
-    wait_until("dropper is deleted when idle", Duration::from_secs(60), || {
-        !up.ok(&["get", "sandboxes"]).contains("dropper")
-    });
+    wait_until(
+        "dropper is deleted when idle",
+        Duration::from_secs(60),
+        || !up.ok(&["get", "sandboxes"]).contains("dropper"),
+    );
 
     // Both wakes are measured.
     let (code, metrics) = http(&up.metrics, "GET", "/metrics", &[], "");
