@@ -255,12 +255,18 @@ pub mod extensions {
         /// Ready SandboxSnapshot in its namespace, on its node. The new sandbox's writable
         /// layers and data volumes start from the snapshot's files (processes start afresh).
         pub const RESTORE_FROM: &str = "agent-sandbox-rs.github.io/restore-from";
+        /// On a Pod, with [`RESTORE_FROM`]: `Replace` replaces the data of volumes that already
+        /// hold some (a rollback); absent or `IfEmpty` fills only empty volumes (a fork).
+        pub const RESTORE_VOLUMES: &str = "agent-sandbox-rs.github.io/restore-volumes";
         /// On a Pod (through a template's, a Sandbox's or a claim's Pod metadata): pause the
         /// sandbox after this long without a request through the router (see [`crate::idle`]).
         pub const IDLE_TIMEOUT: &str = "agent-sandbox-rs.github.io/idle-timeout";
         /// On a Pod, like [`IDLE_TIMEOUT`]: suspend the sandbox after this long without a
         /// request.
         pub const IDLE_SUSPEND_AFTER: &str = "agent-sandbox-rs.github.io/idle-suspend-after";
+        /// On a Pod, like [`IDLE_TIMEOUT`]: delete the sandbox (its claim, when a claim owns
+        /// it) after this long without a request.
+        pub const IDLE_DELETE_AFTER: &str = "agent-sandbox-rs.github.io/idle-delete-after";
         /// On a Sandbox, written by the router with [`PAUSED`]: when it paused the sandbox for
         /// being idle (RFC 3339). Marks a pause that the next request undoes; a pause without
         /// it (a person's) is left alone.

@@ -10,6 +10,9 @@
 //! - [`IDLE_SUSPEND_AFTER`]: after this long without a request, it is suspended
 //!   (`operatingMode: Suspended`, upstream's meaning: the Pod is deleted, volumes kept) and the
 //!   next request resumes it. Longer than the idle timeout when both are set.
+//! - [`IDLE_DELETE_AFTER`]: after this long without a request, the sandbox is deleted (its
+//!   claim, when a claim owns it). Longer than the idle timeout; not with a suspension (a
+//!   suspended sandbox has no Pod whose traffic the router would count).
 //!
 //! Durations are Go's (`90s`, `5m`, `1h30m`) or whole seconds (`300`), at least one second.
 
@@ -17,7 +20,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use crate::constants::extensions::annotations::{
-    IDLE_PAUSED, IDLE_SUSPEND_AFTER, IDLE_SUSPENDED, IDLE_TIMEOUT,
+    IDLE_DELETE_AFTER, IDLE_PAUSED, IDLE_SUSPEND_AFTER, IDLE_SUSPENDED, IDLE_TIMEOUT,
 };
 
 /// What a sandbox does when nobody uses it.
@@ -27,6 +30,8 @@ pub struct IdlePolicy {
     pub pause_after: Option<Duration>,
     /// Suspend after this long without traffic.
     pub suspend_after: Option<Duration>,
+    /// Delete after this long without traffic.
+    pub delete_after: Option<Duration>,
 }
 
 /// What to do with an idle sandbox now.
@@ -36,6 +41,8 @@ pub enum IdleAction {
     Pause,
     /// Suspend it (`operatingMode: Suspended`); the next request resumes it.
     Suspend,
+    /// Delete it (its claim, when a claim owns it).
+    Delete,
 }
 
 impl IdlePolicy {
@@ -55,7 +62,20 @@ impl IdlePolicy {
         let policy = Self {
             pause_after: read(IDLE_TIMEOUT)?,
             suspend_after: read(IDLE_SUSPEND_AFTER)?,
+            delete_after: read(IDLE_DELETE_AFTER)?,
         };
+        if policy.delete_after.is_some() && policy.suspend_after.is_some() {
+            return Err(format!(
+                "annotations {IDLE_DELETE_AFTER} and {IDLE_SUSPEND_AFTER} cannot be combined: a suspended sandbox has no Pod whose traffic is counted; pause it first ({IDLE_TIMEOUT}) and delete it later, or suspend it"
+            ));
+        }
+        if let (Some(p), Some(d)) = (policy.pause_after, policy.delete_after)
+            && d <= p
+        {
+            return Err(format!(
+                "annotation {IDLE_DELETE_AFTER} ({d:?}) must be longer than {IDLE_TIMEOUT} ({p:?}): a sandbox is paused first and deleted later; remove one of them or make the deletion later"
+            ));
+        }
         if let (Some(p), Some(s)) = (policy.pause_after, policy.suspend_after)
             && s <= p
         {
@@ -67,8 +87,11 @@ impl IdlePolicy {
     }
 
     /// The action due for a sandbox idle for `idle`: `paused` when it is paused already (it
-    /// can then only be suspended).
+    /// can then only be suspended or deleted).
     pub fn due(&self, idle: Duration, paused: bool) -> Option<IdleAction> {
+        if self.delete_after.is_some_and(|d| idle >= d) {
+            return Some(IdleAction::Delete);
+        }
         if self.suspend_after.is_some_and(|s| idle >= s) {
             return Some(IdleAction::Suspend);
         }
@@ -76,14 +99,6 @@ impl IdlePolicy {
             return Some(IdleAction::Pause);
         }
         None
-    }
-
-    /// When the next action may be due, counted from the last activity.
-    pub fn next_deadline(&self, paused: bool) -> Option<Duration> {
-        match (paused, self.pause_after, self.suspend_after) {
-            (false, Some(p), _) => Some(p),
-            (_, _, s) => s,
-        }
     }
 }
 
@@ -191,6 +206,7 @@ mod tests {
             Ok(Some(IdlePolicy {
                 pause_after: Some(Duration::from_secs(30)),
                 suspend_after: Some(Duration::from_secs(600)),
+                delete_after: None,
             }))
         );
         let e = IdlePolicy::from_annotations(Some(&ann(&[(IDLE_TIMEOUT, "soon")]))).unwrap_err();
@@ -206,6 +222,12 @@ mod tests {
         ])))
         .unwrap_err();
         assert!(e.contains("must be longer than"), "{e}");
+        let e = IdlePolicy::from_annotations(Some(&ann(&[
+            (IDLE_SUSPEND_AFTER, "5m"),
+            (IDLE_DELETE_AFTER, "1h"),
+        ])))
+        .unwrap_err();
+        assert!(e.contains("cannot be combined"), "{e}");
         let errs = validate(
             Some(&ann(&[(IDLE_SUSPEND_AFTER, "x")])),
             "spec.podTemplate.metadata.annotations",
@@ -219,6 +241,7 @@ mod tests {
         let p = IdlePolicy {
             pause_after: Some(Duration::from_secs(30)),
             suspend_after: Some(Duration::from_secs(600)),
+            delete_after: None,
         };
         let s = Duration::from_secs;
         assert_eq!(p.due(s(29), false), None);
@@ -226,11 +249,10 @@ mod tests {
         assert_eq!(p.due(s(30), true), None);
         assert_eq!(p.due(s(600), true), Some(IdleAction::Suspend));
         assert_eq!(p.due(s(900), false), Some(IdleAction::Suspend));
-        assert_eq!(p.next_deadline(false), Some(s(30)));
-        assert_eq!(p.next_deadline(true), Some(s(600)));
         let suspend_only = IdlePolicy {
             pause_after: None,
             suspend_after: Some(s(60)),
+            delete_after: None,
         };
         assert_eq!(suspend_only.due(s(59), false), None);
         assert_eq!(suspend_only.due(s(60), false), Some(IdleAction::Suspend));
@@ -238,8 +260,15 @@ mod tests {
         let pause_only = IdlePolicy {
             pause_after: Some(s(5)),
             suspend_after: None,
+            delete_after: None,
         };
         assert_eq!(pause_only.due(s(3600), true), None);
-        assert_eq!(pause_only.next_deadline(true), None);
+        let pause_then_delete = IdlePolicy {
+            pause_after: Some(s(5)),
+            suspend_after: None,
+            delete_after: Some(s(60)),
+        };
+        assert_eq!(pause_then_delete.due(s(5), false), Some(IdleAction::Pause));
+        assert_eq!(pause_then_delete.due(s(60), true), Some(IdleAction::Delete));
     }
 }

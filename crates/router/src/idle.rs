@@ -8,7 +8,8 @@
 //! directly, a terminal), and only then writes through [`Lifecycle`]. A pause is written as the
 //! annotations `paused` and `idle-paused` on the Sandbox, a suspension as `operatingMode:
 //! Suspended` with `idle-suspended`; the markers are how a later request knows it may undo them
-//! (a person's pause, without the marker, is never undone by traffic).
+//! (a person's pause, without the marker, is never undone by traffic, nor escalated). A
+//! deletion deletes the Sandbox, or its claim when a claim owns it.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -17,13 +18,13 @@ use std::time::{Duration, Instant};
 
 use agent_sandbox_api::constants::extensions::annotations::PAUSED;
 use agent_sandbox_api::idle::{IDLE_PAUSED, IDLE_SUSPENDED, IdleAction};
-use agent_sandbox_api::v1beta1::{OperatingMode, Sandbox};
+use agent_sandbox_api::v1beta1::{OperatingMode, Sandbox, SandboxClaim};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use kube::api::{Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
 
@@ -215,6 +216,37 @@ impl Lifecycle {
         self.merge(namespace, name, patch).await.map(|()| true)
     }
 
+    /// Deletes `namespace/name`, or its claim when a claim owns it (the claim's deletion takes
+    /// the sandbox with it); `false` when it is paused by a person, which is left alone.
+    pub async fn delete(&self, namespace: &str, name: &str) -> kube::Result<bool> {
+        let Some(sb) = self.api(namespace).get_opt(name).await? else {
+            return Ok(true);
+        };
+        let ann = sb.metadata.annotations.clone().unwrap_or_default();
+        if ann.contains_key(PAUSED) && !ann.contains_key(IDLE_PAUSED) {
+            return Ok(false);
+        }
+        let claim = sb
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true) && o.kind == "SandboxClaim");
+        let params = DeleteParams::background();
+        match claim {
+            Some(c) => {
+                let claims: Api<SandboxClaim> = Api::namespaced(self.client.clone(), namespace);
+                claims.delete(&c.name, &params).await.map(drop)
+            }
+            None => self.api(namespace).delete(name, &params).await.map(drop),
+        }
+        .or_else(|e| match e {
+            kube::Error::Api(s) if s.code == 404 => Ok(()),
+            e => Err(e),
+        })
+        .map(|()| true)
+    }
+
     /// Undoes the router's pause or suspension of `namespace/name`, if it made one.
     pub async fn wake(&self, namespace: &str, name: &str) -> kube::Result<Wake> {
         let Some(sb) = self.api(namespace).get_opt(name).await? else {
@@ -326,6 +358,7 @@ impl Idle {
                 self.lifecycle.pause(namespace, name).await.map(|()| true),
             ),
             IdleAction::Suspend => ("suspend", self.lifecycle.suspend(namespace, name).await),
+            IdleAction::Delete => ("delete", self.lifecycle.delete(namespace, name).await),
         };
         match result {
             Ok(true) => {
@@ -336,7 +369,7 @@ impl Idle {
                     .inc();
             }
             Ok(false) => {
-                tracing::debug!(sandbox = %format!("{namespace}/{name}"), "paused by a person; not suspended")
+                tracing::debug!(sandbox = %format!("{namespace}/{name}"), action = label, "paused by a person; left alone")
             }
             Err(e) => {
                 tracing::warn!(sandbox = %format!("{namespace}/{name}"), action = label, error = %e, "idle action failed; retried on a later sweep")
@@ -470,6 +503,7 @@ mod tests {
         let policy = IdlePolicy {
             pause_after: Some(Duration::from_secs(10)),
             suspend_after: Some(Duration::from_secs(60)),
+            delete_after: None,
         };
         let a = Arc::new(Activity::default());
         let t0 = Instant::now();

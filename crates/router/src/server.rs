@@ -63,9 +63,9 @@ impl Default for Config {
     }
 }
 
-/// How long a request whose `X-Sandbox-Pod-IP` the pod cache does not know waits for the cache
-/// to learn it: a client can read a new sandbox's address from the API server a moment before the
-/// router's watch delivers the same Pod.
+/// How long a request whose `X-Sandbox-Pod-IP` or sandbox the pod cache does not know waits for
+/// the cache to learn it: a client can read a new sandbox's address (or its claim's Ready) from
+/// the API server a moment before the router's watch delivers the same Pod.
 pub const UNKNOWN_POD_IP_WAIT: Duration = Duration::from_secs(1);
 
 /// The router refuses to start without a way to authenticate clients.
@@ -129,6 +129,22 @@ impl Router {
         let idle = Arc::new(Idle::new(self.cache.clone(), client, self.metrics()));
         self.idle = Some(Arc::clone(&idle));
         idle
+    }
+
+    /// The address of the sandbox `t` names once the pod cache knows it, waiting up to
+    /// [`UNKNOWN_POD_IP_WAIT`]: a sandbox claimed a moment ago (its Pod relabelled as no longer
+    /// a pool member) can reach the cache a moment after the client learnt of the claim.
+    async fn await_cached(&self, t: &Target) -> Option<IpAddr> {
+        let deadline = tokio::time::Instant::now() + UNKNOWN_POD_IP_WAIT;
+        loop {
+            let change = self.cache.next_change(deadline);
+            if let Some(ip) = self.cache.resolve(&t.namespace, &t.id, t.uid.as_deref()) {
+                return Some(ip);
+            }
+            if !change.await {
+                return None;
+            }
+        }
     }
 
     /// Wakes `namespace/name` when the router stopped it for being idle: its address once it
@@ -232,6 +248,7 @@ impl Router {
             }
             Ok(None) => match self.wake(&target.namespace, &target.id, timeout).await {
                 Ok(Some(ip)) => ip,
+                Ok(None) if let Some(ip) = self.await_cached(&target).await => ip,
                 Ok(None) => {
                     self.metrics
                         .upstream_errors

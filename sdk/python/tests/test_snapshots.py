@@ -1,5 +1,6 @@
 """Snapshots of a sandbox (SandboxSnapshot, this project's own kind): taken and waited for,
-listed, got by name, deleted; a failed one raises with the node's message."""
+listed, got by name, deleted; a failed one raises with the node's message; forks started from
+one run independently, and a rollback returns a sandbox to it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from agent_sandbox_sdk import (
     SandboxClient,
+    SandboxError,
     SnapshotFailedError,
     SnapshotInfo,
     SnapshotNotFoundError,
@@ -49,3 +51,29 @@ def test_snapshot_of_a_suspended_sandbox_fails_with_the_reason(client: SandboxCl
     with pytest.raises(SnapshotFailedError) as e:
         sb.snapshot(timeout=60)
     assert "suspended" in str(e.value) and "resume it" in str(e.value)
+
+
+def test_forks_start_from_a_snapshot_and_a_rollback_returns_to_it(client: SandboxClient) -> None:
+    sb = client.create_sandbox(warmpool=POOL)
+    sb.commands.run("mkdir -p /opt/s && echo v1 > /opt/s/f")
+    snap = sb.snapshot(name=f"{sb.sandbox_id}-base")
+    sb.commands.run("echo v2 > /opt/s/f")
+    forks = sb.fork(2, snapshot=snap.name)
+    try:
+        assert [f.sandbox_id for f in forks] == [f"{snap.name}-1", f"{snap.name}-2"]
+        assert len({f.get_pod_ip() for f in forks}) == 2
+        for f in forks:
+            assert f.commands.run("cat /opt/s/f").stdout == "v1\n"
+        forks[0].commands.run("echo mine > /opt/s/f")
+        assert forks[1].commands.run("cat /opt/s/f").stdout == "v1\n"
+        with pytest.raises(SandboxError, match="pass name="):
+            sb.fork(1, snapshot=snap.name)
+        with pytest.raises(SnapshotNotFoundError):
+            sb.fork(1, snapshot="no-such-snapshot")
+    finally:
+        for f in forks:
+            f.terminate()
+    assert sb.commands.run("cat /opt/s/f").stdout == "v2\n"
+    sb.restore(snap.name)
+    assert sb.commands.run("cat /opt/s/f").stdout == "v1\n"
+    sb.delete_snapshot(snap.name)

@@ -31,6 +31,8 @@ pub(crate) enum Scenario {
     /// SandboxSnapshot → Ready under runsc beside `runsc checkpoint`, and of 100 MiB in a
     /// layer beside `cp -a`.
     Snapshot,
+    /// Ten forks of one snapshot, create → all Ready, beside ten new sandboxes of the same spec.
+    Fork,
     /// Desktop sandboxes (`--image` the desktop image): warm claim → first screenshot,
     /// screenshot latency and size, click → next screenshot.
     Desktop,

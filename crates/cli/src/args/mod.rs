@@ -18,7 +18,8 @@ pub(crate) use sandbox::{
     LsArgs, Output, TargetArgs,
 };
 pub(crate) use snapshot::{
-    SnapshotArgs, SnapshotCommand, SnapshotCreateArgs, SnapshotDeleteArgs, SnapshotListArgs,
+    ForkArgs, RestoreArgs, SnapshotArgs, SnapshotCommand, SnapshotCreateArgs, SnapshotDeleteArgs,
+    SnapshotListArgs,
 };
 
 /// Isolated, stateful sandboxes for AI agents, managed with the agent-sandbox resource model.
@@ -101,6 +102,12 @@ pub(crate) enum Command {
     Unpause(TargetArgs),
     /// Snapshot a sandbox, list snapshots, delete them.
     Snapshot(SnapshotArgs),
+    /// New sandboxes started from a snapshot of a sandbox (taken now, or `--snapshot`), each
+    /// with its own identity, address and copied volumes.
+    Fork(ForkArgs),
+    /// Roll a sandbox back to a snapshot: a new Pod with the snapshot's writable layers and
+    /// volume data (processes start afresh).
+    Restore(RestoreArgs),
     /// Delete claims (and their sandboxes) or sandboxes.
     Delete(DeleteArgs),
     /// Print a sandbox's container log.

@@ -1,4 +1,4 @@
-//! Arguments of `agent-sandbox snapshot`.
+//! Arguments of `agent-sandbox snapshot`, `fork` and `restore`.
 
 use clap::{Args, Subcommand};
 
@@ -57,4 +57,38 @@ pub(crate) struct SnapshotDeleteArgs {
     /// Return without waiting for the node to delete the files.
     #[arg(long)]
     pub(crate) no_wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ForkArgs {
+    #[command(flatten)]
+    pub(crate) connect: ConnectArgs,
+    /// The claim or sandbox to fork: its spec is copied into each fork.
+    pub(crate) sandbox: String,
+    /// How many forks.
+    #[arg(short = 'N', long, default_value_t = 1)]
+    pub(crate) count: usize,
+    /// Start from this snapshot (Ready, in the namespace) instead of taking one now.
+    #[arg(long)]
+    pub(crate) snapshot: Option<String>,
+    /// Name the forks `<name>-1` … `<name>-N` (default: the snapshot's name).
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+    /// How long to wait for the snapshot and for every fork to be Ready, in seconds (0: do
+    /// not wait for the forks).
+    #[arg(long, default_value_t = 600)]
+    pub(crate) timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RestoreArgs {
+    #[command(flatten)]
+    pub(crate) connect: ConnectArgs,
+    /// The claim or sandbox to roll back.
+    pub(crate) sandbox: String,
+    /// The snapshot to roll back to (Ready, in the namespace).
+    pub(crate) snapshot: String,
+    /// How long to wait for the sandbox to be Ready again, in seconds.
+    #[arg(long, default_value_t = 600)]
+    pub(crate) timeout: u64,
 }

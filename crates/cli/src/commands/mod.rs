@@ -5,6 +5,7 @@ mod connect;
 mod controller;
 mod crd;
 mod data_plane;
+mod fork;
 mod image;
 mod manifests;
 mod mcp;
@@ -39,6 +40,8 @@ pub(crate) fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Pause(args) => block_on(sandboxes::pause(&args, true)),
         Command::Unpause(args) => block_on(sandboxes::pause(&args, false)),
         Command::Snapshot(args) => block_on(snapshot::snapshot(&args)),
+        Command::Fork(args) => block_on(fork::fork(&args)),
+        Command::Restore(args) => block_on(fork::restore(&args)),
         Command::Logs(args) => block_on(sandboxes::logs(&args)),
         Command::Exec(args) => block_on(data_plane::exec(&args)),
         Command::Cp(args) => block_on(data_plane::cp(&args)),

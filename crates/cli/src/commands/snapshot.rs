@@ -67,10 +67,37 @@ async fn create(args: &SnapshotCreateArgs) -> anyhow::Result<ExitCode> {
         println!("{name}");
         return Ok(ExitCode::SUCCESS);
     }
-    let deadline = started + Duration::from_secs(args.timeout);
+    let snap = wait_ready(&conn, &name, started, args.timeout).await?;
+    let st = snap.status.unwrap_or_default();
+    println!("{name}");
+    eprintln!(
+        "snapshot {}/{name}: Ready in {:.1?} ({}, {})",
+        conn.namespace,
+        started.elapsed(),
+        st.kind.map(|k| k.as_str()).unwrap_or("-"),
+        size(st.size_bytes)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Waits until snapshot `name` is Ready (an error when it fails or `timeout_s` seconds after
+/// `started` pass), printing each change of its phase on stderr.
+pub(crate) async fn wait_ready(
+    conn: &Connection,
+    name: &str,
+    started: Instant,
+    timeout_s: u64,
+) -> anyhow::Result<SandboxSnapshot> {
+    let api: Api<SandboxSnapshot> = conn.api();
+    let deadline = started + Duration::from_secs(timeout_s);
     let mut last = String::new();
     loop {
-        let snap = api.get(&name).await?;
+        let snap = api.get_opt(name).await?.with_context(|| {
+            format!(
+                "snapshot {}/{name} not found; list them with `agent-sandbox snapshot list`",
+                conn.namespace
+            )
+        })?;
         let phase = snap.phase();
         let message = ready_message(&snap);
         let line = format!("{}: {}", phase.as_str(), message);
@@ -83,18 +110,7 @@ async fn create(args: &SnapshotCreateArgs) -> anyhow::Result<ExitCode> {
             last = line;
         }
         match phase {
-            SnapshotPhase::Ready => {
-                let st = snap.status.unwrap_or_default();
-                println!("{name}");
-                eprintln!(
-                    "snapshot {}/{name}: Ready in {:.1?} ({}, {})",
-                    conn.namespace,
-                    started.elapsed(),
-                    st.kind.map(|k| k.as_str()).unwrap_or("-"),
-                    size(st.size_bytes)
-                );
-                return Ok(ExitCode::SUCCESS);
-            }
+            SnapshotPhase::Ready => return Ok(snap),
             SnapshotPhase::Failed => {
                 anyhow::bail!("snapshot {}/{name} failed: {message}", conn.namespace)
             }
@@ -102,9 +118,8 @@ async fn create(args: &SnapshotCreateArgs) -> anyhow::Result<ExitCode> {
         }
         if Instant::now() >= deadline {
             anyhow::bail!(
-                "snapshot {}/{name} is not Ready after {} s: {message}",
+                "snapshot {}/{name} is not Ready after {timeout_s} s: {message}",
                 conn.namespace,
-                args.timeout
             );
         }
         tokio::time::sleep(POLL).await;

@@ -1,7 +1,7 @@
 //! Idle sandboxes end to end through `up`: traffic keeps one awake, the router pauses it when
 //! idle and the next request wakes it with its memory; a person's pause is not undone by
-//! traffic; a suspend-after policy suspends and the next request resumes; bad values are
-//! refused at admission.
+//! traffic; a suspend-after policy suspends and the next request resumes; a delete-after policy
+//! deletes; bad values are refused at admission.
 
 use std::time::Duration;
 
@@ -81,10 +81,25 @@ fn idle_sandboxes_are_paused_or_suspended_and_woken_by_traffic() {
         ),
     );
     assert!(out.status.success(), "{out:?}");
-    wait_until("both are Ready", Duration::from_secs(90), || {
-        let list = up.ok(&["get", "sandboxes"]);
-        list.lines().filter(|l| l.contains("True")).count() == 2
-    });
+    let out = apply(
+        &up,
+        &sandbox(
+            "dropper",
+            "agent-sandbox-rs.github.io/idle-timeout: 2s, agent-sandbox-rs.github.io/idle-delete-after: 5s",
+        ),
+    );
+    assert!(out.status.success(), "{out:?}");
+    wait_until(
+        "napper and sleeper are Ready",
+        Duration::from_secs(90),
+        || {
+            let list = up.ok(&["get", "sandboxes"]);
+            list.lines()
+                .filter(|l| (l.contains("napper") || l.contains("sleeper")) && l.contains("True"))
+                .count()
+                == 2
+        },
+    );
     // Traffic every second for longer than the idle timeout keeps it awake.
     for _ in 0..5 {
         let (code, body) = get("napper", "/v2/processes");
@@ -165,6 +180,13 @@ fn idle_sandboxes_are_paused_or_suspended_and_woken_by_traffic() {
         None
     );
 
+    // Paused, then deleted when idle longer.
+    wait_until(
+        "dropper is deleted when idle",
+        Duration::from_secs(60),
+        || !up.ok(&["get", "sandboxes"]).contains("dropper"),
+    );
+
     // Both wakes are measured.
     let (code, metrics) = http(&up.metrics, "GET", "/metrics", &[], "");
     assert_eq!(code, 200);
@@ -172,8 +194,8 @@ fn idle_sandboxes_are_paused_or_suspended_and_woken_by_traffic() {
         let line = format!("agent_sandbox_resume_latency_ms_count{{action=\"{from}\"}} 1");
         assert!(metrics.contains(&line), "{line} in\n{metrics}");
     }
-    assert!(
-        metrics.contains("agent_sandbox_idle_actions_total{action=\"pause\"}"),
-        "{metrics}"
-    );
+    for action in ["pause", "suspend", "delete"] {
+        let line = format!("agent_sandbox_idle_actions_total{{action=\"{action}\"}}");
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
 }

@@ -6,6 +6,7 @@ mod computer_use;
 mod controller;
 mod deploy;
 mod e2e;
+mod fork;
 mod idle;
 mod monitoring;
 mod snapshot;

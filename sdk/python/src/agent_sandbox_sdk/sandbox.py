@@ -126,6 +126,8 @@ class Sandbox:
         self._computer = Computer(self)
         self._browser = Browser(self)
         self._pod_name: Optional[str] = None
+        # A fork has no claim: terminate() deletes its Sandbox instead.
+        self._owns_sandbox = False
 
     def __repr__(self) -> str:
         return (f"Sandbox(claim_name={self.claim_name!r}, sandbox_id={self.sandbox_id!r}, "
@@ -278,8 +280,12 @@ class Sandbox:
                                          {"spec": {"operatingMode": "Running"}})
         if not wait:
             return
+        self._ready_after_restart(timeout, "resume")
+
+    def _ready_after_restart(self, timeout: float, what: str) -> None:
+        """Waits until a new Pod of the sandbox is Ready and its sandboxd answers."""
         deadline = time.monotonic() + timeout
-        sb = self._wait_condition("Ready", timeout, "resume", need_ip=True)
+        sb = self._wait_condition("Ready", timeout, what, need_ip=True)
         self._dp.close()  # a tunnel or channel to the old Pod
         self._dp.pod_ip = pick_pod_ip((sb.get("status") or {}).get("podIPs"))
         self._pod_name = None
@@ -296,7 +302,7 @@ class Sandbox:
             if time.monotonic() >= deadline:
                 raise SandboxTimeoutError(
                     f"sandbox {self.namespace}/{self.sandbox_id} is Ready but sandboxd did not "
-                    f"answer within {timeout:g} s of resuming; see its logs (kubectl logs "
+                    f"answer within {timeout:g} s ({what}); see its logs (kubectl logs "
                     f"{self.get_pod_name()} -n {self.namespace})")
             time.sleep(0.1)
 
@@ -378,6 +384,88 @@ class Sandbox:
     def delete_snapshot(self, name: str) -> bool:
         """Deletes snapshot ``name`` (the node deletes its files); False if it was gone."""
         return self.connection.kube.delete("sandboxsnapshots", self.namespace, name)
+
+    # -- fork and rollback (from snapshots) -------------------------------------------------
+
+    RESTORE_FROM = "agent-sandbox-rs.github.io/restore-from"
+    RESTORE_VOLUMES = "agent-sandbox-rs.github.io/restore-volumes"
+    FORKED_FROM = "agent-sandbox-rs.github.io/forked-from"
+
+    def fork(self, n: int = 1, snapshot: Optional[str] = None, name: Optional[str] = None,
+             timeout: float = 600) -> list[Sandbox]:
+        """``n`` new sandboxes started from a snapshot of this one (taken now, or the Ready
+        snapshot ``snapshot``): each with this sandbox's spec, its own name
+        (``<name or snapshot>-1`` …), Pod, address and volumes, and the snapshot's writable
+        layers and volume data; processes start afresh. Returns their handles once all are Ready
+        and sandboxd answers; ``terminate()`` on a fork deletes it. As ``agent-sandbox fork``."""
+        if n < 1:
+            raise ValueError(f"fork needs n >= 1, not {n}")
+        deadline = time.monotonic() + timeout
+        snap = self.wait_snapshot(snapshot, timeout) if snapshot else self.snapshot(
+            timeout=timeout)
+        source = self._get_sandbox()
+        prefix = name or snap.name
+        kube = self.connection.kube
+        forks: list[Sandbox] = []
+        system = ("agents.x-k8s.io/", ".agents.x-k8s.io/")
+        for i in range(1, n + 1):
+            fork_name = f"{prefix}-{i}"
+            spec = dict(source.get("spec") or {})
+            spec.pop("operatingMode", None)
+            template = dict(spec.get("podTemplate") or {})
+            meta = dict(template.get("metadata") or {})
+            ann = dict(meta.get("annotations") or {})
+            ann[self.RESTORE_FROM] = snap.name
+            ann.pop(self.RESTORE_VOLUMES, None)
+            meta["annotations"] = ann
+            template["metadata"] = meta
+            spec["podTemplate"] = template
+            labels = {k: v for k, v in ((source.get("metadata") or {}).get("labels") or {}).items()
+                      if not (k.startswith(system[0]) or system[1] in k)}
+            try:
+                kube.create("sandboxes", self.namespace, {
+                    "apiVersion": "agents.x-k8s.io/v1beta1", "kind": "Sandbox",
+                    "metadata": {"name": fork_name, "labels": labels, "annotations": {
+                        self.FORKED_FROM: f"{self.sandbox_id}/{snap.name}"}},
+                    "spec": spec})
+            except KubeApiError as e:
+                for f in forks:
+                    f.terminate()
+                if e.status_code == 409:
+                    raise SandboxError(
+                        f"fork {self.namespace}/{fork_name} of snapshot {snap.name} exists "
+                        "already; pass name= to name the forks otherwise") from None
+                raise
+            sb = type(self)("", fork_name, self.namespace, self.connection, client=self._client)
+            sb.claim_name = None
+            sb._owns_sandbox = True
+            forks.append(sb)
+        for f in forks:
+            f._ready_after_restart(max(1.0, deadline - time.monotonic()), "fork")
+        return forks
+
+    def restore(self, snapshot: str, timeout: float = 600) -> None:
+        """Rolls this sandbox back to ``snapshot`` (Ready, in its namespace): a new Pod whose
+        writable layers and volume data are the snapshot's (processes start afresh); returns once
+        it is Ready and sandboxd answers. As ``agent-sandbox restore``."""
+        deadline = time.monotonic() + timeout
+        self.wait_snapshot(snapshot, timeout)
+        kube = self.connection.kube
+
+        def annotate(value: Optional[str]) -> dict[str, Any]:
+            return {"spec": {"podTemplate": {"metadata": {"annotations": {
+                self.RESTORE_FROM: value, self.RESTORE_VOLUMES: value and "Replace"}}}}}
+
+        patch = annotate(snapshot)
+        patch["spec"]["operatingMode"] = "Suspended"
+        kube.merge_patch("sandboxes", self.namespace, self.sandbox_id, patch)
+        self._dp.pod_ip = None
+        self._wait_condition("Suspended", max(1.0, deadline - time.monotonic()), "rollback")
+        kube.merge_patch("sandboxes", self.namespace, self.sandbox_id,
+                         {"spec": {"operatingMode": "Running"}})
+        self._ready_after_restart(max(1.0, deadline - time.monotonic()), "rollback")
+        # Once: a later resume starts as upstream's does, not from the snapshot again.
+        kube.merge_patch("sandboxes", self.namespace, self.sandbox_id, annotate(None))
 
     def _set_paused(self, paused: bool, wait: bool, timeout: float) -> None:
         value = "true" if paused else None
@@ -470,8 +558,12 @@ class Sandbox:
         self._dp.close()
 
     def terminate(self) -> None:
-        """Deletes the claim (and with it the sandbox). Idempotent."""
+        """Deletes the claim (and with it the sandbox; a fork's Sandbox itself). Idempotent."""
         self.close_connection()
+        if self._owns_sandbox:
+            self._owns_sandbox = False
+            self.connection.kube.delete("sandboxes", self.namespace, self.sandbox_id)
+            return
         if self.claim_name is None:
             return
         name = self.claim_name

@@ -9,6 +9,7 @@
 mod claims;
 mod desktop;
 mod fixture;
+mod fork;
 mod idle;
 mod instance;
 mod nodes;
@@ -225,6 +226,7 @@ async fn run_scenarios(
             Scenario::Pause => pause::pause(&fixture, args).await,
             Scenario::IdleWake => idle::idle_wake(&fixture, args).await,
             Scenario::Snapshot => snapshot::snapshot(&fixture, args).await,
+            Scenario::Fork => fork::fork(&fixture, args).await,
             Scenario::Desktop => desktop::desktop(&fixture, args).await,
         };
         match r {

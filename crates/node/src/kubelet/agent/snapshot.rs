@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use agent_sandbox_api::constants::annotations::POD_NAME;
-use agent_sandbox_api::constants::extensions::annotations::RESTORE_FROM;
+use agent_sandbox_api::constants::extensions::annotations::{RESTORE_FROM, RESTORE_VOLUMES};
 use agent_sandbox_api::constants::extensions::{finalizers, snapshot_reasons as reasons};
 use agent_sandbox_api::extension::{SandboxSnapshot, SnapshotKind, SnapshotPhase};
 use agent_sandbox_api::v1beta1::{OperatingMode, Sandbox};
@@ -108,6 +108,22 @@ impl NodeAgent {
             )));
         }
         Ok(Some(self.snapshot_dir(&snap)))
+    }
+
+    /// Whether a restore replaces the data of volumes that hold some
+    /// (`agent-sandbox-rs.github.io/restore-volumes`: `Replace`; absent or `IfEmpty`: no); an
+    /// error naming the annotation and its values for anything else.
+    pub(super) fn restore_replaces_volumes(pod: &Pod) -> Result<bool, NodeError> {
+        match pod.annotations().get(RESTORE_VOLUMES).map(String::as_str) {
+            None | Some("IfEmpty") => Ok(false),
+            Some("Replace") => Ok(true),
+            Some(other) => Err(NodeError::Reference {
+                sandbox: format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()),
+                message: format!(
+                    "annotation {RESTORE_VOLUMES} is {other:?}; write IfEmpty (fill empty volumes only, the default) or Replace (replace their data: a rollback)"
+                ),
+            }),
+        }
     }
 
     /// Watches SandboxSnapshots until the task is dropped, looking again at unfinished ones

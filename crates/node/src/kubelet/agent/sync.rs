@@ -58,6 +58,10 @@ impl NodeAgent {
                 Ok(dir) => spec.restore_from = dir,
                 Err(e) => return self.report_failure(pod, &api, &rt, e).await,
             }
+            match Self::restore_replaces_volumes(pod) {
+                Ok(replace) => spec.restore_replaces_volumes = replace,
+                Err(e) => return self.report_failure(pod, &api, &rt, e).await,
+            }
             match self.runtime_monitoring_of(pod, &spec) {
                 Ok(m) => spec.runtime_monitoring = m,
                 Err(e) => return self.report_failure(pod, &api, &rt, e).await,

@@ -249,7 +249,8 @@ async fn copy_all(
 
 impl SandboxEngine {
     /// Fill a new sandbox's writable layers and data volumes from the snapshot at `snapshot`,
-    /// before any of its containers exists. A PVC that already holds data is left as it is.
+    /// before any of its containers exists. A PVC that already holds data is left as it is,
+    /// unless the spec asks for its data to be replaced (a rollback).
     pub(super) async fn restore_files(
         &self,
         paths: &Paths,
@@ -284,7 +285,18 @@ impl SandboxEngine {
             let from = snapshot.join("volumes").join(&v.name);
             let to = self.host_dir(paths, spec, v);
             let holds_data = fs_err::read_dir(&to).is_ok_and(|mut d| d.next().is_some());
-            if from.is_dir() && !holds_data {
+            if from.is_dir() && holds_data && spec.restore_replaces_volumes {
+                // The directory itself stays (it may be a mount); its entries go.
+                for e in fs_err::read_dir(&to)? {
+                    let p = e?.path();
+                    if p.is_dir() && !p.is_symlink() {
+                        fs_err::remove_dir_all(&p)?;
+                    } else {
+                        fs_err::remove_file(&p)?;
+                    }
+                }
+            }
+            if from.is_dir() && (!holds_data || spec.restore_replaces_volumes) {
                 // The volume's directory exists (it may be a mount): its entries are copied.
                 for e in fs_err::read_dir(&from)? {
                     let e = e?;

@@ -161,6 +161,7 @@ impl SandboxSpec {
             host_aliases,
             sysctls,
             restore_from: None,
+            restore_replaces_volumes: false,
             runtime_monitoring: None,
             termination_grace: Duration::from_secs(
                 spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64,

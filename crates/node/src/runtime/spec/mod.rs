@@ -268,6 +268,11 @@ pub struct SandboxSpec {
     /// node resolves `agent-sandbox-rs.github.io/restore-from` to it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_from: Option<PathBuf>,
+    /// With `restore_from`: replace the data of volumes that already hold some (a rollback,
+    /// `agent-sandbox-rs.github.io/restore-volumes: Replace`); otherwise only empty volumes are
+    /// filled.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restore_replaces_volumes: bool,
     /// gVisor runtime monitoring: where the sandbox's trace events go (runsc only; the node
     /// resolves `agent-sandbox-rs.github.io/runtime-monitoring` or its default to it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -292,6 +297,7 @@ impl SandboxSpec {
             host_aliases: Vec::new(),
             sysctls: Vec::new(),
             restore_from: None,
+            restore_replaces_volumes: false,
             runtime_monitoring: None,
             termination_grace: Duration::from_secs(30),
         }

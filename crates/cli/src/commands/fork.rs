@@ -1,0 +1,280 @@
+//! `agent-sandbox fork` and `agent-sandbox restore`: new sandboxes started from a snapshot of a
+//! sandbox, and a sandbox rolled back to one of its snapshots.
+//!
+//! A fork is a new Sandbox with the source's spec whose Pod starts from the snapshot
+//! (`agent-sandbox-rs.github.io/restore-from` on its pod template): its writable layers and
+//! empty volumes are filled from the snapshot, and it gets its own name, Pod, address and PVCs.
+//! A rollback gives the sandbox a new Pod the same way, with the snapshot replacing the data its
+//! volumes hold (`agent-sandbox-rs.github.io/restore-volumes: Replace`): the sandbox is suspended,
+//! its template annotated, resumed, and the annotations are removed once it is Ready again (so
+//! a later resume starts as upstream's does). Processes start afresh in both.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use agent_sandbox_api::constants::extensions::annotations::{RESTORE_FROM, RESTORE_VOLUMES};
+use agent_sandbox_api::extension::SandboxSnapshot;
+use agent_sandbox_api::v1beta1::{OperatingMode, Sandbox};
+use anyhow::Context;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+
+use super::connect::Connection;
+use super::sandboxes::is_ready;
+use super::snapshot::{new_snapshot, wait_ready};
+use crate::args::{ForkArgs, RestoreArgs};
+
+/// On a fork: `<source sandbox>/<snapshot>` it was started from.
+pub(crate) const FORKED_FROM: &str = "agent-sandbox-rs.github.io/forked-from";
+
+const POLL: Duration = Duration::from_millis(20);
+
+/// The fork `name` of `source`, started from `snapshot`: the source's spec (running), its own
+/// labels (not the system ones a warm pool or claim put there), the restore annotation.
+pub(crate) fn fork_of(source: &Sandbox, snapshot: &str, name: &str) -> Sandbox {
+    let system = |k: &String| k.starts_with("agents.x-k8s.io/") || k.contains(".agents.x-k8s.io/");
+    let labels: BTreeMap<String, String> = source
+        .labels()
+        .iter()
+        .filter(|(k, _)| !system(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut spec = source.spec.clone();
+    spec.operating_mode = None;
+    let ann = &mut spec.pod_template.metadata.annotations;
+    ann.insert(RESTORE_FROM.into(), snapshot.into());
+    ann.remove(RESTORE_VOLUMES);
+    Sandbox {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: (!labels.is_empty()).then_some(labels),
+            annotations: Some(BTreeMap::from([(
+                FORKED_FROM.to_owned(),
+                format!("{}/{snapshot}", source.name_any()),
+            )])),
+            ..Default::default()
+        },
+        spec,
+        status: None,
+    }
+}
+
+/// The snapshot to fork from: `given` (checked Ready), or a new one of `sandbox`, waited for.
+async fn snapshot_of(
+    conn: &Connection,
+    sandbox: &str,
+    given: Option<&str>,
+    started: Instant,
+    timeout_s: u64,
+) -> anyhow::Result<String> {
+    let name = match given {
+        Some(n) => n.to_owned(),
+        None => {
+            let api: Api<SandboxSnapshot> = conn.api();
+            api.create(&PostParams::default(), &new_snapshot(sandbox, None))
+                .await
+                .with_context(|| {
+                    format!(
+                        "creating a snapshot of sandbox {}/{sandbox}",
+                        conn.namespace
+                    )
+                })?
+                .name_any()
+        }
+    };
+    wait_ready(conn, &name, started, timeout_s).await?;
+    Ok(name)
+}
+
+/// Waits until every sandbox of `names` is Ready; returns their Pod addresses in order.
+async fn wait_all_ready(
+    conn: &Connection,
+    names: &[String],
+    started: Instant,
+    timeout_s: u64,
+) -> anyhow::Result<Vec<String>> {
+    let sandboxes: Api<Sandbox> = conn.api();
+    let pods: Api<Pod> = conn.api();
+    let deadline = started + Duration::from_secs(timeout_s);
+    let mut ready = vec![false; names.len()];
+    loop {
+        for (i, n) in names.iter().enumerate() {
+            if !ready[i] {
+                ready[i] = sandboxes
+                    .get(n)
+                    .await?
+                    .status
+                    .is_some_and(|s| is_ready(&s.conditions));
+            }
+        }
+        if ready.iter().all(|r| *r) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let waiting: Vec<&str> = names
+                .iter()
+                .zip(&ready)
+                .filter(|(_, r)| !**r)
+                .map(|(n, _)| n.as_str())
+                .collect();
+            anyhow::bail!(
+                "not Ready after {timeout_s} s: {} (see `agent-sandbox get sandboxes`)",
+                waiting.join(", ")
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let mut ips = Vec::new();
+    for n in names {
+        let ip = pods
+            .get_opt(n)
+            .await?
+            .and_then(|p| p.status?.pod_ip)
+            .unwrap_or_else(|| "-".into());
+        ips.push(ip);
+    }
+    Ok(ips)
+}
+
+pub(crate) async fn fork(args: &ForkArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.count >= 1, "--count must be at least 1");
+    let conn = Connection::open(&args.connect).await?;
+    let source = conn.resolve_sandbox(&args.sandbox).await?;
+    let started = Instant::now();
+    let snapshot = snapshot_of(
+        &conn,
+        &source.name_any(),
+        args.snapshot.as_deref(),
+        started,
+        args.timeout,
+    )
+    .await?;
+    let prefix = args.name.clone().unwrap_or_else(|| snapshot.clone());
+    let names: Vec<String> = (1..=args.count).map(|i| format!("{prefix}-{i}")).collect();
+    let sandboxes: Api<Sandbox> = conn.api();
+    let forked_at = Instant::now();
+    for n in &names {
+        sandboxes
+            .create(&PostParams::default(), &fork_of(&source, &snapshot, n))
+            .await
+            .with_context(|| {
+                format!(
+                    "creating fork {}/{n} of snapshot {snapshot}; if it exists already, pass --name to name the forks otherwise",
+                    conn.namespace
+                )
+            })?;
+    }
+    if args.timeout == 0 {
+        names.iter().for_each(|n| println!("{n}"));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let ips = wait_all_ready(&conn, &names, started, args.timeout).await?;
+    for (n, ip) in names.iter().zip(&ips) {
+        println!("{n}\t{ip}");
+    }
+    eprintln!(
+        "{} fork(s) of {}/{} from snapshot {snapshot}: all Ready {:.1?} after their creation ({:.1?} in all)",
+        names.len(),
+        conn.namespace,
+        source.name_any(),
+        forked_at.elapsed(),
+        started.elapsed()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
+    let conn = Connection::open(&args.connect).await?;
+    let name = conn.resolve_sandbox(&args.sandbox).await?.name_any();
+    let started = Instant::now();
+    wait_ready(&conn, &args.snapshot, started, args.timeout).await?;
+    let sandboxes: Api<Sandbox> = conn.api();
+    let pods: Api<Pod> = conn.api();
+    let pp = PatchParams::default();
+    let deadline = started + Duration::from_secs(args.timeout);
+    let annotate = |snapshot: Option<&str>| {
+        serde_json::json!({"spec": {"podTemplate": {"metadata": {"annotations": {
+            RESTORE_FROM: snapshot,
+            RESTORE_VOLUMES: snapshot.map(|_| "Replace"),
+        }}}}})
+    };
+    // Suspended with the annotations, so that the next Pod is made from them.
+    let mut patch = annotate(Some(&args.snapshot));
+    patch["spec"]["operatingMode"] = serde_json::json!(OperatingMode::Suspended);
+    sandboxes
+        .patch(&name, &pp, &Patch::Merge(&patch))
+        .await
+        .with_context(|| format!("rolling sandbox {}/{name} back", conn.namespace))?;
+    eprintln!(
+        "sandbox {}/{name}: rolling back to snapshot {} (its Pod is replaced)",
+        conn.namespace, args.snapshot
+    );
+    while pods.get_opt(&name).await?.is_some() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "sandbox {name}'s Pod is still there after {} s; its annotations {RESTORE_FROM} and {RESTORE_VOLUMES} are set: resume it (agent-sandbox resume {name}) to finish the rollback",
+            args.timeout
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    let running = serde_json::json!({"spec": {"operatingMode": OperatingMode::Running}});
+    sandboxes.patch(&name, &pp, &Patch::Merge(&running)).await?;
+    wait_all_ready(&conn, std::slice::from_ref(&name), started, args.timeout).await?;
+    // Once: a later resume starts as upstream's does, not from the snapshot again.
+    sandboxes
+        .patch(&name, &pp, &Patch::Merge(&annotate(None)))
+        .await?;
+    eprintln!(
+        "sandbox {}/{name}: rolled back to snapshot {} in {:.1?}",
+        conn.namespace,
+        args.snapshot,
+        started.elapsed()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fork_copies_the_spec_and_its_own_labels_and_starts_from_the_snapshot() {
+        let source: Sandbox = serde_json::from_value(serde_json::json!({
+            "apiVersion": "agents.x-k8s.io/v1beta1", "kind": "Sandbox",
+            "metadata": {"name": "src", "namespace": "ns", "uid": "u", "resourceVersion": "7",
+                "labels": {"team": "rl", "agents.x-k8s.io/warm-pool-sandbox": "pool",
+                           "extensions.agents.x-k8s.io/x": "y"},
+                "annotations": {"agent-sandbox-rs.github.io/paused": "true"},
+                "ownerReferences": [{"apiVersion": "v1", "kind": "X", "name": "c", "uid": "c"}]},
+            "spec": {"operatingMode": "Suspended",
+                "podTemplate": {"metadata": {"annotations": {
+                    "keep": "1", "agent-sandbox-rs.github.io/restore-volumes": "Replace"}},
+                    "spec": {"containers": [{"name": "c", "image": "i"}]}},
+                "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {}}]},
+            "status": {"podIPs": ["10.0.0.1"]}
+        }))
+        .unwrap();
+        let f = fork_of(&source, "snap", "snap-1");
+        assert_eq!(f.name_any(), "snap-1");
+        assert_eq!(f.metadata.namespace, None);
+        assert_eq!(f.metadata.uid, None);
+        assert_eq!(f.metadata.resource_version, None);
+        assert_eq!(f.metadata.owner_references, None);
+        assert_eq!(f.labels().len(), 1);
+        assert_eq!(f.labels()["team"], "rl");
+        assert_eq!(f.annotations()[FORKED_FROM], "src/snap");
+        assert!(
+            !f.annotations()
+                .contains_key("agent-sandbox-rs.github.io/paused")
+        );
+        assert_eq!(f.spec.operating_mode, None);
+        let ann = &f.spec.pod_template.metadata.annotations;
+        assert_eq!(ann[RESTORE_FROM], "snap");
+        assert_eq!(ann["keep"], "1");
+        assert!(!ann.contains_key(RESTORE_VOLUMES));
+        assert_eq!(f.spec.volume_claim_templates.len(), 1);
+        assert!(f.status.is_none());
+    }
+}
