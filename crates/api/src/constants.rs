@@ -251,6 +251,9 @@ pub mod extensions {
         /// cgroup freezer, memory kept); absent or any other value means running. The Sandbox
         /// controller copies it onto the Sandbox's Pod, where the node acts on it.
         pub const PAUSED: &str = "agent-sandbox-rs.github.io/paused";
+        /// On a Sandbox: a time (RFC 3339) at which to pause it, a startup action. When it
+        /// comes the Sandbox controller sets [`PAUSED`] and removes this key.
+        pub const PAUSE_AT: &str = "agent-sandbox-rs.github.io/pause-at";
         /// On a Pod (through its Sandbox's `podTemplate.metadata.annotations`): the name of a
         /// Ready SandboxSnapshot in its namespace, on its node. The new sandbox's writable
         /// layers and data volumes start from the snapshot's files (processes start afresh).
@@ -282,6 +285,15 @@ pub mod extensions {
 
     /// The only value of [`annotations::PAUSED`] that pauses.
     pub const PAUSED_TRUE: &str = "true";
+
+    /// The time of [`annotations::PAUSE_AT`]: RFC 3339, or an error that says what to write.
+    pub fn parse_pause_at(value: &str) -> Result<k8s_openapi::jiff::Timestamp, String> {
+        value.parse().map_err(|_| {
+            format!(
+                "{value:?} is not a time; write one in RFC 3339, such as \"2026-12-07T10:00:00Z\""
+            )
+        })
+    }
 
     /// Whether an annotation map asks for a pause ([`annotations::PAUSED`] is `"true"`).
     pub fn asks_paused(annotations: Option<&std::collections::BTreeMap<String, String>>) -> bool {

@@ -10,8 +10,8 @@ use crate::api::{App, Req, Target};
 use crate::error::{ApiError, ApiResult, Cause};
 use crate::resources::ResourceDef;
 
-/// This project's annotations on the Pod metadata a kind carries (the idle policy), checked
-/// as a webhook would: the CRDs stay upstream's, so the schema cannot.
+/// This project's annotations, checked as a webhook would (the CRDs stay upstream's, so the
+/// schema cannot): the idle policy on the Pod metadata a kind carries, and a Sandbox's pause-at.
 fn extension_causes(group: &str, kind: &str, obj: &Value) -> Vec<Cause> {
     if group != agent_sandbox_api::constants::CORE_GROUP
         && group != agent_sandbox_api::constants::EXTENSIONS_GROUP
@@ -29,7 +29,17 @@ fn extension_causes(group: &str, kind: &str, obj: &Value) -> Vec<Cause> {
     else {
         return Vec::new();
     };
-    agent_sandbox_api::idle::validate(annotations.as_ref(), path)
+    let mut causes = agent_sandbox_api::idle::validate(annotations.as_ref(), path);
+    if kind == "Sandbox" {
+        use agent_sandbox_api::constants::extensions::{annotations::PAUSE_AT, parse_pause_at};
+        if let Some(Err(e)) = obj["metadata"]["annotations"][PAUSE_AT]
+            .as_str()
+            .map(parse_pause_at)
+        {
+            causes.push((format!("metadata.annotations[{PAUSE_AT}]"), e));
+        }
+    }
+    causes
         .into_iter()
         .map(|(field, message)| Cause {
             reason: "FieldValueInvalid".into(),

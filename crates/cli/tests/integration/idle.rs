@@ -1,7 +1,7 @@
 //! Idle sandboxes end to end through `up`: traffic keeps one awake, the router pauses it when
 //! idle and the next request wakes it with its memory; a person's pause is not undone by
 //! traffic; a suspend-after policy suspends and the next request resumes; a delete-after policy
-//! deletes; bad values are refused at admission.
+//! deletes; a pause-at time pauses; bad values are refused at admission.
 
 use std::time::Duration;
 
@@ -66,6 +66,27 @@ fn idle_sandboxes_are_paused_or_suspended_and_woken_by_traffic() {
         ),
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("must be longer than"));
+
+    // A startup action: paused at a given time (refused when it is not a time).
+    let at = |secs: i64| {
+        (k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_secs(secs))
+            .to_string()
+    };
+    let later = |value: &str| {
+        sandbox("later", "x: y").replace(
+            "metadata: {name: later}",
+            &format!("metadata: {{name: later, annotations: {{agent-sandbox-rs.github.io/pause-at: \"{value}\"}}}}"),
+        )
+    };
+    let out = apply(&up, &later("soon"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pause-at") && err.contains("RFC 3339"),
+        "{err}"
+    );
+    let out = apply(&up, &later(&at(6)));
+    assert!(out.status.success(), "{out:?}");
 
     // Paused when idle, woken by the next request with its memory.
     let out = apply(
@@ -178,6 +199,17 @@ fn idle_sandboxes_are_paused_or_suspended_and_woken_by_traffic() {
     assert_eq!(
         annotation(&v, "agent-sandbox-rs.github.io/idle-suspended"),
         None
+    );
+
+    // Paused at its pause-at time, the key removed.
+    wait_until(
+        "later is paused at its time",
+        Duration::from_secs(60),
+        || {
+            let v = json(&up, "later");
+            annotation(&v, "agent-sandbox-rs.github.io/paused").as_deref() == Some("true")
+                && annotation(&v, "agent-sandbox-rs.github.io/pause-at").is_none()
+        },
     );
 
     // Paused, then deleted when idle longer.

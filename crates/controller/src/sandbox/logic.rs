@@ -421,6 +421,28 @@ pub fn is_marked_expired(status_: Option<&SandboxStatus>) -> bool {
     })
 }
 
+/// Where the startup action [`ext::annotations::PAUSE_AT`] stands.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PauseAt {
+    /// Its time has come: annotate the Sandbox paused and remove the key.
+    Due,
+    /// Look again after this long.
+    Wait(Duration),
+}
+
+/// The startup action `agent-sandbox-rs.github.io/pause-at` (RFC 3339) of a Sandbox at `now`;
+/// `None` without it or when it does not parse (admission refuses such values).
+pub fn pause_at(meta: &ObjectMeta, now: &Time) -> Option<PauseAt> {
+    let at =
+        ext::parse_pause_at(meta.annotations.as_ref()?.get(ext::annotations::PAUSE_AT)?).ok()?;
+    let left = Duration::try_from(at.duration_since(now.0)).unwrap_or(Duration::ZERO);
+    Some(if left.is_zero() {
+        PauseAt::Due
+    } else {
+        PauseAt::Wait(left)
+    })
+}
+
 /// Whether `shutdown_time` has passed at `now`.
 pub fn is_expired(shutdown_time: Option<&Time>, now: &Time) -> bool {
     shutdown_time.is_some_and(|t| now.0 >= t.0)
@@ -792,5 +814,7 @@ pub fn apply_pod_to_status(status_: &mut SandboxStatus, sandbox_name: &str, view
     }
 }
 
+#[cfg(test)]
+mod startup_tests;
 #[cfg(test)]
 mod tests;

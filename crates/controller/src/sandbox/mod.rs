@@ -89,6 +89,21 @@ async fn reconcile_sandbox(
     let mut new = old.clone();
     let t = now();
     let shutdown = sb.spec.shutdown_time.as_ref();
+    let pause_wait = match logic::pause_at(&sb.metadata, &t) {
+        Some(logic::PauseAt::Due) => {
+            let patch = json!({"metadata": {"annotations": {
+                ext::annotations::PAUSED: ext::PAUSED_TRUE,
+                ext::annotations::PAUSE_AT: null,
+            }}});
+            Api::<Sandbox>::namespaced(ctx.client.clone(), &ns)
+                .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+                .map_err(|e| api_err("pause at its pause-at time", "Sandbox", &ns, &name, e))?;
+            return Ok(Action::await_change());
+        }
+        Some(logic::PauseAt::Wait(d)) => Some(d),
+        None => None,
+    };
 
     if logic::is_expired(shutdown, &t) {
         if !logic::is_marked_expired(Some(&old)) {
@@ -125,7 +140,11 @@ async fn reconcile_sandbox(
         logic::mark_expired(&mut new, generation, &t);
         Action::requeue(Duration::from_millis(1))
     } else {
-        match logic::requeue_until_shutdown(shutdown, &t) {
+        match [logic::requeue_until_shutdown(shutdown, &t), pause_wait]
+            .into_iter()
+            .flatten()
+            .min()
+        {
             Some(d) => Action::requeue(d),
             None => Action::await_change(),
         }
