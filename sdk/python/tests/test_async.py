@@ -1,4 +1,5 @@
-"""AsyncSandboxClient: the same calls as coroutines; cancellation kills the command."""
+"""AsyncSandboxClient: the same calls as coroutines (fork and rollback included); cancellation
+kills the command."""
 
 from __future__ import annotations
 
@@ -32,6 +33,16 @@ def test_async_flow(up: Path) -> None:
             assert not [p for p in procs if p.running and "sleep 30" in str(p.command)]
             names = await c.list_all_sandboxes()
             assert a.claim_name in names and b.claim_name in names
+            # Fork from a snapshot, then roll back to it.
+            await b.commands.run("echo v1 > /tmp/v")
+            snap = await b.snapshot(name=f"{b.sandbox_id}-async")
+            await b.commands.run("echo v2 > /tmp/v")
+            (fork,) = await b.fork(1, snapshot=snap.name)
+            assert (await fork.commands.run("cat /tmp/v")).stdout == "v1\n"
+            await fork.terminate()
+            await b.restore(snap.name)
+            assert (await b.commands.run("cat /tmp/v")).stdout == "v1\n"
+            await b.delete_snapshot(snap.name)
         # __aexit__ deleted both.
         async with AsyncSandboxClient(SandboxEmbeddedConnectionConfig(data_dir=up)) as c2:
             names = await c2.list_all_sandboxes()

@@ -399,6 +399,14 @@ class AsyncSandbox:
     async def delete_snapshot(self, name: str) -> bool:
         return await asyncio.to_thread(self.sync.delete_snapshot, name)
 
+    async def fork(self, n: int = 1, snapshot: Optional[str] = None, name: Optional[str] = None,
+                   timeout: float = 600) -> list[AsyncSandbox]:
+        forks = await asyncio.to_thread(self.sync.fork, n, snapshot, name, timeout)
+        return [AsyncSandbox(f) for f in forks]
+
+    async def restore(self, snapshot: str, timeout: float = 600) -> None:
+        await asyncio.to_thread(self.sync.restore, snapshot, timeout)
+
     async def close_connection(self) -> None:
         await asyncio.to_thread(self.sync.close_connection)
 
