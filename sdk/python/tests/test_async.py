@@ -34,14 +34,14 @@ def test_async_flow(up: Path) -> None:
             names = await c.list_all_sandboxes()
             assert a.claim_name in names and b.claim_name in names
             # Fork from a snapshot, then roll back to it.
-            await b.commands.run("echo v1 > /tmp/v")
+            await b.commands.run("echo v1 > /opt/v")
             snap = await b.snapshot(name=f"{b.sandbox_id}-async")
-            await b.commands.run("echo v2 > /tmp/v")
+            await b.commands.run("echo v2 > /opt/v")
             (fork,) = await b.fork(1, snapshot=snap.name)
-            assert (await fork.commands.run("cat /tmp/v")).stdout == "v1\n"
+            assert (await fork.commands.run("cat /opt/v")).stdout == "v1\n"
             await fork.terminate()
             await b.restore(snap.name)
-            assert (await b.commands.run("cat /tmp/v")).stdout == "v1\n"
+            assert (await b.commands.run("cat /opt/v")).stdout == "v1\n"
             await b.delete_snapshot(snap.name)
         # __aexit__ deleted both.
         async with AsyncSandboxClient(SandboxEmbeddedConnectionConfig(data_dir=up)) as c2:
