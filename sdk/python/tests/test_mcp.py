@@ -66,7 +66,8 @@ async def exercise(s: ClientSession) -> None:
     await s.initialize()
     names = {t.name for t in (await s.list_tools()).tools}
     assert UPSTREAM_TOOLS <= names, names
-    assert {"run_code", "suspend_sandbox", "resume_sandbox", "list_sandboxes"} <= names
+    assert {"run_code", "suspend_sandbox", "resume_sandbox", "list_sandboxes", "pause_sandbox",
+            "unpause_sandbox", "snapshot_sandbox", "fork_sandbox", "restore_sandbox"} <= names
 
     created = await call(s, "create_sandbox", {"warmpool": POOL, "labels": {"by": "mcp"}})
     claim = created["sandbox_claim_name"]
@@ -123,6 +124,27 @@ async def exercise(s: ClientSession) -> None:
         assert "base64" in bad_b64, bad_b64
         bad_args = await s.call_tool("execute_command", {"command": "true"})
         assert is_error(bad_args)
+
+        # Pause and unpause; snapshot, fork and roll back.
+        await call(s, "execute_command", {**target, "command": "echo v1 > /opt/v"})
+        assert (await call(s, "pause_sandbox", target))["paused"] is True
+        frozen = await fails(s, "execute_command", {**target, "command": "true"})
+        assert "paused" in frozen.lower(), frozen
+        await call(s, "unpause_sandbox", target)
+        snap = await call(s, "snapshot_sandbox", target)
+        await call(s, "execute_command", {**target, "command": "echo v2 > /opt/v"})
+        forked = await call(s, "fork_sandbox", {**target, "snapshot": snap["snapshot"]})
+        fork = {"sandbox_claim_name": forked["forks"][0]["sandbox_claim_name"]}
+        try:
+            seen = await call(s, "execute_command", {**fork, "command": "cat /opt/v"})
+            assert seen["stdout"] == "v1\n", seen
+        finally:
+            await call(s, "delete_sandbox", fork)
+        await call(s, "restore_sandbox", {**target, "snapshot": snap["snapshot"]})
+        back = await call(s, "execute_command", {**target, "command": "cat /opt/v"})
+        assert back["stdout"] == "v1\n", back
+        no_snap = await fails(s, "restore_sandbox", {**target, "snapshot": "no-such-snapshot"})
+        assert "no-such-snapshot" in no_snap, no_snap
 
         # Suspend keeps the volumes; resume brings the sandbox back Ready.
         await call(s, "suspend_sandbox", target)

@@ -138,62 +138,113 @@ async fn wait_all_ready(
     Ok(ips)
 }
 
-pub(crate) async fn fork(args: &ForkArgs) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(args.count >= 1, "--count must be at least 1");
-    let conn = Connection::open(&args.connect).await?;
-    let source = conn.resolve_sandbox(&args.sandbox).await?;
+/// What [`fork_sandboxes`] made.
+pub(crate) struct Forked {
+    /// The snapshot the forks start from.
+    pub(crate) snapshot: String,
+    /// Each fork's name and Pod address (`-` when not waited for).
+    pub(crate) forks: Vec<(String, String)>,
+    /// From the forks' creation until all were Ready.
+    pub(crate) ready_in: Duration,
+}
+
+/// Forks `source` `count` times from `snapshot` (or a snapshot taken now), naming the forks
+/// `<name or snapshot>-1` …; waits until all are Ready unless `timeout_s` is 0.
+pub(crate) async fn fork_sandboxes(
+    conn: &Connection,
+    source: &Sandbox,
+    snapshot: Option<&str>,
+    count: usize,
+    name: Option<&str>,
+    timeout_s: u64,
+) -> anyhow::Result<Forked> {
+    anyhow::ensure!(count >= 1, "the count of forks must be at least 1");
     let started = Instant::now();
-    let snapshot = snapshot_of(
-        &conn,
-        &source.name_any(),
-        args.snapshot.as_deref(),
-        started,
-        args.timeout,
-    )
-    .await?;
-    let prefix = args.name.clone().unwrap_or_else(|| snapshot.clone());
-    let names: Vec<String> = (1..=args.count).map(|i| format!("{prefix}-{i}")).collect();
+    // Not waiting for the forks still waits for their snapshot (a fork of a snapshot that
+    // fails would wait for ever).
+    let snapshot_wait = if timeout_s == 0 { 600 } else { timeout_s };
+    let snapshot = snapshot_of(conn, &source.name_any(), snapshot, started, snapshot_wait).await?;
+    let prefix = name.map_or_else(|| snapshot.clone(), str::to_owned);
+    let names: Vec<String> = (1..=count).map(|i| format!("{prefix}-{i}")).collect();
     let sandboxes: Api<Sandbox> = conn.api();
     let forked_at = Instant::now();
     for n in &names {
         sandboxes
-            .create(&PostParams::default(), &fork_of(&source, &snapshot, n))
+            .create(&PostParams::default(), &fork_of(source, &snapshot, n))
             .await
             .with_context(|| {
                 format!(
-                    "creating fork {}/{n} of snapshot {snapshot}; if it exists already, pass --name to name the forks otherwise",
+                    "creating fork {}/{n} of snapshot {snapshot}; if it exists already, pass another name for the forks",
                     conn.namespace
                 )
             })?;
     }
-    if args.timeout == 0 {
-        names.iter().for_each(|n| println!("{n}"));
-        return Ok(ExitCode::SUCCESS);
+    let ips = if timeout_s == 0 {
+        vec!["-".to_owned(); names.len()]
+    } else {
+        wait_all_ready(conn, &names, started, timeout_s).await?
+    };
+    Ok(Forked {
+        snapshot,
+        forks: names.into_iter().zip(ips).collect(),
+        ready_in: forked_at.elapsed(),
+    })
+}
+
+pub(crate) async fn fork(args: &ForkArgs) -> anyhow::Result<ExitCode> {
+    let conn = Connection::open(&args.connect).await?;
+    let source = conn.resolve_sandbox(&args.sandbox).await?;
+    let started = Instant::now();
+    let forked = fork_sandboxes(
+        &conn,
+        &source,
+        args.snapshot.as_deref(),
+        args.count,
+        args.name.as_deref(),
+        args.timeout,
+    )
+    .await
+    .map_err(|e| {
+        if format!("{e:#}").contains("another name") {
+            e.context("pass --name to name the forks otherwise")
+        } else {
+            e
+        }
+    })?;
+    for (n, ip) in &forked.forks {
+        if args.timeout == 0 {
+            println!("{n}");
+        } else {
+            println!("{n}\t{ip}");
+        }
     }
-    let ips = wait_all_ready(&conn, &names, started, args.timeout).await?;
-    for (n, ip) in names.iter().zip(&ips) {
-        println!("{n}\t{ip}");
+    if args.timeout > 0 {
+        eprintln!(
+            "{} fork(s) of {}/{} from snapshot {}: all Ready {:.1?} after their creation ({:.1?} in all)",
+            forked.forks.len(),
+            conn.namespace,
+            source.name_any(),
+            forked.snapshot,
+            forked.ready_in,
+            started.elapsed()
+        );
     }
-    eprintln!(
-        "{} fork(s) of {}/{} from snapshot {snapshot}: all Ready {:.1?} after their creation ({:.1?} in all)",
-        names.len(),
-        conn.namespace,
-        source.name_any(),
-        forked_at.elapsed(),
-        started.elapsed()
-    );
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
-    let conn = Connection::open(&args.connect).await?;
-    let name = conn.resolve_sandbox(&args.sandbox).await?.name_any();
+/// Rolls sandbox `name` back to `snapshot`; the time it took.
+pub(crate) async fn roll_back(
+    conn: &Connection,
+    name: &str,
+    snapshot: &str,
+    timeout_s: u64,
+) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    wait_ready(&conn, &args.snapshot, started, args.timeout).await?;
+    wait_ready(conn, snapshot, started, timeout_s).await?;
     let sandboxes: Api<Sandbox> = conn.api();
     let pods: Api<Pod> = conn.api();
     let pp = PatchParams::default();
-    let deadline = started + Duration::from_secs(args.timeout);
+    let deadline = started + Duration::from_secs(timeout_s);
     let annotate = |snapshot: Option<&str>| {
         serde_json::json!({"spec": {"podTemplate": {"metadata": {"annotations": {
             RESTORE_FROM: snapshot,
@@ -201,36 +252,40 @@ pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
         }}}}})
     };
     // Suspended with the annotations, so that the next Pod is made from them.
-    let mut patch = annotate(Some(&args.snapshot));
+    let mut patch = annotate(Some(snapshot));
     patch["spec"]["operatingMode"] = serde_json::json!(OperatingMode::Suspended);
     sandboxes
-        .patch(&name, &pp, &Patch::Merge(&patch))
+        .patch(name, &pp, &Patch::Merge(&patch))
         .await
         .with_context(|| format!("rolling sandbox {}/{name} back", conn.namespace))?;
-    eprintln!(
-        "sandbox {}/{name}: rolling back to snapshot {} (its Pod is replaced)",
-        conn.namespace, args.snapshot
-    );
-    while pods.get_opt(&name).await?.is_some() {
+    while pods.get_opt(name).await?.is_some() {
         anyhow::ensure!(
             Instant::now() < deadline,
-            "sandbox {name}'s Pod is still there after {} s; its annotations {RESTORE_FROM} and {RESTORE_VOLUMES} are set: resume it (agent-sandbox resume {name}) to finish the rollback",
-            args.timeout
+            "sandbox {name}'s Pod is still there after {timeout_s} s; its annotations {RESTORE_FROM} and {RESTORE_VOLUMES} are set: resume it (agent-sandbox resume {name}) to finish the rollback"
         );
         tokio::time::sleep(POLL).await;
     }
     let running = serde_json::json!({"spec": {"operatingMode": OperatingMode::Running}});
-    sandboxes.patch(&name, &pp, &Patch::Merge(&running)).await?;
-    wait_all_ready(&conn, std::slice::from_ref(&name), started, args.timeout).await?;
+    sandboxes.patch(name, &pp, &Patch::Merge(&running)).await?;
+    wait_all_ready(conn, &[name.to_owned()], started, timeout_s).await?;
     // Once: a later resume starts as upstream's does, not from the snapshot again.
     sandboxes
-        .patch(&name, &pp, &Patch::Merge(&annotate(None)))
+        .patch(name, &pp, &Patch::Merge(&annotate(None)))
         .await?;
+    Ok(started.elapsed())
+}
+
+pub(crate) async fn restore(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
+    let conn = Connection::open(&args.connect).await?;
+    let name = conn.resolve_sandbox(&args.sandbox).await?.name_any();
     eprintln!(
-        "sandbox {}/{name}: rolled back to snapshot {} in {:.1?}",
-        conn.namespace,
-        args.snapshot,
-        started.elapsed()
+        "sandbox {}/{name}: rolling back to snapshot {} (its Pod is replaced)",
+        conn.namespace, args.snapshot
+    );
+    let took = roll_back(&conn, &name, &args.snapshot, args.timeout).await?;
+    eprintln!(
+        "sandbox {}/{name}: rolled back to snapshot {} in {took:.1?}",
+        conn.namespace, args.snapshot
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -562,37 +562,50 @@ pub(crate) fn pause_progress(conditions: &[Condition], paused: bool) -> PausePro
 /// Sandbox's `Paused` condition shows it.
 pub(crate) async fn pause(args: &TargetArgs, paused: bool) -> anyhow::Result<ExitCode> {
     let conn = Connection::open(&args.connect).await?;
-    let sandbox = conn.resolve_sandbox(&args.name).await?;
-    let name = sandbox.name_any();
+    let name = conn.resolve_sandbox(&args.name).await?.name_any();
+    match set_paused(&conn, &name, paused, args.timeout).await? {
+        None => eprintln!(
+            "sandbox {}/{name}: asked to {}",
+            conn.namespace,
+            if paused { "pause" } else { "unpause" }
+        ),
+        Some(took) => eprintln!(
+            "sandbox {}/{name}: {} in {took:.1?}",
+            conn.namespace,
+            if paused { "paused" } else { "running" },
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Pauses (or unpauses) sandbox `name` and waits up to `timeout_s` seconds for its `Paused`
+/// condition to say so: the time it took, `None` when not waited for (`timeout_s` 0).
+pub(crate) async fn set_paused(
+    conn: &Connection,
+    name: &str,
+    paused: bool,
+    timeout_s: u64,
+) -> anyhow::Result<Option<Duration>> {
     let verb = if paused { "pause" } else { "unpause" };
     let sandboxes: Api<Sandbox> = conn.api();
     let started = Instant::now();
     sandboxes
         .patch(
-            &name,
+            name,
             &PatchParams::default(),
             &Patch::Merge(&paused_patch(paused)),
         )
         .await
         .with_context(|| format!("annotating sandbox {}/{name} to {verb} it", conn.namespace))?;
-    if args.timeout == 0 {
-        eprintln!("sandbox {}/{name}: asked to {verb}", conn.namespace);
-        return Ok(ExitCode::SUCCESS);
+    if timeout_s == 0 {
+        return Ok(None);
     }
-    let deadline = started + Duration::from_secs(args.timeout);
+    let deadline = started + Duration::from_secs(timeout_s);
     loop {
-        let sb = sandboxes.get(&name).await?;
+        let sb = sandboxes.get(name).await?;
         let conditions = sb.status.map(|s| s.conditions).unwrap_or_default();
         match pause_progress(&conditions, paused) {
-            PauseProgress::Done => {
-                eprintln!(
-                    "sandbox {}/{name}: {} in {:.1?}",
-                    conn.namespace,
-                    if paused { "paused" } else { "running" },
-                    started.elapsed()
-                );
-                return Ok(ExitCode::SUCCESS);
-            }
+            PauseProgress::Done => return Ok(Some(started.elapsed())),
             PauseProgress::Refused(why) => {
                 anyhow::bail!("cannot pause sandbox {}/{name}: {why}", conn.namespace)
             }
@@ -603,9 +616,8 @@ pub(crate) async fn pause(args: &TargetArgs, paused: bool) -> anyhow::Result<Exi
                 .map(|c| format!("{} ({})", c.message, c.reason))
                 .unwrap_or_else(|| "the controller has not reported a Paused condition".into());
             anyhow::bail!(
-                "sandbox {}/{name} did not {verb} within {} s: {why}",
+                "sandbox {}/{name} did not {verb} within {timeout_s} s: {why}",
                 conn.namespace,
-                args.timeout
             );
         }
         tokio::time::sleep(Duration::from_millis(2)).await;

@@ -2,6 +2,7 @@
 //! pools and act in them (see [`tools`]), over stdio (the default: an MCP client starts it as a
 //! subprocess) or streamable HTTP on a loopback address (`--http-listen`).
 
+mod lifecycle;
 mod tools;
 
 use std::process::ExitCode;

@@ -1,6 +1,7 @@
 //! The MCP server's tools: upstream's (`create_sandbox`, `delete_sandbox`, `execute_command`,
 //! `upload_file`, `download_file`, `list_files`, `file_exists`, with upstream's argument names)
-//! and this project's (`run_code`, `suspend_sandbox`, `resume_sandbox`, `list_sandboxes`). Each
+//! and this project's (`run_code`, `suspend_sandbox`, `resume_sandbox`, `list_sandboxes`; the
+//! pause, snapshot, fork and rollback tools are in [`super::lifecycle`]). Each
 //! tool parses its arguments, calls the control plane or the sandbox's sandboxd through the
 //! router, and answers with structured content; a failure is a tool error whose text says what
 //! happened and what to do, so the model can act on it.
@@ -81,9 +82,9 @@ pub(crate) struct CreateArgs {
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub(crate) struct TargetArgs {
     /// The claim (or Sandbox) name.
-    sandbox_claim_name: String,
+    pub(super) sandbox_claim_name: String,
     /// Its namespace (default: the server's namespace).
-    namespace: Option<String>,
+    pub(super) namespace: Option<String>,
 }
 
 /// `execute_command`'s arguments.
@@ -184,7 +185,7 @@ fn failure(e: &anyhow::Error) -> CallToolResult {
     CallToolResult::structured_error(json!({"error": format!("{e:#}")}))
 }
 
-fn answer(r: anyhow::Result<Value>) -> Result<CallToolResult, McpError> {
+pub(super) fn answer(r: anyhow::Result<Value>) -> Result<CallToolResult, McpError> {
     Ok(match r {
         Ok(v) => CallToolResult::structured(v),
         Err(e) => failure(&e),
@@ -196,11 +197,11 @@ impl SandboxTools {
     pub(crate) fn new(conn: Connection) -> Self {
         SandboxTools {
             conn,
-            tool_router: Self::tool_router(),
+            tool_router: Self::tool_router() + Self::lifecycle_router(),
         }
     }
 
-    fn conn(&self, namespace: Option<&str>) -> Connection {
+    pub(super) fn conn(&self, namespace: Option<&str>) -> Connection {
         match namespace {
             Some(ns) if !ns.is_empty() => self.conn.in_namespace(ns),
             _ => self.conn.clone(),
