@@ -34,7 +34,7 @@ def test_async_flow(up: Path) -> None:
             names = await c.list_all_sandboxes()
             assert a.claim_name in names and b.claim_name in names
             # Fork from a snapshot, then roll back to it.
-            await b.commands.run("echo v1 > /opt/v")
+            await b.commands.run("mkdir -p /opt && echo v1 > /opt/v")
             snap = await b.snapshot(name=f"{b.sandbox_id}-async")
             await b.commands.run("echo v2 > /opt/v")
             (fork,) = await b.fork(1, snapshot=snap.name)

@@ -126,7 +126,7 @@ async def exercise(s: ClientSession) -> None:
         assert is_error(bad_args)
 
         # Pause and unpause; snapshot, fork and roll back.
-        await call(s, "execute_command", {**target, "command": "echo v1 > /opt/v"})
+        await call(s, "execute_command", {**target, "command": "mkdir -p /opt && echo v1 > /opt/v"})
         assert (await call(s, "pause_sandbox", target))["paused"] is True
         frozen = await fails(s, "execute_command", {**target, "command": "true"})
         assert "paused" in frozen.lower(), frozen

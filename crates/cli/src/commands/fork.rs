@@ -5,9 +5,11 @@
 //! (`agent-sandbox-rs.github.io/restore-from` on its pod template): its writable layers and
 //! empty volumes are filled from the snapshot, and it gets its own name, Pod, address and PVCs.
 //! A rollback gives the sandbox a new Pod the same way, with the snapshot replacing the data its
-//! volumes hold (`agent-sandbox-rs.github.io/restore-volumes: Replace`): the sandbox is suspended,
-//! its template annotated, resumed, and the annotations are removed once it is Ready again (so
-//! a later resume starts as upstream's does). Processes start afresh in both.
+//! volumes hold (`agent-sandbox-rs.github.io/restore-volumes: Replace`): the Sandbox is annotated
+//! (on its own metadata, which the Sandbox controller copies onto its new Pods: a claim keeps its
+//! Sandbox's pod template as the template says) and suspended, resumed, and the annotations are
+//! removed once it is Ready again (so a later resume starts as upstream's does). Processes start
+//! afresh in both.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -246,10 +248,10 @@ pub(crate) async fn roll_back(
     let pp = PatchParams::default();
     let deadline = started + Duration::from_secs(timeout_s);
     let annotate = |snapshot: Option<&str>| {
-        serde_json::json!({"spec": {"podTemplate": {"metadata": {"annotations": {
+        serde_json::json!({"metadata": {"annotations": {
             RESTORE_FROM: snapshot,
             RESTORE_VOLUMES: snapshot.map(|_| "Replace"),
-        }}}}})
+        }}})
     };
     // Suspended with the annotations, so that the next Pod is made from them.
     let mut patch = annotate(Some(snapshot));

@@ -101,7 +101,7 @@ fn forks_run_independently_and_a_rollback_restores_files_and_volumes() {
     assert_eq!(read("src"), "v1\nv1\n");
     let src: serde_json::Value =
         serde_json::from_str(&up.kubectl(&["get", "sandbox", "src", "-o", "json"])).unwrap();
-    let ann = &src["spec"]["podTemplate"]["metadata"]["annotations"];
+    let ann = &src["metadata"]["annotations"];
     assert!(
         ann.get("agent-sandbox-rs.github.io/restore-from").is_none(),
         "the rollback happens once: {ann}"

@@ -742,6 +742,21 @@ pub fn new_pod_metadata(sandbox: &Sandbox) -> (BTreeMap<String, String>, BTreeMa
         a.insert(annotations::PROPAGATED_ANNOTATIONS.into(), propagated_annos);
     }
     sync_paused_annotation(&sandbox.metadata, &mut a);
+    // A rollback names its snapshot on the Sandbox itself (a claim keeps its Sandbox's pod
+    // template as its template says): the new Pod starts from it.
+    for key in [
+        ext::annotations::RESTORE_FROM,
+        ext::annotations::RESTORE_VOLUMES,
+    ] {
+        if let Some(v) = sandbox
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|m| m.get(key))
+        {
+            a.insert(key.into(), v.clone());
+        }
+    }
     (l, a)
 }
 

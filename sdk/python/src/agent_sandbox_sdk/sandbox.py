@@ -453,11 +453,11 @@ class Sandbox:
         kube = self.connection.kube
 
         def annotate(value: Optional[str]) -> dict[str, Any]:
-            return {"spec": {"podTemplate": {"metadata": {"annotations": {
-                self.RESTORE_FROM: value, self.RESTORE_VOLUMES: value and "Replace"}}}}}
+            return {"metadata": {"annotations": {
+                self.RESTORE_FROM: value, self.RESTORE_VOLUMES: value and "Replace"}}}
 
         patch = annotate(snapshot)
-        patch["spec"]["operatingMode"] = "Suspended"
+        patch["spec"] = {"operatingMode": "Suspended"}
         kube.merge_patch("sandboxes", self.namespace, self.sandbox_id, patch)
         self._dp.pod_ip = None
         self._wait_condition("Suspended", max(1.0, deadline - time.monotonic()), "rollback")
