@@ -11,9 +11,14 @@ unreachable, the handle closed) raise the SDK's own exceptions.
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
-from .exceptions import CommandTimeoutError, SandboxError, SandboxRequestError, SandboxTooLargeError
+from .exceptions import (
+    CommandTimeoutError,
+    SandboxError,
+    SandboxRequestError,
+    SandboxTooLargeError,
+)
 
 if TYPE_CHECKING:
     from .sandbox import Sandbox
@@ -64,7 +69,7 @@ def _path_error(sandbox: Sandbox, path: str, doing: str, e: Exception) -> ToolIn
     return ToolInputError(str(e))
 
 
-def execute(sandbox: Sandbox, command: str, cwd: Optional[str] = None, *, timeout: float,
+def execute(sandbox: Sandbox, command: str, cwd: str | None = None, *, timeout: float,
             max_output: int = DEFAULT_MAX_OUTPUT) -> str:
     """Runs ``command`` with ``/bin/sh -c``: its exit code, stdout and stderr."""
     try:
