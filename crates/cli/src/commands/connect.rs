@@ -79,10 +79,16 @@ impl Connection {
         // chosen.
         let up_router = endpoints.filter(|e| kubeconfig.as_deref() == Some(e.kubeconfig.as_path()));
         let router = match (&args.router, up_router) {
-            (Some(url), _) => Some((
-                url.trim_end_matches('/').to_owned(),
-                args.router_token.clone(),
-            )),
+            (Some(url), up) => {
+                // `up`'s own router named by its URL still gets `up`'s token.
+                let url = url.trim_end_matches('/').to_owned();
+                let token = args.router_token.clone().or_else(|| {
+                    up.filter(|e| e.router.trim_end_matches('/') == url)
+                        .and_then(|e| fs_err::read_to_string(&e.router_token_file).ok())
+                        .map(|t| t.trim().to_owned())
+                });
+                Some((url, token))
+            }
             (None, Some(e)) => {
                 let token = match &args.router_token {
                     Some(t) => Some(t.clone()),
