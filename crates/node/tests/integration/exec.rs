@@ -245,7 +245,21 @@ async fn terminal_session(engine: &SandboxEngine, uid: &str, tty: &ExecOptions) 
             seen.extend_from_slice(&buf[..n]);
         }
         terminal.resize(132, 43).unwrap();
-        input.write_all(b"stty size; exit 7\n").await.unwrap();
+        // A resize reaches the terminal inside asynchronously (under runc through the node's
+        // relay): ask until the new size shows, a bounded number of times.
+        for _ in 0..50 {
+            input.write_all(b"stty size\n").await.unwrap();
+            let n = tokio::time::timeout(Duration::from_millis(200), output.read(&mut buf)).await;
+            if let Ok(n) = n {
+                let n = n.unwrap();
+                assert!(n > 0, "{}", String::from_utf8_lossy(&seen));
+                seen.extend_from_slice(&buf[..n]);
+            }
+            if String::from_utf8_lossy(&seen).contains("43 132") {
+                break;
+            }
+        }
+        input.write_all(b"exit 7\n").await.unwrap();
         loop {
             let n = output.read(&mut buf).await.unwrap();
             if n == 0 {
