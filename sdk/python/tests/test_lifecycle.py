@@ -1,14 +1,17 @@
-"""Re-attach, listing, deletion, context managers, suspend and resume, lifecycle fields."""
+"""Re-attach, listing, deletion, context managers, suspend and resume, lifecycle fields, and a
+direct client waking an idle sandbox."""
 
 from __future__ import annotations
 
 import datetime as dt
 import time
+from pathlib import Path
 
 import pytest
 
 from agent_sandbox_sdk import (
     SandboxClient,
+    SandboxdInClusterConnectionConfig,
     SandboxNotFoundError,
     SandboxNotReadyError,
 )
@@ -139,3 +142,20 @@ def test_missing_namespace(client: SandboxClient) -> None:
     with pytest.raises(SandboxConfigError) as e:
         client.create_sandbox(warmpool=POOL, namespace="no-such-ns", sandbox_ready_timeout=10)
     assert "no-such-ns" in str(e.value)
+
+
+def test_a_direct_client_wakes_a_sandbox_paused_for_being_idle(up: Path) -> None:
+    """The router pauses an idle sandbox; a client connected to the Pod directly (not through
+    the router) wakes it before its next request, as the router would."""
+    config = SandboxdInClusterConnectionConfig(mode="in-cluster-pod-ip",
+                                               kubeconfig=up / "kubeconfig")
+    with SandboxClient(config) as c:
+        sb = c.create_sandbox(warmpool=POOL, pod_annotations={
+            "agent-sandbox-rs.github.io/idle-timeout": "2s"})
+        assert sb.commands.run("echo hi").stdout == "hi\n"
+        deadline = time.monotonic() + 30
+        while not sb.is_paused():
+            assert time.monotonic() < deadline, "the router did not pause the idle sandbox"
+            time.sleep(0.2)
+        assert sb.commands.run("echo back").stdout == "back\n"
+        assert not sb.is_paused()

@@ -4,6 +4,7 @@ the Pod, the Sandbox's Service), HTTP with errors that say what to do, and sandb
 from __future__ import annotations
 
 import json
+import time
 import math
 import urllib.parse
 from typing import Any, Callable, Optional
@@ -60,6 +61,9 @@ class DataPlane:
         self._fqdn: Optional[str] = None
         self._tunnel: Optional[PortForward] = None
         self.grpc = GrpcChannels()
+        #: Called before a direct request after a pause in traffic (see :meth:`_before_direct`).
+        self.wake: Optional[Callable[[], None]] = None
+        self._last_request: Optional[float] = None
 
     @property
     def runtime(self) -> str:
@@ -132,6 +136,7 @@ class DataPlane:
             raise SandboxConnectionError(
                 "this connection does not reach sandboxd's gRPC port; use "
                 "SandboxdPodTunnelConnectionConfig or SandboxdInClusterConnectionConfig")
+        self._before_direct()
         if self.conn.route == "pod-tunnel":
             return f"127.0.0.1:{self._tunnel_ports()[1]}"
         return f"{self._direct_host()}:{self.conn.grpc_port}"
@@ -239,6 +244,18 @@ class DataPlane:
 
     # -- HTTP ------------------------------------------------------------------------------
 
+    def _before_direct(self) -> None:
+        """Direct connections do what the router does for its clients: a sandbox the router
+        paused or suspended for being idle is woken before a request goes to it. Looked at only
+        after a second or more without a request (idle periods are whole seconds), so a burst
+        of requests costs nothing."""
+        if self.conn.via_router or self.wake is None:
+            return
+        now = time.monotonic()
+        last, self._last_request = self._last_request, now
+        if last is None or now - last >= 1.0:
+            self.wake()
+
     def request(self, method: str, path: str, *, what: str, params: dict[str, Any] | None = None,
                 json_body: Any = None, body: Body = None, headers: dict[str, str] | None = None,
                 timeout: float = 60.0, idempotent: bool | None = None,
@@ -249,6 +266,7 @@ class DataPlane:
         if json_body is not None:
             body = json.dumps(json_body).encode()
             hdr_extra.setdefault("Content-Type", "application/json")
+        self._before_direct()
         for attempt in (0, 1):
             url, hdrs = self._target(path, params, timeout, port)
             hdrs.update(hdr_extra)
@@ -280,6 +298,7 @@ class DataPlane:
         body = None
         if json_body is not None:
             body = json.dumps(json_body).encode()
+        self._before_direct()
         for attempt in (0, 1):
             url, hdrs = self._target(path, params, timeout)
             hdrs.update(headers or {})

@@ -128,6 +128,9 @@ class Sandbox:
         self._pod_name: Optional[str] = None
         # A fork has no claim: terminate() deletes its Sandbox instead.
         self._owns_sandbox = False
+        # Whether its Pod has an idle policy (read once, when a direct request first needs it).
+        self._idle_policy: Optional[bool] = None
+        self._dp.wake = self._wake_if_idle
 
     def __repr__(self) -> str:
         return (f"Sandbox(claim_name={self.claim_name!r}, sandbox_id={self.sandbox_id!r}, "
@@ -384,6 +387,36 @@ class Sandbox:
     def delete_snapshot(self, name: str) -> bool:
         """Deletes snapshot ``name`` (the node deletes its files); False if it was gone."""
         return self.connection.kube.delete("sandboxsnapshots", self.namespace, name)
+
+    # -- idle sandboxes (woken on direct connections, as the router wakes them) -------------
+
+    IDLE_PAUSED = "agent-sandbox-rs.github.io/idle-paused"
+    IDLE_SUSPENDED = "agent-sandbox-rs.github.io/idle-suspended"
+
+    def _wake_if_idle(self) -> None:
+        """Wakes the sandbox when the router paused or suspended it for being idle (its
+        markers on the Sandbox), and waits until it serves; a person's pause is left alone."""
+        if self._idle_policy is None:
+            try:
+                pod = self.connection.kube.get("pods", self.namespace, self.get_pod_name())
+                pod_ann = (pod.get("metadata") or {}).get("annotations") or {}
+                self._idle_policy = any(
+                    k.startswith("agent-sandbox-rs.github.io/idle-") for k in pod_ann)
+            except KubeApiError:
+                pass  # no Pod (suspended): the Sandbox's markers say this time
+        if self._idle_policy is False:
+            return
+        ann = (self._get_sandbox().get("metadata") or {}).get("annotations") or {}
+        kube = self.connection.kube
+        if self.IDLE_SUSPENDED in ann:
+            kube.merge_patch("sandboxes", self.namespace, self.sandbox_id, {
+                "metadata": {"annotations": {self.IDLE_SUSPENDED: None}},
+                "spec": {"operatingMode": "Running"}})
+            self._ready_after_restart(180, "waking an idle sandbox")
+        elif self.IDLE_PAUSED in ann:
+            kube.merge_patch("sandboxes", self.namespace, self.sandbox_id,
+                             {"metadata": {"annotations": {self.IDLE_PAUSED: None}}})
+            self._set_paused(False, True, 60)
 
     # -- fork and rollback (from snapshots) -------------------------------------------------
 
