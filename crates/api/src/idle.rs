@@ -116,42 +116,14 @@ pub fn validate(
 
 /// A Go duration (`1h2m3s`, `250ms`, `1.5h`) or whole seconds, at least one second.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || {
-        format!(
-            "{text:?} is not a duration; write one such as \"90s\", \"5m\" or \"1h30m\" (or whole seconds, \"300\")"
-        )
-    };
     let s = text.trim();
-    if s.is_empty() {
-        return Err(bad());
-    }
-    let total = if let Ok(secs) = s.parse::<u64>() {
-        Duration::from_secs(secs)
-    } else {
-        let mut total = 0f64;
-        let mut rest = s;
-        while !rest.is_empty() {
-            let digits = rest
-                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-                .ok_or_else(bad)?;
-            let value: f64 = rest[..digits].parse().map_err(|_| bad())?;
-            rest = &rest[digits..];
-            let unit_len = rest
-                .find(|c: char| c.is_ascii_digit() || c == '.')
-                .unwrap_or(rest.len());
-            let scale = match &rest[..unit_len] {
-                "ns" => 1e-9,
-                "us" | "µs" => 1e-6,
-                "ms" => 1e-3,
-                "s" => 1.0,
-                "m" => 60.0,
-                "h" => 3600.0,
-                _ => return Err(bad()),
-            };
-            rest = &rest[unit_len..];
-            total += value * scale;
-        }
-        Duration::try_from_secs_f64(total).map_err(|_| bad())?
+    let total = match s.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => crate::duration::parse_go_duration(s).map_err(|_| {
+            format!(
+                "{text:?} is not a duration; write one such as \"90s\", \"5m\" or \"1h30m\" (or whole seconds, \"300\")"
+            )
+        })?,
     };
     if total < Duration::from_secs(1) {
         return Err(format!(

@@ -11,7 +11,7 @@
 //!   (pruning, defaulting, validation, CEL); [`conversion`]: lossless v1alpha1 ⇄ v1beta1 and the
 //!   `ConversionReview` handler; [`manifest`]: parsing user manifests with all of the above;
 //!   [`registry`]: the CRDs with their admission prepared once, for API servers;
-//!   [`idle`]: the idle policy of a sandbox (pause or suspend after no traffic);
+//!   [`duration`]: Go's duration syntax; [`idle`]: the idle policy of a sandbox (pause or suspend after no traffic);
 //!   [`validation`]: label keys, label values and DNS subdomains with apimachinery's messages.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -21,6 +21,7 @@ pub mod conditions;
 pub mod constants;
 pub mod conversion;
 pub mod crd;
+pub mod duration;
 pub mod extension;
 pub mod hash;
 pub mod idle;

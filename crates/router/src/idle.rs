@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agent_sandbox_api::constants::extensions::annotations::PAUSED;
+use agent_sandbox_api::constants::extensions::asks_paused;
 use agent_sandbox_api::idle::{IDLE_PAUSED, IDLE_SUSPENDED, IdleAction};
 use agent_sandbox_api::v1beta1::{OperatingMode, Sandbox, SandboxClaim};
 use bytes::Bytes;
@@ -159,6 +160,13 @@ pub enum Wake {
     NotIdle,
 }
 
+/// Whether `sb` is paused by a person (paused without the router's marker): left alone by
+/// every idle action.
+fn paused_by_a_person(sb: &Sandbox) -> bool {
+    let ann = sb.metadata.annotations.as_ref();
+    asks_paused(ann) && !ann.is_some_and(|a| a.contains_key(IDLE_PAUSED))
+}
+
 /// The writes of idle actions, on Sandboxes.
 #[derive(Clone)]
 pub struct Lifecycle {
@@ -202,8 +210,7 @@ impl Lifecycle {
     /// `false` when it is paused by a person, which is left alone.
     pub async fn suspend(&self, namespace: &str, name: &str) -> kube::Result<bool> {
         let sb = self.api(namespace).get(name).await?;
-        let ann = sb.metadata.annotations.clone().unwrap_or_default();
-        if ann.contains_key(PAUSED) && !ann.contains_key(IDLE_PAUSED) {
+        if paused_by_a_person(&sb) {
             return Ok(false);
         }
         let patch = json!({
@@ -222,8 +229,7 @@ impl Lifecycle {
         let Some(sb) = self.api(namespace).get_opt(name).await? else {
             return Ok(true);
         };
-        let ann = sb.metadata.annotations.clone().unwrap_or_default();
-        if ann.contains_key(PAUSED) && !ann.contains_key(IDLE_PAUSED) {
+        if paused_by_a_person(&sb) {
             return Ok(false);
         }
         let claim = sb

@@ -24,7 +24,7 @@ use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 
 use super::connect::Connection;
-use super::sandboxes::is_ready;
+use super::sandboxes::{is_ready, set_operating_mode};
 use super::snapshot::{new_snapshot, wait_ready};
 use crate::args::{ForkArgs, RestoreArgs};
 
@@ -244,32 +244,27 @@ pub(crate) async fn roll_back(
     let started = Instant::now();
     wait_ready(conn, snapshot, started, timeout_s).await?;
     let sandboxes: Api<Sandbox> = conn.api();
-    let pods: Api<Pod> = conn.api();
-    let pp = PatchParams::default();
-    let deadline = started + Duration::from_secs(timeout_s);
     let annotate = |snapshot: Option<&str>| {
         serde_json::json!({"metadata": {"annotations": {
             RESTORE_FROM: snapshot,
             RESTORE_VOLUMES: snapshot.map(|_| "Replace"),
         }}})
     };
-    // Suspended with the annotations, so that the next Pod is made from them.
-    let mut patch = annotate(Some(snapshot));
-    patch["spec"]["operatingMode"] = serde_json::json!(OperatingMode::Suspended);
+    let pp = PatchParams::default();
     sandboxes
-        .patch(name, &pp, &Patch::Merge(&patch))
+        .patch(name, &pp, &Patch::Merge(&annotate(Some(snapshot))))
         .await
         .with_context(|| format!("rolling sandbox {}/{name} back", conn.namespace))?;
-    while pods.get_opt(name).await?.is_some() {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "sandbox {name}'s Pod is still there after {timeout_s} s; its annotations {RESTORE_FROM} and {RESTORE_VOLUMES} are set: resume it (agent-sandbox resume {name}) to finish the rollback"
-        );
-        tokio::time::sleep(POLL).await;
-    }
-    let running = serde_json::json!({"spec": {"operatingMode": OperatingMode::Running}});
-    sandboxes.patch(name, &pp, &Patch::Merge(&running)).await?;
-    wait_all_ready(conn, &[name.to_owned()], started, timeout_s).await?;
+    // A new Pod, made with the annotations.
+    let left = |s: Instant| timeout_s.saturating_sub(s.elapsed().as_secs()).max(1);
+    set_operating_mode(conn, name, OperatingMode::Suspended, left(started))
+        .await
+        .with_context(|| {
+            format!(
+                "its annotations {RESTORE_FROM} and {RESTORE_VOLUMES} are set: resume it (agent-sandbox resume {name}) to finish the rollback"
+            )
+        })?;
+    set_operating_mode(conn, name, OperatingMode::Running, left(started)).await?;
     // Once: a later resume starts as upstream's does, not from the snapshot again.
     sandboxes
         .patch(name, &pp, &Patch::Merge(&annotate(None)))

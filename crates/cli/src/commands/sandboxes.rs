@@ -473,39 +473,52 @@ pub(crate) async fn delete(args: &DeleteArgs) -> anyhow::Result<ExitCode> {
 
 async fn set_mode(args: &TargetArgs, mode: OperatingMode) -> anyhow::Result<ExitCode> {
     let conn = Connection::open(&args.connect).await?;
-    let sandbox = conn.resolve_sandbox(&args.name).await?;
-    let name = sandbox.name_any();
+    let name = conn.resolve_sandbox(&args.name).await?.name_any();
+    let took = set_operating_mode(&conn, &name, mode, args.timeout).await?;
+    eprintln!("sandbox {}/{name}: {mode:?}", conn.namespace);
+    if let Some(took) = took {
+        eprintln!("done in {took:.0?}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Sets sandbox `name`'s operating mode and waits up to `timeout_s` seconds until its Pod is
+/// gone (Suspended) or it is Ready (Running): the time it took, `None` when not waited for
+/// (`timeout_s` 0).
+pub(crate) async fn set_operating_mode(
+    conn: &Connection,
+    name: &str,
+    mode: OperatingMode,
+    timeout_s: u64,
+) -> anyhow::Result<Option<Duration>> {
     let sandboxes: Api<Sandbox> = conn.api();
     let pods: Api<Pod> = conn.api();
     let started = Instant::now();
     let patch = serde_json::json!({"spec": {"operatingMode": mode}});
     sandboxes
-        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .with_context(|| format!("setting sandbox {name} to {mode:?}"))?;
-    eprintln!("sandbox {}/{name}: {mode:?}", conn.namespace);
-    if args.timeout == 0 {
-        return Ok(ExitCode::SUCCESS);
+    if timeout_s == 0 {
+        return Ok(None);
     }
-    let deadline = started + Duration::from_secs(args.timeout);
+    let deadline = started + Duration::from_secs(timeout_s);
     loop {
         let done = match mode {
-            OperatingMode::Suspended => pods.get_opt(&name).await?.is_none(),
+            OperatingMode::Suspended => pods.get_opt(name).await?.is_none(),
             OperatingMode::Running => sandboxes
-                .get(&name)
+                .get(name)
                 .await?
                 .status
                 .is_some_and(|s| is_ready(&s.conditions)),
         };
         if done {
-            eprintln!("done in {:.0?}", started.elapsed());
-            return Ok(ExitCode::SUCCESS);
+            return Ok(Some(started.elapsed()));
         }
         if Instant::now() >= deadline {
-            let status = sandboxes.get(&name).await?.status;
+            let status = sandboxes.get(name).await?.status;
             anyhow::bail!(
-                "sandbox {name} did not become {mode:?} within {} s: {}",
-                args.timeout,
+                "sandbox {name} did not become {mode:?} within {timeout_s} s: {}",
                 ready_message(status.as_ref().map(|s| s.conditions.as_slice()))
             );
         }
